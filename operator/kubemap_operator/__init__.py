@@ -1,0 +1,1 @@
+"""The kubemap operator: kopf handlers over a pure reconcile core."""

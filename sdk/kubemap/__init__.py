@@ -1,0 +1,42 @@
+"""kubemap: map a Python function over a list of inputs, locally or on Kubernetes.
+
+    import kubemap
+    kubemap.map(lambda x: x * x, range(10))          # embedded local backend, no cluster
+    run = kubemap.submit(fn, inputs, backend="kubernetes", parallelism=50)
+    run.wait(); run.results()
+"""
+
+from kubemap.api import MapRun, map, submit
+from kubemap.errors import (
+    CancelledError,
+    ClusterError,
+    ConfigError,
+    CorruptTaskError,
+    KubemapError,
+    MapTaskError,
+    RemoteError,
+    SerializationError,
+    StoreError,
+    TimeoutError,
+)
+from kubemap.models import RunOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CancelledError",
+    "ClusterError",
+    "ConfigError",
+    "CorruptTaskError",
+    "KubemapError",
+    "MapRun",
+    "MapTaskError",
+    "RemoteError",
+    "RunOptions",
+    "SerializationError",
+    "StoreError",
+    "TimeoutError",
+    "__version__",
+    "map",
+    "submit",
+]

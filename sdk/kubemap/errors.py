@@ -1,0 +1,92 @@
+"""The exceptions users of kubemap can catch. Flat on purpose: one base, few leaves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class KubemapError(Exception):
+    """Base of every error kubemap raises on purpose."""
+
+
+class ConfigError(KubemapError, ValueError):
+    """An option, URL or spec is invalid; the message says which and how to fix it."""
+
+
+class SerializationError(KubemapError):
+    """The function or an input could not be pickled; `index` names the input (None: the function)."""
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+class StoreError(KubemapError):
+    """The object store could not be reached or answered an error; the message names the endpoint."""
+
+
+class CorruptTaskError(StoreError):
+    """A task's stored files are missing or inconsistent (e.g. inputs.idx does not match inputs.bin)."""
+
+
+class ClusterError(KubemapError):
+    """The Kubernetes API could not be reached or refused a request."""
+
+
+class TimeoutError(KubemapError, TimeoutError):  # noqa: A001 - also a builtins.TimeoutError
+    """A run did not finish within its timeout; finished results stay in the store."""
+
+
+class CancelledError(KubemapError):
+    """The run was cancelled before every index finished."""
+
+
+@dataclass(frozen=True)
+class RemoteError:
+    """One index's failure, as recorded by the worker that ran it."""
+
+    index: int
+    type: str
+    message: str
+    traceback: str
+    attempts: int = 1
+
+    def __str__(self) -> str:
+        return f"index {self.index}: {self.type}: {self.message}"
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> RemoteError:
+        return cls(
+            index=int(record["index"]),
+            type=str(record.get("type", "Exception")),
+            message=str(record.get("message", "")),
+            traceback=str(record.get("traceback", "")),
+            attempts=int(record.get("attempts", 1)),
+        )
+
+
+class MapTaskError(KubemapError):
+    """Some indices failed beyond their retries. `failures` maps index -> RemoteError.
+
+    Results of the indices that succeeded stay reachable through `MapRun.results(partial=True)`
+    and in the store.
+    """
+
+    def __init__(self, failures: dict[int, RemoteError], *, total: int, name: str = "") -> None:
+        self.failures = dict(sorted(failures.items()))
+        self.total = total
+        self.name = name
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        if not self.failures:
+            return f"map task {self.name or '?'} failed"
+        first = next(iter(self.failures.values()))
+        head = (
+            f"{len(self.failures)} of {self.total} inputs failed"
+            + (f" in task {self.name}" if self.name else "")
+            + f"; first failure, {first}\n\nRemote traceback of index {first.index}:\n"
+            + first.traceback.rstrip()
+        )
+        return head

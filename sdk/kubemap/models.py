@@ -1,0 +1,179 @@
+"""pydantic v2 models at the edges: the MapTask spec and status, and the SDK's options.
+
+These models are the single source of truth: crds/maptask.yaml is generated from them
+(`kubemap crd`), and a test fails when the two drift. Field names are snake_case in Python
+and camelCase on the wire, as Kubernetes users expect.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+MAX_INLINE_ITEMS = 1000
+MAX_ITEM_LENGTH = 4096
+MAX_COUNT = 100_000_000
+
+
+class _Wire(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are an error."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Mode(str, enum.Enum):
+    FUNCTION = "Function"  # the kubemap image runs `python -m kubemap.worker`
+    CONTAINER = "Container"  # any image; index and item in the environment
+
+
+class Phase(str, enum.Enum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED)
+
+
+class StoreRef(_Wire):
+    """Where the task's data lives. Credentials come from a Secret, never from the spec."""
+
+    url: str = Field(
+        description="Store prefix, e.g. s3://bucket/prefix; the task's files go under <url>/<task name>/.",
+        min_length=1,
+        max_length=1024,
+    )
+    endpoint: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="S3 endpoint URL (AWS_ENDPOINT_URL_S3) for S3-compatible servers.",
+    )
+    region: str | None = Field(default=None, max_length=64)
+    secret_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY keys, read by worker pods.",
+    )
+
+
+class PodTemplate(_Wire):
+    """The parts of a pod a MapTask lets users set. Kubernetes types are passed through."""
+
+    image: str | None = Field(default=None, max_length=512)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    command: list[str] | None = Field(default=None, max_length=64)
+    args: list[str] | None = Field(default=None, max_length=256)
+    env: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    resources: dict[str, Any] | None = None
+    node_selector: dict[str, str] | None = None
+    service_account_name: str | None = Field(default=None, max_length=253)
+    tolerations: list[dict[str, Any]] | None = Field(default=None, max_length=64)
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class MapTaskSpec(_Wire):
+    """What to run, how many, and how failures are handled."""
+
+    mode: Mode = Mode.CONTAINER
+    count: int | None = Field(
+        default=None, ge=0, le=MAX_COUNT, description="Number of indices (or give items)."
+    )
+    items: list[str] | None = Field(
+        default=None,
+        max_length=MAX_INLINE_ITEMS,
+        description="Container mode: inline items; pod i gets items[i] as KUBEMAP_ITEM.",
+    )
+    items_per_pod: int = Field(default=1, ge=1, le=100_000)
+    parallelism: int = Field(default=10, ge=1, le=10_000)
+    backoff_limit_per_index: int = Field(default=0, ge=0, le=100)
+    max_failed_indexes: int | None = Field(default=None, ge=0)
+    min_success_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    suspend: bool = False
+    store: StoreRef | None = None
+    template: PodTemplate = Field(default_factory=PodTemplate)
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> MapTaskSpec:
+        if self.items is not None:
+            if self.mode is Mode.FUNCTION:
+                raise ValueError("items is for container mode; function mode reads inputs from the store")
+            if self.count is not None and self.count != len(self.items):
+                raise ValueError(
+                    f"count ({self.count}) differs from len(items) ({len(self.items)}): give one of them"
+                )
+        elif self.count is None:
+            raise ValueError("give count (number of indices) or items (inline list)")
+        if self.mode is Mode.FUNCTION and self.store is None:
+            raise ValueError("function mode needs store.url, where the SDK uploaded fn.pkl and inputs")
+        if self.mode is Mode.CONTAINER and not self.template.image:
+            raise ValueError("container mode needs template.image")
+        return self
+
+    @property
+    def total(self) -> int:
+        return len(self.items) if self.items is not None else int(self.count or 0)
+
+
+class Condition(_Wire):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: str | None = None
+
+
+class MapTaskStatus(_Wire):
+    """Bounded whatever the task's size: index sets are compressed ranges ("0-3,7")."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+    phase: Phase = Phase.PENDING
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    active: int = 0
+    succeeded_indexes: str = ""
+    failed_indexes: str = ""
+    conditions: list[Condition] = Field(default_factory=list)
+    start_time: str | None = None
+    completion_time: str | None = None
+    observed_generation: int | None = None
+    message: str | None = None
+
+
+class RunOptions(BaseModel):
+    """Options of kubemap.map / kubemap.submit; keyword-only in the API, validated here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    parallelism: int | None = Field(default=None, ge=1, le=10_000)
+    items_per_pod: int | None = Field(default=None, ge=1, le=100_000)
+    retries: int = Field(default=0, ge=0, le=100)
+    min_success_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    timeout: float | None = Field(default=None, gt=0)
+    backend: Literal["local", "kubernetes"] = "local"
+    store: str | None = None
+    name: str | None = Field(default=None, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    # Kubernetes backend only
+    image: str | None = None
+    namespace: str | None = None
+    resources: dict[str, Any] | None = None
+    env: dict[str, str] | None = None
+    node_selector: dict[str, str] | None = None
+    service_account: str | None = None
