@@ -1,0 +1,341 @@
+"""S3 (or any S3-compatible server) as a Store, through boto3.
+
+Endpoint, credentials and region come from the standard AWS settings, which boto3 reads
+itself: AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_REGION, AWS_MAX_ATTEMPTS, profiles. Retries are botocore's "standard" mode. The client
+is created lazily, once per process (a forked child makes its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+
+from kubemap.errors import StoreError
+from kubemap.store import KeyNotFound, Store, check_key, check_prefix
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client  # pragma: no cover
+else:
+    S3Client = Any
+
+PART_SIZE = 8 * 1024 * 1024  # S3 needs >= 5 MiB for every part but the last
+_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+_CLIENTS: dict[tuple[Any, ...], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _client_settings() -> tuple[Any, ...]:
+    env = os.environ
+    return (
+        os.getpid(),
+        *(env.get(name) for name in _ENDPOINT_VARS),
+        env.get("AWS_ACCESS_KEY_ID"),
+        env.get("AWS_SECRET_ACCESS_KEY"),
+        env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+        env.get("AWS_PROFILE"),
+        env.get("AWS_MAX_ATTEMPTS"),
+    )
+
+
+def s3_client() -> S3Client:
+    """The process's boto3 S3 client for the current AWS settings."""
+    settings = _client_settings()
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(settings)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            custom_endpoint = any(os.environ.get(name) for name in _ENDPOINT_VARS)
+            config = Config(
+                retries={"mode": "standard"},
+                connect_timeout=10,
+                read_timeout=120,
+                # S3-compatible servers on a host:port rarely resolve bucket subdomains
+                s3={"addressing_style": "path"} if custom_endpoint else None,
+                # Checksums only when required: many S3-compatible servers reject the
+                # newer trailing checksums that boto3 >= 1.36 sends by default.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            )
+            try:
+                client = boto3.session.Session().client("s3", config=config)
+            except ValueError as exc:  # e.g. a malformed endpoint URL
+                raise StoreError(
+                    f"cannot create an S3 client: {exc}; check AWS_ENDPOINT_URL_S3 "
+                    f"({os.environ.get('AWS_ENDPOINT_URL_S3')!r}) and AWS_REGION"
+                ) from exc
+            _CLIENTS.clear()  # settings changed or forked: drop clients of other settings
+            _CLIENTS[settings] = client
+    return cast(S3Client, client)
+
+
+class S3Store(Store):
+    """`s3://bucket/prefix`; keys below the prefix."""
+
+    def __init__(self, bucket: str, prefix: str = "") -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+
+    @property
+    def client(self) -> S3Client:
+        return s3_client()
+
+    def child(self, name: str) -> S3Store:
+        name = check_key(name.strip("/"))
+        return S3Store(self.bucket, f"{self.prefix}/{name}" if self.prefix else name)
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    # -- error mapping ---------------------------------------------------------------
+    def endpoint(self) -> str:
+        try:
+            return str(self.client.meta.endpoint_url)
+        except StoreError:
+            return os.environ.get("AWS_ENDPOINT_URL_S3") or "the default AWS endpoint"
+
+    def _error(self, exc: Exception, action: str, key: str | None) -> StoreError:
+        from botocore.exceptions import (
+            ClientError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        where = f"s3://{self.bucket}/{self._key(key)}" if key is not None else self.url
+        endpoint = self.endpoint()
+        if isinstance(exc, HTTPClientError):
+            return StoreError(
+                f"cannot reach S3 endpoint {endpoint} (bucket {self.bucket!r}) to {action} "
+                f"{where}: {exc}; check AWS_ENDPOINT_URL_S3 / --store and that the server is up"
+            )
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return StoreError(
+                f"no S3 credentials to {action} {where} at {endpoint}: {exc}; set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+            )
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", "?"))
+            message = str(error.get("Message", "")) or str(exc)
+            if code == "NoSuchBucket":
+                return StoreError(
+                    f"bucket {self.bucket!r} does not exist at S3 endpoint {endpoint} "
+                    f"(needed to {action} {where}); create it, e.g. "
+                    f"`aws s3 mb s3://{self.bucket}`, or point --store / KUBEMAP_STORE "
+                    "at an existing bucket"
+                )
+            if code in (
+                "AccessDenied",
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "403",
+                "Forbidden",
+            ):
+                return StoreError(
+                    f"S3 endpoint {endpoint} refused to {action} {where} ({code}: {message}); "
+                    "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's policy"
+                )
+            return StoreError(
+                f"S3 endpoint {endpoint} failed to {action} {where}: {code}: {message}"
+            )
+        return StoreError(f"S3 error at {endpoint} while trying to {action} {where}: {exc}")
+
+    @staticmethod
+    def _code(exc: Exception) -> str:
+        response = getattr(exc, "response", None) or {}
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code or str(status or "")
+
+    @contextlib.contextmanager
+    def _mapped(self, action: str, key: str | None) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (BotoCoreError, ClientError) as exc:
+            if self._code(exc) in ("NoSuchKey", "404", "NotFound") and key is not None:
+                raise KeyNotFound(f"{key!r} not found in {self.url}") from None
+            raise self._error(exc, action, key) from exc
+
+    # -- Store -----------------------------------------------------------------------
+    def put(self, key: str, data: bytes) -> None:
+        with self._mapped("write", key):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            with self._mapped("write", key):
+                try:
+                    self.client.put_object(
+                        Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
+                    )
+                except ClientError as exc:
+                    if self._code(exc) in (
+                        "PreconditionFailed",
+                        "412",
+                        "ConditionalRequestConflict",
+                        "409",
+                    ):
+                        return False
+                    raise
+        except KeyNotFound as exc:  # pragma: no cover - a PUT never answers NoSuchKey
+            raise self._error(exc, "write", key) from exc
+        return True
+
+    @contextlib.contextmanager
+    def open_writer(self, key: str) -> Iterator[BinaryIO]:
+        writer = _MultipartWriter(self, key)
+        try:
+            yield cast(BinaryIO, writer)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.finish()
+
+    def get(self, key: str) -> bytes:
+        with self._mapped("read", key):
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return cast(bytes, response["Body"].read())
+
+    def get_range(self, key: str, start: int, stop: int) -> bytes:
+        from botocore.exceptions import ClientError
+
+        if start < 0 or stop < start:
+            raise ValueError(f"bad byte range [{start}, {stop}) for {key!r}")
+        if stop == start:
+            return b""
+        with self._mapped("read", key):
+            try:
+                response = self.client.get_object(
+                    Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{stop - 1}"
+                )
+            except ClientError as exc:
+                if self._code(exc) in ("InvalidRange", "416"):
+                    return b""  # the range starts past the end: a short read
+                raise
+            return cast(bytes, response["Body"].read())
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+        except KeyNotFound:
+            return False
+        return True
+
+    def size(self, key: str) -> int:
+        with self._mapped("stat", key):
+            response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return int(response["ContentLength"])
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        check_prefix(prefix)
+        base = f"{self.prefix}/" if self.prefix else ""
+        with self._mapped("list", prefix or None):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base + prefix
+            )
+            keys = [obj["Key"][len(base) :] for page in pages for obj in page.get("Contents", ())]
+        return iter(keys)
+
+    def delete_prefix(self, prefix: str = "") -> int:
+        keys = [self._key(k) for k in self.list(prefix)]
+        deleted = 0
+        with self._mapped("delete", prefix or None):
+            for first in range(0, len(keys), 1000):
+                batch = keys[first : first + 1000]
+                response = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                )
+                errors = response.get("Errors") or []
+                if errors:
+                    first_error = errors[0]
+                    raise StoreError(
+                        f"S3 endpoint {self.endpoint()} could not delete "
+                        f"{len(errors)} objects under {self.url}/{prefix}, e.g. "
+                        f"{first_error.get('Key')!r}: {first_error.get('Code')} "
+                        f"{first_error.get('Message')}"
+                    )
+                deleted += len(batch)
+        return deleted
+
+
+class _MultipartWriter(io.RawIOBase):
+    """Buffers one part at a time; small objects are a single PUT, large ones multipart."""
+
+    def __init__(self, store: S3Store, key: str) -> None:
+        super().__init__()
+        self._store = store
+        self._key = key
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._buffer += view
+        while len(self._buffer) >= PART_SIZE:
+            self._upload_part(bytes(self._buffer[:PART_SIZE]))
+            del self._buffer[:PART_SIZE]
+        return len(view)
+
+    def _upload_part(self, body: bytes) -> None:
+        store, client = self._store, self._store.client
+        with store._mapped("write", self._key):
+            if self._upload_id is None:
+                created = client.create_multipart_upload(
+                    Bucket=store.bucket, Key=store._key(self._key)
+                )
+                self._upload_id = str(created["UploadId"])
+            number = len(self._parts) + 1
+            part = client.upload_part(
+                Bucket=store.bucket,
+                Key=store._key(self._key),
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=body,
+            )
+            self._parts.append({"PartNumber": number, "ETag": part["ETag"]})
+
+    def finish(self) -> None:
+        store = self._store
+        if self._upload_id is None:
+            store.put(self._key, bytes(self._buffer))
+        else:
+            if self._buffer or not self._parts:
+                self._upload_part(bytes(self._buffer))
+            with store._mapped("write", self._key):
+                store.client.complete_multipart_upload(
+                    Bucket=store.bucket,
+                    Key=store._key(self._key),
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts},
+                )
+        self._buffer = bytearray()
+        super().close()
+
+    def abort(self) -> None:
+        self._buffer = bytearray()
+        if self._upload_id is not None:
+            with contextlib.suppress(Exception):  # best effort; lifecycle rules clean the rest
+                self._store.client.abort_multipart_upload(
+                    Bucket=self._store.bucket,
+                    Key=self._store._key(self._key),
+                    UploadId=self._upload_id,
+                )
+        super().close()
