@@ -105,6 +105,7 @@ class S3Store(Store):
     def _error(self, exc: Exception, action: str, key: str | None) -> StoreError:
         from botocore.exceptions import (
             ClientError,
+            ConnectionError as BotoConnectionError,
             HTTPClientError,
             NoCredentialsError,
             PartialCredentialsError,
@@ -112,7 +113,7 @@ class S3Store(Store):
 
         where = f"s3://{self.bucket}/{self._key(key)}" if key is not None else self.url
         endpoint = self.endpoint()
-        if isinstance(exc, HTTPClientError):
+        if isinstance(exc, HTTPClientError | BotoConnectionError):
             return StoreError(
                 f"cannot reach S3 endpoint {endpoint} (bucket {self.bucket!r}) to {action} "
                 f"{where}: {exc}; check AWS_ENDPOINT_URL_S3 / --store and that the server is up"

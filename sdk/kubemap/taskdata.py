@@ -20,7 +20,8 @@ own prefix, i.e. open_store(base).child(task_name)):
         # one write-once object results/<start>-<count> holding the indices of the slice
         # that succeeded (a subset of [start, start+count)); False if it already existed
     def iter_results(store: Store) -> Iterator[tuple[int, Any]]
-        # every (index, value) recorded, first writer wins for an index seen twice
+        # every (index, value) recorded, each index once: a slice's object is write-once
+        # (first writer wins), and where objects overlap the one with the lowest key wins
     def succeeded_indexes(store: Store) -> IndexRanges   # from result objects, no values loaded
     def done_in_slice(store: Store, start: int, count: int) -> IndexRanges
         # indices of [start, start+count) that already have a result (one narrow LIST)
@@ -272,7 +273,7 @@ def iter_results(store: Store) -> Iterator[tuple[int, Any]]:
         overlap = ranges & seen
         if not overlap:
             yield from zip(ranges, values, strict=True)
-        else:  # a duplicate or overlapping run: the first object (in key order) wins
+        else:  # overlapping objects (a rerun in other slices): the lowest key wins
             for index, value in zip(ranges, values, strict=True):
                 if index not in overlap:
                     yield index, value
