@@ -105,10 +105,12 @@ class S3Store(Store):
     def _error(self, exc: Exception, action: str, key: str | None) -> StoreError:
         from botocore.exceptions import (
             ClientError,
-            ConnectionError as BotoConnectionError,
             HTTPClientError,
             NoCredentialsError,
             PartialCredentialsError,
+        )
+        from botocore.exceptions import (
+            ConnectionError as BotoConnectionError,
         )
 
         where = f"s3://{self.bucket}/{self._key(key)}" if key is not None else self.url

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from kubemap import taskdata
-from kubemap.contract import INDEX_KEY, INPUTS_KEY, result_key
+from kubemap.contract import INDEX_KEY, INPUTS_KEY
 from kubemap.errors import ConfigError, CorruptTaskError, SerializationError, StoreError
 from kubemap.s3store import PART_SIZE, S3Store
 from kubemap.store import FileStore, KeyNotFound, Store, default_store_url, open_store
@@ -173,12 +172,12 @@ def test_function_round_trip_and_unpicklable_function(store: Store) -> None:
 def test_corrupt_index_is_reported(store: Store) -> None:
     taskdata.write_inputs(store, range(10))
     store.put(INDEX_KEY, b"".join((10**6 + i).to_bytes(8, "little") for i in range(11)))
-    with pytest.raises(CorruptTaskError, match="inputs.bin"):
+    with pytest.raises(CorruptTaskError, match=r"inputs\.bin"):
         taskdata.read_slice(store, 2, 3)
     store.put(INDEX_KEY, b"\x00" * 12)
     with pytest.raises(CorruptTaskError, match="too short"):
         taskdata.read_slice(store, 2, 3)
-    with pytest.raises(CorruptTaskError, match="no inputs.idx"):
+    with pytest.raises(CorruptTaskError, match=r"no inputs\.idx"):
         taskdata.read_slice(store.child("never"), 0, 1)
 
 
