@@ -1,0 +1,6 @@
+"""`python -m kubemap ...` is the `kubemap` command."""
+
+from kubemap.cli import main
+
+if __name__ == "__main__":
+    main(prog_name="kubemap")

@@ -1,0 +1,289 @@
+"""The SDK surface: kubemap.map, kubemap.submit and MapRun.
+
+    results = kubemap.map(fn, inputs, parallelism=8, retries=2)
+    run = kubemap.submit(fn, inputs, backend="kubernetes", store="s3://bucket/runs")
+    run.wait(); run.results(); run.failures()
+
+submit() writes the task's files to the store (the function, then the inputs, streamed
+from any iterable, then task.json) and starts the run on the chosen backend. Results and
+failure records live in the store; MapRun reads them from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sized
+from typing import Any
+
+from kubemap.backend import (
+    REASON_CANCELLED,
+    REASON_DEADLINE,
+    REASON_INFRASTRUCTURE,
+    RunHandle,
+    RunStatus,
+    get_backend,
+)
+from kubemap.contract import META_KEY
+from kubemap.errors import (
+    CancelledError,
+    ConfigError,
+    MapTaskError,
+    RemoteError,
+    StoreError,
+    TimeoutError,
+)
+from kubemap.models import Phase, RunOptions
+from kubemap.options import task_name, validate_options
+from kubemap.progress import ProgressBar, want_progress
+from kubemap.ranges import IndexRanges
+from kubemap.store import Store, default_store_url, open_store
+from kubemap.taskdata import (
+    iter_results,
+    read_errors,
+    succeeded_indexes,
+    write_function,
+    write_inputs,
+)
+from kubemap.taskmeta import TaskMeta, read_total, write_meta
+
+__all__ = ["MapRun", "map", "submit"]
+
+POLL_SECONDS = 0.1  # how often a progress bar refreshes
+
+
+class MapRun:
+    """A submitted run. Results and failures are read from the store, in input order."""
+
+    def __init__(
+        self, name: str, task: Store, total: int, handle: RunHandle, options: RunOptions
+    ) -> None:
+        self._name = name
+        self._task = task
+        self._total = total
+        self._handle = handle
+        self._options = options
+
+    def __repr__(self) -> str:
+        status = self.status()
+        return (
+            f"<MapRun {self._name} {status.phase.value} {status.succeeded}/{status.total} "
+            f"at {self._task.url}>"
+        )
+
+    @property
+    def name(self) -> str:
+        """The task's name: its folder in the store and, on Kubernetes, the MapTask's name."""
+        return self._name
+
+    @property
+    def store_url(self) -> str:
+        """Where the task's files, results and error records are."""
+        return self._task.url
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    def status(self) -> RunStatus:
+        return self._handle.status()
+
+    def wait(self, timeout: float | None = None, progress: bool | None = None) -> RunStatus:
+        """Block until the run finishes; return its final status (a failed run does not raise
+        here: results() does). Raises kubemap.TimeoutError if `timeout` seconds pass first;
+        the run goes on. progress: None shows a bar on a terminal for runs longer than ~1 s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not want_progress(progress):
+            status = self._handle.wait(timeout)
+        else:
+            with ProgressBar(self._total, self._name, delay=0.0 if progress else 1.0) as bar:
+                while True:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    step = POLL_SECONDS if left is None else min(POLL_SECONDS, left)
+                    status = self._handle.wait(step)
+                    bar.show(status)
+                    if status.finished or left == 0.0:
+                        break
+        if not status.finished:
+            raise TimeoutError(
+                f"task {self._name} is still running after waiting {timeout:g}s "
+                f"({status.succeeded} of {status.total} inputs done); it goes on: call "
+                "wait() again, or cancel() it"
+            )
+        return status
+
+    def results(self, partial: bool | None = None) -> list[Any]:
+        """Every result in input order; waits for the run to finish first.
+
+        Raises MapTaskError if an index failed beyond its retries, kubemap.TimeoutError if
+        the run hit its timeout, CancelledError if it was cancelled. partial=True returns the
+        list anyway with None where there is no result; the default (None) does that only
+        when the run succeeded while tolerating failures (min_success_ratio < 1).
+        """
+        status = self.wait(progress=False)
+        tolerated = status.phase is Phase.SUCCEEDED and status.failed > 0
+        if not partial and not (partial is None and tolerated):
+            self._raise_for(status)
+        values: list[Any] = [None] * self._total
+        for index, value in iter_results(self._task):
+            if 0 <= index < self._total:
+                values[index] = value
+        return values
+
+    def failures(self) -> dict[int, RemoteError]:
+        """Index -> RemoteError for every index without a result whose last attempt failed
+        (for a finished run, also indices whose result is missing for another reason)."""
+        done = succeeded_indexes(self._task)
+        found = {i: err for i, err in read_errors(self._task).items() if i not in done}
+        status = self.status()
+        # Every index accounted for, some failed without a record: say so, never hide it.
+        if status.finished and status.failed and status.succeeded + status.failed == self._total:
+            missing = IndexRanges.span(0, self._total) - done - IndexRanges.of(found)
+            for index in missing.first(10_000):
+                found[index] = RemoteError(
+                    index=index,
+                    type="MissingResult",
+                    message=f"no result and no error record for index {index}: its worker "
+                    "stopped before writing either",
+                    traceback="",
+                )
+        return dict(sorted(found.items()))
+
+    def cancel(self) -> None:
+        """Stop the run; results that finished stay in the store."""
+        self._handle.cancel()
+
+    def delete(self) -> int:
+        """Delete the task's files from the store (after you have its results)."""
+        return self._task.delete_prefix()
+
+    def _raise_for(self, status: RunStatus) -> None:
+        where = f"finished results stay in {self._task.url}; read them with results(partial=True)"
+        if status.phase is Phase.SUCCEEDED and status.failed == 0:
+            return
+        if status.reason == REASON_DEADLINE:
+            raise TimeoutError(
+                f"{status.message or 'timeout'} ({status.succeeded} of {status.total} inputs "
+                f"done); {where}"
+            )
+        if status.reason == REASON_CANCELLED:
+            raise CancelledError(
+                f"task {self._name} was cancelled ({status.succeeded} of {status.total} inputs "
+                f"done); {where}"
+            )
+        if status.reason == REASON_INFRASTRUCTURE and not status.failed:
+            raise StoreError(status.message or f"task {self._name} failed in the store")
+        error = MapTaskError(self.failures(), total=self._total, name=self._name)
+        error.add_note(
+            f"{status.succeeded} of {status.total} inputs succeeded; their results stay in "
+            f"{self._task.url}: kubemap.MapRun.attach({self._name!r}, "
+            f"store={self._store_base()!r}).results(partial=True)"
+        )
+        raise error
+
+    def _store_base(self) -> str:
+        return self._task.url.rsplit("/", 1)[0]
+
+    @classmethod
+    def attach(cls, name: str, *, store: str | None = None) -> MapRun:
+        """A finished (or abandoned) task in the store, to read its results and failures."""
+        task = open_store(store or default_store_url()).child(name)
+        total = read_total(task)
+        return cls(name, task, total, _StoredRun(task, total), RunOptions())
+
+
+class _StoredRun:
+    """A RunHandle for a task nobody is running: its status is what the store holds."""
+
+    def __init__(self, task: Store, total: int) -> None:
+        self._task = task
+        self._total = total
+
+    def status(self) -> RunStatus:
+        done = len(succeeded_indexes(self._task) & IndexRanges.span(0, self._total))
+        missing = self._total - done
+        return RunStatus(
+            phase=Phase.SUCCEEDED if missing == 0 else Phase.FAILED,
+            total=self._total,
+            succeeded=done,
+            failed=missing,
+        )
+
+    def wait(self, timeout: float | None = None) -> RunStatus:
+        return self.status()
+
+    def cancel(self) -> None:
+        return None
+
+
+def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> MapRun:
+    """Upload `fn` and `inputs` to the store and start running; return at once."""
+    opts = validate_options(options)
+    if not callable(fn):
+        raise ConfigError(f"fn must be callable, got {type(fn).__name__}: pass a function")
+    if isinstance(inputs, (str, bytes)):
+        raise ConfigError(
+            "inputs is a single string: pass a list of inputs, e.g. [text] or text.split()"
+        )
+    try:
+        iter(inputs)
+    except TypeError:
+        raise ConfigError(
+            f"inputs must be iterable (a list, range, generator...), got {type(inputs).__name__}"
+        ) from None
+    backend = get_backend(opts.backend)
+    name = opts.name or task_name(fn)
+    task = open_store(opts.store or default_store_url()).child(name)
+    if opts.name and task.exists(META_KEY):
+        raise ConfigError(
+            f"a task named {name!r} already exists in {task.url}: pick another name, or delete "
+            "it with MapRun.attach(name, store=...).delete()"
+        )
+    try:
+        write_function(task, fn)
+        total = write_inputs(task, inputs)
+        write_meta(task, TaskMeta.new(total, _qualname(fn)))
+    except BaseException:
+        _forget(task)
+        raise
+    handle = backend.start(task, total, opts, name)
+    return MapRun(name, task, total, handle, opts)
+
+
+def map(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> list[Any]:
+    """fn applied to every input, in input order; blocks until done.
+
+    Raises MapTaskError (with the remote traceback) if an input failed beyond its retries;
+    results that finished stay in the store (see the error's note).
+    """
+    opts = validate_options(options)
+    if isinstance(inputs, Sized) and not isinstance(inputs, (str, bytes)) and len(inputs) == 0:
+        return []
+    run = submit(fn, inputs, **options)
+    try:
+        status = run.wait()
+    except KeyboardInterrupt:
+        run.cancel()
+        raise
+    values = run.results()
+    if status.failed:
+        warnings.warn(
+            f"{status.failed} of {status.total} inputs of task {run.name} failed (tolerated by "
+            f"min_success_ratio={opts.min_success_ratio:g}); their results are None",
+            stacklevel=2,
+        )
+    elif opts.store is None and run.store_url.startswith("file://"):
+        _forget(run._task)  # results returned, nothing lost; keep the default store small
+    return values
+
+
+def _forget(task: Store) -> None:
+    with contextlib.suppress(StoreError):
+        task.delete_prefix()
+
+
+def _qualname(fn: Any) -> str:
+    module = getattr(fn, "__module__", None) or ""
+    qual = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return f"{module}:{qual}" if module else str(qual)

@@ -1,0 +1,90 @@
+"""Reading the CLI's input files: JSON lines, a JSON array, or one item per text line.
+
+Pure parsing over a text stream, streamed where the format allows it (JSON lines and text
+lines are read one line at a time, so a large file never sits in memory twice).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, Literal, TextIO
+
+from kubemap.errors import ConfigError
+
+Format = Literal["auto", "jsonl", "json", "lines"]
+FORMATS: tuple[str, ...] = ("auto", "jsonl", "json", "lines")
+
+
+def parse_inputs(stream: TextIO, fmt: Format = "auto", *, source: str = "input") -> Iterator[Any]:
+    """Items from `stream`. auto: a JSON array if the text starts with '[', JSON lines if the
+    first non-blank line is valid JSON, else one string per line. Blank lines are skipped
+    in the line formats."""
+    if fmt == "json":
+        yield from _json_array(stream.read(), source)
+        return
+    if fmt == "lines":
+        yield from _text_lines(stream)
+        return
+    if fmt == "jsonl":
+        yield from _json_lines(stream, source, first=None)
+        return
+    if fmt != "auto":
+        raise ConfigError(f"unknown input format {fmt!r}: use one of {', '.join(FORMATS)}")
+    first, number = "", 0
+    for line in stream:
+        number += 1
+        if line.strip():
+            first = line
+            break
+    if not first:
+        return
+    if first.lstrip().startswith("["):
+        yield from _json_array(first + stream.read(), source)
+        return
+    try:
+        json.loads(first)
+    except ValueError:
+        yield first.rstrip("\r\n")
+        yield from _text_lines(stream)
+        return
+    yield from _json_lines(stream, source, first=first, first_number=number)
+
+
+def _json_array(text: str, source: str) -> Iterator[Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{source} is not a valid JSON array: {exc}; use --format jsonl or lines if it "
+            "holds one item per line"
+        ) from None
+    if not isinstance(value, list):
+        raise ConfigError(f"{source} holds a JSON {type(value).__name__}, not an array of inputs")
+    yield from value
+
+
+def _json_lines(
+    stream: TextIO, source: str, first: str | None, first_number: int = 0
+) -> Iterator[Any]:
+    number = first_number
+    if first is not None:
+        yield json.loads(first)
+    for line in stream:
+        number += 1
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except ValueError as exc:
+            raise ConfigError(
+                f"line {number} of {source} is not valid JSON ({exc}): {line.strip()[:80]!r}; "
+                "use --format lines to read every line as text"
+            ) from None
+
+
+def _text_lines(stream: TextIO) -> Iterator[str]:
+    for line in stream:
+        text = line.rstrip("\r\n")
+        if text.strip():
+            yield text

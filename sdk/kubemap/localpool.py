@@ -1,0 +1,205 @@
+"""A small process pool for the local backend: one pipe per worker, kill on demand.
+
+Why not concurrent.futures or multiprocessing.Pool: the local backend must stop running
+work on a timeout or cancel (neither can kill a running task), must know which slice a
+crashed worker was running (Pool hangs, ProcessPoolExecutor breaks as a whole), and
+must not re-import the user's __main__ in every worker (spawn/forkserver do, so a script
+without an `if __name__ == "__main__"` guard would recurse).
+
+Workers are forked (Linux) from the thread that starts the run, before the run starts any
+thread of its own; they ignore SIGINT so Ctrl-C reaches only the parent, which cancels.
+Each worker keeps the task's function loaded across slices: fn.pkl is read once per
+worker process, not once per slice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from kubemap.ranges import IndexRanges
+
+
+@dataclass(frozen=True)
+class Job:
+    """One slice of a task to run: indices [start, start+count), its attempt number."""
+
+    task_url: str
+    start: int
+    count: int
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Done:
+    """A worker ran a job: which indices succeeded, failed (error records written), or
+    were already done."""
+
+    job: Job
+    succeeded: IndexRanges
+    failed: IndexRanges
+    skipped: IndexRanges
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Broken:
+    """A job could not run for a reason that is not the user's function: the store failed,
+    the task is corrupt, or the worker process died (exitcode set)."""
+
+    job: Job
+    message: str
+    exitcode: int | None = None
+
+
+Event = Done | Broken
+
+
+def _serve(conn: Connection) -> None:
+    """Worker process main loop: receive a Job, run it, send back a small reply."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Imported here: the parent need not load the worker runtime to plan a run.
+    from kubemap.store import open_store
+    from kubemap.taskdata import read_function
+    from kubemap.worker import run_slice
+
+    cached_url: str | None = None
+    cached: tuple[Any, Callable[..., Any]] | None = None
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        began = time.perf_counter()
+        try:
+            if cached is None or cached_url != job.task_url:
+                store = open_store(job.task_url)
+                cached, cached_url = (store, read_function(store)), job.task_url
+            store, fn = cached
+            outcome = run_slice(
+                store, job.start, job.count, fn=fn, attempt=job.attempt, skip_done=job.attempt > 0
+            )
+            reply: tuple[Any, ...] = (
+                "done",
+                outcome.succeeded,
+                outcome.failed,
+                outcome.skipped,
+                time.perf_counter() - began,
+            )
+        except Exception as exc:
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            reply = ("broken", detail)
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, OSError):
+            return
+
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+    job: Job | None = None
+    sent_at: float = 0.0
+
+
+@dataclass
+class WorkerPool:
+    """`size` forked worker processes; send jobs to idle ones, poll for events."""
+
+    size: int
+    _workers: list[_Worker] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        self._ctx: Any = multiprocessing.get_context(method)
+        self._workers = [self._spawn() for _ in range(self.size)]
+
+    def _spawn(self) -> _Worker:
+        parent_end, child_end = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=_serve, args=(child_end,), name="kubemap-local-worker", daemon=True
+        )
+        process.start()
+        child_end.close()
+        return _Worker(process=process, conn=parent_end)
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for w in self._workers if w.job is not None)
+
+    def idle(self) -> list[_Worker]:
+        return [w for w in self._workers if w.job is None]
+
+    def running(self) -> list[Job]:
+        return [w.job for w in self._workers if w.job is not None]
+
+    def send(self, worker: _Worker, job: Job) -> None:
+        worker.job = job
+        worker.sent_at = time.perf_counter()
+        worker.conn.send(job)
+
+    def poll(self, timeout: float | None, extra: list[Connection] | None = None) -> list[Event]:
+        """Wait up to `timeout` for replies or dead workers (which are replaced)."""
+        waitables: list[Any] = [w.conn for w in self._workers if w.job is not None]
+        waitables += [w.process.sentinel for w in self._workers]
+        waitables += extra or []
+        ready = set(wait(waitables, timeout))
+        events: list[Event] = []
+        for i, worker in enumerate(self._workers):
+            job = worker.job
+            if job is not None and worker.conn in ready:
+                try:
+                    reply = worker.conn.recv()
+                except (EOFError, OSError):
+                    reply = None
+                if reply is not None:
+                    worker.job = None
+                    if reply[0] == "done":
+                        events.append(Done(job, reply[1], reply[2], reply[3], reply[4]))
+                    else:
+                        events.append(Broken(job, reply[1]))
+                    continue
+            if worker.process.sentinel in ready or not worker.process.is_alive():
+                worker.process.join(0.1)
+                code = worker.process.exitcode
+                if job is not None and worker.job is not None:
+                    events.append(
+                        Broken(job, f"worker process died with exit code {code}", exitcode=code)
+                    )
+                worker.conn.close()
+                self._workers[i] = self._spawn()
+        return events
+
+    def close(self, grace: float = 2.0) -> None:
+        """Ask idle workers to exit, then stop whatever is left."""
+        for worker in self._workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        deadline = time.monotonic() + grace
+        for worker in self._workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+        self.kill()
+
+    def kill(self) -> None:
+        """Stop every worker now (running jobs are lost; their results were never written)."""
+        for worker in self._workers:
+            if worker.process.is_alive():
+                worker.process.terminate()
+        for worker in self._workers:
+            worker.process.join(1.0)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(1.0)
+            worker.conn.close()
+            worker.job = None

@@ -1,0 +1,56 @@
+"""Backend selection: local by default, kubemap.kube imported only for backend='kubernetes'."""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+import pytest
+from kubemap.backend import Backend, RunStatus, get_backend
+from kubemap.errors import ConfigError
+from kubemap.local import LocalBackend
+from kubemap.models import Phase
+
+
+def test_local_is_the_default_backend() -> None:
+    backend = get_backend("local")
+    assert isinstance(backend, LocalBackend)
+    assert isinstance(backend, Backend)
+
+
+def test_kubernetes_backend_is_imported_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
+    class FakeKube:
+        name = "kubernetes"
+
+        def start(self, task: Any, total: int, options: Any, name: str) -> Any:
+            raise NotImplementedError
+
+    module = types.ModuleType("kubemap.kube")
+    module.KubernetesBackend = FakeKube  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "kubemap.kube", module)
+    assert isinstance(get_backend("kubernetes"), FakeKube)
+
+
+def test_missing_kubernetes_backend_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "kubemap.kube", None)  # import raises ModuleNotFoundError
+    with pytest.raises(ConfigError, match="backend='kubernetes' is not available"):
+        get_backend("kubernetes")
+
+
+def test_unknown_backend() -> None:
+    with pytest.raises(ConfigError, match="unknown backend 'nope'"):
+        get_backend("nope")
+
+
+@pytest.mark.parametrize(
+    ("status", "pending", "finished"),
+    [
+        (RunStatus(Phase.RUNNING, 10, succeeded=3, failed=1, active=2), 4, False),
+        (RunStatus(Phase.SUCCEEDED, 10, succeeded=10), 0, True),
+        (RunStatus(Phase.CANCELLED, 10, succeeded=2), 8, True),
+    ],
+)
+def test_run_status(status: RunStatus, pending: int, finished: bool) -> None:
+    assert status.pending == pending
+    assert status.finished is finished

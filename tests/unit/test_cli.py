@@ -1,0 +1,129 @@
+"""The CLI without running a task: input parsing (table-driven), loading MODULE:FUNCTION, help."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from kubemap.cli import load_function, main
+from kubemap.errors import ConfigError
+from kubemap.inputs import parse_inputs
+
+
+@pytest.mark.parametrize(
+    ("text", "fmt", "expected"),
+    [
+        ("", "auto", []),
+        ("\n\n", "auto", []),
+        ("1\n2\n3\n", "auto", [1, 2, 3]),
+        ('{"a": 1}\n\n{"a": 2}\n', "auto", [{"a": 1}, {"a": 2}]),
+        ('"x"\n[1, 2]\nnull\n', "auto", ["x", [1, 2], None]),
+        ("[1, 2, 3]", "auto", [1, 2, 3]),
+        ('[\n  "a",\n  "b"\n]\n', "auto", ["a", "b"]),
+        ("hello\nworld\n", "auto", ["hello", "world"]),
+        ("hello world\r\n\r\nbye\r\n", "auto", ["hello world", "bye"]),
+        ("1\n2\n", "lines", ["1", "2"]),
+        ("[1]\n[2]\n", "jsonl", [[1], [2]]),
+        ("[1, 2]", "json", [1, 2]),
+        ("\n\n3\n4", "auto", [3, 4]),
+    ],
+)
+def test_parse_inputs(text: str, fmt: Any, expected: list[Any]) -> None:
+    assert list(parse_inputs(io.StringIO(text), fmt)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "fmt", "must_mention"),
+    [
+        ("1\nfoo\n", "auto", ["line 2", "--format lines"]),
+        ("\n1\n\nfoo\n", "auto", ["line 4"]),
+        ("[1, 2", "auto", ["not a valid JSON array"]),
+        ('{"a": 1}', "json", ["JSON dict, not an array"]),
+        ("x", "jsonl", ["line 1"]),
+        ("1", "yaml", ["unknown input format"]),
+    ],
+)
+def test_parse_inputs_errors(text: str, fmt: Any, must_mention: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        list(parse_inputs(io.StringIO(text), fmt, source="in.txt"))
+    for part in must_mention:
+        assert part in str(info.value)
+
+
+def test_parse_inputs_streams_line_formats() -> None:
+    class OneShot(io.StringIO):
+        def read(self, *args: Any) -> str:  # pragma: no cover - must not be called
+            raise AssertionError("line formats must not read the whole stream")
+
+    items = parse_inputs(OneShot("1\n2\n" * 1000), "auto")
+    assert next(items) == 1 and next(items) == 2
+
+
+@pytest.fixture
+def module_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "clitasks_mod.py").write_text("def double(x):\n    return 2 * x\nVALUE = 3\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "filetask.py").write_text(
+        "class Ops:\n    @staticmethod\n    def neg(x):\n        return -x\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("target", "arg", "expected"),
+    [
+        ("clitasks_mod:double", 4, 8),
+        ("sub/filetask.py:Ops.neg", 5, -5),
+        ("os.path:basename", "/a/b", "b"),
+    ],
+)
+def test_load_function(module_dir: Path, target: str, arg: Any, expected: Any) -> None:
+    assert load_function(target)(arg) == expected
+
+
+@pytest.mark.parametrize(
+    ("target", "must_mention"),
+    [
+        ("clitasks_mod", "expected MODULE:FUNCTION"),
+        ("nosuchmodule_xyz:f", "no module named 'nosuchmodule_xyz'"),
+        ("clitasks_mod:missing", "has no 'missing'"),
+        ("clitasks_mod:VALUE", "not a function"),
+        ("nofile.py:f", "no such file"),
+    ],
+)
+def test_load_function_errors(module_dir: Path, target: str, must_mention: str) -> None:
+    with pytest.raises(ConfigError, match=must_mention):
+        load_function(target)
+
+
+def test_help_reads_well() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "Map a Python function over a list of inputs" in result.output
+    assert "kubemap run" in result.output and "Examples" in result.output
+    result = CliRunner().invoke(main, ["run", "--help"])
+    assert result.exit_code == 0
+    for option in ("--inputs", "--parallelism", "--retries", "--backend", "--store", "--output"):
+        assert option in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "must_mention"),
+    [
+        (["run", "nope", "--inputs", "-"], "expected MODULE:FUNCTION"),
+        (["run", "os.path:basename", "--inputs", "/no/such/file"], "cannot read inputs"),
+        (["run", "os.path:basename", "--inputs", "-", "--parallelism", "0"], "parallelism=0"),
+        (["run", "os.path:basename", "--inputs", "-", "--backend", "x"], "'x' is not one of"),
+    ],
+)
+def test_usage_errors_are_clean(args: list[str], must_mention: str) -> None:
+    result = CliRunner().invoke(main, args, input="1\n")
+    assert result.exit_code == 2
+    assert must_mention in result.output
+    assert "Traceback" not in result.output
