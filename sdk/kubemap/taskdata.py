@@ -257,7 +257,7 @@ def _result_keys(store: Store, prefix: str = "") -> list[str]:
     return [k for k in store.list(RESULTS_PREFIX + prefix) if "/" not in k[len(RESULTS_PREFIX) :]]
 
 
-def _indices_of(store: Store, key: str) -> IndexRanges:
+def indices_of(store: Store, key: str) -> IndexRanges:
     head = store.get_range(key, 0, _HEAD_READ)
     if len(head) >= _HEADER.size:
         _, length = _HEADER.unpack_from(head)
@@ -283,7 +283,7 @@ def iter_results(store: Store) -> Iterator[tuple[int, Any]]:
 def succeeded_indexes(store: Store) -> IndexRanges:
     spans: list[tuple[int, int]] = []
     for key in _result_keys(store):
-        spans.extend(_indices_of(store, key).intervals)
+        spans.extend(indices_of(store, key).intervals)
     return IndexRanges.from_spans(spans)
 
 
@@ -314,7 +314,7 @@ def done_in_slice(store: Store, start: int, count: int) -> IndexRanges:
     """Indices of [start, start+count) that already have a result."""
     found = IndexRanges()
     for key in slice_result_keys(store, start, count):
-        found = found | _indices_of(store, key)
+        found = found | indices_of(store, key)
     return found & IndexRanges.span(start, start + count)
 
 
