@@ -1,0 +1,452 @@
+"""One thread per pod on the node: the kubelet's pod worker, with processes for containers.
+
+The worker owns its pod's containers (Slot objects) and reacts to three kinds of event
+on its queue: a newer pod object from the watch, a container process that exited, and
+"gone" (the pod object was removed). Between events it drives the pod forward (start init
+containers in order, then all containers; restart per restartPolicy with back-off),
+enforces activeDeadlineSeconds, and patches the pod status whenever it changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from .api import Api, ClusterInfo, Obj, pod_path
+from .containers import Backoff, Slot, parse_time, should_restart
+from .envresolve import EnvConfigError, container_argv, decode_secret, resolve_env
+from .podstatus import TERMINAL_PHASES, Terminated, pod_status
+from .processes import ContainerPaths, ProcessRegistry, kill_group, termination_message
+from .sa_token import write_credentials
+
+log = logging.getLogger("kubelet_emu.pod")
+
+RETRY_SETUP = 2.0
+# KUBEMAP_TESTCLUSTER_ID marks processes of one test cluster, so `testcluster down` finds strays.
+PASSTHROUGH_ENV = ("LANG", "LC_ALL", "TZ", "KUBEMAP_TESTCLUSTER_ID")
+NO_COMMAND = (
+    "the kubemap node emulator cannot run an image's entrypoint: it does not pull images and "
+    "runs the container's command on the host; set `command` (and `args`) on container {name!r}"
+)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every pod worker shares."""
+
+    api: Api
+    cluster: ClusterInfo
+    node_name: str
+    host_ip: str
+    allocatable: Mapping[str, str]
+    pods_dir: Path
+    registry: ProcessRegistry
+    backoff: Backoff
+    base_path: str
+
+
+def pod_dir_for(pods_dir: Path, pod: Mapping[str, Any]) -> Path:
+    meta = pod["metadata"]
+    return pods_dir / f"{meta['namespace']}_{meta['name']}_{meta['uid']}"
+
+
+class PodWorker(threading.Thread):
+    def __init__(
+        self, pod: Obj, ctx: Context, on_done: Callable[[str], None], recovered: bool
+    ) -> None:
+        meta = pod["metadata"]
+        super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
+        self.pod = pod
+        self.ctx = ctx
+        self.on_done = on_done
+        self.uid: str = meta["uid"]
+        self.ref = f"{meta['namespace']}/{meta['name']}"
+        self.dir = pod_dir_for(ctx.pods_dir, pod)
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        spec = pod["spec"]
+        self.policy = str(spec.get("restartPolicy") or "Always")
+        self.inits = [Slot(c, init=True) for c in spec.get("initContainers") or []]
+        self.mains = [Slot(c, init=False) for c in spec.get("containers") or []]
+        for slot in self.slots:
+            slot.extra["pod_ref"] = f"{meta['name']}_{meta['namespace']}({self.uid})"
+        status = pod.get("status") or {}
+        self.start_time = parse_time(status.get("startTime")) or time.time()
+        self.kubeconfig: Path | None = None
+        self.prepared = False
+        self.setup_retry_at = 0.0
+        self.gone = False
+        self.last_posted = ""
+        self.post_failed = False
+        if recovered:
+            self._restore(status)
+
+    # -- interface for the dispatcher (any thread) --
+    def update(self, pod: Obj) -> None:
+        self.events.put(("pod", pod))
+
+    def vanish(self) -> None:
+        self.events.put(("gone", None))
+
+    @property
+    def slots(self) -> list[Slot]:
+        return self.inits + self.mains
+
+    # -- the worker thread --
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            log.exception("%s: pod worker failed; killing its processes", self.ref)
+            for slot in self.slots:
+                if slot.proc is not None:
+                    kill_group(slot.proc.pid, signal.SIGKILL)
+        finally:
+            self.on_done(self.uid)
+
+    def _run(self) -> None:
+        log.info("%s: starting pod", self.ref)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            if self.gone:
+                self._kill(0)
+                return
+            if (self.pod["metadata"]).get("deletionTimestamp"):
+                self._terminate_for_deletion()
+                return
+            if self._deadline_passed():
+                self._terminate_for_deadline()
+                return
+            self._drive()
+            status = self._status()
+            self._post(status)
+            if status["phase"] in TERMINAL_PHASES and not self.post_failed:
+                log.info("%s: %s", self.ref, status["phase"])
+                return
+            self._wait(self._next_wakeup())
+
+    def _wait(self, timeout: float | None) -> None:
+        try:
+            event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self._apply(event)
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _apply(self, event: tuple[str, Any]) -> None:
+        kind, data = event
+        if kind == "pod":
+            self.pod = data
+        elif kind == "gone":
+            self.gone = True
+        elif kind == "exit":
+            slot, run_id, code, when = data
+            if slot.run_id == run_id:
+                self._on_exit(slot, code, when, terminating=False)
+
+    def _next_wakeup(self) -> float | None:
+        now = time.monotonic()
+        times = [s.retry_at for s in self.slots if s.state == "waiting" and s.retry_at > now]
+        if not self.prepared:
+            times.append(self.setup_retry_at)
+        deadline = self._deadline()
+        if deadline is not None:
+            times.append(now + max(0.0, deadline - time.time()))
+        if self.post_failed:
+            times.append(now + RETRY_SETUP)
+        return max(0.05, min(times) - now) if times else None
+
+    # -- driving containers --
+    def _drive(self) -> None:
+        now = time.monotonic()
+        if not self.prepared:
+            if now < self.setup_retry_at:
+                return
+            try:
+                self.kubeconfig = write_credentials(
+                    self.ctx.api, self.pod, self.ctx.cluster, self.dir
+                )
+                self.prepared = True
+            except Exception as exc:
+                message = f"MountVolume.SetUp failed for the ServiceAccount token: {exc}"
+                log.warning("%s: %s", self.ref, message)
+                for slot in self.slots:
+                    if slot.state == "waiting":
+                        slot.waiting_message = message
+                self.setup_retry_at = now + RETRY_SETUP
+                return
+        for slot in self.inits:
+            if slot.succeeded:
+                continue
+            if slot.state == "waiting" and slot.retry_at <= now:
+                self._start(slot)
+            if not slot.succeeded:
+                return
+        for slot in self.mains:
+            if slot.state == "waiting" and slot.retry_at <= now:
+                self._start(slot)
+
+    def _lookup(self) -> Callable[[str, str, str], Mapping[str, str] | None]:
+        cache: dict[tuple[str, str, str], Mapping[str, str] | None] = {}
+
+        def lookup(kind: str, namespace: str, name: str) -> Mapping[str, str] | None:
+            key = (kind, namespace, name)
+            if key not in cache:
+                plural = "secrets" if kind == "Secret" else "configmaps"
+                obj = self.ctx.api.get_or_none(f"/api/v1/namespaces/{namespace}/{plural}/{name}")
+                if obj is None:
+                    cache[key] = None
+                elif kind == "Secret":
+                    cache[key] = decode_secret(obj)
+                else:
+                    cache[key] = dict(obj.get("data") or {})
+            return cache[key]
+
+        return lookup
+
+    def _start(self, slot: Slot) -> None:
+        paths = ContainerPaths(self.dir, slot.name)
+        try:
+            defined = resolve_env(
+                self.pod,
+                slot.spec,
+                lookup=self._lookup(),
+                pod_ip=self.ctx.host_ip,
+                host_ip=self.ctx.host_ip,
+                allocatable=self.ctx.allocatable,
+            )
+        except (EnvConfigError, ApiException, ValueError) as exc:
+            message = (
+                str(exc) if not isinstance(exc, ApiException) else f"{exc.status} {exc.reason}"
+            )
+            log.warning(
+                "%s: container %s: CreateContainerConfigError: %s", self.ref, slot.name, message
+            )
+            slot.mark_waiting("CreateContainerConfigError", message, time.monotonic() + RETRY_SETUP)
+            return
+        env = {
+            "PATH": self.ctx.base_path,
+            "HOME": str(self.dir),
+            "HOSTNAME": str(self.pod["metadata"]["name"]),
+            "KUBEMAP_TERMINATION_LOG": str(paths.termination_log),
+        }
+        env.update({k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ})
+        if self.kubeconfig is not None:
+            env["KUBECONFIG"] = str(self.kubeconfig)
+        env.update(defined)
+        argv = container_argv(slot.spec, defined)
+        slot.begin_instance()
+        now = time.time()
+        if not argv:
+            term = Terminated(
+                128, "ContainerCannotRun", NO_COMMAND.format(name=slot.name), None, now, ""
+            )
+            self._on_exit_term(slot, term, terminating=False)
+            return
+        try:
+            proc = self.ctx.registry.start(argv, env, self.dir, paths)
+        except OSError as exc:
+            message = f"exec {argv[0]!r} failed: {exc.strerror or exc} (the command runs on the host, PATH={env['PATH']})"
+            term = Terminated(128, "StartError", message, None, now, "")
+            self._on_exit_term(slot, term, terminating=False)
+            return
+        slot.mark_running(proc, now)
+        log.info(
+            "%s: container %s started (pid %d): %s",
+            self.ref,
+            slot.name,
+            proc.pid,
+            " ".join(argv)[:200],
+        )
+        threading.Thread(
+            target=self._reap, args=(slot, slot.run_id, proc), name=f"wait-{proc.pid}", daemon=True
+        ).start()
+
+    def _reap(self, slot: Slot, run_id: int, proc: subprocess.Popen[bytes]) -> None:
+        code = self.ctx.registry.wait(proc)
+        self.events.put(("exit", (slot, run_id, code, time.time())))
+
+    def _on_exit(self, slot: Slot, code: int, when: float, *, terminating: bool) -> None:
+        signum = -code if code < 0 else None
+        exit_code = 128 + signum if signum else code
+        paths = ContainerPaths(self.dir, slot.name)
+        policy = str(slot.spec.get("terminationMessagePolicy") or "File")
+        term = Terminated(
+            exit_code=exit_code,
+            reason="Completed" if exit_code == 0 else "Error",
+            message=termination_message(paths, policy, exit_code),
+            started_at=slot.running_since,
+            finished_at=when,
+            container_id=slot.container_id,
+            signal=signum,
+        )
+        log.info("%s: container %s exited with %d", self.ref, slot.name, exit_code)
+        self._on_exit_term(slot, term, terminating=terminating)
+
+    def _on_exit_term(self, slot: Slot, term: Terminated, *, terminating: bool) -> None:
+        restart = not terminating and should_restart(
+            self.policy, init=slot.init, exit_code=term.exit_code
+        )
+        slot.finish(term, restart=restart, backoff=self.ctx.backoff, now_mono=time.monotonic())
+
+    # -- status --
+    def _status(self, **overrides: Any) -> dict[str, Any]:
+        return pod_status(
+            self.pod,
+            [s.view() for s in self.inits],
+            [s.view() for s in self.mains],
+            now=time.time(),
+            start_time=self.start_time,
+            host_ip=self.ctx.host_ip,
+            **overrides,
+        )
+
+    def _post(self, status: dict[str, Any]) -> None:
+        key = json.dumps(
+            {k: v for k, v in status.items() if k != "conditions"}, sort_keys=True
+        ) + json.dumps([(c["type"], c["status"]) for c in status["conditions"]])
+        if key == self.last_posted and not self.post_failed:
+            return
+        meta = self.pod["metadata"]
+        body = {"metadata": {"uid": self.uid}, "status": status}
+        try:
+            updated = self.ctx.api.patch(pod_path(meta["namespace"], meta["name"], "status"), body)
+        except ApiException as exc:
+            if exc.status == 404:
+                log.info("%s: pod is gone", self.ref)
+                self.gone = True
+                self.post_failed = False
+                return
+            log.warning("%s: status update failed: %s %s", self.ref, exc.status, exc.reason)
+            self.post_failed = True
+            return
+        except Exception as exc:
+            log.warning("%s: status update failed: %s", self.ref, exc)
+            self.post_failed = True
+            return
+        self.post_failed = False
+        self.last_posted = key
+        if updated.get("status", {}).get("conditions"):
+            self.pod = {**self.pod, "status": updated["status"]}
+
+    # -- termination --
+    def _deadline(self) -> float | None:
+        seconds = (self.pod.get("spec") or {}).get("activeDeadlineSeconds")
+        return None if seconds is None else self.start_time + float(seconds)
+
+    def _deadline_passed(self) -> bool:
+        deadline = self._deadline()
+        return deadline is not None and time.time() >= deadline
+
+    def _kill(self, grace: float) -> None:
+        """SIGTERM every container's process group, SIGKILL after `grace` seconds, reap them."""
+        live = [s for s in self.slots if s.proc is not None]
+        for slot in live:
+            assert slot.proc is not None
+            kill_group(slot.proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+        end = time.monotonic() + grace
+        killed = grace <= 0
+        while any(s.proc is not None for s in self.slots):
+            remaining = end - time.monotonic()
+            if remaining <= 0 and not killed:
+                for slot in self.slots:
+                    if slot.proc is not None:
+                        kill_group(slot.proc.pid, signal.SIGKILL)
+                killed, end = True, time.monotonic() + 10
+                continue
+            if remaining <= 0:
+                log.error("%s: processes survived SIGKILL for 10 s; giving up on them", self.ref)
+                break
+            try:
+                kind, data = self.events.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if kind == "exit":
+                slot, run_id, code, when = data
+                if slot.run_id == run_id:
+                    self._on_exit(slot, code, when, terminating=True)
+            elif kind == "pod":
+                self.pod = data
+            elif kind == "gone":
+                self.gone = True
+                end = min(end, time.monotonic())
+        for slot in self.slots:
+            if slot.state != "terminated":
+                slot.state = "terminated"
+                slot.terminated = slot.last_terminated or Terminated(
+                    137,
+                    "ContainerStatusUnknown",
+                    "The container could not be located when the pod was terminated",
+                    None,
+                    time.time(),
+                    "",
+                )
+
+    def _terminate_for_deletion(self) -> None:
+        meta = self.pod["metadata"]
+        grace = float(meta.get("deletionGracePeriodSeconds") or 0)
+        log.info("%s: deleting, grace period %gs", self.ref, grace)
+        self._kill(grace)
+        if not self.gone:
+            self._post(self._status(terminating=True))
+            delete_pod(self.ctx.api, self.pod)
+
+    def _terminate_for_deadline(self) -> None:
+        grace = float((self.pod.get("spec") or {}).get("terminationGracePeriodSeconds") or 30)
+        log.info("%s: activeDeadlineSeconds exceeded, killing with grace %gs", self.ref, grace)
+        self._kill(grace)
+        for _ in range(5):
+            if self.gone:
+                return
+            self._post(
+                self._status(
+                    forced_phase="Failed",
+                    reason="DeadlineExceeded",
+                    message="Pod was active on the node longer than the specified deadline",
+                )
+            )
+            if not self.post_failed:
+                return
+            time.sleep(RETRY_SETUP)
+
+    def _restore(self, status: Mapping[str, Any]) -> None:
+        log.info(
+            "%s: taking over a pod started before this emulator; its processes are gone", self.ref
+        )
+        by_name = {c.get("name"): c for c in status.get("initContainerStatuses") or []}
+        by_name.update({c.get("name"): c for c in status.get("containerStatuses") or []})
+        for slot in self.slots:
+            if slot.name in by_name:
+                slot.restore(by_name[slot.name], self.policy)
+
+
+def delete_pod(api: Api, pod: Mapping[str, Any]) -> None:
+    """The kubelet's final delete: grace period 0, only this incarnation of the pod (uid)."""
+    meta = pod["metadata"]
+    body = {
+        "apiVersion": "v1",
+        "kind": "DeleteOptions",
+        "gracePeriodSeconds": 0,
+        "preconditions": {"uid": meta["uid"]},
+    }
+    try:
+        api.delete(pod_path(meta["namespace"], meta["name"]), body)
+        log.info("%s/%s: deleted", meta["namespace"], meta["name"])
+    except ApiException as exc:
+        if exc.status not in (404, 409):
+            raise
