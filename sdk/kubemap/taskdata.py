@@ -85,6 +85,7 @@ RESULT_MAGIC = b"KMR1"
 _HEADER = struct.Struct("<4sI")
 _HEAD_READ = 64 * 1024
 _LITTLE = sys.byteorder == "little"
+_MAX_OFFSET = 1 << 50  # 1 PiB: an inputs.bin offset past this is garbage
 
 
 # -- function ----------------------------------------------------------------------------
@@ -176,6 +177,11 @@ def read_slice(store: Store, start: int, count: int, total: int | None = None) -
                 "submit the task again"
             )
     low, high = offsets[0], offsets[count]
+    if high >= _MAX_OFFSET:
+        raise CorruptTaskError(
+            f"{store.url}/{INDEX_KEY} is corrupt: item {start + count - 1} ends at byte {high}, "
+            f"far past any real {INPUTS_KEY}; submit the task again"
+        )
     try:
         blob = store.get_range(INPUTS_KEY, low, high)
     except KeyNotFound:
