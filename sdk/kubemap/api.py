@@ -201,13 +201,13 @@ class _StoredRun:
         self._total = total
 
     def status(self) -> RunStatus:
-        done = len(succeeded_indexes(self._task) & IndexRanges.span(0, self._total))
-        missing = self._total - done
+        done = succeeded_indexes(self._task) & IndexRanges.span(0, self._total)
+        failed = [i for i in read_errors(self._task) if i not in done and i < self._total]
         return RunStatus(
-            phase=Phase.SUCCEEDED if missing == 0 else Phase.FAILED,
+            phase=Phase.SUCCEEDED if len(done) == self._total else Phase.FAILED,
             total=self._total,
-            succeeded=done,
-            failed=missing,
+            succeeded=len(done),
+            failed=len(failed),  # indices that never ran are neither
         )
 
     def wait(self, timeout: float | None = None) -> RunStatus:
