@@ -1,0 +1,169 @@
+"""Pure builders: the worker pod manifest for one slice of a MapTask (no I/O)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubemap.contract import (
+    ANNOTATION_ATTEMPT,
+    ANNOTATION_COUNT,
+    API_VERSION,
+    ENV_ATTEMPT,
+    ENV_COUNT,
+    ENV_INDEX,
+    ENV_ITEM,
+    ENV_ITEMS,
+    ENV_TASK_URL,
+    ENV_TOTAL,
+    KIND,
+    LABEL_INDEX,
+    LABEL_TASK,
+    POD_FINALIZER,
+)
+from kubemap.models import MapTaskSpec, Mode
+
+from kubemap_operator.observe import ANNOTATION_FAILURES, ANNOTATION_INFRA
+from kubemap_operator.planner import PodRequest
+from kubemap_operator.settings import Settings
+
+MAX_NAME = 63
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kubemap", "app.kubernetes.io/name": "kubemap-worker"}
+WORKER_COMMAND = ["python", "-m", "kubemap.worker"]
+CONTAINER_NAME = "worker"
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    name: str
+    namespace: str
+    uid: str
+
+
+def _digest(text: str, length: int = 8) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def task_label(task_name: str) -> str:
+    """The kubemap.io/task label value: the task name, hashed down if over 63 characters."""
+    if len(task_name) <= MAX_NAME:
+        return task_name
+    return f"{task_name[: MAX_NAME - 9].rstrip('-.')}-{_digest(task_name)}"
+
+
+def pod_name(task_name: str, start: int, attempt: int) -> str:
+    """`<task>-<index>-<attempt>`; a long task name is cut and a hash of it keeps names unique."""
+    suffix = f"-{start}-{attempt}"
+    name = f"{task_name}{suffix}"
+    if len(name) <= MAX_NAME:
+        return name
+    keep = MAX_NAME - len(suffix) - 9
+    return f"{task_name[:keep].rstrip('-.')}-{_digest(task_name)}{suffix}"
+
+
+def _env(name: str, value: Any) -> dict[str, Any]:
+    return {"name": name, "value": str(value)}
+
+
+def _store_env(spec: MapTaskSpec, task: TaskRef, settings: Settings) -> list[dict[str, Any]]:
+    store = spec.store
+    url = store.url if store is not None else settings.default_store
+    if not url:
+        return []
+    env = [_env(ENV_TASK_URL, f"{url.rstrip('/')}/{task.name}")]
+    endpoint = (store.endpoint if store else None) or settings.s3_endpoint
+    if endpoint:
+        env.append(_env("AWS_ENDPOINT_URL_S3", endpoint))
+    env.append(_env("AWS_REGION", (store.region if store else None) or settings.s3_region))
+    if url.startswith("s3://"):
+        secret = (store.secret_name if store else None) or settings.s3_secret
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    return env
+
+
+def build_pod(task: TaskRef, spec: MapTaskSpec, request: PodRequest, settings: Settings) -> dict[str, Any]:
+    """The manifest of the pod running [request.start, request.start + request.count)."""
+    template = spec.template
+    defaults: Mapping[str, Any] = settings.worker_pod_defaults
+    env = [
+        _env(ENV_INDEX, request.start),
+        _env(ENV_COUNT, request.count),
+        _env(ENV_TOTAL, spec.total),
+        _env(ENV_ATTEMPT, request.attempt),
+    ]
+    if spec.items is not None:
+        env.append(_env(ENV_ITEM, spec.items[request.start]))
+        env.append(_env(ENV_ITEMS, json.dumps(spec.items[request.start : request.start + request.count])))
+    env.extend(_store_env(spec, task, settings))
+    env.extend(copy.deepcopy(template.env or []))  # the user's env wins: it comes last
+
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": template.image or settings.worker_image,
+        "env": env,
+        "terminationMessagePath": "/dev/termination-log",
+        # A plain container's last log lines explain its failure when it wrote no message.
+        "terminationMessagePolicy": "File" if spec.mode is Mode.FUNCTION else "FallbackToLogsOnError",
+    }
+    if template.command is not None:
+        container["command"] = list(template.command)
+    elif spec.mode is Mode.FUNCTION:
+        container["command"] = list(WORKER_COMMAND)
+    if template.args is not None:
+        container["args"] = list(template.args)
+    pull = template.image_pull_policy or defaults.get("imagePullPolicy")
+    if pull:
+        container["imagePullPolicy"] = pull
+    resources = template.resources if template.resources is not None else defaults.get("resources")
+    if resources:
+        container["resources"] = copy.deepcopy(dict(resources))
+    if defaults.get("securityContext"):
+        container["securityContext"] = copy.deepcopy(dict(defaults["securityContext"]))
+
+    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    if defaults.get("podSecurityContext"):
+        pod_spec["securityContext"] = copy.deepcopy(dict(defaults["podSecurityContext"]))
+    if "automountServiceAccountToken" in defaults:
+        pod_spec["automountServiceAccountToken"] = bool(defaults["automountServiceAccountToken"])
+    if template.service_account_name:
+        pod_spec["serviceAccountName"] = template.service_account_name
+    if template.node_selector:
+        pod_spec["nodeSelector"] = dict(template.node_selector)
+    if template.tolerations:
+        pod_spec["tolerations"] = copy.deepcopy(template.tolerations)
+
+    labels = {**(template.labels or {}), **MANAGED_BY, LABEL_TASK: task_label(task.name), LABEL_INDEX: str(request.start)}
+    annotations = {
+        **(template.annotations or {}),
+        ANNOTATION_COUNT: str(request.count),
+        ANNOTATION_ATTEMPT: str(request.attempt),
+        ANNOTATION_FAILURES: str(request.failures),
+        ANNOTATION_INFRA: str(request.infra_failures),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(task.name, request.start, request.attempt),
+            "namespace": task.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "finalizers": [POD_FINALIZER],
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": task.name,
+                    "uid": task.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": pod_spec,
+    }

@@ -1,0 +1,128 @@
+"""The one place that talks to the Kubernetes API (the podControl of the Job controller).
+
+The official client is synchronous; calls run in worker threads so kopf's event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kubemap.contract import GROUP, LABEL_TASK, PLURAL, POD_FINALIZER, VERSION
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+@dataclass(frozen=True)
+class Throttled(Exception):
+    """The API server answered 429: wait `retry_after` seconds before the next create."""
+
+    retry_after: float
+
+
+@dataclass(frozen=True)
+class CreateFailed(Exception):
+    """The API server refused a pod (quota, admission, invalid): `reason` says why."""
+
+    status: int
+    reason: str
+
+
+def retry_after(exc: ApiException, default: float = 1.0) -> float:
+    headers = exc.headers or {}
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else default
+    except ValueError:
+        return default
+
+
+class KubeApi:
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api_client = api_client or client.ApiClient()
+        self.core = client.CoreV1Api(self.api_client)
+        self.custom = client.CustomObjectsApi(self.api_client)
+
+    async def get_task(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body = await asyncio.to_thread(
+                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(body)
+
+    async def list_pods(self, namespace: str, task_label: str) -> list[dict[str, Any]]:
+        result = await asyncio.to_thread(
+            self.core.list_namespaced_pod, namespace,
+            label_selector=f"{LABEL_TASK}={task_label}", _preload_content=False,
+        )
+        data = json.loads(result.data)
+        items: list[dict[str, Any]] = data.get("items") or []
+        return items
+
+    async def create_pod(self, namespace: str, body: dict[str, Any]) -> Literal["created", "exists"]:
+        try:
+            await asyncio.to_thread(self.core.create_namespaced_pod, namespace, body, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 409:
+                return "exists"  # a deterministic name: an earlier reconcile already made it
+            if exc.status == 429:
+                raise Throttled(retry_after(exc)) from None
+            raise CreateFailed(exc.status, _reason(exc)) from None
+        return "created"
+
+    async def remove_finalizer(self, namespace: str, pod: dict[str, Any]) -> None:
+        meta = pod.get("metadata") or {}
+        remaining = [f for f in meta.get("finalizers") or [] if f != POD_FINALIZER]
+        if len(remaining) == len(meta.get("finalizers") or []):
+            return
+        # resourceVersion makes this a compare-and-swap: a concurrent change is retried next round.
+        patch = {"metadata": {"finalizers": remaining or None, "resourceVersion": meta.get("resourceVersion")}}
+        try:
+            await asyncio.to_thread(
+                self.core.patch_namespaced_pod, meta["name"], namespace, patch,
+                _content_type=MERGE_PATCH, _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            await asyncio.to_thread(
+                self.core.delete_namespaced_pod, name, namespace,
+                propagation_policy="Background", _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name,
+            {"status": status}, _content_type=MERGE_PATCH,
+        )
+
+    async def delete_task(self, namespace: str, name: str) -> None:
+        try:
+            await asyncio.to_thread(
+                self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
+                propagation_policy="Background",
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def _reason(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)

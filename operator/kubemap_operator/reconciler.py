@@ -1,0 +1,235 @@
+"""Reconcile one MapTask: read what is, ask the planner, do what it says, in a safe order.
+
+Order matters for exactly-once counting: the status (the record of outcomes) is written
+first; only then do finished pods lose their finalizer or get deleted, and only then are
+new pods created. A crash between steps leaves state that the next reconcile, from the
+same observations, plans the same way: ranges union idempotently, and deterministic pod
+names turn a repeated create into HTTP 409.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+from kubemap.models import MapTaskSpec, MapTaskStatus, Phase
+from kubemap.ranges import IndexRanges
+from kubernetes.client.exceptions import ApiException
+
+from kubemap_operator import metrics
+from kubemap_operator.builder import TaskRef, build_pod, pod_name, task_label
+from kubemap_operator.kubeapi import CreateFailed, KubeApi, Throttled
+from kubemap_operator.observe import observe_pod
+from kubemap_operator.planner import Event, Limits, Plan, plan
+from kubemap_operator.ratelimit import TokenBucket
+from kubemap_operator.settings import Settings
+from kubemap_operator.status import clip, describe, rfc3339
+
+EventSink = Callable[[dict[str, Any], Event], None]
+CREATE_CONCURRENCY = 8
+
+
+def owned_by(pod: dict[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in (pod.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def status_wire(status: MapTaskStatus) -> dict[str, Any]:
+    """The status as a merge patch: fields that became None are removed explicitly."""
+    data = status.model_dump(by_alias=True, mode="json")
+    data["conditions"] = [c.to_wire() for c in status.conditions]
+    return data
+
+
+class Reconciler:
+    def __init__(
+        self,
+        api: KubeApi,
+        settings: Settings,
+        *,
+        limiter: TokenBucket | None = None,
+        post_event: EventSink | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self.limiter = limiter or TokenBucket(settings.pod_create_qps, settings.pod_create_burst)
+        self.post_event = post_event or (lambda body, event: None)
+        self.clock = clock
+        self.limits = Limits(
+            backoff_base_seconds=settings.backoff_base_seconds, failed_pods_kept=settings.failed_pods_kept
+        )
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._again: set[tuple[str, str]] = set()
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+
+    async def trigger(self, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+        """Reconcile now; if a reconcile of this task is running, run once more after it."""
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        if lock.locked():
+            self._again.add(key)
+            return
+        async with lock:
+            while True:
+                self._again.discard(key)
+                requeue = await self.reconcile(namespace, name, logger)
+                if requeue is not None:
+                    self._schedule(namespace, name, requeue, logger)
+                if key not in self._again:
+                    break
+
+    def forget(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        self._locks.pop(key, None)
+        handle = self._timers.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+        metrics.observe_phase(namespace, name, None)
+
+    def _schedule(self, namespace: str, name: str, delay: float, logger: Any) -> None:
+        """A retry or TTL falls due before the next timer tick: wake up for it."""
+        if delay >= self.settings.reconcile_interval:
+            return
+        key = (namespace, name)
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(
+            max(0.05, delay), lambda: loop.create_task(self.trigger(namespace, name, logger))
+        )
+
+    async def reconcile(self, namespace: str, name: str, logger: Any) -> float | None:
+        started = time.monotonic()
+        try:
+            return await self._reconcile(namespace, name, logger)
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+    async def _reconcile(self, namespace: str, name: str, logger: Any) -> float | None:
+        body = await self.api.get_task(namespace, name)
+        if body is None:
+            self.forget(namespace, name)
+            return None
+        meta = body.get("metadata") or {}
+        uid = str(meta.get("uid", ""))
+        pods = [p for p in await self.api.list_pods(namespace, task_label(name)) if owned_by(p, uid)]
+        if meta.get("deletionTimestamp"):
+            await self._let_go(namespace, pods)
+            return None
+        try:
+            spec = MapTaskSpec.model_validate(body.get("spec") or {})
+        except pydantic.ValidationError as exc:
+            await self._reject(namespace, name, body, exc, logger)
+            return None
+        status = MapTaskStatus.model_validate(body.get("status") or {})
+        now = self.clock()
+        observed = [o for o in (observe_pod(p, now) for p in pods) if o is not None]
+        result = plan(spec, status, observed, now, generation=meta.get("generation"), limits=self.limits)
+        await self._apply(TaskRef(name, namespace, uid), body, spec, status, result, pods, logger)
+        metrics.observe_phase(namespace, name, result.status.phase)
+        return result.requeue_after
+
+    async def _apply(
+        self, task: TaskRef, body: dict[str, Any], spec: MapTaskSpec, old: MapTaskStatus, result: Plan,
+        pods: list[dict[str, Any]], logger: Any,
+    ) -> None:
+        if result.status != old:
+            await self.api.patch_status(task.namespace, task.name, status_wire(result.status))
+            newly_failed = IndexRanges.parse(result.status.failed_indexes) - IndexRanges.parse(old.failed_indexes)
+            if newly_failed:
+                metrics.INDEXES_FAILED.inc(len(newly_failed))
+        for event in result.events:
+            (logger.warning if event.type == "Warning" else logger.info)(f"{event.reason}: {event.message}")
+            self.post_event(body, event)
+        by_name = {(p.get("metadata") or {}).get("name"): p for p in pods}
+        for pod_name_ in (*result.release, *result.delete):
+            pod = by_name.get(pod_name_)
+            if pod is not None:
+                await self.api.remove_finalizer(task.namespace, pod)
+        for pod_name_ in result.delete:
+            await self.api.delete_pod(task.namespace, pod_name_)
+            metrics.PODS_DELETED.inc()
+        if result.create:
+            await self._create(task, body, spec, result, logger)
+        if result.delete_task:
+            logger.info(f"deleting the finished task: ttlSecondsAfterFinished={spec.ttl_seconds_after_finished}")
+            await self.api.delete_task(task.namespace, task.name)
+
+    async def _create(self, task: TaskRef, body: dict[str, Any], spec: MapTaskSpec, result: Plan, logger: Any) -> None:
+        semaphore = asyncio.Semaphore(CREATE_CONCURRENCY)
+        started: list[tuple[int, int]] = []
+        stop: list[str] = []
+
+        async def one(request: Any) -> None:
+            async with semaphore:
+                if stop:
+                    return
+                await self.limiter.acquire()
+                manifest = build_pod(task, spec, request, self.settings)
+                try:
+                    outcome = await self.api.create_pod(task.namespace, manifest)
+                except Throttled as exc:
+                    metrics.THROTTLED.inc()
+                    self.limiter.pause(exc.retry_after)
+                    stop.append(f"API server asked to slow down (429), retrying in {exc.retry_after:.0f}s")
+                    return
+                except CreateFailed as exc:
+                    stop.append(f"pod {manifest['metadata']['name']} refused ({exc.status}): {exc.reason}")
+                    return
+                if outcome == "created":
+                    metrics.PODS_CREATED.inc()
+                    started.append((request.start, request.start + request.count))
+
+        await asyncio.gather(*(one(r) for r in result.create))
+        if started:
+            ranges = IndexRanges.from_spans(started)
+            event = Event("Normal", "PodsStarted", f"started {len(started)} pod(s) for indices {describe(ranges)}")
+            logger.info(event.message)
+            self.post_event(body, event)
+        if stop:
+            logger.warning(stop[0])
+            self.post_event(body, Event("Warning", "PodCreateFailed", clip(stop[0], 1000)))
+
+    async def _let_go(self, namespace: str, pods: list[dict[str, Any]]) -> None:
+        """The task is being deleted: free its pods so the garbage collector can remove them."""
+        for pod in pods:
+            await self.api.remove_finalizer(namespace, pod)
+
+    async def _reject(self, namespace: str, name: str, body: dict[str, Any], exc: pydantic.ValidationError, logger: Any) -> None:
+        message = clip(f"invalid spec: {exc.errors()[0].get('msg')} at {exc.errors()[0].get('loc')}; fix the MapTask and create it again")
+        old = MapTaskStatus.model_validate(body.get("status") or {})
+        if old.phase is Phase.FAILED and old.message == message:
+            return
+        now = rfc3339(self.clock())
+        failed = MapTaskStatus(phase=Phase.FAILED, message=message, completion_time=now, start_time=old.start_time or now)
+        await self.api.patch_status(namespace, name, status_wire(failed))
+        logger.error(message)
+        self.post_event(body, Event("Warning", "InvalidSpec", message))
+
+
+async def release_orphan(api: KubeApi, pod: dict[str, Any]) -> bool:
+    """A pod with our finalizer whose task is gone or being deleted: drop the finalizer."""
+    meta = pod.get("metadata") or {}
+    namespace = str(meta.get("namespace", ""))
+    owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    if owner is None:
+        await api.remove_finalizer(namespace, pod)
+        return True
+    try:
+        task = await api.get_task(namespace, str(owner.get("name")))
+    except ApiException:
+        return False
+    gone = task is None or (task.get("metadata") or {}).get("uid") != owner.get("uid")
+    if gone or (task or {}).get("metadata", {}).get("deletionTimestamp"):
+        await api.remove_finalizer(namespace, pod)
+        return True
+    return False
+
+
+__all__ = ["Reconciler", "pod_name", "release_orphan"]

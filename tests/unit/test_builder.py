@@ -1,0 +1,129 @@
+"""Pod manifests from the pure builder: names, labels, env, ownership, defaults."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from kubemap.contract import LABEL_INDEX, LABEL_TASK, POD_FINALIZER
+from kubemap.models import MapTaskSpec
+from kubemap_operator.builder import TaskRef, build_pod, pod_name, task_label
+from kubemap_operator.observe import observe_pod
+from kubemap_operator.planner import PodRequest
+from kubemap_operator.settings import Settings
+
+TASK = TaskRef("squares", "default", "uid-1")
+SETTINGS = Settings(s3_endpoint="http://127.0.0.1:8333", worker_image="kubemap:test")
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize(
+    ("task", "start", "attempt", "expected"),
+    [
+        ("squares", 0, 0, "squares-0-0"),
+        ("squares", 123456, 7, "squares-123456-7"),
+        ("a" * 50, 5, 1, "a" * 50 + "-5-1"),
+    ],
+)
+def test_short_names_are_plain(task: str, start: int, attempt: int, expected: str) -> None:
+    assert pod_name(task, start, attempt) == expected
+
+
+def test_long_names_are_cut_with_a_hash_and_stay_unique() -> None:
+    a, b = "x" * 60 + "-alpha", "x" * 60 + "-beta"
+    names = {pod_name(t, 99999999, 100) for t in (a, b)}
+    assert len(names) == 2
+    assert all(len(n) <= 63 and n.endswith("-99999999-100") for n in names)
+    assert len(task_label(a)) <= 63 and task_label(a) != task_label(b)
+
+
+def test_function_mode_pod() -> None:
+    spec = MapTaskSpec.model_validate({"mode": "Function", "count": 100, "store": {"url": "s3://b/tasks"}})
+    pod = build_pod(TASK, spec, PodRequest(10, 5, attempt=2, failures=1), SETTINGS)
+    meta = pod["metadata"]
+    assert meta["name"] == "squares-10-2"
+    assert meta["labels"][LABEL_TASK] == "squares" and meta["labels"][LABEL_INDEX] == "10"
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "kubemap"
+    assert meta["annotations"]["kubemap.io/count"] == "5"
+    assert meta["finalizers"] == [POD_FINALIZER]
+    owner = meta["ownerReferences"][0]
+    assert owner["uid"] == "uid-1" and owner["controller"] and owner["blockOwnerDeletion"]
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "kubemap.worker"]
+    assert container["image"] == "kubemap:test"
+    env = env_of(pod)
+    assert env["KUBEMAP_TASK_URL"] == "s3://b/tasks/squares"
+    assert (env["KUBEMAP_INDEX"], env["KUBEMAP_COUNT"], env["KUBEMAP_TOTAL"], env["KUBEMAP_ATTEMPT"]) == ("10", "5", "100", "2")
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:8333"
+    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "kubemap-s3", "key": "AWS_ACCESS_KEY_ID"}}
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert container["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def test_container_mode_items_and_template_win() -> None:
+    spec = MapTaskSpec.model_validate({
+        "count": 3, "items": ["a", "b c", "d"], "itemsPerPod": 2,
+        "template": {"image": "busybox", "command": ["sh", "-c", "echo $KUBEMAP_ITEM"],
+                     "env": [{"name": "X", "value": "1"}], "resources": {"limits": {"cpu": "1"}},
+                     "nodeSelector": {"k": "v"}, "labels": {LABEL_TASK: "spoofed", "team": "a"}},
+        "store": {"url": "s3://b/p", "secretName": "mine", "endpoint": "http://s3"},
+    })
+    pod = build_pod(TASK, spec, PodRequest(1, 2), SETTINGS)
+    env = env_of(pod)
+    assert env["KUBEMAP_ITEM"] == "b c" and json.loads(env["KUBEMAP_ITEMS"]) == ["b c", "d"]
+    assert env["X"] == "1" and env["AWS_ENDPOINT_URL_S3"] == "http://s3"
+    assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "mine"
+    c = pod["spec"]["containers"][0]
+    assert c["command"][0] == "sh" and c["resources"] == {"limits": {"cpu": "1"}}
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert pod["metadata"]["labels"][LABEL_TASK] == "squares" and pod["metadata"]["labels"]["team"] == "a"
+    assert pod["spec"]["nodeSelector"] == {"k": "v"}
+
+
+def test_settings_from_env_and_errors() -> None:
+    s = Settings.from_env({"KUBEMAP_WATCH_NAMESPACES": "a, b", "KUBEMAP_POD_CREATE_QPS": "5",
+                           "KUBEMAP_WORKER_POD_DEFAULTS": '{"resources": {"requests": {"cpu": "10m"}}}'})
+    assert s.watch_namespaces == ("a", "b") and s.pod_create_qps == 5.0
+    assert s.worker_pod_defaults == {"resources": {"requests": {"cpu": "10m"}}}
+    with pytest.raises(ValueError, match="KUBEMAP_POD_CREATE_QPS"):
+        Settings.from_env({"KUBEMAP_POD_CREATE_QPS": "fast"})
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Settings.from_env({"KUBEMAP_WORKER_POD_DEFAULTS": "{"})
+
+
+def test_built_pod_round_trips_through_observation() -> None:
+    from datetime import UTC, datetime
+
+    spec = MapTaskSpec.model_validate({"count": 9, "template": {"image": "busybox"}})
+    pod = build_pod(TASK, spec, PodRequest(4, 3, attempt=1, failures=1, infra_failures=2), SETTINGS)
+    pod["status"] = {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {
+        "exitCode": 3, "finishedAt": "2026-01-01T00:00:00Z", "message": '{"v":1,"succeeded":"4","failed":"5-6"}'}}}]}
+    seen = observe_pod(pod, datetime(2026, 1, 1, tzinfo=UTC))
+    assert seen is not None
+    assert (seen.start, seen.count, seen.attempt, seen.failures, seen.infra_failures) == (4, 3, 1, 1, 2)
+    assert seen.report is not None and str(seen.report.failed) == "5-6" and seen.exit_code == 3
+    assert seen.has_finalizer and seen.infra_reason is None
+
+
+@pytest.mark.parametrize(
+    ("status", "meta", "state", "infra"),
+    [
+        ({"phase": "Running"}, {}, "active", False),
+        ({"phase": "Succeeded"}, {}, "succeeded", False),
+        ({"phase": "Failed", "reason": "Evicted"}, {}, "failed", True),
+        ({"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True"}]}, {}, "failed", True),
+        ({"phase": "Running"}, {"deletionTimestamp": "2026-01-01T00:00:00Z"}, "active", False),
+        ({"phase": "Running"}, {"deletionTimestamp": "2025-12-31T00:00:00Z"}, "failed", True),  # node lost
+    ],
+)
+def test_observed_states(status: dict[str, Any], meta: dict[str, Any], state: str, infra: bool) -> None:
+    from datetime import UTC, datetime
+
+    pod = {"metadata": {"name": "p", "labels": {LABEL_INDEX: "0"}, **meta}, "status": status}
+    seen = observe_pod(pod, datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC))
+    assert seen is not None and seen.state.value == state and (seen.infra_reason is not None) is infra
