@@ -10,7 +10,11 @@ termination messages. The e2e tests (marked e2e) need a running test cluster:
 from __future__ import annotations
 
 import base64
+import os
 import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -142,9 +146,17 @@ def test_env_field_refs() -> None:
         }
     )
     assert env == {
-        "NAME": "p1", "NS": "ns1", "UID": "u-1", "IDX": "3", "NOTE": "hi", "MISSING": "",
-        "NODE": "node-a", "SA": "sa1", "IP": "127.0.0.1", "HOST": "127.0.0.1",
-    }  # fmt: skip
+        "NAME": "p1",
+        "NS": "ns1",
+        "UID": "u-1",
+        "IDX": "3",
+        "NOTE": "hi",
+        "MISSING": "",
+        "NODE": "node-a",
+        "SA": "sa1",
+        "IP": "127.0.0.1",
+        "HOST": "127.0.0.1",
+    }
 
 
 def test_env_resource_field_refs_round_up_and_default_to_allocatable() -> None:
@@ -306,16 +318,24 @@ def test_conditions_keep_transition_time_while_status_holds() -> None:
 def test_pod_status_reports_terminated_container_with_message() -> None:
     pod = make_pod({"name": "c", "image": "img"}, restartPolicy="Never")
     failed = ContainerView(
-        "c", "img", "terminated", restart_count=0,
-        terminated=Terminated(3, "Error", "boom", 10.0, 12.0, "emulator://42"), container_id="emulator://42",
-    )  # fmt: skip
+        "c",
+        "img",
+        "terminated",
+        restart_count=0,
+        terminated=Terminated(3, "Error", "boom", 10.0, 12.0, "emulator://42"),
+        container_id="emulator://42",
+    )
     status = pod_status(pod, [], [failed], now=13.0, start_time=9.0, host_ip="127.0.0.1")
     assert status["phase"] == "Failed"
     cs = status["containerStatuses"][0]
     assert cs["state"]["terminated"] == {
-        "exitCode": 3, "reason": "Error", "message": "boom", "containerID": "emulator://42",
-        "startedAt": "1970-01-01T00:00:10Z", "finishedAt": "1970-01-01T00:00:12Z",
-    }  # fmt: skip
+        "exitCode": 3,
+        "reason": "Error",
+        "message": "boom",
+        "containerID": "emulator://42",
+        "startedAt": "1970-01-01T00:00:10Z",
+        "finishedAt": "1970-01-01T00:00:12Z",
+    }
     assert cs["ready"] is False and cs["started"] is False
     assert status["podIP"] == "127.0.0.1" and status["startTime"] == "1970-01-01T00:00:09Z"
     assert "initContainerStatuses" not in status
@@ -451,3 +471,389 @@ def test_termination_message_file_then_log_fallback(tmp_path: Path) -> None:
     assert termination_message(paths, "FallbackToLogsOnError", 0) == ""
     tail = termination_message(paths, "FallbackToLogsOnError", 1)
     assert tail.splitlines()[0] == "line 120" and tail.endswith("line 199\n") and len(tail) <= 2048
+
+
+# ==========================================================================================
+# e2e: against a running test cluster (KUBECONFIG) whose node is this emulator
+# ==========================================================================================
+E2E_TIMEOUT = 60.0
+
+e2e = pytest.mark.e2e
+needs_cluster = pytest.mark.skipif(
+    not os.environ.get("KUBECONFIG"), reason="needs KUBECONFIG of a running test cluster"
+)
+
+
+@pytest.fixture(scope="module")
+def kube() -> Any:
+    from kubernetes import client, config
+
+    config.load_kube_config()
+    return client
+
+
+@pytest.fixture(scope="module")
+def namespace(kube: Any) -> Iterator[str]:
+    name = f"emu-e2e-{uuid.uuid4().hex[:6]}"
+    core = kube.CoreV1Api()
+    core.create_namespace({"metadata": {"name": name}})
+    deadline = time.monotonic() + E2E_TIMEOUT
+    while time.monotonic() < deadline:  # the ServiceAccount controller creates "default"
+        if core.list_namespaced_service_account(name, field_selector="metadata.name=default").items:
+            break
+        time.sleep(0.2)
+    yield name
+    core.delete_namespace(name)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = E2E_TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def pod_manifest(name: str, command: list[str], **spec: Any) -> dict[str, Any]:
+    container = {
+        "name": "main",
+        "image": "busybox",
+        "command": command,
+        **spec.pop("container", {}),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "containers": [container], **spec},
+    }
+
+
+def run_pod(
+    kube: Any,
+    namespace: str,
+    manifest: dict[str, Any],
+    phases: tuple[str, ...] = ("Succeeded", "Failed"),
+) -> Any:
+    core = kube.CoreV1Api()
+    core.create_namespaced_pod(namespace, manifest)
+    name = manifest["metadata"]["name"]
+
+    def reached() -> Any:
+        pod = core.read_namespaced_pod(name, namespace)
+        return pod if pod.status.phase in phases else None
+
+    return wait_for(f"pod {name} to reach {phases}", reached)
+
+
+def terminated(pod: Any, index: int = 0) -> Any:
+    return pod.status.container_statuses[index].state.terminated
+
+
+@e2e
+@needs_cluster
+def test_e2e_failing_command_reports_exit_code_and_log_tail(kube: Any, namespace: str) -> None:
+    manifest = pod_manifest(
+        "fails",
+        ["sh", "-c", "echo $MY_VAR; exit 3"],
+        container={
+            "env": [
+                {"name": "WHO", "value": "emulator"},
+                {"name": "MY_VAR", "value": "hello-$(WHO)"},
+            ],
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        },
+    )
+    pod = run_pod(kube, namespace, manifest)
+    assert pod.status.phase == "Failed"
+    state = terminated(pod)
+    assert (state.exit_code, state.reason) == (3, "Error")
+    assert state.message.strip() == "hello-emulator"
+    ready = {c.type: c.status for c in pod.status.conditions}
+    assert ready["Ready"] == "False" and ready["PodScheduled"] == "True"
+
+
+@e2e
+@needs_cluster
+def test_e2e_env_from_secret_configmap_and_downward_api(kube: Any, namespace: str) -> None:
+    core = kube.CoreV1Api()
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cr3t"}}
+    )
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "cfg"}, "data": {"mode": "fast"}}
+    )
+    env = [
+        {"name": "S", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+        {"name": "M", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}},
+        {
+            "name": "OPT",
+            "valueFrom": {"secretKeyRef": {"name": "absent", "key": "x", "optional": True}},
+        },
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    script = 'printf "%s %s %s %s" "$S" "$M" "${OPT-unset}" "$POD" > "$KUBEMAP_TERMINATION_LOG"'
+    pod = run_pod(
+        kube, namespace, pod_manifest("envs", ["sh", "-c", script], container={"env": env})
+    )
+    assert pod.status.phase == "Succeeded"
+    assert terminated(pod).message == "s3cr3t fast unset envs"
+    assert terminated(pod).reason == "Completed"
+
+
+@e2e
+@needs_cluster
+def test_e2e_missing_secret_waits_with_config_error(kube: Any, namespace: str) -> None:
+    core = kube.CoreV1Api()
+    env = [{"name": "S", "valueFrom": {"secretKeyRef": {"name": "later", "key": "k"}}}]
+    core.create_namespaced_pod(
+        namespace, pod_manifest("waits", ["sh", "-c", 'test "$S" = v'], container={"env": env})
+    )
+
+    def waiting_reason() -> Any:
+        statuses = core.read_namespaced_pod("waits", namespace).status.container_statuses or []
+        return statuses and statuses[0].state.waiting and statuses[0].state.waiting.reason
+
+    assert wait_for("CreateContainerConfigError", waiting_reason) == "CreateContainerConfigError"
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "later"}, "stringData": {"k": "v"}}
+    )
+    pod = wait_for(
+        "pod to succeed",
+        lambda: (
+            (p := core.read_namespaced_pod("waits", namespace)).status.phase == "Succeeded" and p
+        ),
+    )
+    assert terminated(pod).exit_code == 0
+
+
+@e2e
+@needs_cluster
+def test_e2e_no_command_cannot_run(kube: Any, namespace: str) -> None:
+    manifest = pod_manifest("entrypoint", [])
+    del manifest["spec"]["containers"][0]["command"]
+    pod = run_pod(kube, namespace, manifest)
+    assert pod.status.phase == "Failed"
+    assert terminated(pod).reason == "ContainerCannotRun"
+    assert "entrypoint" in terminated(pod).message
+
+
+@e2e
+@needs_cluster
+def test_e2e_init_containers_then_onfailure_restart(kube: Any, namespace: str) -> None:
+    manifest = pod_manifest(
+        "restarts",
+        ["sh", "-c", "test -f init-ran || exit 9; test -f tried && exit 0; touch tried; exit 1"],
+        restartPolicy="OnFailure",
+        initContainers=[{"name": "init", "image": "busybox", "command": ["touch", "init-ran"]}],
+    )
+    pod = run_pod(kube, namespace, manifest)
+    assert pod.status.phase == "Succeeded"
+    status = pod.status.container_statuses[0]
+    assert status.restart_count == 1
+    assert status.last_state.terminated.exit_code == 1
+    assert pod.status.init_container_statuses[0].state.terminated.exit_code == 0
+
+
+@e2e
+@needs_cluster
+def test_e2e_active_deadline_fails_the_pod(kube: Any, namespace: str) -> None:
+    manifest = pod_manifest("deadline", ["sleep", "60"], activeDeadlineSeconds=2)
+    started = time.monotonic()
+    pod = run_pod(kube, namespace, manifest)
+    assert (pod.status.phase, pod.status.reason) == ("Failed", "DeadlineExceeded")
+    assert terminated(pod).exit_code == 143  # SIGTERM
+    assert 2 <= time.monotonic() - started < 15
+
+
+def _pid(pod: Any) -> int:
+    return int(pod.status.container_statuses[0].container_id.rpartition("/")[2])
+
+
+@e2e
+@needs_cluster
+@pytest.mark.parametrize(
+    ("script", "grace", "least", "most"),
+    [
+        ('trap "exit 0" TERM; while true; do sleep 0.1; done', 30, 0.0, 10.0),
+        ('trap "" TERM; while true; do sleep 0.1; done', 3, 3.0, 12.0),
+    ],
+)
+def test_e2e_delete_honours_grace_period(
+    kube: Any, namespace: str, script: str, grace: int, least: float, most: float
+) -> None:
+    core = kube.CoreV1Api()
+    name = f"graceful-{grace}"
+    pod = run_pod(kube, namespace, pod_manifest(name, ["sh", "-c", script]), phases=("Running",))
+    pid = _pid(pod)
+    assert Path(f"/proc/{pid}").exists()
+    started = time.monotonic()
+    core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace)
+
+    def gone() -> bool:
+        return not core.list_namespaced_pod(namespace, field_selector=f"metadata.name={name}").items
+
+    wait_for(f"pod {name} to be deleted", gone, timeout=most + 5)
+    took = time.monotonic() - started
+    assert least <= took <= most, f"deletion took {took:.1f}s"
+    assert (
+        not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    )
+
+
+@e2e
+@needs_cluster
+def test_e2e_indexed_job_runs_to_completion(kube: Any, namespace: str) -> None:
+    batch = kube.BatchV1Api()
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "indexed"},
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": 5,
+            "parallelism": 2,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "busybox",
+                            "command": [
+                                "sh",
+                                "-c",
+                                'echo "index $JOB_COMPLETION_INDEX" > "$KUBEMAP_TERMINATION_LOG"; sleep 0.5',
+                            ],
+                        }
+                    ],
+                }
+            },
+        },
+    }
+    batch.create_namespaced_job(namespace, job)
+
+    def complete() -> Any:
+        status = batch.read_namespaced_job("indexed", namespace).status
+        return (
+            any(c.type == "Complete" and c.status == "True" for c in status.conditions or [])
+            and status
+        )
+
+    status = wait_for("the Indexed Job to complete", complete, timeout=120)
+    assert status.succeeded == 5 and status.completed_indexes == "0-4"
+    pods = kube.CoreV1Api().list_namespaced_pod(namespace, label_selector="job-name=indexed").items
+    messages = sorted(terminated(p).message.strip() for p in pods if p.status.phase == "Succeeded")
+    assert messages == [f"index {i}" for i in range(5)]
+    starts = sorted((terminated(p).started_at, terminated(p).finished_at) for p in pods)
+    overlap = max(sum(1 for s, f in starts if s <= t < f) for t, _ in starts)
+    assert overlap <= 2, "parallelism 2 was exceeded"
+
+
+@e2e
+@needs_cluster
+def test_e2e_deployment_pod_becomes_ready(kube: Any, namespace: str) -> None:
+    apps = kube.AppsV1Api()
+    labels = {"app": "sleeper"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "sleeper"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {"name": "main", "image": "busybox", "command": ["sleep", "3600"]}
+                    ]
+                },
+            },
+        },
+    }
+    apps.create_namespaced_deployment(namespace, deployment)
+    wait_for(
+        "the Deployment to be available",
+        lambda: (
+            apps.read_namespaced_deployment("sleeper", namespace).status.available_replicas == 1
+        ),
+    )
+    core = kube.CoreV1Api()
+    (pod,) = core.list_namespaced_pod(namespace, label_selector="app=sleeper").items
+    assert {c.type: c.status for c in pod.status.conditions}["Ready"] == "True"
+    pid = _pid(pod)
+    os.kill(pid, 9)  # a crash: restartPolicy Always brings the container back
+
+    def restarted() -> Any:
+        status = core.read_namespaced_pod(pod.metadata.name, namespace).status.container_statuses[0]
+        return status.restart_count == 1 and status.state.running and status
+
+    status = wait_for("the container to restart", restarted)
+    assert status.last_state.terminated.exit_code == 137
+    apps.delete_namespaced_deployment("sleeper", namespace)
+
+
+SSAR_SCRIPT = """
+import os
+from kubernetes import client, config
+config.load_kube_config()
+authz = client.AuthorizationV1Api()
+def can(verb, resource):
+    review = {"spec": {"resourceAttributes": {"namespace": os.environ["NS"], "verb": verb, "resource": resource}}}
+    return authz.create_self_subject_access_review(review).status.allowed
+who = client.AuthenticationV1Api().create_self_subject_review({}).status.user_info.username
+forbidden = 0
+try:
+    client.CoreV1Api().list_namespaced_secret(os.environ["NS"])
+except client.ApiException as exc:
+    forbidden = exc.status
+result = f"{who} get-pods={can('get', 'pods')} list-secrets={can('list', 'secrets')} {forbidden}"
+open(os.environ["KUBEMAP_TERMINATION_LOG"], "w").write(result)
+"""
+
+
+@e2e
+@needs_cluster
+def test_e2e_pod_token_is_subject_to_rbac(kube: Any, namespace: str) -> None:
+    core, rbac = kube.CoreV1Api(), kube.RbacAuthorizationV1Api()
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "pod-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "reader"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "pod-reader",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+        },
+    )
+    env = [{"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
+    manifest = pod_manifest(
+        "rbac",
+        ["python", "-c", SSAR_SCRIPT],
+        serviceAccountName="reader",
+        container={"env": env, "terminationMessagePolicy": "FallbackToLogsOnError"},
+    )
+    pod = run_pod(kube, namespace, manifest)
+    assert terminated(pod).message == (
+        f"system:serviceaccount:{namespace}:reader get-pods=True list-secrets=False 403"
+    ), terminated(pod).message
+    no_token = pod_manifest(
+        "no-token",
+        ["sh", "-c", 'echo "${KUBECONFIG-none}" > "$KUBEMAP_TERMINATION_LOG"'],
+        automountServiceAccountToken=False,
+    )
+    assert terminated(run_pod(kube, namespace, no_token)).message.strip() == "none"

@@ -74,7 +74,7 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s %(threadName)s: %(message)s",
+        format="%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
     for noisy in ("urllib3", "kubernetes"):
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         pods_dir=pods_dir,
         registry=registry,
         backoff=Backoff(args.restart_backoff, args.max_restart_backoff),
+        stopping=stop,
         base_path=os.pathsep.join(
             [venv_bin, os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")]
         ),

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import queue
+import shlex
 import signal
 import subprocess
 import threading
@@ -55,6 +56,8 @@ class Context:
     registry: ProcessRegistry
     backoff: Backoff
     base_path: str
+    #: Set on SIGTERM: workers stop driving pods and posting status; the registry kills.
+    stopping: threading.Event
 
 
 def pod_dir_for(pods_dir: Path, pod: Mapping[str, Any]) -> Path:
@@ -119,6 +122,8 @@ class PodWorker(threading.Thread):
         log.info("%s: starting pod", self.ref)
         self.dir.mkdir(parents=True, exist_ok=True)
         while True:
+            if self.ctx.stopping.is_set():
+                return
             if self.gone:
                 self._kill(0)
                 return
@@ -156,7 +161,7 @@ class PodWorker(threading.Thread):
             self.gone = True
         elif kind == "exit":
             slot, run_id, code, when = data
-            if slot.run_id == run_id:
+            if slot.run_id == run_id and not self.ctx.stopping.is_set():
                 self._on_exit(slot, code, when, terminating=False)
 
     def _next_wakeup(self) -> float | None:
@@ -267,11 +272,11 @@ class PodWorker(threading.Thread):
             return
         slot.mark_running(proc, now)
         log.info(
-            "%s: container %s started (pid %d): %s",
+            "%s: container %s started (pid %d): %.200r",
             self.ref,
             slot.name,
             proc.pid,
-            " ".join(argv)[:200],
+            shlex.join(argv),
         )
         threading.Thread(
             target=self._reap, args=(slot, slot.run_id, proc), name=f"wait-{proc.pid}", daemon=True
@@ -355,25 +360,26 @@ class PodWorker(threading.Thread):
 
     def _kill(self, grace: float) -> None:
         """SIGTERM every container's process group, SIGKILL after `grace` seconds, reap them."""
-        live = [s for s in self.slots if s.proc is not None]
-        for slot in live:
-            assert slot.proc is not None
-            kill_group(slot.proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
-        end = time.monotonic() + grace
-        killed = grace <= 0
+        began = time.monotonic()
+        term_deadline = began + grace
+        kill_deadline: float | None = None
+        for slot in self.slots:
+            if slot.proc is not None:
+                kill_group(slot.proc.pid, signal.SIGTERM)
         while any(s.proc is not None for s in self.slots):
-            remaining = end - time.monotonic()
-            if remaining <= 0 and not killed:
+            now = time.monotonic()
+            if kill_deadline is None and now >= term_deadline:
                 for slot in self.slots:
                     if slot.proc is not None:
                         kill_group(slot.proc.pid, signal.SIGKILL)
-                killed, end = True, time.monotonic() + 10
-                continue
-            if remaining <= 0:
+                kill_deadline = now + 10
+            if kill_deadline is not None and now >= kill_deadline:
                 log.error("%s: processes survived SIGKILL for 10 s; giving up on them", self.ref)
                 break
             try:
-                kind, data = self.events.get(timeout=remaining)
+                kind, data = self.events.get(
+                    timeout=max(0.0, (kill_deadline or term_deadline) - now)
+                )
             except queue.Empty:
                 continue
             if kind == "exit":
@@ -382,9 +388,12 @@ class PodWorker(threading.Thread):
                     self._on_exit(slot, code, when, terminating=True)
             elif kind == "pod":
                 self.pod = data
+                shorter = data["metadata"].get("deletionGracePeriodSeconds")
+                if shorter is not None:  # a second delete may shorten the grace period
+                    term_deadline = min(term_deadline, began + float(shorter))
             elif kind == "gone":
                 self.gone = True
-                end = min(end, time.monotonic())
+                term_deadline = min(term_deadline, time.monotonic())
         for slot in self.slots:
             if slot.state != "terminated":
                 slot.state = "terminated"
@@ -407,7 +416,8 @@ class PodWorker(threading.Thread):
             delete_pod(self.ctx.api, self.pod)
 
     def _terminate_for_deadline(self) -> None:
-        grace = float((self.pod.get("spec") or {}).get("terminationGracePeriodSeconds") or 30)
+        spec_grace = (self.pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+        grace = 30.0 if spec_grace is None else float(spec_grace)
         log.info("%s: activeDeadlineSeconds exceeded, killing with grace %gs", self.ref, grace)
         self._kill(grace)
         for _ in range(5):
@@ -421,6 +431,7 @@ class PodWorker(threading.Thread):
                 )
             )
             if not self.post_failed:
+                log.info("%s: Failed (DeadlineExceeded)", self.ref)
                 return
             time.sleep(RETRY_SETUP)
 
