@@ -25,7 +25,11 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+# Imported in the parent, before any fork, so that no worker pays for the imports again.
 from kubemap.ranges import IndexRanges
+from kubemap.store import open_store
+from kubemap.taskdata import read_function
+from kubemap.worker import run_slice
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,6 @@ Event = Done | Broken
 def _serve(conn: Connection) -> None:
     """Worker process main loop: receive a Job, run it, send back a small reply."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Imported here: the parent need not load the worker runtime to plan a run.
-    from kubemap.store import open_store
-    from kubemap.taskdata import read_function
-    from kubemap.worker import run_slice
-
     cached_url: str | None = None
     cached: tuple[Any, Callable[..., Any]] | None = None
     while True:
