@@ -1,18 +1,16 @@
 """Proof that the test cluster is a real Kubernetes control plane (issue 3, "Done when").
 
-The e2e tests need ``KUBECONFIG`` (``eval "$(tests/cluster/testcluster env)"``); they also pass
-on a kind cluster, except the node check, which looks for the emulated node only on the test
-cluster. The process tests at the bottom need no cluster: they prove that ``stop`` leaves no
-process behind, whatever the component did to its children.
+These tests need ``KUBECONFIG`` (``eval "$(tests/cluster/testcluster env)"``); they also pass
+on a kind cluster, except that the emulated node is looked for only on the test cluster.
+test_clusterlib.py covers stopping by PID, with no cluster.
 
-    .venv/bin/pytest tests/cluster/test_testcluster.py
+    .venv/bin/pytest -m e2e tests/cluster/test_testcluster.py
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +24,6 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from clusterlib import procs  # noqa: E402
 from clusterlib.state import NAMESPACE, NODE_NAME, S3_SECRET, ClusterState, state_dir  # noqa: E402
 
 needs_cluster = pytest.mark.skipif(
@@ -377,78 +374,3 @@ def test_up_refuses_while_up() -> None:
     )
     assert run.returncode == 1
     assert "already up" in run.stderr
-
-
-# --- stopping by PID leaves nothing behind (no cluster needed) ----------------------------------
-
-# A component that ignores SIGTERM, with a child in its group and a grandchild in a session of its
-# own (as a pod started by the node emulator would be); both carry the cluster's marker.
-STUBBORN = """
-import os, signal, subprocess, sys, time
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
-subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
-print("started", flush=True)
-time.sleep(600)
-"""
-
-
-def test_stop_leaves_no_process_behind(tmp_path: Path) -> None:
-    cluster_id = uuid.uuid4().hex
-    env = {**os.environ, procs.MARKER_ENV: cluster_id}
-    log = tmp_path / "stubborn.log"
-    proc = procs.spawn("node-emulator", [sys.executable, "-c", STUBBORN], log, env, tmp_path)
-    _wait("children started", lambda: "started" in log.read_text(), 20)
-    family = procs.members(proc, cluster_id)
-    assert len(family) == 3, family
-    left = procs.stop(proc, cluster_id, grace=1.0)
-    assert left == set()
-    assert not any(
-        procs.is_alive(pid, start) for pid in family if (start := procs.start_time(pid)) is not None
-    )
-    assert procs.marked(cluster_id) == set()
-
-
-def test_stop_never_signals_a_reused_pid(tmp_path: Path) -> None:
-    sleeper = subprocess.Popen(["sleep", "30"])
-    try:
-        started = procs.start_time(sleeper.pid)
-        assert started is not None
-        impostor = procs.Proc(
-            name="etcd", pid=sleeper.pid, start_time=started + 1, log=str(tmp_path / "x")
-        )
-        assert procs.stop(impostor, uuid.uuid4().hex, grace=0.5) == set()
-        assert sleeper.poll() is None, "stop() signalled a process it did not start"
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-
-
-def test_free_ports_are_distinct() -> None:
-    ports = procs.free_ports(12)
-    assert len(set(ports)) == 12
-
-
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-def test_pki_identities(tmp_path: Path) -> None:
-    from clusterlib.pki import make_pki
-
-    pki = make_pki(tmp_path)
-
-    def text(cert: Path) -> str:
-        return subprocess.run(
-            ["openssl", "x509", "-in", str(cert), "-noout", "-text"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-
-    assert "O = system:masters" in text(pki.admin.cert)
-    assert "CN = system:kube-controller-manager" in text(pki.controller_manager.cert)
-    assert "IP Address:127.0.0.1" in text(pki.apiserver.cert)
-    verify = subprocess.run(
-        ["openssl", "verify", "-CAfile", str(pki.ca.cert), str(pki.admin.cert)],
-        capture_output=True,
-        text=True,
-    )
-    assert verify.returncode == 0, verify.stderr
