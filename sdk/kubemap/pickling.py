@@ -32,25 +32,32 @@ def describe(obj: Any) -> str:
     return f"type {name}"
 
 
+def by_value_markers() -> tuple[bytes, ...]:
+    """Module names that, found in a stdlib pickle, mean it must be redone with cloudpickle:
+    ``__main__`` and the modules registered to travel by value."""
+    return tuple(
+        name.encode() for name in ("__main__", *cloudpickle.list_registry_pickle_by_value())
+    )
+
+
+def slow_dumps(obj: Any) -> bytes:
+    return cast(bytes, cloudpickle.dumps(obj, PROTOCOL))
+
+
 def item_encoder() -> Callable[[Any], bytes]:
     """A pickler for many small objects; pickles that name a module the worker may lack
     (by-value modules, ``__main__``) are redone with cloudpickle, which embeds the code."""
-    markers = tuple(
-        name.encode() for name in ("__main__", *cloudpickle.list_registry_pickle_by_value())
-    )
+    markers = by_value_markers()
     fast = pickle.dumps
-
-    def slow(obj: Any, protocol: int) -> bytes:
-        return cast(bytes, cloudpickle.dumps(obj, protocol))
 
     def encode(obj: Any) -> bytes:
         try:
             data = fast(obj, PROTOCOL)
         except Exception:
-            return slow(obj, PROTOCOL)
+            return slow_dumps(obj)
         for marker in markers:
             if marker in data:
-                return slow(obj, PROTOCOL)
+                return slow_dumps(obj)
         return data
 
     return encode
