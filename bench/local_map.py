@@ -124,7 +124,7 @@ def main() -> int:
     if leftovers:
         print(f"note: tasks left in the default store: {leftovers}")
 
-    tiny_loop, tiny_pool, tiny_km = timings["tiny x->2x"]
+    _, tiny_pool, tiny_km = timings["tiny x->2x"]
     _, busy_pool, busy_km = timings["1 ms busy"]
     targets = [
         (

@@ -39,6 +39,8 @@ LOCAL_BACKOFF_BASE = 0.05
 LOCAL_BACKOFF_MAX = 1.0
 # The driver wakes at least this often even when nothing happens (deadline, retries).
 IDLE_TICK = 0.5
+# A crashed worker's automatic slice is halved at most this many times per run.
+MAX_CRASH_SPLITS = 64
 
 _active_runs: weakref.WeakSet[LocalRun] = weakref.WeakSet()
 
@@ -86,6 +88,7 @@ class LocalRun:
         self._cancel = threading.Event()
         self._retries: list[_Retry] = []
         self._infra_failures: dict[tuple[int, int], int] = {}
+        self._crash_splits = 0
         self._succeeded = 0
         self._failed = IndexRanges()
         self._status = RunStatus(phase=Phase.PENDING, total=total)
@@ -243,8 +246,20 @@ class LocalRun:
                 )
             self._retries.append(_Retry(time.monotonic() + local_backoff(tries), job))
             return None
-        # The worker process died inside the user's function (os._exit, segfault, OOM kill):
-        # on a cluster that is a failed pod, so it spends the slice's retries.
+        # The worker process died inside the user's function (os._exit, segfault, OOM kill).
+        # An automatic slice is a local detail, so halve it to find the index at fault
+        # (bounded); a slice of one index, or of items_per_pod, is a failed pod and spends
+        # its retries, as on a cluster.
+        if (
+            job.count > 1
+            and self.options.items_per_pod is None
+            and self._crash_splits < MAX_CRASH_SPLITS
+        ):
+            self._crash_splits += 1
+            half = job.count // 2
+            for start, count in ((job.start, half), (job.start + half, job.count - half)):
+                self._retries.append(_Retry(0.0, Job(job.task_url, start, count, job.attempt)))
+            return None
         failed = IndexRanges.span(job.start, job.start + job.count)
         if job.attempt >= self.options.retries:
             for index in failed:

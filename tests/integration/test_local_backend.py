@@ -216,6 +216,16 @@ def test_worker_crash_is_a_failure_not_a_hang(store: str) -> None:
     assert "exit code 7" in info.value.failures[2].message
 
 
+def test_crash_in_an_automatic_slice_is_pinned_to_its_index(store: str) -> None:
+    run = kubemap.submit(die_on_two, range(40), store=store, parallelism=2)
+    with pytest.raises(kubemap.MapTaskError) as info:
+        run.results()
+    assert set(info.value.failures) == {2}
+    assert "exit code 7" in info.value.failures[2].message
+    values = run.results(partial=True)
+    assert values[:2] == [0, 1]
+
+
 def test_unpicklable_input_is_named_with_its_index(store: str) -> None:
     with pytest.raises(kubemap.SerializationError) as info:
         kubemap.map(square, [1, 2, threading.Lock(), 4], store=store)
