@@ -59,6 +59,8 @@ class ProgressBar:
         if status.failed != self._failed:
             self._failed = status.failed
             self._bar.set_postfix(failed=status.failed, refresh=False)
+        if status.finished:
+            self._bar.refresh()  # tqdm skips redraws within mininterval; show the last one
 
     def __enter__(self) -> ProgressBar:
         return self

@@ -1,0 +1,37 @@
+"""The progress bar: automatic only on a terminal, counts finished (and failed) inputs."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from kubemap.backend import RunStatus
+from kubemap.models import Phase
+from kubemap.progress import ProgressBar, want_progress
+
+
+class FakeTty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("progress", "stream", "expected"),
+    [
+        (None, io.StringIO(), False),
+        (None, FakeTty(), True),
+        (True, io.StringIO(), True),
+        (False, FakeTty(), False),
+    ],
+)
+def test_want_progress(progress: bool | None, stream: io.StringIO, expected: bool) -> None:
+    assert want_progress(progress, stream) is expected
+
+
+def test_bar_counts_done_and_failed() -> None:
+    out = FakeTty()
+    with ProgressBar(10, "task-1", delay=0.0, stream=out) as bar:
+        bar.show(RunStatus(Phase.RUNNING, 10, succeeded=3, failed=1, active=2))
+        bar.show(RunStatus(Phase.FAILED, 10, succeeded=7, failed=2))
+        text = out.getvalue()
+    assert "task-1" in text and "9/10" in text and "failed=2" in text
