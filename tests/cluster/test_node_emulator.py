@@ -618,6 +618,12 @@ def test_e2e_missing_secret_waits_with_config_error(kube: Any, namespace: str) -
         return statuses and statuses[0].state.waiting and statuses[0].state.waiting.reason
 
     assert wait_for("CreateContainerConfigError", waiting_reason) == "CreateContainerConfigError"
+
+    def warning() -> Any:
+        events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=waits")
+        return [e.message for e in events.items if e.type == "Warning" and e.reason == "Failed"]
+
+    assert wait_for("a Warning event", warning) == ['Error: secret "later" not found']
     core.create_namespaced_secret(
         namespace, {"metadata": {"name": "later"}, "stringData": {"k": "v"}}
     )
@@ -857,3 +863,31 @@ def test_e2e_pod_token_is_subject_to_rbac(kube: Any, namespace: str) -> None:
         automountServiceAccountToken=False,
     )
     assert terminated(run_pod(kube, namespace, no_token)).message.strip() == "none"
+
+
+@e2e
+@needs_cluster
+def test_e2e_pod_that_does_not_fit_stays_pending(kube: Any, namespace: str) -> None:
+    core = kube.CoreV1Api()
+    big = {"resources": {"requests": {"cpu": "1000"}}}
+    core.create_namespaced_pod(namespace, pod_manifest("too-big", ["true"], container=big))
+
+    def unschedulable() -> Any:
+        pod = core.read_namespaced_pod("too-big", namespace)
+        conditions = {c.type: c for c in pod.status.conditions or []}
+        scheduled = conditions.get("PodScheduled")
+        return scheduled and scheduled.reason == "Unschedulable" and (pod, scheduled)
+
+    pod, scheduled = wait_for("PodScheduled=False/Unschedulable", unschedulable)
+    assert pod.spec.node_name is None and pod.status.phase == "Pending"
+    assert "Insufficient cpu" in scheduled.message
+    core.delete_namespaced_pod("too-big", namespace)
+
+
+@e2e
+@needs_cluster
+def test_e2e_missing_executable_is_a_start_error(kube: Any, namespace: str) -> None:
+    pod = run_pod(kube, namespace, pod_manifest("no-exe", ["/no/such/program"]))
+    assert pod.status.phase == "Failed"
+    assert (terminated(pod).reason, terminated(pod).exit_code) == ("StartError", 128)
+    assert "/no/such/program" in terminated(pod).message

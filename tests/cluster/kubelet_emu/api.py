@@ -123,6 +123,23 @@ def pod_path(namespace: str, name: str, sub: str = "") -> str:
     return f"/api/v1/namespaces/{namespace}/pods/{name}" + (f"/{sub}" if sub else "")
 
 
+def delete_pod(api: Api, pod: Mapping[str, Any]) -> None:
+    """The kubelet's final delete: grace period 0, only this incarnation of the pod (uid)."""
+    meta = pod["metadata"]
+    body = {
+        "apiVersion": "v1",
+        "kind": "DeleteOptions",
+        "gracePeriodSeconds": 0,
+        "preconditions": {"uid": meta["uid"]},
+    }
+    try:
+        api.delete(pod_path(meta["namespace"], meta["name"]), body)
+        log.info("%s/%s: deleted", meta["namespace"], meta["name"])
+    except ApiException as exc:
+        if exc.status not in (404, 409):
+            raise
+
+
 class Handler:
     """What a reflector feeds: a full list (after every relist), then watch events."""
 

@@ -7,9 +7,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .api import Handler, Obj
+from .api import Handler, Obj, delete_pod
+from .launch import Context
 from .podstatus import TERMINAL_PHASES
-from .podworker import Context, PodWorker, delete_pod
+from .podworker import PodWorker
 from .scheduler import NodeUsage
 
 log = logging.getLogger("kubelet_emu.kubelet")

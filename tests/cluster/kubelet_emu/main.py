@@ -13,9 +13,10 @@ from pathlib import Path
 
 from .api import Api, Reflector, cluster_info, retrying
 from .containers import Backoff
+from .events import EventRecorder
 from .kubelet import Kubelet
+from .launch import Context
 from .node import NodeAgent, NodeConfig, node_object
-from .podworker import Context
 from .processes import ProcessRegistry, kill_leftovers
 from .scheduler import NodeUsage, Scheduler
 
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         pods_dir=pods_dir,
         registry=registry,
         backoff=Backoff(args.restart_backoff, args.max_restart_backoff),
+        events=EventRecorder(api, args.node_name),
         stopping=stop,
         base_path=os.pathsep.join(
             [venv_bin, os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")]
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             break
     if not args.no_scheduler and not stop.is_set():
         labels = node_object(node_cfg)["metadata"]["labels"]
-        scheduler = Scheduler(api, args.node_name, node_cfg.allocatable, labels, usage)
+        scheduler = Scheduler(api, args.node_name, node_cfg.allocatable, labels, usage, ctx.events)
         Reflector(api, "/api/v1/pods", "spec.nodeName=", scheduler, "scheduler-watch").start()
         scheduler.thread.start()
     log.info("node %s is up; pod directories under %s", args.node_name, pods_dir)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import shlex
 import signal
@@ -19,50 +18,26 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from .api import Api, ClusterInfo, Obj, pod_path
-from .containers import Backoff, Slot, parse_time, should_restart
-from .envresolve import EnvConfigError, container_argv, decode_secret, resolve_env
+from .api import Obj, delete_pod, pod_path
+from .containers import Slot, parse_time, should_restart
+from .envresolve import EnvConfigError
+from .launch import Context, pod_dir_for, prepare_launch
 from .podstatus import TERMINAL_PHASES, Terminated, pod_status
-from .processes import ContainerPaths, ProcessRegistry, kill_group, termination_message
+from .processes import ContainerPaths, kill_group, termination_message
 from .sa_token import write_credentials
 
 log = logging.getLogger("kubelet_emu.pod")
 
 RETRY_SETUP = 2.0
-# KUBEMAP_TESTCLUSTER_ID marks processes of one test cluster, so `testcluster down` finds strays.
-PASSTHROUGH_ENV = ("LANG", "LC_ALL", "TZ", "KUBEMAP_TESTCLUSTER_ID")
 NO_COMMAND = (
     "the kubemap node emulator cannot run an image's entrypoint: it does not pull images and "
     "runs the container's command on the host; set `command` (and `args`) on container {name!r}"
 )
-
-
-@dataclass(frozen=True)
-class Context:
-    """What every pod worker shares."""
-
-    api: Api
-    cluster: ClusterInfo
-    node_name: str
-    host_ip: str
-    allocatable: Mapping[str, str]
-    pods_dir: Path
-    registry: ProcessRegistry
-    backoff: Backoff
-    base_path: str
-    #: Set on SIGTERM: workers stop driving pods and posting status; the registry kills.
-    stopping: threading.Event
-
-
-def pod_dir_for(pods_dir: Path, pod: Mapping[str, Any]) -> Path:
-    meta = pod["metadata"]
-    return pods_dir / f"{meta['namespace']}_{meta['name']}_{meta['uid']}"
 
 
 class PodWorker(threading.Thread):
@@ -92,6 +67,7 @@ class PodWorker(threading.Thread):
         self.gone = False
         self.last_posted = ""
         self.post_failed = False
+        self.warned: set[tuple[str, str]] = set()
         if recovered:
             self._restore(status)
 
@@ -190,6 +166,7 @@ class PodWorker(threading.Thread):
             except Exception as exc:
                 message = f"MountVolume.SetUp failed for the ServiceAccount token: {exc}"
                 log.warning("%s: %s", self.ref, message)
+                self._warn_once("FailedMount", message)
                 for slot in self.slots:
                     if slot.state == "waiting":
                         slot.waiting_message = message
@@ -206,55 +183,19 @@ class PodWorker(threading.Thread):
             if slot.state == "waiting" and slot.retry_at <= now:
                 self._start(slot)
 
-    def _lookup(self) -> Callable[[str, str, str], Mapping[str, str] | None]:
-        cache: dict[tuple[str, str, str], Mapping[str, str] | None] = {}
-
-        def lookup(kind: str, namespace: str, name: str) -> Mapping[str, str] | None:
-            key = (kind, namespace, name)
-            if key not in cache:
-                plural = "secrets" if kind == "Secret" else "configmaps"
-                obj = self.ctx.api.get_or_none(f"/api/v1/namespaces/{namespace}/{plural}/{name}")
-                if obj is None:
-                    cache[key] = None
-                elif kind == "Secret":
-                    cache[key] = decode_secret(obj)
-                else:
-                    cache[key] = dict(obj.get("data") or {})
-            return cache[key]
-
-        return lookup
-
     def _start(self, slot: Slot) -> None:
         paths = ContainerPaths(self.dir, slot.name)
         try:
-            defined = resolve_env(
-                self.pod,
-                slot.spec,
-                lookup=self._lookup(),
-                pod_ip=self.ctx.host_ip,
-                host_ip=self.ctx.host_ip,
-                allocatable=self.ctx.allocatable,
-            )
-        except (EnvConfigError, ApiException, ValueError) as exc:
-            message = (
-                str(exc) if not isinstance(exc, ApiException) else f"{exc.status} {exc.reason}"
-            )
+            launch = prepare_launch(self.ctx, self.pod, slot.spec, paths, self.kubeconfig)
+        except EnvConfigError as exc:
+            message = str(exc)
             log.warning(
                 "%s: container %s: CreateContainerConfigError: %s", self.ref, slot.name, message
             )
             slot.mark_waiting("CreateContainerConfigError", message, time.monotonic() + RETRY_SETUP)
+            self._warn_once("Failed", f"Error: {message}")
             return
-        env = {
-            "PATH": self.ctx.base_path,
-            "HOME": str(self.dir),
-            "HOSTNAME": str(self.pod["metadata"]["name"]),
-            "KUBEMAP_TERMINATION_LOG": str(paths.termination_log),
-        }
-        env.update({k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ})
-        if self.kubeconfig is not None:
-            env["KUBECONFIG"] = str(self.kubeconfig)
-        env.update(defined)
-        argv = container_argv(slot.spec, defined)
+        argv, env = launch.argv, launch.env
         slot.begin_instance()
         now = time.time()
         if not argv:
@@ -307,7 +248,17 @@ class PodWorker(threading.Thread):
         restart = not terminating and should_restart(
             self.policy, init=slot.init, exit_code=term.exit_code
         )
+        if term.reason in ("ContainerCannotRun", "StartError"):
+            self._warn_once("Failed", f"Error: {term.message}")
         slot.finish(term, restart=restart, backoff=self.ctx.backoff, now_mono=time.monotonic())
+        if slot.state == "waiting" and slot.waiting_reason == "CrashLoopBackOff":
+            message = f"Back-off restarting failed container {slot.name} in pod {self.ref}"
+            self.ctx.events.warn(self.pod, "BackOff", message)
+
+    def _warn_once(self, reason: str, message: str) -> None:
+        if (reason, message) not in self.warned:
+            self.warned.add((reason, message))
+            self.ctx.events.warn(self.pod, reason, message)
 
     # -- status --
     def _status(self, **overrides: Any) -> dict[str, Any]:
@@ -419,6 +370,8 @@ class PodWorker(threading.Thread):
         spec_grace = (self.pod.get("spec") or {}).get("terminationGracePeriodSeconds")
         grace = 30.0 if spec_grace is None else float(spec_grace)
         log.info("%s: activeDeadlineSeconds exceeded, killing with grace %gs", self.ref, grace)
+        message = "Pod was active on the node longer than the specified deadline"
+        self.ctx.events.warn(self.pod, "DeadlineExceeded", message)
         self._kill(grace)
         for _ in range(5):
             if self.gone:
@@ -427,7 +380,7 @@ class PodWorker(threading.Thread):
                 self._status(
                     forced_phase="Failed",
                     reason="DeadlineExceeded",
-                    message="Pod was active on the node longer than the specified deadline",
+                    message=message,
                 )
             )
             if not self.post_failed:
@@ -444,20 +397,3 @@ class PodWorker(threading.Thread):
         for slot in self.slots:
             if slot.name in by_name:
                 slot.restore(by_name[slot.name], self.policy)
-
-
-def delete_pod(api: Api, pod: Mapping[str, Any]) -> None:
-    """The kubelet's final delete: grace period 0, only this incarnation of the pod (uid)."""
-    meta = pod["metadata"]
-    body = {
-        "apiVersion": "v1",
-        "kind": "DeleteOptions",
-        "gracePeriodSeconds": 0,
-        "preconditions": {"uid": meta["uid"]},
-    }
-    try:
-        api.delete(pod_path(meta["namespace"], meta["name"]), body)
-        log.info("%s/%s: deleted", meta["namespace"], meta["name"])
-    except ApiException as exc:
-        if exc.status not in (404, 409):
-            raise

@@ -19,6 +19,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from .api import Api, Handler, Obj, pod_path
+from .events import EventRecorder
 from .quantity import parse_quantity
 
 log = logging.getLogger("kubelet_emu.scheduler")
@@ -122,7 +123,9 @@ class Scheduler(Handler):
         allocatable: Mapping[str, str],
         labels: Mapping[str, str],
         usage: NodeUsage,
+        events: EventRecorder,
     ) -> None:
+        self.events = events
         self.api = api
         self.node_name = node_name
         self.allocatable = dict(allocatable)
@@ -199,6 +202,7 @@ class Scheduler(Handler):
         if self._reported.get(meta["uid"]) == message:
             return
         self._reported[meta["uid"]] = message
+        self.events.warn(pod, "FailedScheduling", message, component="default-scheduler")
         condition = {
             "type": "PodScheduled",
             "status": "False",
