@@ -175,10 +175,11 @@ class MapRun:
         if status.reason == REASON_INFRASTRUCTURE and not status.failed:
             raise StoreError(status.message or f"task {self._name} failed in the store")
         error = MapTaskError(self.failures(), total=self._total, name=self._name)
-        error.add_note(
-            f"{status.succeeded} of {status.total} inputs succeeded; their results stay in "
-            f"{self._task.url}: kubemap.MapRun.attach({self._name!r}, "
-            f"store={self._store_base()!r}).results(partial=True)"
+        # Say where the partial results are, in the message itself (CLIs and logs print it).
+        error.args = (
+            f"{error}\n\n{status.succeeded} of {status.total} inputs succeeded; their results "
+            f"stay in {self._task.url}: kubemap.MapRun.attach({self._name!r}, "
+            f"store={self._store_base()!r}).results(partial=True)",
         )
         raise error
 
