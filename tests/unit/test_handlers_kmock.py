@@ -1,0 +1,182 @@
+"""The kopf handlers, run by kopf itself against KMock (the kopf author's Kubernetes API mock).
+
+KMock keeps objects in memory and serves list/watch/patch, but has no label selectors,
+schema, garbage collector or kubelet: the test plays the kubelet by setting pod phases.
+The real API server is exercised by tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import kmock
+import kopf
+import pytest
+from kubemap.contract import LABEL_TASK, POD_FINALIZER
+from kubemap_operator.handlers import build_registry
+from kubemap_operator.kubeapi import KubeApi
+from kubemap_operator.settings import Settings
+from kubernetes import client
+
+NS = "ns"
+VERBS = {"list", "watch", "get", "patch", "create", "delete", "update"}
+
+
+class Cluster:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    async def task(self, name: str) -> dict[str, Any]:
+        return dict(await asyncio.to_thread(
+            self.custom.get_namespaced_custom_object, "kubemap.io", "v1alpha1", NS, "maptasks", name))
+
+    async def pods(self) -> list[dict[str, Any]]:
+        raw = await asyncio.to_thread(self.core.list_namespaced_pod, NS, _preload_content=False)
+        return list(json.loads(raw.data)["items"])
+
+    async def set_phase(self, name: str, phase: str, exit_code: int = 0, message: str = "") -> None:
+        terminated = {"exitCode": exit_code, "finishedAt": "2026-01-01T00:00:00Z", "message": message}
+        patch = {"status": {"phase": phase, "containerStatuses": [{"name": "worker", "state": {"terminated": terminated}}]}}
+        await asyncio.to_thread(self.core.patch_namespaced_pod, name, NS, patch,
+                                _content_type="application/merge-patch+json", _preload_content=False)
+
+
+async def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met in {timeout}s: {check.__name__}")
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def running_operator(settings: Settings) -> AsyncIterator[Cluster]:
+    async with kmock.KubernetesEmulator() as mock, kmock.Server(mock) as server:
+        mock.resources["kubemap.io/v1alpha1/maptasks"] = kmock.ResourceInfo(
+            kind="MapTask", namespaced=True, verbs=VERBS, subresources={"status"})
+        mock.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True, verbs=VERBS)
+        mock.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True, verbs=VERBS)
+        # kopf waits for these to be discoverable before it watches anything.
+        mock.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs=VERBS)
+        mock.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
+            kind="CustomResourceDefinition", namespaced=False, verbs=VERBS)
+        url = str(server.url).rstrip("/")
+        config = client.Configuration()
+        config.host = url
+        api = client.ApiClient(config)
+
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=url)
+
+        registry, _ = build_registry(settings, lambda: KubeApi(api), login=login)
+        stop = asyncio.Event()
+        operator = asyncio.create_task(
+            kopf.operator(registry=registry, standalone=True, clusterwide=True, stop_flag=stop)
+        )
+        try:
+            yield Cluster(api)
+        finally:
+            stop.set()
+            await asyncio.wait_for(operator, timeout=15)
+
+
+def maptask(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubemap.io/v1alpha1", "kind": "MapTask",
+        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1, "resourceVersion": "1"},
+        "spec": {"mode": "Container", "template": {"image": "busybox"}, **spec},
+    }
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_task_runs_to_success_within_parallelism() -> None:
+    async with running_operator(Settings(reconcile_interval=1.0, metrics_port=0)) as cluster:
+        await asyncio.to_thread(cluster.custom.create_namespaced_custom_object, "kubemap.io", "v1alpha1", NS,
+                                "maptasks", maptask("squares", count=5, parallelism=2))
+        most_active = 0
+        seen: set[str] = set()
+        for _ in range(200):
+            pods = await cluster.pods()
+            active = [p for p in pods if (p.get("status") or {}).get("phase") in (None, "Pending", "Running")]
+            most_active = max(most_active, len(active))
+            for pod in active:
+                meta = pod["metadata"]
+                assert meta["labels"][LABEL_TASK] == "squares" and POD_FINALIZER in meta["finalizers"]
+                assert meta["ownerReferences"][0]["uid"] == "uid-squares"
+                seen.add(meta["name"])
+                await cluster.set_phase(meta["name"], "Succeeded")
+            task = await cluster.task("squares")
+            if (task.get("status") or {}).get("phase") == "Succeeded":
+                break
+            await asyncio.sleep(0.1)
+        status = (await cluster.task("squares"))["status"]
+        assert status["phase"] == "Succeeded" and status["succeeded"] == 5 and status["succeededIndexes"] == "0-4"
+        assert seen == {f"squares-{i}-0" for i in range(5)}
+        assert most_active <= 2
+        assert await until(lambda: _no_pods(cluster))  # succeeded pods are removed promptly
+
+
+async def _no_pods(cluster: Cluster) -> bool:
+    return not await cluster.pods()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_failed_index_is_retried_then_reported() -> None:
+    settings = Settings(reconcile_interval=1.0, metrics_port=0, backoff_base_seconds=0.2)
+    async with running_operator(settings) as cluster:
+        await asyncio.to_thread(cluster.custom.create_namespaced_custom_object, "kubemap.io", "v1alpha1", NS,
+                                "maptasks", maptask("flaky", count=1, backoffLimitPerIndex=1))
+
+        async def pod_named(name: str) -> bool:
+            return any(p["metadata"]["name"] == name for p in await cluster.pods())
+
+        await until(lambda: pod_named("flaky-0-0"))
+        await cluster.set_phase("flaky-0-0", "Failed", exit_code=3)
+        await until(lambda: pod_named("flaky-0-1"))  # the retry, after the backoff
+        retry = next(p for p in await cluster.pods() if p["metadata"]["name"] == "flaky-0-1")
+        assert retry["metadata"]["annotations"]["kubemap.io/failures"] == "1"
+        await cluster.set_phase("flaky-0-1", "Failed", exit_code=3)
+
+        async def failed() -> dict[str, Any] | None:
+            status = (await cluster.task("flaky")).get("status") or {}
+            return status if status.get("phase") == "Failed" else None
+
+        status = await until(failed)
+        assert status["failedIndexes"] == "0" and status["failed"] == 1
+        assert "after 2 attempt(s)" in status["message"]
+        # Failed pods stay for their logs, without the finalizer once recorded.
+        await asyncio.sleep(0.5)
+        kept = {p["metadata"]["name"]: p["metadata"].get("finalizers") for p in await cluster.pods()}
+        assert kept == {"flaky-0-0": None, "flaky-0-1": None}
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_suspend_cancels_and_deletes_pods() -> None:
+    async with running_operator(Settings(reconcile_interval=1.0, metrics_port=0)) as cluster:
+        await asyncio.to_thread(cluster.custom.create_namespaced_custom_object, "kubemap.io", "v1alpha1", NS,
+                                "maptasks", maptask("long", count=10, parallelism=3))
+
+        async def three() -> bool:
+            return len(await cluster.pods()) == 3
+
+        await until(three)
+        await asyncio.to_thread(cluster.custom.patch_namespaced_custom_object, "kubemap.io", "v1alpha1", NS,
+                                "maptasks", "long", {"spec": {"suspend": True}},
+                                _content_type="application/merge-patch+json")
+
+        async def cancelled() -> bool:
+            return ((await cluster.task("long")).get("status") or {}).get("phase") == "Cancelled"
+
+        await until(cancelled)
+        await until(lambda: _no_pods(cluster))
