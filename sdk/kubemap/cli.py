@@ -38,7 +38,7 @@ def main() -> None:
     """
 
 
-@main.command(context_settings=CONTEXT)
+@main.command(context_settings=CONTEXT, short_help="Map a function over the items of a file.")
 @click.argument("target", metavar="MODULE:FUNCTION")
 @click.option(
     "--inputs",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -120,7 +121,9 @@ class WorkerPool:
     _workers: list[_Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        # fork on Linux (fast, no re-import of __main__); elsewhere fork is unsafe (macOS
+        # system libraries) or missing, and spawn needs the script's __main__ guard.
+        method = "fork" if sys.platform.startswith("linux") else "spawn"
         self._ctx: Any = multiprocessing.get_context(method)
         self._workers = [self._spawn() for _ in range(self.size)]
 
