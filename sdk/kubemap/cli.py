@@ -129,6 +129,8 @@ def run(
             _report_failures(exc)
             sys.exit(1)
         _write_results(values, output_path)
+        if "store" not in settings and map_run.store_url.startswith("file://"):
+            map_run.delete()  # as kubemap.map does: the results are out, keep the store small
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except KubemapError as exc:

@@ -36,6 +36,7 @@ def test_run_file_function_over_stdin(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert [json.loads(line) for line in result.stdout.splitlines()] == [1, 4, 9]
     assert result.stderr == ""
+    assert list(tmp_path.rglob("*.pkl")) == []  # the default store is cleaned after success
 
 
 def test_run_dotted_module_from_cwd_with_output_file(tmp_path: Path) -> None:
