@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,8 @@ def submit(url: str, fn: Callable[..., Any], items: list[Any], name: str = "task
     return task
 
 
-def run_worker(tmp_path: Path, env: dict[str, str], timeout: float = 60) -> Run:
+def run_worker(tmp_path: Path, env: Mapping[str, str | None], timeout: float = 60) -> Run:
+    """Run `python -m kubemap.worker` with env on top of ours (None unsets a variable)."""
     log = tmp_path / f"termination-{time.monotonic_ns()}.log"
     full_env = {**os.environ, "KUBEMAP_TERMINATION_LOG": str(log), **env}
     proc = subprocess.run(
@@ -135,7 +136,7 @@ def test_raising_function_exits_3_with_traceback(store_url: str, tmp_path: Path)
 
 def test_unreachable_endpoint_exits_4_naming_it(s3_store_url: str, tmp_path: Path) -> None:
     task = submit(s3_store_url, double, [1, 2, 3])
-    env = {
+    env: dict[str, str | None] = {
         **slice_env(task, 0, 3, 3),
         "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:1",
         "AWS_MAX_ATTEMPTS": "1",
@@ -177,17 +178,13 @@ def test_missing_module_of_function_exits_4(store_url: str, tmp_path: Path) -> N
 def test_bad_environment_exits_5(
     tmp_path: Path, env: dict[str, str | None], complaint: str
 ) -> None:
-    base = {
+    base: dict[str, str | None] = {
         "KUBEMAP_TASK_URL": (tmp_path / "nowhere").as_uri(),
         "KUBEMAP_INDEX": "0",
         "KUBEMAP_COUNT": "2",
         "KUBEMAP_TOTAL": "5",
     }
-    merged = {**base, **env}
-    for name, value in env.items():
-        if value is None:
-            os.environ.pop(name, None)
-    run = run_worker(tmp_path, {k: v for k, v in merged.items() if v is not None})
+    run = run_worker(tmp_path, {**base, **env})  # None: the variable is unset
     assert run.code == EXIT_USAGE_ERROR
     assert complaint in run.stderr
 

@@ -11,6 +11,7 @@ from kubemap.models import (
     MapTaskStatus,
     Mode,
     Phase,
+    PodTemplate,
     RunOptions,
 )
 from pydantic import ValidationError
@@ -88,11 +89,13 @@ def test_invalid_specs(spec: dict[str, Any], complaint: str) -> None:
 
 
 def test_spec_is_frozen_and_snake_case_in_python() -> None:
-    spec = MapTaskSpec(mode=Mode.CONTAINER, count=2, items_per_pod=2, template={"image": "x"})  # type: ignore[arg-type]
+    spec = MapTaskSpec(
+        mode=Mode.CONTAINER, count=2, items_per_pod=2, template=PodTemplate(image="x")
+    )
     assert spec.items_per_pod == 2
     assert spec.to_wire()["itemsPerPod"] == 2
     with pytest.raises(ValidationError):
-        spec.count = 3  # type: ignore[misc]
+        spec.count = 3
 
 
 def test_status_ignores_unknown_fields_and_defaults() -> None:
