@@ -82,6 +82,7 @@ class ChunkPlanner:
         self._rate = rate if self._rate is None else max(rate, 0.5 * self._rate + 0.5 * rate)
 
 
-def worker_count(total: int, parallelism: int) -> int:
-    """Processes to start: never more than there are indices."""
-    return max(0, min(parallelism, total))
+def worker_count(total: int, parallelism: int, items_per_pod: int | None = None) -> int:
+    """Processes to start: never more than there are slices to run at once."""
+    slices = total if items_per_pod is None else math.ceil(total / items_per_pod)
+    return max(0, min(parallelism, slices))

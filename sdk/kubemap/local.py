@@ -119,7 +119,9 @@ class LocalRun:
             self._finished.set()
             return
         # Fork the workers here, in the caller's thread, before this run starts a thread.
-        self._pool = WorkerPool(worker_count(self.total, self.parallelism))
+        self._pool = WorkerPool(
+            worker_count(self.total, self.parallelism, self.options.items_per_pod)
+        )
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._started_at = time.monotonic()

@@ -65,9 +65,14 @@ def test_last_slices_shrink_so_workers_finish_together() -> None:
     assert max(counts) > counts[-1]
 
 
-@pytest.mark.parametrize(("total", "parallelism", "expected"), [(0, 4, 0), (3, 8, 3), (100, 2, 2)])
-def test_worker_count(total: int, parallelism: int, expected: int) -> None:
-    assert worker_count(total, parallelism) == expected
+@pytest.mark.parametrize(
+    ("total", "parallelism", "items_per_pod", "expected"),
+    [(0, 4, None, 0), (3, 8, None, 3), (100, 2, None, 2), (10, 8, 10, 1), (10, 8, 3, 4)],
+)
+def test_worker_count(
+    total: int, parallelism: int, items_per_pod: int | None, expected: int
+) -> None:
+    assert worker_count(total, parallelism, items_per_pod) == expected
 
 
 def test_bad_planner_arguments() -> None:
