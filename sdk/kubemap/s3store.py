@@ -202,10 +202,10 @@ class S3Store(Store):
         writer = _MultipartWriter(self, key)
         try:
             yield cast(BinaryIO, writer)
+            writer.finish()
         except BaseException:
-            writer.abort()
+            writer.abort()  # no half-written object, no parts left billed
             raise
-        writer.finish()
 
     def get(self, key: str) -> bytes:
         with self._mapped("read", key):
