@@ -38,9 +38,16 @@ What it is NOT - read this before trusting a result from it:
   LANG/LC_ALL/TZ, KUBEMAP_TERMINATION_LOG, KUBECONFIG (the pod's own) and the pod
   spec's variables. Nothing else leaks from the emulator, in particular not its admin
   KUBECONFIG.
-* Logs are not served: pods/log needs a kubelet HTTP endpoint, so `kubectl logs` fails on
-  this cluster. Read the files instead: each container's stdout+stderr go to
+* Logs are not served: pods/log needs a kubelet HTTP endpoint, so `kubectl logs` (and
+  anything built on pods/log) fails on this cluster ("dial tcp: lookup <node>: no such
+  host"). Read the files instead: each container's stdout+stderr go to
   STATE_DIR/pods/<namespace>_<pod>_<uid>/<container>.log (appended across restarts).
+* containerID is emulator://<pid>: the pid is the leader of the container's process group,
+  so a test can kill it to simulate a crash.
+* Init containers with restartPolicy Always (sidecars) are not supported: they run as
+  ordinary init containers and, since they never exit, block the pod.
+* Only Warning events are recorded (Failed, BackOff, FailedMount, DeadlineExceeded,
+  FailedScheduling), not the routine Normal ones (Scheduled, Pulled, Started...).
 * Termination messages: terminationMessagePath is an in-image path; instead each
   container gets <pod dir>/<container>/termination-log, passed as env
   KUBEMAP_TERMINATION_LOG; up to 4096 bytes of it become state.terminated.message

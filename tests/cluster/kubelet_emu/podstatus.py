@@ -255,6 +255,9 @@ def pod_status(
         "reason": reason,
         "message": message,
     }
+    generation = (pod.get("metadata") or {}).get("generation")
+    if generation is not None:  # PodObservedGenerationTracking (beta in 1.34)
+        status["observedGeneration"] = generation
     if inits:
         status["initContainerStatuses"] = [c.to_api() for c in inits]
     return status

@@ -288,7 +288,8 @@ class PodWorker(threading.Thread):
                 self.gone = True
                 self.post_failed = False
                 return
-            log.warning("%s: status update failed: %s %s", self.ref, exc.status, exc.reason)
+            detail = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else exc.body
+            log.warning("%s: status update failed: %s %.400s", self.ref, exc.status, detail)
             self.post_failed = True
             return
         except Exception as exc:
