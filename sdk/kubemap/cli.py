@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import click
 
-from kubemap.errors import ConfigError, KubemapError, MapTaskError
+from kubemap.errors import ConfigError, KubemapError, MapTaskError, RemoteError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -129,7 +129,15 @@ def run(
             _report_failures(exc)
             sys.exit(1)
         _write_results(values, output_path)
-        if "store" not in settings and map_run.store_url.startswith("file://"):
+        tolerated = map_run.failures() if map_run.status().failed else {}
+        if tolerated:
+            click.echo(
+                f"warning: {len(tolerated)} of {map_run.total} inputs failed (tolerated by "
+                f"--min-success-ratio); their results are null",
+                err=True,
+            )
+            _print_failures(tolerated)
+        elif "store" not in settings and map_run.store_url.startswith("file://"):
             map_run.delete()  # as kubemap.map does: the results are out, keep the store small
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
@@ -245,7 +253,11 @@ def _report_failures(exc: MapTaskError) -> None:
         "their results are written as null",
         err=True,
     )
-    for index, failure in exc.failures.items():
+    _print_failures(exc.failures)
+
+
+def _print_failures(failures: dict[int, RemoteError]) -> None:
+    for index, failure in failures.items():
         click.echo(f"\n--- index {index}: {failure.type}: {failure.message}", err=True)
         if failure.traceback:
             click.echo(failure.traceback.rstrip(), err=True)

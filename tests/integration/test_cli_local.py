@@ -71,12 +71,37 @@ def test_run_json_array_and_word_counts(tmp_path: Path) -> None:
 
 
 def test_failures_print_tracebacks_and_null_results(tmp_path: Path) -> None:
-    result = kubemap_run(f"{SQUARE}:inverse", "--inputs", "-", stdin="[1, 0, 4]", store=tmp_path)
+    result = kubemap_run(
+        f"{SQUARE}:inverse",
+        "--inputs",
+        "-",
+        "--items-per-pod",
+        "3",
+        stdin="[1, 0, 4]",
+        store=tmp_path,
+    )
     assert result.returncode == 1
     assert result.stdout.splitlines() == ["1.0", "null", "0.25"]
     assert "1 of 3 inputs failed" in result.stderr
     assert "index 1: ZeroDivisionError" in result.stderr
     assert "return 1 / x" in result.stderr  # the remote traceback
+
+
+def test_tolerated_failures_are_reported_with_exit_0(tmp_path: Path) -> None:
+    result = kubemap_run(
+        f"{SQUARE}:inverse",
+        "--inputs",
+        "-",
+        "--min-success-ratio",
+        "0.5",
+        stdin="1\n0\n4\n",
+        store=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["1.0", "null", "0.25"]
+    assert (
+        "1 of 3 inputs failed (tolerated" in result.stderr and "ZeroDivisionError" in result.stderr
+    )
 
 
 def test_errors_are_clean_messages(tmp_path: Path) -> None:

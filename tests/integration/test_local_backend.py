@@ -222,7 +222,9 @@ def test_crash_in_an_automatic_slice_is_pinned_to_its_index(store: str) -> None:
     assert set(info.value.failures) == {2}
     assert "exit code 7" in info.value.failures[2].message
     values = run.results(partial=True)
-    assert values[:2] == [0, 1]
+    done = taskdata.succeeded_indexes(open_store(run.store_url))
+    assert 2 not in done and len(done) >= 1
+    assert [i for i, v in enumerate(values) if v is not None and v == i] == list(done)
 
 
 def test_unpicklable_input_is_named_with_its_index(store: str) -> None:
