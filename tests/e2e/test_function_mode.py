@@ -1,0 +1,125 @@
+"""Function mode through the SDK: submit -> MapTask -> operator -> worker pods -> S3 -> results."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import kubemap
+import pytest
+from e2ekit import NAMESPACE, Operator, PodWatch, get_task
+from kubernetes import client
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600), pytest.mark.usefixtures("kubemap_installed")]
+
+
+def opts(**kw: Any) -> dict[str, Any]:
+    return {"backend": "kubernetes", "namespace": NAMESPACE, "store": os.environ.get("KUBEMAP_STORE"), **kw}
+
+
+def test_map_runs_on_the_cluster_within_parallelism(
+    core: client.CoreV1Api, custom: client.CustomObjectsApi, operator: Operator, unique: Callable[[str], str]
+) -> None:
+    def slow_square(x: int) -> int:
+        time.sleep(0.5)
+        return x * x
+
+    name = unique("squares")
+    with PodWatch(core, name) as pods:
+        started = time.monotonic()
+        run = kubemap.submit(slow_square, range(12), **opts(name=name, parallelism=3, items_per_pod=2))
+        assert run.name == name
+        status = run.wait(timeout=300)
+        elapsed = time.monotonic() - started
+        results = run.results()
+    assert status.phase.value == "Succeeded" and results == [x * x for x in range(12)]
+    assert pods.seen == {f"{name}-{i}-0" for i in range(0, 12, 2)}, pods.seen  # one pod per chunk, none twice
+    assert 1 <= pods.most_active <= 3
+    body = get_task(custom, name)
+    assert body is not None and body["status"]["succeededIndexes"] == "0-11"
+    print(f"\n12 items, 6 pods, parallelism 3: {elapsed:.1f}s end to end; most pods at once: {pods.most_active}")
+
+
+def test_flaky_index_is_retried(operator: Operator, unique: Callable[[str], str], custom: client.CustomObjectsApi) -> None:
+    def flaky(x: int) -> int:
+        if x == 3 and os.environ.get("KUBEMAP_ATTEMPT") == "0":
+            raise RuntimeError("first attempt of index 3 fails")
+        return x + 100
+
+    name = unique("flaky")
+    results = kubemap.map(flaky, range(5), **opts(name=name, retries=1, parallelism=5))
+    assert results == [100, 101, 102, 103, 104]
+    body = get_task(custom, name)
+    assert body is not None and body["status"]["failed"] == 0 and body["status"]["succeeded"] == 5
+
+
+def test_failing_index_reports_its_traceback(
+    operator: Operator, unique: Callable[[str], str], core: client.CoreV1Api, custom: client.CustomObjectsApi
+) -> None:
+    def picky(x: int) -> int:
+        if x == 2:
+            raise ValueError(f"cannot take {x}")
+        return x
+
+    name = unique("picky")
+    with pytest.raises(kubemap.MapTaskError) as info:
+        kubemap.map(picky, range(4), **opts(name=name, parallelism=4))
+    failure = info.value.failures[2]
+    assert failure.type == "ValueError" and "cannot take 2" in failure.message
+    assert "raise ValueError" in failure.traceback
+    body = get_task(custom, name)
+    assert body is not None and body["status"]["phase"] == "Failed" and body["status"]["failedIndexes"] == "2"
+    reasons = {e.reason for e in core.list_namespaced_event(
+        NAMESPACE, field_selector=f"involvedObject.name={name}").items}
+    assert "IndexFailed" in reasons, reasons
+
+
+def test_cancel_stops_the_run(
+    operator: Operator, unique: Callable[[str], str], core: client.CoreV1Api, custom: client.CustomObjectsApi
+) -> None:
+    def sleepy(x: int) -> int:
+        time.sleep(60)
+        return x
+
+    name = unique("sleepy")
+    run = kubemap.submit(sleepy, range(6), **opts(name=name, parallelism=2))
+    deadline = time.monotonic() + 60
+    while run.status().active < 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    run.cancel()
+    status = run.wait(timeout=60)
+    assert status.phase.value == "Cancelled"
+    with pytest.raises(kubemap.CancelledError):
+        run.results()
+    deadline = time.monotonic() + 60
+    while core.list_namespaced_pod(NAMESPACE, label_selector=f"kubemap.io/task={name}").items:
+        assert time.monotonic() < deadline, "pods of a cancelled task were not removed"
+        time.sleep(0.5)
+
+
+def test_operator_restart_mid_run_counts_every_index_once(
+    operator: Operator, unique: Callable[[str], str], core: client.CoreV1Api, custom: client.CustomObjectsApi
+) -> None:
+    def steady(x: int) -> int:
+        time.sleep(1.5)
+        return -x
+
+    name = unique("restart")
+    with PodWatch(core, name) as pods:
+        run = kubemap.submit(steady, range(16), **opts(name=name, parallelism=4))
+        deadline = time.monotonic() + 120
+        while run.status().succeeded < 4:
+            assert time.monotonic() < deadline, "no progress before the restart"
+            time.sleep(0.3)
+        operator.kill_and_restart()
+        status = run.wait(timeout=300)
+        results = run.results()
+    assert status.phase.value == "Succeeded" and status.succeeded == 16
+    assert results == [-x for x in range(16)]
+    body = get_task(custom, name)
+    assert body is not None and body["status"]["succeededIndexes"] == "0-15" and body["status"]["succeeded"] == 16
+    # Every index ran in exactly one pod: the restarted operator re-created nothing.
+    assert pods.seen == {f"{name}-{i}-0" for i in range(16)}, sorted(pods.seen)
+    assert pods.most_active <= 4
