@@ -5,6 +5,7 @@ every object in values.schema.json is closed, and every value is documented.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,9 @@ def test_schema_closes_every_object() -> None:
             assert node["additionalProperties"] is False, f"{path} has properties but is open"
 
 
+KUBERNETES_TYPED = ("resources", "securityContext", "podSecurityContext")
+
+
 def test_every_value_is_in_the_schema_and_commented() -> None:
     text = (ck.CHART / "values.yaml").read_text()
     values = yaml.safe_load(text)
@@ -91,12 +95,19 @@ def test_every_value_is_in_the_schema_and_commented() -> None:
         if top != "global":
             assert top in values, f"schema has {top} but values.yaml does not document it"
     lines = text.splitlines()
+    stack: list[tuple[int, str]] = []
+    undocumented = []
     for i, line in enumerate(lines):
-        stripped = line.strip()
-        indent = len(line) - len(line.lstrip())
-        if stripped and not stripped.startswith(("#", "-")) and ":" in stripped and indent <= 2:
-            above = lines[i - 1].strip() if i else ""
-            opens_block = stripped.endswith(":")
-            assert above.startswith("#") or opens_block, (
-                f"values.yaml line {i + 1} has no comment: {line}"
-            )
+        match = re.match(r"^(\s*)([A-Za-z0-9_.-]+):", line)
+        if not match:
+            continue
+        indent, key = len(match.group(1)), match.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = [k for _, k in stack] + [key]
+        stack.append((indent, key))
+        if any(part in KUBERNETES_TYPED for part in path[:-1]):
+            continue  # inside a Kubernetes type, documented by its parent
+        if not lines[i - 1].strip().startswith("#"):
+            undocumented.append(".".join(path))
+    assert undocumented == [], f"values.yaml keys without a comment above: {undocumented}"
