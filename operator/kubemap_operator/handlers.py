@@ -31,6 +31,8 @@ def post_kopf_event(body: dict[str, Any], event: Event) -> None:
 
 def configure(settings: Settings, kopf_settings: kopf.OperatorSettings) -> None:
     kopf_settings.peering.standalone = True
+    # No CRD or namespace watching: the chart grants neither, and the resources are fixed.
+    kopf_settings.scanning.disabled = True
     kopf_settings.posting.level = logging.INFO
     kopf_settings.posting.reporting_component = "kubemap-operator"
     # Only kubemap worker pods are watched, filtered by the API server.
