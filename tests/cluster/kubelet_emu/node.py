@@ -7,6 +7,7 @@ import logging
 import platform
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,5 +191,20 @@ class NodeAgent(threading.Thread):
                 if time.monotonic() - last_status >= STATUS_EVERY:
                     self.post_status()
                     last_status = time.monotonic()
+            except ApiException as exc:
+                if (
+                    exc.status == 404
+                    and self.api.get_or_none(f"/api/v1/nodes/{self.cfg.name}") is None
+                ):
+                    log.warning("node %s was deleted; registering it again", self.cfg.name)
+                    self._try(self.register)
+                else:
+                    log.warning("node heartbeat failed: %s %s", exc.status, exc.reason)
             except Exception as exc:
                 log.warning("node heartbeat failed: %s", exc)
+
+    def _try(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception as exc:
+            log.warning("%s failed: %s", getattr(action, "__name__", action), exc)
