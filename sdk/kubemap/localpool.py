@@ -7,7 +7,9 @@ must not re-import the user's __main__ in every worker (spawn/forkserver do, so 
 without an `if __name__ == "__main__"` guard would recurse).
 
 Workers are forked (Linux) from the thread that starts the run, before the run starts any
-thread of its own; they ignore SIGINT so Ctrl-C reaches only the parent, which cancels.
+thread of its own (a worker that dies is replaced from the run's driver thread); they
+ignore SIGINT so Ctrl-C reaches only the parent, which cancels. Elsewhere they are spawned,
+and a script needs the usual `if __name__ == "__main__":` guard.
 Each worker keeps the task's function loaded across slices: fn.pkl is read once per
 worker process, not once per slice.
 """
