@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -471,6 +472,127 @@ def test_termination_message_file_then_log_fallback(tmp_path: Path) -> None:
     assert termination_message(paths, "FallbackToLogsOnError", 0) == ""
     tail = termination_message(paths, "FallbackToLogsOnError", 1)
     assert tail.splitlines()[0] == "line 120" and tail.endswith("line 199\n") and len(tail) <= 2048
+
+
+# -- the pod worker with real processes and a recording fake API ----------------------------
+class FakeApi:
+    """Records status patches and deletes; a unit-test stand-in, the e2e tests use the real one."""
+
+    def __init__(self) -> None:
+        self.statuses: list[dict[str, Any]] = []
+        self.deleted: list[str] = []
+        self.events: list[dict[str, Any]] = []
+
+    def get_or_none(self, path: str) -> dict[str, Any] | None:
+        return {"metadata": {"name": "default"}} if "/serviceaccounts/" in path else None
+
+    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.events.append(body)
+        return body
+
+    def patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.statuses.append(body["status"])
+        return {"status": body["status"]}
+
+    def delete(self, path: str, body: dict[str, Any] | None = None) -> None:
+        self.deleted.append(path)
+
+
+def start_worker(pod: dict[str, Any], tmp_path: Path) -> tuple[Any, FakeApi, threading.Event]:
+    from kubelet_emu.api import ClusterInfo
+    from kubelet_emu.events import EventRecorder
+    from kubelet_emu.launch import Context
+    from kubelet_emu.podworker import PodWorker
+    from kubelet_emu.processes import ProcessRegistry
+
+    api = FakeApi()
+    ctx = Context(
+        api=api,  # type: ignore[arg-type]
+        cluster=ClusterInfo("https://127.0.0.1:1", None, insecure=True),
+        node_name="node-a",
+        host_ip="127.0.0.1",
+        allocatable={"cpu": "2", "memory": "1Gi", "pods": "10"},
+        pods_dir=tmp_path,
+        registry=ProcessRegistry(),
+        backoff=Backoff(base=0.1, cap=0.2),
+        base_path=os.environ.get("PATH", "/usr/bin:/bin"),
+        events=EventRecorder(api, "node-a"),  # type: ignore[arg-type]
+        stopping=threading.Event(),
+    )
+    done = threading.Event()
+    worker = PodWorker(pod, ctx, lambda _uid: done.set(), recovered=False)
+    worker.start()
+    return worker, api, done
+
+
+def worker_pod(command: list[str], **spec: Any) -> dict[str, Any]:
+    pod = make_pod(
+        {"name": "c", "image": "img", "command": command},
+        automountServiceAccountToken=False,
+        **spec,
+    )
+    pod["metadata"]["generation"] = 1
+    return pod
+
+
+def test_worker_reports_exit_code_and_termination_message(tmp_path: Path) -> None:
+    script = 'echo "$IDX done" > "$KUBEMAP_TERMINATION_LOG"; exit 3'
+    pod = worker_pod(["sh", "-c", script], restartPolicy="Never")
+    pod["spec"]["containers"][0]["env"] = [
+        {"name": "IDX", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}}
+    ]
+    _, api, done = start_worker(pod, tmp_path)
+    assert done.wait(10)
+    phases = [s["phase"] for s in api.statuses]
+    assert (phases[-1] == "Failed" and "Running" in phases) or phases == ["Failed"]
+    state = api.statuses[-1]["containerStatuses"][0]["state"]["terminated"]
+    assert (state["exitCode"], state["reason"], state["message"]) == (3, "Error", "x done\n")
+    assert api.statuses[-1]["observedGeneration"] == 1
+
+
+def test_worker_restarts_on_failure_until_success(tmp_path: Path) -> None:
+    pod = worker_pod(
+        ["sh", "-c", "test -f tried && exit 0; touch tried; exit 1"], restartPolicy="OnFailure"
+    )
+    _, api, done = start_worker(pod, tmp_path)
+    assert done.wait(10)
+    final = api.statuses[-1]
+    assert final["phase"] == "Succeeded"
+    status = final["containerStatuses"][0]
+    assert status["restartCount"] == 1 and status["lastState"]["terminated"]["exitCode"] == 1
+
+
+def test_worker_deletion_sends_sigterm_then_final_delete(tmp_path: Path) -> None:
+    pod = worker_pod(
+        ["sh", "-c", 'trap "exit 7" TERM; while true; do sleep 0.05; done'], restartPolicy="Always"
+    )
+    worker, api, done = start_worker(pod, tmp_path)
+    wait_for("the container to run", lambda: any(s["phase"] == "Running" for s in api.statuses), 10)
+    deleting = {
+        **pod,
+        "metadata": {**pod["metadata"], "deletionTimestamp": "x", "deletionGracePeriodSeconds": 5},
+    }
+    started = time.monotonic()
+    worker.update(deleting)
+    assert done.wait(10)
+    assert (
+        time.monotonic() - started < 3
+    )  # the trap exits at once, no need to wait the grace period
+    assert api.statuses[-1]["phase"] == "Failed"  # exit 7: the kubelet's terminal phase on deletion
+    assert api.statuses[-1]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 7
+    assert api.deleted == ["/api/v1/namespaces/ns1/pods/p1"]
+
+
+def test_worker_active_deadline(tmp_path: Path) -> None:
+    pod = worker_pod(["sleep", "30"], restartPolicy="Never", activeDeadlineSeconds=1)
+    _, api, done = start_worker(pod, tmp_path)
+    assert done.wait(10)
+    final = api.statuses[-1]
+    assert (final["phase"], final["reason"]) == ("Failed", "DeadlineExceeded")
+    assert final["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 143
+    assert any(
+        e.get("reason") == "DeadlineExceeded" for e in wait_for("event", lambda: api.events, 5)
+    )
 
 
 # ==========================================================================================
