@@ -42,6 +42,7 @@ What it is NOT - read this before trusting a result from it:
   anything built on pods/log) fails on this cluster ("dial tcp: lookup <node>: no such
   host"). Read the files instead: each container's stdout+stderr go to
   STATE_DIR/pods/<namespace>_<pod>_<uid>/<container>.log (appended across restarts).
+  For the same reason `kubectl exec`, `attach` and `port-forward` do not work.
 * containerID is emulator://<pid>: the pid is the leader of the container's process group,
   so a test can kill it to simulate a crash.
 * Init containers with restartPolicy Always (sidecars) are not supported: they run as
