@@ -35,13 +35,14 @@ What it is NOT - read this before trusting a result from it:
   count for scheduling), same user as the emulator. Probes are not run: a running
   container is ready. No service environment variables (KUBERNETES_SERVICE_HOST...).
 * The container's environment is built from scratch: PATH, HOME (the pod dir), HOSTNAME,
-  LANG/LC_ALL/TZ, KUBEMAP_TERMINATION_LOG, KUBECONFIG (the pod's own) and the pod
-  spec's variables. Nothing else leaks from the emulator, in particular not its admin
+  LANG/LC_ALL/TZ, KUBEMAP_TESTCLUSTER_ID (testcluster's marker, so `down` finds strays),
+  KUBEMAP_TERMINATION_LOG, KUBECONFIG (the pod's own) and the pod spec's variables. Nothing else leaks from the emulator, in particular not its admin
   KUBECONFIG.
 * Logs are not served: pods/log needs a kubelet HTTP endpoint, so `kubectl logs` (and
   anything built on pods/log) fails on this cluster ("dial tcp: lookup <node>: no such
   host"). Read the files instead: each container's stdout+stderr go to
-  STATE_DIR/pods/<namespace>_<pod>_<uid>/<container>.log (appended across restarts).
+  STATE_DIR/pods/<namespace>_<pod>_<uid>/<container>.log (appended across restarts;
+  STATE_DIR is --state-dir, which `testcluster up` sets to <its state dir>/node).
   For the same reason `kubectl exec`, `attach` and `port-forward` do not work.
 * containerID is emulator://<pid>: the pid is the leader of the container's process group,
   so a test can kill it to simulate a crash.
