@@ -320,3 +320,24 @@ def test_example_maptask_runs_to_completion(path: Path, task_namespace: str) -> 
     total = len(doc["spec"]["items"]) if "items" in doc["spec"] else doc["spec"]["count"]
     assert status["phase"] == "Succeeded", status
     assert (status["total"], status["succeeded"]) == (total, total)
+
+
+def test_function_mode_example_runs_through_the_chart_install(
+    task_namespace: str, tmp_path: Path
+) -> None:
+    """examples/square.py on the cluster: the SDK uploads to S3, the chart's worker image and
+    S3 settings (KUBEMAP_S3_ENDPOINT, the kubemap-s3 Secret) carry the pods."""
+    store = os.environ.get("KUBEMAP_STORE")
+    if not store or not store.startswith("s3://"):
+        pytest.skip(
+            'KUBEMAP_STORE (s3://...) is not set: run `eval "$(tests/cluster/testcluster env)"`'
+        )
+    done = ck.run(
+        [sys.executable, "-m", "kubemap", "run", str(EXAMPLES / "square.py") + ":square",
+         "--inputs", "-", "--backend", "kubernetes", "--namespace", task_namespace,
+         "--store", store, "--parallelism", "3", "--no-progress", "--timeout", str(TASK_TIMEOUT)],
+        stdin="\n".join(str(i) for i in range(1, 7)) + "\n",
+        timeout=TASK_TIMEOUT + 60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [json.loads(line) for line in done.stdout.splitlines()] == [i * i for i in range(1, 7)]
