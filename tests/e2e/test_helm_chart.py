@@ -204,16 +204,23 @@ def test_operator_pod_runs_under_the_charts_service_account() -> None:
 
 
 def access(
-    verb: str, resource: str, namespace: str = "default", group: str = "", sub: str = ""
+    verb: str,
+    resource: str,
+    namespace: str = "default",
+    group: str = "",
+    sub: str = "",
+    account: tuple[str, str] = (NAMESPACE, SA),
 ) -> bool:
+    """SubjectAccessReview: may the ServiceAccount `account` (namespace, name) do this?"""
+    sa_namespace, sa_name = account
     review = {
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SubjectAccessReview",
         "spec": {
-            "user": f"system:serviceaccount:{NAMESPACE}:{SA}",
+            "user": f"system:serviceaccount:{sa_namespace}:{sa_name}",
             "groups": [
                 "system:serviceaccounts",
-                f"system:serviceaccounts:{NAMESPACE}",
+                f"system:serviceaccounts:{sa_namespace}",
                 "system:authenticated",
             ],
             "resourceAttributes": {
@@ -274,6 +281,36 @@ def test_rbac_is_enforced_on_requests_with_the_service_account_token() -> None:
         assert secrets.returncode != 0 and "forbidden" in secrets.stderr.lower(), secrets.stderr
     finally:
         ca_file.unlink(missing_ok=True)
+
+
+def test_namespaced_release_grants_only_its_namespace(task_namespace: str) -> None:
+    """A second, paused release with rbac.scope=namespaced: a Role in the watched namespace
+    and nothing cluster-wide, as the API server's authorizer sees it."""
+    release = "kubemap-scoped"
+    sets = {
+        "rbac.scope": "namespaced",
+        "operator.watchNamespaces": "{" + task_namespace + "}",
+        "crds.enabled": "false",
+        "replicaCount": "0",
+    }
+    install = ck.run(
+        [ck.helm_bin(), "install", release, str(ck.CHART), "-n", task_namespace, "--wait",
+         "--timeout", "120s", *ck.set_args(sets)],
+        timeout=180,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr
+    try:
+        account = (task_namespace, release)
+        assert kubectl("get", "role", release, "-n", task_namespace, "-o", "name").stdout.strip()
+        missing = kubectl("get", "clusterrole", release, check=False)
+        assert missing.returncode != 0 and "NotFound" in missing.stderr
+        assert access("create", "pods", task_namespace, account=account)
+        assert access("patch", "maptasks", task_namespace, "kubemap.io", "status", account=account)
+        assert not access("create", "pods", "default", account=account)
+        assert not access("list", "maptasks", "default", "kubemap.io", account=account)
+        assert not access("get", "secrets", task_namespace, account=account)
+    finally:
+        ck.run([ck.helm_bin(), "uninstall", release, "-n", task_namespace, "--wait"], timeout=180)
 
 
 # --- worker pods under the restricted Pod Security Standard, and the examples -------------------
