@@ -11,10 +11,12 @@ It plays two roles against a real kube-apiserver:
   PodScheduled=False/Unschedulable. Affinity, taints and topology spread are ignored.
 * the kubelet's: it registers the Node (capacity, Ready condition, a Lease in
   kube-node-lease renewed every 10 s) and, for each pod bound to it, runs the init
-  containers in order and then every container's `command` + `args` as a local process
-  in its own process group, with the environment resolved as the kubelet resolves it
-  (value with $(VAR) expansion, fieldRef, resourceFieldRef, secretKeyRef,
-  configMapKeyRef, envFrom; optional honoured). It reports status as the kubelet does:
+  containers in order (sidecars, i.e. restartPolicy Always, keep running beside the rest
+  and are stopped when the containers are done), then every container's `command` +
+  `args` as a local process in its own process group, with the environment resolved as
+  the kubelet resolves it (value with $(VAR) expansion, fieldRef, resourceFieldRef,
+  secretKeyRef, configMapKeyRef, envFrom; optional honoured). It reports status as the
+  kubelet does:
   phase, conditions, containerStatuses with exit codes, reasons and termination
   messages; restarts per restartPolicy with back-off; honours deletion (SIGTERM to the
   process group, the grace period, SIGKILL, then the final delete with grace period 0)
@@ -46,8 +48,6 @@ What it is NOT - read this before trusting a result from it:
   For the same reason `kubectl exec`, `attach` and `port-forward` do not work.
 * containerID is emulator://<pid>: the pid is the leader of the container's process group,
   so a test can kill it to simulate a crash.
-* Init containers with restartPolicy Always (sidecars) are not supported: they run as
-  ordinary init containers and, since they never exit, block the pod.
 * Only Warning events are recorded (Failed, BackOff, FailedMount, DeadlineExceeded,
   FailedScheduling), not the routine Normal ones (Scheduled, Pulled, Started...).
 * Termination messages: terminationMessagePath is an in-image path; instead each

@@ -267,6 +267,8 @@ RUNNING = ContainerView("c", "img", "running", running_since=1.0)
 WAITING = ContainerView("c", "img", "waiting")
 OK = ContainerView("c", "img", "terminated", terminated=term(0))
 FAILED = ContainerView("c", "img", "terminated", terminated=term(3))
+SIDECAR = ContainerView("side", "img", "running", running_since=1.0, sidecar=True)
+SIDECAR_FAILED = ContainerView("side", "img", "terminated", terminated=term(1), sidecar=True)
 BACKING_OFF = ContainerView(
     "c", "img", "waiting", waiting_reason="CrashLoopBackOff", last_terminated=term(1)
 )
@@ -292,6 +294,9 @@ BACKING_OFF = ContainerView(
         ("Never", [FAILED], [WAITING], False, "Failed"),
         ("OnFailure", [BACKING_OFF], [WAITING], False, "Pending"),
         ("Never", [OK], [RUNNING], False, "Running"),
+        ("Never", [SIDECAR], [RUNNING], False, "Running"),
+        ("Never", [SIDECAR], [OK], False, "Succeeded"),
+        ("Never", [SIDECAR_FAILED], [WAITING], False, "Pending"),
     ],
 )
 def test_pod_phase(
@@ -592,6 +597,30 @@ def test_worker_active_deadline(tmp_path: Path) -> None:
     assert any(
         e.get("reason") == "DeadlineExceeded" for e in wait_for("event", lambda: api.events, 5)
     )
+
+
+def test_worker_runs_sidecar_beside_containers_and_stops_it_at_the_end(tmp_path: Path) -> None:
+    sidecar = {
+        "name": "side",
+        "image": "img",
+        "restartPolicy": "Always",
+        "command": ["sleep", "30"],
+    }
+    init = {"name": "init", "image": "img", "command": ["true"]}
+    pod = worker_pod(
+        ["sh", "-c", "sleep 0.3"], restartPolicy="Never", initContainers=[sidecar, init]
+    )
+    started = time.monotonic()
+    _, api, done = start_worker(pod, tmp_path)
+    assert done.wait(10)
+    assert time.monotonic() - started < 5
+    running = [s for s in api.statuses if s["phase"] == "Running"]
+    assert running and running[0]["initContainerStatuses"][0]["state"].keys() == {"running"}
+    final = api.statuses[-1]
+    assert final["phase"] == "Succeeded"
+    side, first = final["initContainerStatuses"]
+    assert side["state"]["terminated"]["exitCode"] == 143  # SIGTERM once the container was done
+    assert first["state"]["terminated"]["exitCode"] == 0
 
 
 # ==========================================================================================

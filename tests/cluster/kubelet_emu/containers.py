@@ -28,7 +28,11 @@ class Backoff:
         return float(min(self.base * (2 ** (failures - 2)), self.cap))
 
 
-def should_restart(restart_policy: str, *, init: bool, exit_code: int) -> bool:
+def should_restart(
+    restart_policy: str, *, init: bool, exit_code: int, sidecar: bool = False
+) -> bool:
+    if sidecar:
+        return True
     if init:
         return restart_policy != "Never" and exit_code != 0
     return restart_policy == "Always" or (restart_policy == "OnFailure" and exit_code != 0)
@@ -77,6 +81,10 @@ class Slot:
         return str(self.spec["name"])
 
     @property
+    def sidecar(self) -> bool:
+        return self.init and self.spec.get("restartPolicy") == "Always"
+
+    @property
     def succeeded(self) -> bool:
         return (
             self.state == "terminated"
@@ -97,6 +105,7 @@ class Slot:
             container_id=self.container_id,
             terminated=self.terminated,
             last_terminated=self.last_terminated,
+            sidecar=self.sidecar,
         )
 
     def begin_instance(self) -> None:
@@ -150,7 +159,9 @@ class Slot:
             self.last_terminated = terminated_from_api(last)
         if "terminated" in state:
             term = terminated_from_api(state["terminated"])
-            if not should_restart(restart_policy, init=self.init, exit_code=term.exit_code):
+            if not should_restart(
+                restart_policy, init=self.init, exit_code=term.exit_code, sidecar=self.sidecar
+            ):
                 self.state, self.terminated = "terminated", term
                 return
             self.last_terminated = term
@@ -163,7 +174,9 @@ class Slot:
                 finished_at=time.time(),
                 container_id=str(status.get("containerID") or ""),
             )
-            if not should_restart(restart_policy, init=self.init, exit_code=lost.exit_code):
+            if not should_restart(
+                restart_policy, init=self.init, exit_code=lost.exit_code, sidecar=self.sidecar
+            ):
                 self.state, self.terminated = "terminated", lost
                 return
             self.last_terminated = lost

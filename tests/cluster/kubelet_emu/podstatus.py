@@ -60,6 +60,15 @@ class ContainerView:
     container_id: str = ""
     terminated: Terminated | None = None
     last_terminated: Terminated | None = None
+    #: An init container with restartPolicy Always: runs beside the containers (KEP-753).
+    sidecar: bool = False
+
+    @property
+    def init_complete(self) -> bool:
+        """An init container lets the next one start: it succeeded, or (sidecar) it started."""
+        if self.sidecar:
+            return self.state != "waiting" or self.last_terminated is not None
+        return self.succeeded
 
     @property
     def ready(self) -> bool:
@@ -103,7 +112,7 @@ class ContainerView:
 
 
 def init_done(inits: Sequence[ContainerView]) -> bool:
-    return all(c.succeeded for c in inits)
+    return all(c.init_complete for c in inits)
 
 
 def pod_phase(
@@ -116,7 +125,10 @@ def pod_phase(
     """kubelet's getPhase over container snapshots."""
     for init in inits:
         failed_for_good = (
-            init.state == "terminated" and not init.succeeded and restart_policy == "Never"
+            not init.sidecar
+            and init.state == "terminated"
+            and not init.succeeded
+            and restart_policy == "Never"
         )
         if failed_for_good:
             return "Failed"
@@ -185,8 +197,9 @@ def pod_conditions(
     terminal = phase in TERMINAL_PHASES
     completed = "PodCompleted" if terminal else ""
     initialized = init_done(inits) or phase == "Succeeded"
-    pending_inits = [c.name for c in inits if not c.succeeded]
-    unready = [c.name for c in containers if not c.ready]
+    pending_inits = [c.name for c in inits if not c.init_complete]
+    sidecars = [c for c in inits if c.sidecar]
+    unready = [c.name for c in [*sidecars, *containers] if not c.ready]
     ready = not terminal and initialized and not unready
     return [
         _condition("PodReadyToStartContainers", not terminal, old, now),

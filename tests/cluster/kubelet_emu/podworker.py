@@ -111,6 +111,11 @@ class PodWorker(threading.Thread):
                 return
             self._drive()
             status = self._status()
+            sidecars = [s for s in self.inits if s.sidecar and s.proc is not None]
+            if status["phase"] in TERMINAL_PHASES and sidecars:
+                log.info("%s: containers are done; stopping the sidecars", self.ref)
+                self._kill(self._termination_grace(), only=sidecars)
+                status = self._status()
             self._post(status)
             if status["phase"] in TERMINAL_PHASES and not self.post_failed:
                 log.info("%s: %s", self.ref, status["phase"])
@@ -177,6 +182,8 @@ class PodWorker(threading.Thread):
                 continue
             if slot.state == "waiting" and slot.retry_at <= now:
                 self._start(slot)
+            if slot.sidecar and slot.instances > 0:
+                continue  # a started sidecar keeps running beside what follows
             if not slot.succeeded:
                 return
         for slot in self.mains:
@@ -246,7 +253,7 @@ class PodWorker(threading.Thread):
 
     def _on_exit_term(self, slot: Slot, term: Terminated, *, terminating: bool) -> None:
         restart = not terminating and should_restart(
-            self.policy, init=slot.init, exit_code=term.exit_code
+            self.policy, init=slot.init, exit_code=term.exit_code, sidecar=slot.sidecar
         )
         if term.reason in ("ContainerCannotRun", "StartError"):
             self._warn_once("Failed", f"Error: {term.message}")
@@ -310,18 +317,23 @@ class PodWorker(threading.Thread):
         deadline = self._deadline()
         return deadline is not None and time.time() >= deadline
 
-    def _kill(self, grace: float) -> None:
-        """SIGTERM every container's process group, SIGKILL after `grace` seconds, reap them."""
+    def _termination_grace(self) -> float:
+        spec_grace = (self.pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+        return 30.0 if spec_grace is None else float(spec_grace)
+
+    def _kill(self, grace: float, only: list[Slot] | None = None) -> None:
+        """SIGTERM the containers' process groups, SIGKILL after `grace` seconds, reap them."""
+        targets = self.slots if only is None else only
         began = time.monotonic()
         term_deadline = began + grace
         kill_deadline: float | None = None
-        for slot in self.slots:
+        for slot in targets:
             if slot.proc is not None:
                 kill_group(slot.proc.pid, signal.SIGTERM)
-        while any(s.proc is not None for s in self.slots):
+        while any(s.proc is not None for s in targets):
             now = time.monotonic()
             if kill_deadline is None and now >= term_deadline:
-                for slot in self.slots:
+                for slot in targets:
                     if slot.proc is not None:
                         kill_group(slot.proc.pid, signal.SIGKILL)
                 kill_deadline = now + 10
@@ -346,7 +358,7 @@ class PodWorker(threading.Thread):
             elif kind == "gone":
                 self.gone = True
                 term_deadline = min(term_deadline, time.monotonic())
-        for slot in self.slots:
+        for slot in targets:
             if slot.state != "terminated":
                 slot.state = "terminated"
                 slot.terminated = slot.last_terminated or Terminated(
@@ -368,8 +380,7 @@ class PodWorker(threading.Thread):
             delete_pod(self.ctx.api, self.pod)
 
     def _terminate_for_deadline(self) -> None:
-        spec_grace = (self.pod.get("spec") or {}).get("terminationGracePeriodSeconds")
-        grace = 30.0 if spec_grace is None else float(spec_grace)
+        grace = self._termination_grace()
         log.info("%s: activeDeadlineSeconds exceeded, killing with grace %gs", self.ref, grace)
         message = "Pod was active on the node longer than the specified deadline"
         self.ctx.events.warn(self.pod, "DeadlineExceeded", message)
