@@ -378,3 +378,13 @@ def test_function_mode_example_runs_through_the_chart_install(
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert [json.loads(line) for line in done.stdout.splitlines()] == [i * i for i in range(1, 7)]
+
+
+def test_the_maptask_in_the_install_notes_runs(task_namespace: str) -> None:
+    notes = ck.run([ck.helm_bin(), "get", "notes", RELEASE, "-n", NAMESPACE])
+    assert notes.returncode == 0, notes.stderr
+    body = notes.stdout.split("kubectl apply -f - <<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    name = yaml.safe_load(body)["metadata"]["name"]
+    kubectl("apply", "-n", task_namespace, "-f", "-", stdin=body)
+    status = wait_for_phase(name, task_namespace, {"Succeeded", "Failed"})["status"]
+    assert status["phase"] == "Succeeded", status

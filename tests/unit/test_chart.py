@@ -443,3 +443,23 @@ def test_chart_crd_is_a_copy_of_crds_maptask_yaml(default_objs: list[ck.Obj]) ->
     assert rendered["spec"] == source["spec"]
     check = ck.run([str(ck.REPO / "scripts" / "sync-crd"), "--check"])
     assert check.returncode == 0, check.stderr
+
+
+# --- NOTES.txt ----------------------------------------------------------------------------------
+
+
+def test_notes_tell_what_to_do_next_with_a_valid_maptask() -> None:
+    from kubemap.models import MapTaskSpec
+
+    done = ck.run(
+        [ck.helm_bin(), "install", RELEASE, str(ck.CHART), "--dry-run=client", "-n", NAMESPACE]
+    )
+    assert done.returncode == 0, done.stderr
+    notes = done.stdout.split("NOTES:", 1)[1]
+    assert f"rollout status deployment/{RELEASE}" in notes
+    assert "kubemap-s3" in notes and "helm.sh/resource-policy: keep" in notes
+    # The heredoc must be copy-pastable: the terminator alone on its line, flush left.
+    body = notes.split("kubectl apply -f - <<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    task = yaml.safe_load(body)
+    assert task["kind"] == "MapTask"
+    MapTaskSpec.model_validate(task["spec"])
