@@ -171,6 +171,8 @@ class Reconciler:
                 if stop:
                     return
                 await self.limiter.acquire()
+                if stop:  # throttled or refused while this one waited for a token
+                    return
                 manifest = build_pod(task, spec, request, self.settings)
                 try:
                     outcome = await self.api.create_pod(task.namespace, manifest)

@@ -180,3 +180,98 @@ async def test_suspend_cancels_and_deletes_pods() -> None:
 
         await until(cancelled)
         await until(lambda: _no_pods(cluster))
+
+
+# --- The reconciler's I/O order, rate limit and 429 handling, with a recording fake API -------
+
+
+class FakeApi:
+    """Records calls in order; create answers follow a script (e.g. 429 after two pods)."""
+
+    def __init__(self, task: dict[str, Any], pods: list[dict[str, Any]], throttle_after: int | None = None) -> None:
+        self.task = task
+        self.pods = pods
+        self.calls: list[str] = []
+        self.throttle_after = throttle_after
+        self.created: list[str] = []
+
+    async def get_task(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.task
+
+    async def list_pods(self, namespace: str, label: str) -> list[dict[str, Any]]:
+        return self.pods
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.calls.append(f"status {status['succeededIndexes']}")
+        self.task = {**self.task, "status": status}
+
+    async def remove_finalizer(self, namespace: str, pod: dict[str, Any]) -> None:
+        self.calls.append(f"release {pod['metadata']['name']}")
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        self.calls.append(f"delete {name}")
+
+    async def create_pod(self, namespace: str, body: dict[str, Any]) -> str:
+        from kubemap_operator.kubeapi import Throttled
+
+        if self.throttle_after is not None and len(self.created) >= self.throttle_after:
+            raise Throttled(retry_after=7.0)
+        self.created.append(body["metadata"]["name"])
+        self.calls.append(f"create {body['metadata']['name']}")
+        return "created"
+
+    async def delete_task(self, namespace: str, name: str) -> None:
+        self.calls.append("delete-task")
+
+
+def _succeeded_pod(name: str, index: int) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {"kubemap.io/index": str(index)}, "finalizers": [POD_FINALIZER],
+                         "ownerReferences": [{"uid": "uid-t", "controller": True, "kind": "MapTask", "name": "t"}]},
+            "status": {"phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {"exitCode": 0}}}]}}
+
+
+@pytest.mark.asyncio
+async def test_outcome_is_recorded_before_the_finalizer_goes_and_before_new_pods() -> None:
+    import logging
+
+    from kubemap_operator.reconciler import Reconciler
+
+    task = maptask("t", count=4, parallelism=2)
+    task["metadata"]["uid"] = "uid-t"
+    api = FakeApi(task, [_succeeded_pod("t-0-0", 0)])
+    reconciler = Reconciler(api, Settings(metrics_port=0))  # type: ignore[arg-type]
+    await reconciler.reconcile(NS, "t", logging.getLogger("test"))
+    assert api.calls == ["status 0", "release t-0-0", "delete t-0-0", "create t-1-0", "create t-2-0"]
+
+
+@pytest.mark.asyncio
+async def test_http_429_pauses_creation_for_retry_after() -> None:
+    import logging
+
+    from kubemap_operator.ratelimit import TokenBucket
+    from kubemap_operator.reconciler import Reconciler
+
+    task = maptask("t", count=10, parallelism=10)
+    task["metadata"]["uid"] = "uid-t"
+    api = FakeApi(task, [], throttle_after=2)
+    now = [100.0]
+    bucket = TokenBucket(rate=5, burst=3, clock=lambda: now[0])
+    reconciler = Reconciler(api, Settings(metrics_port=0), limiter=bucket)  # type: ignore[arg-type]
+    await reconciler.reconcile(NS, "t", logging.getLogger("test"))
+    assert len(api.created) == 2  # the third create got 429: the round stops there
+    assert bucket.delay() == pytest.approx(7.0)  # nobody creates until Retry-After has passed
+    now[0] += 7.0
+    assert bucket.delay() == 0.0
+
+
+def test_token_bucket_rate_and_burst() -> None:
+    from kubemap_operator.ratelimit import TokenBucket
+
+    now = [0.0]
+    bucket = TokenBucket(rate=2, burst=3, clock=lambda: now[0])
+    assert [bucket.try_acquire() for _ in range(4)] == [True, True, True, False]
+    assert bucket.delay() == pytest.approx(0.5)
+    now[0] += 0.5
+    assert bucket.try_acquire() and not bucket.try_acquire()
+    now[0] += 100
+    assert sum(bucket.try_acquire() for _ in range(10)) == 3  # never more than the burst
