@@ -227,6 +227,14 @@ def test_worker_image_can_differ_from_the_operator_image() -> None:
     assert env["KUBEMAP_WORKER_IMAGE"] == "reg/worker:0.1.0"
 
 
+def test_image_digest_pins_operator_and_worker() -> None:
+    digest = "sha256:" + "a" * 64
+    dep = deployment(ck.render({"image.digest": digest}))
+    image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"ghcr.io/kubemap/kubemap@{digest}"
+    assert ck.container_env(dep)["KUBEMAP_WORKER_IMAGE"] == image
+
+
 def test_worker_pod_defaults_are_restricted_and_tokenless(default_objs: list[ck.Obj]) -> None:
     defaults = json.loads(ck.container_env(deployment(default_objs))["KUBEMAP_WORKER_POD_DEFAULTS"])
     assert set(defaults) == {
