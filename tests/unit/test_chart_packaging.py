@@ -142,8 +142,11 @@ def test_build_stage_wheel_installs_and_runs_both_entry_points(tmp_path: Path) -
     for path in where.stdout.split():
         assert path.startswith(str(venv)), f"{path} is not from the wheel"
     # The worker entry point: no task environment is a usage error (contract: exit 5).
+    from kubemap_operator.builder import WORKER_COMMAND  # what worker pods run in the image
+
+    assert WORKER_COMMAND[0] == "python"
     worker = subprocess.run(
-        [str(python), "-m", "kubemap.worker"],
+        [str(python), *WORKER_COMMAND[1:]],
         capture_output=True,
         text=True,
         env=clean_env,
