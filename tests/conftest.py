@@ -129,6 +129,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         f"-volume.port={volume}",
         f"-volume.port.grpc={volume_grpc}",
         "-volume.max=50",
+        "-volume.preStopSeconds=0",  # its data is temporary: no grace period on stop
         "-filer",
         f"-filer.port={filer}",
         f"-filer.port.grpc={filer_grpc}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,7 @@ class ClusterError(KubemapError):
     """The Kubernetes API could not be reached or refused a request."""
 
 
-class TimeoutError(KubemapError, TimeoutError):  # noqa: A001 - also a builtins.TimeoutError
+class TimeoutError(KubemapError, builtins.TimeoutError):
     """A run did not finish within its timeout; finished results stay in the store."""
 
 

@@ -184,6 +184,5 @@ class FileStore(Store):
         if not self.root.is_dir():
             return
         for dirpath, _dirnames, _filenames in os.walk(self.root, topdown=False):
-            if dirpath != str(self.root):
-                with contextlib.suppress(OSError):
-                    os.rmdir(dirpath)  # fails, as wanted, when not empty
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)  # fails, as wanted, when not empty (the root included)

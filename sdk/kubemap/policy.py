@@ -43,7 +43,7 @@ def retry_delay(failures_so_far: int) -> float:
     """Exponential backoff before the next attempt of an index: 10 s, 20 s, 40 s ... 6 min."""
     if failures_so_far <= 0:
         return 0.0
-    return min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (failures_so_far - 1))
+    return float(min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** (failures_so_far - 1)))
 
 
 def classify_exit(exit_code: int | None) -> str:

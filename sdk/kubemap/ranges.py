@@ -63,7 +63,24 @@ class IndexRanges:
 
     @classmethod
     def of(cls, indices: Iterable[int]) -> IndexRanges:
-        return cls.from_spans((i, i + 1) for i in indices)
+        # One pass when the indices come sorted (the common case: a slice's successes);
+        # fall back to the general merge only when they do not.
+        spans: list[tuple[int, int]] = []
+        lo = hi = -1
+        for i in indices:
+            if i == hi:
+                hi += 1
+            elif i > hi:
+                if hi > lo:
+                    spans.append((lo, hi))
+                lo, hi = i, i + 1
+            else:
+                rest = [(i, i + 1)]
+                rest.extend((j, j + 1) for j in indices)
+                return cls.from_spans([*spans, (lo, hi), *rest])
+        if hi > lo:
+            spans.append((lo, hi))
+        return cls(tuple(spans))
 
     @classmethod
     def span(cls, start: int, stop: int) -> IndexRanges:

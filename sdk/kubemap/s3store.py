@@ -29,6 +29,17 @@ _CLIENTS: dict[tuple[Any, ...], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
+def _reset_after_fork() -> None:
+    # A fork while another thread holds the lock would leave the child's copy locked
+    # forever; boto3 clients are not fork-safe either (the pid in the key drops them).
+    global _CLIENTS_LOCK
+    _CLIENTS_LOCK = threading.Lock()
+    _CLIENTS.clear()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def _client_settings() -> tuple[Any, ...]:
     env = os.environ
     return (
