@@ -105,3 +105,17 @@ def test_a_million_indices_stay_small() -> None:
     ranges = IndexRanges.span(0, 1_000_000) - IndexRanges.of([17, 500_000])
     assert str(ranges) == "0-16,18-499999,500001-999999"
     assert len(ranges) == 999_998
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_of_matches_a_set_for_sorted_unsorted_and_duplicated_indices(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(100):
+        members = [rng.randrange(60) for _ in range(rng.randrange(25))]
+        if rng.random() < 0.5:
+            members.sort()
+        ranges = IndexRanges.of(iter(members))  # a one-shot iterator, as callers pass
+        assert list(ranges) == sorted(set(members))
+        assert IndexRanges.parse(str(ranges)) == ranges
