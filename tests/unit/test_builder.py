@@ -127,3 +127,45 @@ def test_observed_states(status: dict[str, Any], meta: dict[str, Any], state: st
     pod = {"metadata": {"name": "p", "labels": {LABEL_INDEX: "0"}, **meta}, "status": status}
     seen = observe_pod(pod, datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC))
     assert seen is not None and seen.state.value == state and (seen.infra_reason is not None) is infra
+
+
+def test_sdk_builds_a_function_mode_maptask() -> None:
+    from kubemap.kube import build_maptask
+    from kubemap.models import RunOptions
+
+    body = build_maptask("sq-1", "s3://bucket/runs/sq-1", 100, RunOptions(
+        backend="kubernetes", parallelism=7, items_per_pod=5, retries=2, min_success_ratio=0.9, timeout=30.5,
+        image="img:1", env={"A": "1"}, resources={"limits": {"cpu": "1"}}, node_selector={"n": "x"},
+        service_account="sa"))
+    spec = body["spec"]
+    assert body["metadata"] == {"name": "sq-1"} and body["kind"] == "MapTask"
+    assert spec["mode"] == "Function" and spec["count"] == 100 and spec["store"] == {"url": "s3://bucket/runs"}
+    assert (spec["parallelism"], spec["itemsPerPod"], spec["backoffLimitPerIndex"]) == (7, 5, 2)
+    assert spec["minSuccessRatio"] == 0.9 and spec["activeDeadlineSeconds"] == 31
+    assert spec["template"] == {"image": "img:1", "env": [{"name": "A", "value": "1"}], "resources": {"limits": {"cpu": "1"}},
+                                "nodeSelector": {"n": "x"}, "serviceAccountName": "sa"}
+    with pytest.raises(ValueError, match="needs an S3 store"):
+        build_maptask("x", "file:///tmp/store/x", 1, RunOptions())
+
+
+@pytest.mark.parametrize(
+    ("status", "phase", "reason"),
+    [
+        ({"phase": "Running", "succeeded": 3, "total": 9, "active": 2}, "Running", None),
+        ({"phase": "Succeeded", "succeeded": 9, "total": 9}, "Succeeded", None),
+        ({"phase": "Failed", "failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]},
+         "Failed", "DeadlineExceeded"),
+        ({"phase": "Failed", "failed": 2, "conditions": [{"type": "Failed", "status": "True", "reason": "FailedIndexes"}]},
+         "Failed", "FailedIndexes"),
+        ({"phase": "Cancelled", "conditions": [{"type": "Suspended", "status": "True", "reason": "Suspended"}]},
+         "Cancelled", "Cancelled"),
+        ({"phase": "Failed", "conditions": [{"type": "Failed", "status": "True", "reason": "UsageError"}]},
+         "Failed", "InfrastructureError"),
+    ],
+)
+def test_sdk_reads_run_status_from_the_maptask(status: dict[str, Any], phase: str, reason: str | None) -> None:
+    from kubemap.kube import run_status
+
+    got = run_status({"status": status}, total=9)
+    assert got.phase.value == phase and got.reason == reason and got.total == 9
+    assert got.succeeded == status.get("succeeded", 0) and got.active == status.get("active", 0)
