@@ -388,3 +388,13 @@ def test_the_maptask_in_the_install_notes_runs(task_namespace: str) -> None:
     kubectl("apply", "-n", task_namespace, "-f", "-", stdin=body)
     status = wait_for_phase(name, task_namespace, {"Succeeded", "Failed"})["status"]
     assert status["phase"] == "Succeeded", status
+
+
+def test_upgrade_of_the_installed_release_passes_server_dry_run() -> None:
+    upgrade = ck.run(
+        [ck.helm_bin(), "upgrade", RELEASE, str(ck.CHART), "-n", NAMESPACE, "--reuse-values",
+         "--set", "operator.logLevel=DEBUG", "--dry-run=server"],
+        timeout=180,
+    )  # fmt: skip
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert "KUBEMAP_LOG_LEVEL" in upgrade.stdout and '"DEBUG"' in upgrade.stdout
