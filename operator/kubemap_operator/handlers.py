@@ -69,7 +69,7 @@ def build_registry(
         def login_default(**kwargs: Any) -> kopf.ConnectionInfo | None:
             return kopf.login_via_client(**kwargs)
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="maptask-event", registry=registry)
     async def task_event(*, type: str, name: str, namespace: str | None, logger: Any, **_: Any) -> None:
         reconciler = holder["reconciler"]
         namespace = namespace or ""
@@ -78,11 +78,11 @@ def build_registry(
             return
         await reconciler.trigger(namespace, name, logger)
 
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=settings.reconcile_interval, registry=registry)
+    @kopf.timer(GROUP, VERSION, PLURAL, id="maptask-resync", interval=settings.reconcile_interval, registry=registry)
     async def task_timer(*, name: str, namespace: str | None, logger: Any, **_: Any) -> None:
         await holder["reconciler"].trigger(namespace or "", name, logger)
 
-    @kopf.on.event("v1", "pods", labels={LABEL_TASK: kopf.PRESENT}, registry=registry)
+    @kopf.on.event("v1", "pods", id="worker-pod-event", labels={LABEL_TASK: kopf.PRESENT}, registry=registry)
     async def pod_event(*, body: kopf.Body, meta: kopf.Meta, namespace: str | None, logger: Any, **_: Any) -> None:
         reconciler = holder["reconciler"]
         owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)

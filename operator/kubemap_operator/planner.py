@@ -23,52 +23,18 @@ from kubemap.policy import (
 )
 from kubemap.ranges import IndexRanges
 
+from kubemap_operator.finishing import after_finish, cleanup
 from kubemap_operator.observe import ObservedPod, PodState, parse_time
+from kubemap_operator.plantypes import DEFAULT_LIMITS, Event, Limits, Plan, PodRequest
 from kubemap_operator.status import (
-    MAX_FAILED_RANGES,
-    MAX_SUCCEEDED_RANGES,
     clip,
     describe,
     rfc3339,
     set_condition,
+    within,
 )
 
-
-@dataclass(frozen=True)
-class Limits:
-    backoff_base_seconds: float = BACKOFF_BASE_SECONDS
-    failed_pods_kept: int = 20
-    max_succeeded_ranges: int = MAX_SUCCEEDED_RANGES
-    max_failed_ranges: int = MAX_FAILED_RANGES
-
-
-@dataclass(frozen=True)
-class PodRequest:
-    """A pod to create for the slice [start, start + count)."""
-
-    start: int
-    count: int
-    attempt: int = 0
-    failures: int = 0
-    infra_failures: int = 0
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # "Normal" or "Warning"
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Plan:
-    status: MapTaskStatus
-    create: tuple[PodRequest, ...] = ()
-    release: tuple[str, ...] = ()  # remove the tracking finalizer, keep the pod
-    delete: tuple[str, ...] = ()  # remove the finalizer, then delete the pod
-    events: tuple[Event, ...] = ()
-    requeue_after: float | None = None  # seconds until a retry or the TTL is due
-    delete_task: bool = False
+__all__ = ["Event", "Limits", "Plan", "PodRequest", "plan"]
 
 
 @dataclass
@@ -103,14 +69,6 @@ def _backoff(failures: int, limits: Limits) -> float:
     return retry_delay(failures) * (limits.backoff_base_seconds / BACKOFF_BASE_SECONDS)
 
 
-def _within(ranges: IndexRanges, lo: int, hi: int) -> IndexRanges:
-    """ranges & [lo, hi) in O(log n): planning stays fast with thousands of pods."""
-    spans = ranges.intervals
-    first = max(0, bisect.bisect_right(spans, (lo, lo)) - 1)
-    last = bisect.bisect_left(spans, (hi, hi))
-    return IndexRanges(spans[first:last]) & IndexRanges.span(lo, hi)
-
-
 def _latest_spans(pods: list[ObservedPod], done: IndexRanges) -> list[tuple[ObservedPod, IndexRanges]]:
     """Each pod with the indices it is the latest pod for and that are not recorded yet.
 
@@ -127,7 +85,7 @@ def _latest_spans(pods: list[ObservedPod], done: IndexRanges) -> list[tuple[Obse
             (q.start, q.start + q.count) for q in by_start[lo:hi]
             if q.attempt > pod.attempt and q.start < end and q.start + q.count > pod.start
         )
-        out.append((pod, pod.span - _within(done, pod.start, end) - newer))
+        out.append((pod, pod.span - within(done, pod.start, end) - newer))
     return out
 
 
@@ -249,7 +207,7 @@ def plan(
     now: datetime,
     *,
     generation: int | None = None,
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Plan:
     total = spec.total
     succeeded = IndexRanges.parse(status.succeeded_indexes)
@@ -261,7 +219,7 @@ def plan(
         observed_generation=generation if generation is not None else status.observed_generation,
     )
     if status.phase.finished:
-        return _after_finish(spec, base, pods, now, limits)
+        return after_finish(spec, base, pods, now, limits)
 
     done = succeeded | failed
     spans = _latest_spans(pods, done)
@@ -332,7 +290,7 @@ def plan(
             conditions=set_condition(list(status_out.conditions), kind, reason=reason, message=message, now=now),
         )
         events.append(Event("Normal" if phase is Phase.SUCCEEDED else "Warning", phase.value, clip(message, 1000)))
-        finished = _after_finish(spec, status_out, pods, now, limits)
+        finished = after_finish(spec, status_out, pods, now, limits)
         return replace(finished, events=tuple(events) + finished.events)
 
     capacity = spec.parallelism - len(active)
@@ -342,7 +300,7 @@ def plan(
         # Back-pressure: successes wait for their neighbours; start only pods that fill holes.
         hole_limit = max(p.start for p in pods if p.name in outcome.deferred)
     creates, next_due = _requests(spec, outcome, pending, capacity, now, hole_limit)
-    release, delete = _cleanup(pods, spans, outcome.succeeded | outcome.failed, kept_records, limits)
+    release, delete = cleanup(pods, spans, outcome.succeeded | outcome.failed, kept_records, limits)
     status_out = _upd(
         status_out,
         phase=Phase.RUNNING if (pods or creates) else Phase.PENDING,
@@ -358,65 +316,3 @@ def plan(
     )
 
 
-def _cleanup(
-    pods: list[ObservedPod],
-    spans: list[tuple[ObservedPod, IndexRanges]],
-    recorded: IndexRanges,
-    kept_records: set[str],
-    limits: Limits,
-    *,
-    stop_active: bool = False,
-) -> tuple[list[str], list[str]]:
-    """Finished pods whose outcome is recorded lose their finalizer; succeeded ones go,
-    failed ones stay for their logs up to limits.failed_pods_kept (newest kept)."""
-    release: list[str] = []
-    delete: list[str] = []
-    failed_done: list[ObservedPod] = []
-    for pod, mine in spans:
-        if pod.state is PodState.ACTIVE:
-            if stop_active and not pod.deleting:
-                delete.append(pod.name)
-            elif stop_active and pod.has_finalizer:
-                release.append(pod.name)
-            continue
-        if pod.name in kept_records or (mine - _within(recorded, pod.start, pod.start + pod.count)):
-            continue
-        if pod.state is PodState.SUCCEEDED and not pod.deleting:
-            delete.append(pod.name)
-        elif pod.deleting:
-            if pod.has_finalizer:
-                release.append(pod.name)
-        else:
-            failed_done.append(pod)
-            if pod.has_finalizer:
-                release.append(pod.name)
-    failed_done.sort(key=lambda p: p.finished_at.timestamp() if p.finished_at else 0.0, reverse=True)
-    delete.extend(p.name for p in failed_done[limits.failed_pods_kept :])
-    release = [n for n in release if n not in delete]
-    return release, delete
-
-
-def _after_finish(
-    spec: MapTaskSpec,
-    status: MapTaskStatus,
-    pods: list[ObservedPod],
-    now: datetime,
-    limits: Limits,
-) -> Plan:
-    """A finished task stops its pods, lets go of every finalizer and waits for its TTL."""
-    spans = [(p, IndexRanges()) for p in pods]
-    release, delete = _cleanup(pods, spans, IndexRanges(), set(), limits, stop_active=True)
-    # Finished pods that are not deleted still lose the finalizer: nothing is left to record.
-    release = sorted({*release, *(p.name for p in pods if p.has_finalizer and p.name not in delete)})
-    requeue: float | None = None
-    delete_task = False
-    if spec.ttl_seconds_after_finished is not None:
-        finished_at = parse_time(status.completion_time) or now
-        left = (finished_at + timedelta(seconds=spec.ttl_seconds_after_finished) - now).total_seconds()
-        if left <= 0:
-            delete_task = True
-        else:
-            requeue = left
-    status = _upd(status, active=sum(1 for p in pods if p.state is PodState.ACTIVE and p.name not in delete))
-    return Plan(status=status, release=tuple(release), delete=tuple(delete), requeue_after=requeue,
-                delete_task=delete_task)

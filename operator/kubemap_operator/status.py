@@ -15,6 +15,7 @@ together stay under 3000 * 14 = 42,000 characters: see tests/unit/test_status_bo
 
 from __future__ import annotations
 
+import bisect
 from datetime import UTC, datetime
 
 from kubemap.models import Condition
@@ -62,3 +63,11 @@ def set_condition(
         Condition(type=kind, status="True", reason=reason, message=clip(message, 512), last_transition_time=when)
     )
     return out[-MAX_CONDITIONS:]
+
+
+def within(ranges: IndexRanges, lo: int, hi: int) -> IndexRanges:
+    """ranges & [lo, hi) in O(log n): planning stays fast with thousands of pods."""
+    spans = ranges.intervals
+    first = max(0, bisect.bisect_right(spans, (lo, lo)) - 1)
+    last = bisect.bisect_left(spans, (hi, hi))
+    return IndexRanges(spans[first:last]) & IndexRanges.span(lo, hi)

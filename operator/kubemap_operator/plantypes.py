@@ -1,0 +1,50 @@
+"""What the planner returns: the plan and its parts (plain frozen data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kubemap.models import MapTaskStatus
+from kubemap.policy import BACKOFF_BASE_SECONDS
+
+from kubemap_operator.status import MAX_FAILED_RANGES, MAX_SUCCEEDED_RANGES
+
+
+@dataclass(frozen=True)
+class Limits:
+    backoff_base_seconds: float = BACKOFF_BASE_SECONDS
+    failed_pods_kept: int = 20
+    max_succeeded_ranges: int = MAX_SUCCEEDED_RANGES
+    max_failed_ranges: int = MAX_FAILED_RANGES
+
+
+@dataclass(frozen=True)
+class PodRequest:
+    """A pod to create for the slice [start, start + count)."""
+
+    start: int
+    count: int
+    attempt: int = 0
+    failures: int = 0
+    infra_failures: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # "Normal" or "Warning"
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    status: MapTaskStatus
+    create: tuple[PodRequest, ...] = ()
+    release: tuple[str, ...] = ()  # remove the tracking finalizer, keep the pod
+    delete: tuple[str, ...] = ()  # remove the finalizer, then delete the pod
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None  # seconds until a retry or the TTL is due
+    delete_task: bool = False
+
+
+DEFAULT_LIMITS = Limits()
