@@ -22,7 +22,8 @@ It plays two roles against a real kube-apiserver:
   process group, the grace period, SIGKILL, then the final delete with grace period 0)
   and activeDeadlineSeconds (Failed/DeadlineExceeded). A pod that mounts a
   ServiceAccount token gets a token from the TokenRequest API, bound to the pod, in a
-  kubeconfig passed as KUBECONFIG, so RBAC is enforced on what the pod's process does.
+  kubeconfig passed as KUBECONFIG, so RBAC is enforced on what the pod's process does;
+  the token lives 24 h and is rewritten after 80% of that, as the kubelet does.
 
 What it is NOT - read this before trusting a result from it:
 

@@ -487,11 +487,15 @@ class FakeApi:
         self.statuses: list[dict[str, Any]] = []
         self.deleted: list[str] = []
         self.events: list[dict[str, Any]] = []
+        self.tokens = 0
 
     def get_or_none(self, path: str) -> dict[str, Any] | None:
         return {"metadata": {"name": "default"}} if "/serviceaccounts/" in path else None
 
     def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if path.endswith("/token"):
+            self.tokens += 1
+            return {"status": {"token": f"token-{self.tokens}"}}
         self.events.append(body)
         return body
 
@@ -621,6 +625,27 @@ def test_worker_runs_sidecar_beside_containers_and_stops_it_at_the_end(tmp_path:
     side, first = final["initContainerStatuses"]
     assert side["state"]["terminated"]["exitCode"] == 143  # SIGTERM once the container was done
     assert first["state"]["terminated"]["exitCode"] == 0
+
+
+def test_worker_writes_and_refreshes_the_pod_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kubelet_emu.podworker
+
+    monkeypatch.setattr(kubelet_emu.podworker, "REFRESH_AFTER", 0.3)
+    script = 'cp "$KUBECONFIG" first; sleep 1.2; cp "$KUBECONFIG" last'
+    pod = worker_pod(["sh", "-c", script], restartPolicy="Never")
+    del pod["spec"]["automountServiceAccountToken"]
+    _, api, done = start_worker(pod, tmp_path)
+    assert done.wait(10)
+    assert api.statuses[-1]["phase"] == "Succeeded"
+    pod_dir = next(tmp_path.iterdir())
+    first = (pod_dir / "first").read_text()
+    last = (pod_dir / "last").read_text()
+    assert "token: token-1" in first and "namespace: ns1" in first
+    assert api.tokens >= 3 and f"token: token-{api.tokens}" in last
+    assert (pod_dir / "serviceaccount" / "token").read_text() == f"token-{api.tokens}"
+    assert oct((pod_dir / "kubeconfig").stat().st_mode & 0o777) == "0o600"
 
 
 # ==========================================================================================

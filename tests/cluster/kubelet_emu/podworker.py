@@ -29,7 +29,7 @@ from .envresolve import EnvConfigError
 from .launch import Context, pod_dir_for, prepare_launch
 from .podstatus import TERMINAL_PHASES, Terminated, pod_status
 from .processes import ContainerPaths, kill_group, termination_message
-from .sa_token import write_credentials
+from .sa_token import REFRESH_AFTER, write_credentials
 
 log = logging.getLogger("kubelet_emu.pod")
 
@@ -64,6 +64,7 @@ class PodWorker(threading.Thread):
         self.kubeconfig: Path | None = None
         self.prepared = False
         self.setup_retry_at = 0.0
+        self.refresh_token_at: float | None = None
         self.gone = False
         self.last_posted = ""
         self.post_failed = False
@@ -150,6 +151,8 @@ class PodWorker(threading.Thread):
         times = [s.retry_at for s in self.slots if s.state == "waiting" and s.retry_at > now]
         if not self.prepared:
             times.append(self.setup_retry_at)
+        if self.refresh_token_at is not None:
+            times.append(self.refresh_token_at)
         deadline = self._deadline()
         if deadline is not None:
             times.append(now + max(0.0, deadline - time.time()))
@@ -168,6 +171,8 @@ class PodWorker(threading.Thread):
                     self.ctx.api, self.pod, self.ctx.cluster, self.dir
                 )
                 self.prepared = True
+                if self.kubeconfig is not None:
+                    self.refresh_token_at = now + REFRESH_AFTER
             except Exception as exc:
                 message = f"MountVolume.SetUp failed for the ServiceAccount token: {exc}"
                 log.warning("%s: %s", self.ref, message)
@@ -177,6 +182,8 @@ class PodWorker(threading.Thread):
                         slot.waiting_message = message
                 self.setup_retry_at = now + RETRY_SETUP
                 return
+        if self.refresh_token_at is not None and now >= self.refresh_token_at:
+            self._refresh_token(now)
         for slot in self.inits:
             if slot.succeeded:
                 continue
@@ -189,6 +196,16 @@ class PodWorker(threading.Thread):
         for slot in self.mains:
             if slot.state == "waiting" and slot.retry_at <= now:
                 self._start(slot)
+
+    def _refresh_token(self, now: float) -> None:
+        try:
+            write_credentials(self.ctx.api, self.pod, self.ctx.cluster, self.dir)
+        except Exception as exc:
+            log.warning("%s: refreshing the ServiceAccount token failed: %s", self.ref, exc)
+            self.refresh_token_at = now + 60
+            return
+        log.info("%s: refreshed the ServiceAccount token", self.ref)
+        self.refresh_token_at = now + REFRESH_AFTER
 
     def _start(self, slot: Slot) -> None:
         paths = ContainerPaths(self.dir, slot.name)

@@ -19,6 +19,8 @@ import yaml
 from .api import Api, ClusterInfo
 
 TOKEN_SECONDS = 24 * 3600
+#: Like the kubelet, refresh a token when 80% of its lifetime has passed.
+REFRESH_AFTER = 0.8 * TOKEN_SECONDS
 
 
 def service_account_name(pod: Mapping[str, Any]) -> str:
@@ -70,9 +72,12 @@ def kubeconfig_for(
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write a 0600 file atomically: a process reading it never sees half a token."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    os.replace(tmp, path)
 
 
 def request_token(api: Api, pod: Mapping[str, Any]) -> str:
