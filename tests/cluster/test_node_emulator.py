@@ -630,9 +630,9 @@ def test_worker_runs_sidecar_beside_containers_and_stops_it_at_the_end(tmp_path:
 def test_worker_writes_and_refreshes_the_pod_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import kubelet_emu.podworker
+    import kubelet_emu.sa_token
 
-    monkeypatch.setattr(kubelet_emu.podworker, "REFRESH_AFTER", 0.3)
+    monkeypatch.setattr(kubelet_emu.sa_token, "REFRESH_AFTER", 0.3)
     script = 'cp "$KUBECONFIG" first; sleep 1.2; cp "$KUBECONFIG" last'
     pod = worker_pod(["sh", "-c", script], restartPolicy="Never")
     del pod["spec"]["automountServiceAccountToken"]

@@ -18,7 +18,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -29,7 +28,7 @@ from .envresolve import EnvConfigError
 from .launch import Context, pod_dir_for, prepare_launch
 from .podstatus import TERMINAL_PHASES, Terminated, pod_status
 from .processes import ContainerPaths, kill_group, termination_message
-from .sa_token import REFRESH_AFTER, write_credentials
+from .sa_token import PodCredentials
 
 log = logging.getLogger("kubelet_emu.pod")
 
@@ -61,10 +60,7 @@ class PodWorker(threading.Thread):
             slot.extra["pod_ref"] = f"{meta['name']}_{meta['namespace']}({self.uid})"
         status = pod.get("status") or {}
         self.start_time = parse_time(status.get("startTime")) or time.time()
-        self.kubeconfig: Path | None = None
-        self.prepared = False
-        self.setup_retry_at = 0.0
-        self.refresh_token_at: float | None = None
+        self.creds = PodCredentials(ctx.api, ctx.cluster, self.dir)
         self.gone = False
         self.last_posted = ""
         self.post_failed = False
@@ -149,10 +145,9 @@ class PodWorker(threading.Thread):
     def _next_wakeup(self) -> float | None:
         now = time.monotonic()
         times = [s.retry_at for s in self.slots if s.state == "waiting" and s.retry_at > now]
-        if not self.prepared:
-            times.append(self.setup_retry_at)
-        if self.refresh_token_at is not None:
-            times.append(self.refresh_token_at)
+        creds_due = self.creds.due()
+        if creds_due is not None:
+            times.append(creds_due)
         deadline = self._deadline()
         if deadline is not None:
             times.append(now + max(0.0, deadline - time.time()))
@@ -163,27 +158,15 @@ class PodWorker(threading.Thread):
     # -- driving containers --
     def _drive(self) -> None:
         now = time.monotonic()
-        if not self.prepared:
-            if now < self.setup_retry_at:
-                return
-            try:
-                self.kubeconfig = write_credentials(
-                    self.ctx.api, self.pod, self.ctx.cluster, self.dir
-                )
-                self.prepared = True
-                if self.kubeconfig is not None:
-                    self.refresh_token_at = now + REFRESH_AFTER
-            except Exception as exc:
-                message = f"MountVolume.SetUp failed for the ServiceAccount token: {exc}"
-                log.warning("%s: %s", self.ref, message)
-                self._warn_once("FailedMount", message)
-                for slot in self.slots:
-                    if slot.state == "waiting":
-                        slot.waiting_message = message
-                self.setup_retry_at = now + RETRY_SETUP
-                return
-        if self.refresh_token_at is not None and now >= self.refresh_token_at:
-            self._refresh_token(now)
+        error = self.creds.tick(self.pod, now)
+        if error:
+            log.warning("%s: %s", self.ref, error)
+            self._warn_once("FailedMount", error)
+            for slot in self.slots:
+                if slot.state == "waiting":
+                    slot.waiting_message = error
+        if not self.creds.ready:
+            return
         for slot in self.inits:
             if slot.succeeded:
                 continue
@@ -197,20 +180,10 @@ class PodWorker(threading.Thread):
             if slot.state == "waiting" and slot.retry_at <= now:
                 self._start(slot)
 
-    def _refresh_token(self, now: float) -> None:
-        try:
-            write_credentials(self.ctx.api, self.pod, self.ctx.cluster, self.dir)
-        except Exception as exc:
-            log.warning("%s: refreshing the ServiceAccount token failed: %s", self.ref, exc)
-            self.refresh_token_at = now + 60
-            return
-        log.info("%s: refreshed the ServiceAccount token", self.ref)
-        self.refresh_token_at = now + REFRESH_AFTER
-
     def _start(self, slot: Slot) -> None:
         paths = ContainerPaths(self.dir, slot.name)
         try:
-            launch = prepare_launch(self.ctx, self.pod, slot.spec, paths, self.kubeconfig)
+            launch = prepare_launch(self.ctx, self.pod, slot.spec, paths, self.creds.kubeconfig)
         except EnvConfigError as exc:
             message = str(exc)
             log.warning(

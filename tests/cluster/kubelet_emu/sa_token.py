@@ -9,6 +9,7 @@ and the API server enforces RBAC for the ServiceAccount on whatever the process 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,9 @@ from .api import Api, ClusterInfo
 TOKEN_SECONDS = 24 * 3600
 #: Like the kubelet, refresh a token when 80% of its lifetime has passed.
 REFRESH_AFTER = 0.8 * TOKEN_SECONDS
+SETUP_RETRY = 2.0
+
+log = logging.getLogger("kubelet_emu.sa_token")
 
 
 def service_account_name(pod: Mapping[str, Any]) -> str:
@@ -125,3 +129,40 @@ def write_credentials(
     doc = kubeconfig_for(cluster, namespace, sa_name, token, ca_file)
     _write_private(kubeconfig, yaml.safe_dump(doc).encode())
     return kubeconfig
+
+
+class PodCredentials:
+    """One pod's ServiceAccount credentials over time: first written, retried, refreshed."""
+
+    def __init__(self, api: Api, cluster: ClusterInfo, pod_dir: Path) -> None:
+        self.api = api
+        self.cluster = cluster
+        self.pod_dir = pod_dir
+        self.kubeconfig: Path | None = None
+        self.ready = False
+        self._next = 0.0
+
+    def due(self) -> float | None:
+        """When tick() has work to do (time.monotonic()), None if never again."""
+        return None if self.ready and self.kubeconfig is None else self._next
+
+    def tick(self, pod: Mapping[str, Any], now: float) -> str | None:
+        """Write or refresh the credentials when due; the error if the first write failed."""
+        if self.due() is None or now < self._next:
+            return None
+        try:
+            self.kubeconfig = write_credentials(self.api, pod, self.cluster, self.pod_dir)
+        except Exception as exc:
+            if self.ready:
+                log.warning(
+                    "%s: refreshing the ServiceAccount token failed: %s", self.pod_dir.name, exc
+                )
+                self._next = now + 60
+                return None
+            self._next = now + SETUP_RETRY
+            return f"MountVolume.SetUp failed for the ServiceAccount token: {exc}"
+        if self.ready:
+            log.info("%s: refreshed the ServiceAccount token", self.pod_dir.name)
+        self.ready = True
+        self._next = now + REFRESH_AFTER
+        return None
