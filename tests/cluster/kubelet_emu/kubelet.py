@@ -26,10 +26,6 @@ class Kubelet(Handler):
         self._deleted: set[str] = set()
         self._side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="final-delete")
 
-    def active(self) -> int:
-        with self._lock:
-            return len(self._workers)
-
     def on_list(self, items: list[Obj]) -> None:
         seen = {p["metadata"]["uid"] for p in items}
         for pod in items:
