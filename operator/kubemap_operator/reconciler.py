@@ -63,6 +63,7 @@ class Reconciler:
         self.limits = Limits(
             backoff_base_seconds=settings.backoff_base_seconds, failed_pods_kept=settings.failed_pods_kept
         )
+        self._batch = max(1, settings.pod_create_burst)
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._again: set[tuple[str, str]] = set()
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
@@ -133,6 +134,8 @@ class Reconciler:
         result = plan(spec, status, observed, now, generation=meta.get("generation"), limits=self.limits)
         await self._apply(TaskRef(name, namespace, uid), body, spec, status, result, pods, logger)
         metrics.observe_phase(namespace, name, result.status.phase)
+        if len(result.create) > self._batch:
+            return 0.05 if result.requeue_after is None else min(0.05, result.requeue_after)
         return result.requeue_after
 
     async def _apply(
@@ -188,7 +191,9 @@ class Reconciler:
                     metrics.PODS_CREATED.inc()
                     started.append((request.start, request.start + request.count))
 
-        await asyncio.gather(*(one(r) for r in result.create))
+        # One reconcile creates at most a burst of pods, so it stays short and the status
+        # fresh; the pods' own events (and a quick requeue) bring the next round.
+        await asyncio.gather(*(one(r) for r in result.create[: self._batch]))
         if started:
             ranges = IndexRanges.from_spans(started)
             event = Event("Normal", "PodsStarted", f"started {len(started)} pod(s) for indices {describe(ranges)}")

@@ -123,3 +123,27 @@ def test_operator_restart_mid_run_counts_every_index_once(
     # Every index ran in exactly one pod: the restarted operator re-created nothing.
     assert pods.seen == {f"{name}-{i}-0" for i in range(16)}, sorted(pods.seen)
     assert pods.most_active <= 4
+
+
+def test_repeated_operator_kills_during_retries_lose_and_repeat_nothing(
+    operator: Operator, unique: Callable[[str], str], core: client.CoreV1Api, custom: client.CustomObjectsApi
+) -> None:
+    def every_fifth_flaky(x: int) -> int:
+        time.sleep(0.5)
+        if x % 5 == 0 and os.environ.get("KUBEMAP_ATTEMPT") == "0":
+            raise RuntimeError(f"index {x} fails its first attempt")
+        return x * 10
+
+    name = unique("chaos")
+    with PodWatch(core, name) as pods:
+        run = kubemap.submit(every_fifth_flaky, range(20), **opts(name=name, parallelism=5, retries=1))
+        for _ in range(3):
+            time.sleep(4)
+            operator.kill_and_restart()
+        status = run.wait(timeout=300)
+        results = run.results()
+    assert status.phase.value == "Succeeded" and status.succeeded == 20 and status.failed == 0
+    assert results == [x * 10 for x in range(20)]
+    expected = {f"{name}-{i}-0" for i in range(20)} | {f"{name}-{i}-1" for i in range(0, 20, 5)}
+    assert pods.seen == expected, sorted(pods.seen ^ expected)
+    assert pods.most_active <= 5
