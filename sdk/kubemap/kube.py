@@ -41,6 +41,7 @@ from kubemap.models import (
 from kubemap.store import Store
 
 POLL_SECONDS = 0.5
+MIN_FETCH_SECONDS = 0.25
 INSTALL_HINT = (
     "install kubemap into the cluster first: "
     "helm install kubemap charts/kubemap --namespace kubemap-system --create-namespace"
@@ -216,9 +217,13 @@ class KubeRunHandle:
         self.total = total
         self.task = task
         self._last = RunStatus(phase=Phase.PENDING, total=total)
+        self._fetched = -1e9
         self._lock = threading.Lock()
 
     def status(self) -> RunStatus:
+        with self._lock:
+            if time.monotonic() - self._fetched < MIN_FETCH_SECONDS:
+                return self._last  # a progress bar polls often: spare the API server
         body = self.cluster.get(self.name)
         if body is None and self._last.finished:
             return self._last  # deleted after it finished (ttlSecondsAfterFinished)
@@ -229,6 +234,7 @@ class KubeRunHandle:
             )
         with self._lock:
             self._last = run_status(body, self.total)
+            self._fetched = time.monotonic()
             return self._last
 
     def wait(self, timeout: float | None = None) -> RunStatus:

@@ -137,3 +137,23 @@ def test_immutable_fields_and_deletion_removes_pods(
     while core.list_namespaced_pod(NAMESPACE, label_selector=f"kubemap.io/task={name}").items or get_task(custom, name):
         assert time.monotonic() < deadline, "the MapTask or its pods were not removed after deletion"
         time.sleep(0.5)
+
+
+def test_a_million_items_with_failed_chunks_keeps_the_object_small(
+    operator: Operator, custom: client.CustomObjectsApi, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    name = unique("million")
+    # 50 pods of 20,000 indices; every chunk whose number is 3 mod 7 fails.
+    script = 'test $(( KUBEMAP_INDEX / 20000 % 7 )) != 3'
+    apply({"apiVersion": "kubemap.io/v1alpha1", "kind": "MapTask", "metadata": {"name": name},
+           "spec": {"count": 1_000_000, "itemsPerPod": 20_000, "parallelism": 25, "minSuccessRatio": 0.5,
+                    "template": {"image": "busybox", "command": ["sh", "-c", script]}}}, tmp_path)
+    body = wait_phase(custom, name, {"Succeeded", "Failed"}, timeout=300)
+    status = body["status"]
+    failed_chunks = [c for c in range(50) if c % 7 == 3]
+    assert status["phase"] == "Succeeded" and status["total"] == 1_000_000
+    assert status["failed"] == 20_000 * len(failed_chunks) and status["succeeded"] == 1_000_000 - status["failed"]
+    assert status["failedIndexes"] == ",".join(f"{c * 20000}-{c * 20000 + 19999}" for c in failed_chunks)
+    size = len(json.dumps(body))
+    assert size < 64 * 1024
+    print(f"\n1,000,000 items, 50 pods: whole MapTask object {size} bytes")
