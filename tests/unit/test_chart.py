@@ -29,7 +29,7 @@ EXPECTED_RULES = [
     {
         "apiGroups": ["kubemap.io"],
         "resources": ["maptasks"],
-        "verbs": ["get", "list", "watch", "patch", "update"],
+        "verbs": ["get", "list", "watch", "patch", "update", "delete"],
     },
     {
         "apiGroups": ["kubemap.io"],

@@ -100,15 +100,16 @@ app.kubernetes.io/part-of: kubemap
 {{/*
 RBAC rules of the operator, shared by the Role and the ClusterRole. Least privilege:
 no Secrets (worker pods read S3 credentials via secretKeyRef; the kubelet fetches them),
-no CRDs (the chart installs the CRD), no pods/log (users read logs as themselves),
-no kopf.dev peering objects (peering is off with one replica).
+no CRDs and no namespaces (the chart installs the CRD; kopf's scanning is off and
+watchNamespaces are exact names), no pods/log (users read logs as themselves), no kopf.dev
+peering objects (peering is off with one replica).
 */}}
 {{- define "kubemap.rbacRules" -}}
 # Reconcile MapTasks: list/watch to see them, patch/update for kopf's finalizer and
-# its progress annotations.
+# its progress annotations, delete for spec.ttlSecondsAfterFinished.
 - apiGroups: ["kubemap.io"]
   resources: ["maptasks"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch", "update", "delete"]
 # Write the small status (phase, counts, index ranges).
 - apiGroups: ["kubemap.io"]
   resources: ["maptasks/status"]
