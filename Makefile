@@ -59,4 +59,4 @@ sync-crd:  ## copy crds/maptask.yaml into the chart
 	scripts/sync-crd
 
 chart-check:  ## helm lint/template/schema checks (tests/unit/test_chart.py); needs no cluster
-	$(PYTHON) -m pytest tests/unit/test_chart.py -q
+	$(PYTHON) -m pytest tests/unit/test_chart.py tests/unit/test_chart_schema.py tests/unit/test_chart_packaging.py -q
