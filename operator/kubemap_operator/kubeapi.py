@@ -53,7 +53,10 @@ class KubeApi:
                 config.load_incluster_config()
             except config.ConfigException:
                 config.load_kube_config()
-            self._api_client = client.ApiClient()
+            configuration = client.Configuration.get_default_copy()
+            # Pod creates run in parallel worker threads: one connection each, no discards.
+            configuration.connection_pool_maxsize = 32
+            self._api_client = client.ApiClient(configuration)
         return self._api_client
 
     @property
