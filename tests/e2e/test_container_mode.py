@@ -157,3 +157,20 @@ def test_a_million_items_with_failed_chunks_keeps_the_object_small(
     size = len(json.dumps(body))
     assert size < 64 * 1024
     print(f"\n1,000,000 items, 50 pods: whole MapTask object {size} bytes")
+
+
+def test_active_deadline_fails_the_task_and_stops_its_pods(
+    operator: Operator, core: client.CoreV1Api, custom: client.CustomObjectsApi, unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    name = unique("deadline")
+    apply({"apiVersion": "kubemap.io/v1alpha1", "kind": "MapTask", "metadata": {"name": name},
+           "spec": {"count": 3, "activeDeadlineSeconds": 3,
+                    "template": {"image": "busybox", "command": ["sleep", "120"]}}}, tmp_path)
+    body = wait_phase(custom, name, {"Succeeded", "Failed"}, timeout=60)
+    assert body["status"]["phase"] == "Failed"
+    assert body["status"]["conditions"][-1]["reason"] == "DeadlineExceeded"
+    deadline = time.monotonic() + 60
+    while core.list_namespaced_pod(NAMESPACE, label_selector=f"kubemap.io/task={name}").items:
+        assert time.monotonic() < deadline, "pods outlived the task's deadline"
+        time.sleep(0.5)
