@@ -20,6 +20,7 @@ import pydantic
 from kubemap.models import MapTaskSpec, MapTaskStatus, Phase
 from kubemap.ranges import IndexRanges
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from kubemap_operator import metrics
 from kubemap_operator.builder import TaskRef, build_pod, pod_name, task_label
@@ -32,6 +33,7 @@ from kubemap_operator.status import clip, describe, rfc3339
 
 EventSink = Callable[[dict[str, Any], Event], None]
 CREATE_CONCURRENCY = 8
+ERROR_RETRY_SECONDS = 2.0
 
 
 def owned_by(pod: dict[str, Any], uid: str) -> bool:
@@ -78,7 +80,14 @@ class Reconciler:
         async with lock:
             while True:
                 self._again.discard(key)
-                requeue = await self.reconcile(namespace, name, logger)
+                try:
+                    requeue = await self.reconcile(namespace, name, logger)
+                except (ApiException, OSError, HTTPError) as exc:
+                    if isinstance(exc, ApiException) and exc.status and exc.status < 500 and exc.status not in (409, 429):
+                        raise  # refused for good (403, 422...): kopf logs it and backs off
+                    # A hiccup of the API server: try again soon, not at kopf's 60 s error backoff.
+                    logger.warning(f"reconcile failed, retrying in {ERROR_RETRY_SECONDS:g}s: {exc}")
+                    requeue = ERROR_RETRY_SECONDS
                 if requeue is not None:
                     self._schedule(namespace, name, requeue, logger)
                 if key not in self._again:
