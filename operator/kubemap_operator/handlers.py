@@ -16,11 +16,14 @@ from typing import Any, cast
 
 import kopf
 from kubemap.contract import GROUP, LABEL_TASK, PLURAL, POD_FINALIZER, VERSION
+from kubemap.models import Phase
 
 from kubemap_operator.kubeapi import KubeApi
 from kubemap_operator.planner import Event
 from kubemap_operator.reconciler import Reconciler, release_orphan
 from kubemap_operator.settings import Settings
+
+FINISHED = frozenset(p.value for p in Phase if p.finished)
 
 
 def post_kopf_event(body: dict[str, Any], event: Event) -> None:
@@ -79,7 +82,12 @@ def build_registry(
         await reconciler.trigger(namespace, name, logger)
 
     @kopf.timer(GROUP, VERSION, PLURAL, id="maptask-resync", interval=settings.reconcile_interval, registry=registry)
-    async def task_timer(*, name: str, namespace: str | None, logger: Any, **_: Any) -> None:
+    async def task_timer(
+        *, name: str, namespace: str | None, spec: kopf.Spec, status: kopf.Status, logger: Any, **_: Any
+    ) -> None:
+        # A finished task has nothing left to time but its TTL (its pods' events still count).
+        if status.get("phase") in FINISHED and spec.get("ttlSecondsAfterFinished") is None:
+            return
         await holder["reconciler"].trigger(namespace or "", name, logger)
 
     @kopf.on.event("v1", "pods", id="worker-pod-event", labels={LABEL_TASK: kopf.PRESENT}, registry=registry)
