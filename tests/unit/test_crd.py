@@ -64,3 +64,13 @@ def test_rules_printer_columns_and_names() -> None:
 
 def test_yaml_parses() -> None:
     assert yaml.safe_load(CRD_FILE.read_text())["kind"] == "CustomResourceDefinition"
+
+
+def test_cli_prints_and_checks_the_crd() -> None:
+    from click.testing import CliRunner
+    from kubemap.cli import main
+
+    printed = CliRunner().invoke(main, ["crd"])
+    assert printed.exit_code == 0 and printed.stdout == render_crd()
+    checked = CliRunner().invoke(main, ["crd", "--check"])
+    assert checked.exit_code == 0 and "up to date" in checked.stdout
