@@ -300,6 +300,9 @@ def plan(
         # Back-pressure: successes wait for their neighbours; start only pods that fill holes.
         hole_limit = max(p.start for p in pods if p.name in outcome.deferred)
     creates, next_due = _requests(spec, outcome, pending, capacity, now, hole_limit)
+    if spec.active_deadline_seconds is not None:  # wake up for the deadline, not a timer tick later
+        left = (start + timedelta(seconds=spec.active_deadline_seconds) - now).total_seconds()
+        next_due = left if next_due is None else min(next_due, left)
     release, delete = cleanup(pods, spans, outcome.succeeded | outcome.failed, kept_records, limits)
     status_out = _upd(
         status_out,

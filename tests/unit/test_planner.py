@@ -206,6 +206,8 @@ def test_suspend_cancels_and_deletes_active_pods() -> None:
 
 
 def test_active_deadline() -> None:
+    early = plan(spec(active_deadline_seconds=300), running(), [pod(0)], NOW)
+    assert early.status.phase is Phase.RUNNING and early.requeue_after == pytest.approx(240.0)  # started 60 s ago
     result = plan(spec(active_deadline_seconds=30), running(), [pod(0)], NOW)
     assert result.status.phase is Phase.FAILED and result.status.conditions[-1].reason == "DeadlineExceeded"
 
