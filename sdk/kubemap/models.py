@@ -29,12 +29,12 @@ class _Wire(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-class Mode(str, enum.Enum):
+class Mode(enum.StrEnum):
     FUNCTION = "Function"  # the kubemap image runs `python -m kubemap.worker`
     CONTAINER = "Container"  # any image; index and item in the environment
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
