@@ -362,6 +362,16 @@ def test_kind_seaweedfs_script_serves_the_bucket_with_the_secret_keys(tmp_path: 
             time.sleep(0.5)
         keys = docs[("Secret", "kubemap-s3", "default")]["stringData"]
         endpoint = f"http://127.0.0.1:{ports['s3']}"
+        # The bucket is created through the filer, which can answer before the S3 gateway
+        # listens (in the cluster the Service's readiness probe covers that gap).
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", ports["s3"]), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "pod.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "S3 gateway never listened"
+                time.sleep(0.3)
 
         def client(secret: str) -> Any:
             return boto3.client(
