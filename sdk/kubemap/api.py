@@ -235,7 +235,9 @@ def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> 
         ) from None
     backend = get_backend(opts.backend)
     name = opts.name or task_name(fn)
-    task = open_store(opts.store or default_store_url()).child(name)
+    store_url = opts.store or default_store_url()
+    backend.preflight(store_url, opts)
+    task = open_store(store_url).child(name)
     if opts.name and task.exists(META_KEY):
         raise ConfigError(
             f"a task named {name!r} already exists in {task.url}: pick another name, or delete "

@@ -80,6 +80,10 @@ class Backend(Protocol):
 
     name: str
 
+    def preflight(self, store_url: str, options: RunOptions) -> None:
+        """Refuse, with a ConfigError or ClusterError, what would fail only after the upload."""
+        ...
+
     def start(self, task: Store, total: int, options: RunOptions, name: str) -> RunHandle:
         """Start running `total` indices of the task called `name`; return at once."""
         ...

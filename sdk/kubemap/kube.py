@@ -165,13 +165,17 @@ def _message(exc: ApiException) -> str:
         return f"HTTP {exc.status} {exc.reason}"
 
 
-def build_maptask(name: str, store_url: str, total: int, options: RunOptions) -> dict[str, Any]:
-    """The MapTask the SDK creates for a function-mode run (validated by the shared model)."""
+def _require_s3(store_url: str) -> None:
     if not store_url.startswith("s3://"):
         raise ConfigError(
             f"backend='kubernetes' needs an S3 store that pods can reach, got {store_url!r}: "
             "pass store='s3://bucket/prefix' or set KUBEMAP_STORE"
         )
+
+
+def build_maptask(name: str, store_url: str, total: int, options: RunOptions) -> dict[str, Any]:
+    """The MapTask the SDK creates for a function-mode run (validated by the shared model)."""
+    _require_s3(store_url)
     base = store_url.rstrip("/").rsplit("/", 1)[0]
     template = PodTemplate(
         image=options.image,
@@ -254,6 +258,19 @@ class KubeRunHandle:
 
 class KubernetesBackend:
     name = "kubernetes"
+
+    def preflight(self, store_url: str, options: RunOptions) -> None:
+        """Before uploading anything: an S3 store, a reachable API, the MapTask CRD installed."""
+        _require_s3(store_url)
+        cluster = Cluster.connect(options.namespace)
+        try:
+            cluster.call("list MapTasks", cluster.custom.list_namespaced_custom_object,
+                         GROUP, VERSION, cluster.namespace, PLURAL, limit=1)
+        except ApiException as exc:
+            raise ClusterError(
+                f"cannot list MapTasks in namespace {cluster.namespace} at {cluster.host}: "
+                f"{_message(exc)}; check your RBAC or pick another namespace"
+            ) from None
 
     def start(self, task: Store, total: int, options: RunOptions, name: str) -> KubeRunHandle:
         body = build_maptask(name, task.url, total, options)

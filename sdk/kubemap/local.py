@@ -66,6 +66,9 @@ class LocalBackend:
 
     name = "local"
 
+    def preflight(self, store_url: str, options: RunOptions) -> None:
+        """Any store works locally: nothing to check before the upload."""
+
     def start(self, task: Store, total: int, options: RunOptions, name: str) -> LocalRun:
         run = LocalRun(task, total, options, name)
         run.start()

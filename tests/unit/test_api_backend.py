@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
+import kubemap
 import pytest
 from kubemap.backend import Backend, RunStatus, get_backend
 from kubemap.errors import ConfigError
@@ -54,3 +56,24 @@ def test_unknown_backend() -> None:
 def test_run_status(status: RunStatus, pending: int, finished: bool) -> None:
     assert status.pending == pending
     assert status.finished is finished
+
+
+def test_kubernetes_run_refuses_a_local_store_before_uploading(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    with pytest.raises(ConfigError, match=r"needs an S3 store"):
+        kubemap.submit(abs, [1, 2], backend="kubernetes", store=f"file://{store}")
+    assert not store.exists() or not any(store.rglob("*.pkl"))
+
+
+def test_kubernetes_run_with_no_cluster_names_the_problem_before_uploading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config either
+    uploads: list[str] = []
+    import kubemap.api as api
+
+    monkeypatch.setattr(api, "open_store", lambda url: uploads.append(url))
+    with pytest.raises(kubemap.ClusterError, match=r"KUBECONFIG"):
+        kubemap.submit(abs, [1, 2], backend="kubernetes", store="s3://bucket/prefix")
+    assert uploads == []  # the preflight stopped it before the store was even opened
