@@ -11,18 +11,7 @@ own prefix, i.e. open_store(base).child(task_name)):
         # SerializationError(index=i) naming the input that could not be pickled;
         # never holds every item as a separate Python object twice (1,000,000 small
         # inputs under 500 MB peak)
-    def _slow_input(item: Any, index: int) -> bytes:
-    try:
-        return slow_dumps(item)
-    except Exception as exc:
-        raise SerializationError(
-            f"input {index} ({describe(item)}) cannot be pickled: {exc}; make it picklable "
-            "or pass something that describes it instead, e.g. a path or a URL",
-            index=index,
-        ) from exc
-
-
-def read_slice(store: Store, start: int, count: int, total: int | None = None) -> list[Any]
+    def read_slice(store: Store, start: int, count: int, total: int | None = None) -> list[Any]
         # two ranged GETs: offsets from inputs.idx, then the bytes from inputs.bin;
         # CorruptTaskError if offsets are out of order / past the end
     def read_total(store: Store) -> int        # N, from task.json (or the size of inputs.idx)
