@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,19 @@ def flaky_command(marker_dir: str, index_var: str, flaky: float) -> list[str]:
     return ["sh", "-c", script]
 
 
+def poll(read: Callable[[], Any], verdict: Callable[[Any], bool | None]) -> tuple[Any, bool]:
+    """Read the object until verdict() says True (done) or False (failed); 600 s at most."""
+    deadline = time.perf_counter() + 600
+    obj = read()
+    while time.perf_counter() < deadline:
+        outcome = verdict(obj)
+        if outcome is not None:
+            return obj, outcome
+        time.sleep(0.2)
+        obj = read()
+    return obj, False
+
+
 def run_indexed_job(
     batch: client.BatchV1Api, core: client.CoreV1Api, items: int, parallelism: int, command: list[str]
 ) -> Outcome:
@@ -117,18 +131,15 @@ def run_indexed_job(
             },
         },
     }
-    started = time.perf_counter()
-    batch.create_namespaced_job(NAMESPACE, body)
-    done = False
-    deadline = started + 600
-    job: Any = None
-    while time.perf_counter() < deadline:
-        job = batch.read_namespaced_job(name, NAMESPACE)
+    def verdict(job: Any) -> bool | None:
         conds = {c.type: c.status for c in (job.status.conditions or [])}
         if conds.get("Complete") == "True" or conds.get("Failed") == "True":
-            done = conds.get("Complete") == "True"
-            break
-        time.sleep(0.2)
+            return conds.get("Complete") == "True"
+        return None
+
+    started = time.perf_counter()
+    batch.create_namespaced_job(NAMESPACE, body)
+    job, done = poll(lambda: batch.read_namespaced_job(name, NAMESPACE), verdict)
     elapsed = time.perf_counter() - started
     counter.stop()
     size = len(json.dumps(client.ApiClient().sanitize_for_serialization(job)))
@@ -154,20 +165,18 @@ def run_maptask(
             "template": {"image": "busybox", "command": command},
         },
     }
+    def verdict(task: dict[str, Any]) -> bool | None:
+        phase = (task.get("status") or {}).get("phase")
+        return phase == "Succeeded" if phase in ("Succeeded", "Failed", "Cancelled") else None
+
     started = time.perf_counter()
     custom.create_namespaced_custom_object("kubemap.io", "v1alpha1", NAMESPACE, "maptasks", body)
-    done = False
-    deadline = started + 600
-    task: dict[str, Any] = {}
-    while time.perf_counter() < deadline:
-        task = custom.get_namespaced_custom_object(
+    task, done = poll(
+        lambda: custom.get_namespaced_custom_object(
             "kubemap.io", "v1alpha1", NAMESPACE, "maptasks", name
-        )
-        phase = (task.get("status") or {}).get("phase")
-        if phase in ("Succeeded", "Failed", "Cancelled"):
-            done = phase == "Succeeded"
-            break
-        time.sleep(0.2)
+        ),
+        verdict,
+    )
     elapsed = time.perf_counter() - started
     counter.stop()
     size = len(json.dumps(task))
