@@ -89,7 +89,7 @@ def flaky_command(marker_dir: str, index_var: str, flaky: float) -> list[str]:
     """Indices below flaky*100 % (by index mod 100) fail on their first attempt only."""
     threshold = int(flaky * 100)
     script = (
-        f'i=${index_var}; m={marker_dir}/$i; '
+        f"i=${index_var}; m={marker_dir}/$i; "
         f'if [ $((i % 100)) -lt {threshold} ] && [ ! -e "$m" ]; then : > "$m"; exit 1; fi; exit 0'
     )
     return ["sh", "-c", script]
@@ -109,7 +109,11 @@ def poll(read: Callable[[], Any], verdict: Callable[[Any], bool | None]) -> tupl
 
 
 def run_indexed_job(
-    batch: client.BatchV1Api, core: client.CoreV1Api, items: int, parallelism: int, command: list[str]
+    batch: client.BatchV1Api,
+    core: client.CoreV1Api,
+    items: int,
+    parallelism: int,
+    command: list[str],
 ) -> Outcome:
     name = f"bench-job-{uuid.uuid4().hex[:6]}"
     counter = PodCounter(core, f"batch.kubernetes.io/job-name={name}")
@@ -131,6 +135,7 @@ def run_indexed_job(
             },
         },
     }
+
     def verdict(job: Any) -> bool | None:
         conds = {c.type: c.status for c in (job.status.conditions or [])}
         if conds.get("Complete") == "True" or conds.get("Failed") == "True":
@@ -148,7 +153,11 @@ def run_indexed_job(
 
 
 def run_maptask(
-    custom: client.CustomObjectsApi, core: client.CoreV1Api, items: int, parallelism: int, command: list[str]
+    custom: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    items: int,
+    parallelism: int,
+    command: list[str],
 ) -> Outcome:
     name = f"bench-mt-{uuid.uuid4().hex[:6]}"
     counter = PodCounter(core, f"kubemap.io/task={name}")
@@ -165,6 +174,7 @@ def run_maptask(
             "template": {"image": "busybox", "command": command},
         },
     }
+
     def verdict(task: dict[str, Any]) -> bool | None:
         phase = (task.get("status") or {}).get("phase")
         return phase == "Succeeded" if phase in ("Succeeded", "Failed", "Cancelled") else None
@@ -191,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flaky", type=float, default=0.2, help="share of indices failing once")
     args = parser.parse_args(argv)
     if not os.environ.get("KUBECONFIG"):
-        print("set KUBECONFIG (e.g. eval \"$(tests/cluster/testcluster env)\")", file=sys.stderr)
+        print('set KUBECONFIG (e.g. eval "$(tests/cluster/testcluster env)")', file=sys.stderr)
         return 2
     config.load_kube_config()
     core, batch, custom = client.CoreV1Api(), client.BatchV1Api(), client.CustomObjectsApi()
@@ -204,11 +214,17 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(job_dir)
             os.makedirs(mt_dir)
             job = run_indexed_job(
-                batch, core, args.items, args.parallelism,
+                batch,
+                core,
+                args.items,
+                args.parallelism,
                 flaky_command(job_dir, "JOB_COMPLETION_INDEX", flaky),
             )
             task = run_maptask(
-                custom, core, args.items, args.parallelism,
+                custom,
+                core,
+                args.items,
+                args.parallelism,
                 flaky_command(mt_dir, "KUBEMAP_INDEX", flaky),
             )
             rounds.append((label, job, task))

@@ -28,7 +28,9 @@ def main() -> int:
     metrics.serve(settings.metrics_port, settings.listen_address)
     registry, _ = build_registry(settings)
     liveness = (
-        f"http://{settings.listen_address}:{settings.liveness_port}/healthz" if settings.liveness_port else None
+        f"http://{settings.listen_address}:{settings.liveness_port}/healthz"
+        if settings.liveness_port
+        else None
     )
     namespaces = list(settings.watch_namespaces)
     asyncio.run(

@@ -86,7 +86,9 @@ def _store_env(spec: MapTaskSpec, task: TaskRef, settings: Settings) -> list[dic
     return env
 
 
-def build_pod(task: TaskRef, spec: MapTaskSpec, request: PodRequest, settings: Settings) -> dict[str, Any]:
+def build_pod(
+    task: TaskRef, spec: MapTaskSpec, request: PodRequest, settings: Settings
+) -> dict[str, Any]:
     """The manifest of the pod running [request.start, request.start + request.count)."""
     template = spec.template
     defaults: Mapping[str, Any] = settings.worker_pod_defaults
@@ -98,7 +100,9 @@ def build_pod(task: TaskRef, spec: MapTaskSpec, request: PodRequest, settings: S
     ]
     if spec.items is not None:
         env.append(_env(ENV_ITEM, spec.items[request.start]))
-        env.append(_env(ENV_ITEMS, json.dumps(spec.items[request.start : request.start + request.count])))
+        env.append(
+            _env(ENV_ITEMS, json.dumps(spec.items[request.start : request.start + request.count]))
+        )
     env.extend(_store_env(spec, task, settings))
     env.extend(copy.deepcopy(template.env or []))  # the user's env wins: it comes last
 
@@ -108,7 +112,9 @@ def build_pod(task: TaskRef, spec: MapTaskSpec, request: PodRequest, settings: S
         "env": env,
         "terminationMessagePath": "/dev/termination-log",
         # A plain container's last log lines explain its failure when it wrote no message.
-        "terminationMessagePolicy": "File" if spec.mode is Mode.FUNCTION else "FallbackToLogsOnError",
+        "terminationMessagePolicy": "File"
+        if spec.mode is Mode.FUNCTION
+        else "FallbackToLogsOnError",
     }
     if template.command is not None:
         container["command"] = list(template.command)
@@ -137,7 +143,12 @@ def build_pod(task: TaskRef, spec: MapTaskSpec, request: PodRequest, settings: S
     if template.tolerations:
         pod_spec["tolerations"] = copy.deepcopy(template.tolerations)
 
-    labels = {**(template.labels or {}), **MANAGED_BY, LABEL_TASK: task_label(task.name), LABEL_INDEX: str(request.start)}
+    labels = {
+        **(template.labels or {}),
+        **MANAGED_BY,
+        LABEL_TASK: task_label(task.name),
+        LABEL_INDEX: str(request.start),
+    }
     annotations = {
         **(template.annotations or {}),
         ANNOTATION_COUNT: str(request.count),

@@ -45,7 +45,9 @@ def cleanup(
             failed_done.append(pod)
             if pod.has_finalizer:
                 release.append(pod.name)
-    failed_done.sort(key=lambda p: p.finished_at.timestamp() if p.finished_at else 0.0, reverse=True)
+    failed_done.sort(
+        key=lambda p: p.finished_at.timestamp() if p.finished_at else 0.0, reverse=True
+    )
     delete.extend(p.name for p in failed_done[limits.failed_pods_kept :])
     release = [n for n in release if n not in delete]
     return release, delete
@@ -62,16 +64,29 @@ def after_finish(
     spans = [(p, IndexRanges()) for p in pods]
     release, delete = cleanup(pods, spans, IndexRanges(), set(), limits, stop_active=True)
     # Finished pods that are not deleted still lose the finalizer: nothing is left to record.
-    release = sorted({*release, *(p.name for p in pods if p.has_finalizer and p.name not in delete)})
+    release = sorted(
+        {*release, *(p.name for p in pods if p.has_finalizer and p.name not in delete)}
+    )
     requeue: float | None = None
     delete_task = False
     if spec.ttl_seconds_after_finished is not None:
         finished_at = parse_time(status.completion_time) or now
-        left = (finished_at + timedelta(seconds=spec.ttl_seconds_after_finished) - now).total_seconds()
+        left = (
+            finished_at + timedelta(seconds=spec.ttl_seconds_after_finished) - now
+        ).total_seconds()
         if left <= 0:
             delete_task = True
         else:
             requeue = left
-    status = status.model_copy(update={"active": sum(1 for p in pods if p.state is PodState.ACTIVE and p.name not in delete)})
-    return Plan(status=status, release=tuple(release), delete=tuple(delete), requeue_after=requeue,
-                delete_task=delete_task)
+    status = status.model_copy(
+        update={
+            "active": sum(1 for p in pods if p.state is PodState.ACTIVE and p.name not in delete)
+        }
+    )
+    return Plan(
+        status=status,
+        release=tuple(release),
+        delete=tuple(delete),
+        requeue_after=requeue,
+        delete_task=delete_task,
+    )

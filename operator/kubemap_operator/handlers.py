@@ -29,7 +29,12 @@ FINISHED = frozenset(p.value for p in Phase if p.finished)
 def post_kopf_event(body: dict[str, Any], event: Event) -> None:
     # Outside a running operator (unit tests) there is no event queue: nothing to post to.
     with contextlib.suppress(LookupError):
-        kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=event.type, reason=event.reason, message=event.message)
+        kopf.event(
+            kopf.Body(cast(kopf.RawBody, body)),
+            type=event.type,
+            reason=event.reason,
+            message=event.message,
+        )
 
 
 def configure(settings: Settings, kopf_settings: kopf.OperatorSettings) -> None:
@@ -42,7 +47,9 @@ def configure(settings: Settings, kopf_settings: kopf.OperatorSettings) -> None:
     kopf_settings.watching.label_selectors["v1", "pods"] = LABEL_TASK
     kopf_settings.watching.server_timeout = 300
     kopf_settings.persistence.finalizer = "kubemap.io/operator"
-    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubemap.io")
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix="kubemap.io"
+    )
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kubemap.io", key="last-handled-configuration"
     )
@@ -68,12 +75,15 @@ def build_registry(
     if login is not None:
         kopf.on.login(registry=registry)(login)
     else:
+
         @kopf.on.login(registry=registry)
         def login_default(**kwargs: Any) -> kopf.ConnectionInfo | None:
             return kopf.login_via_client(**kwargs)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="maptask-event", registry=registry)
-    async def task_event(*, type: str, name: str, namespace: str | None, logger: Any, **_: Any) -> None:
+    async def task_event(
+        *, type: str, name: str, namespace: str | None, logger: Any, **_: Any
+    ) -> None:
         reconciler = holder["reconciler"]
         namespace = namespace or ""
         if type == "DELETED":
@@ -81,20 +91,39 @@ def build_registry(
             return
         await reconciler.trigger(namespace, name, logger)
 
-    @kopf.timer(GROUP, VERSION, PLURAL, id="maptask-resync", interval=settings.reconcile_interval, registry=registry)
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="maptask-resync",
+        interval=settings.reconcile_interval,
+        registry=registry,
+    )
     async def task_timer(
-        *, name: str, namespace: str | None, spec: kopf.Spec, status: kopf.Status, logger: Any, **_: Any
+        *,
+        name: str,
+        namespace: str | None,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        logger: Any,
+        **_: Any,
     ) -> None:
         # A finished task has nothing left to time but its TTL (its pods' events still count).
         if status.get("phase") in FINISHED and spec.get("ttlSecondsAfterFinished") is None:
             return
         await holder["reconciler"].trigger(namespace or "", name, logger)
 
-    @kopf.on.event("v1", "pods", id="worker-pod-event", labels={LABEL_TASK: kopf.PRESENT}, registry=registry)
-    async def pod_event(*, body: kopf.Body, meta: kopf.Meta, namespace: str | None, logger: Any, **_: Any) -> None:
+    @kopf.on.event(
+        "v1", "pods", id="worker-pod-event", labels={LABEL_TASK: kopf.PRESENT}, registry=registry
+    )
+    async def pod_event(
+        *, body: kopf.Body, meta: kopf.Meta, namespace: str | None, logger: Any, **_: Any
+    ) -> None:
         reconciler = holder["reconciler"]
         owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
-        terminating = meta.get("deletionTimestamp") and POD_FINALIZER in (meta.get("finalizers") or [])
+        terminating = meta.get("deletionTimestamp") and POD_FINALIZER in (
+            meta.get("finalizers") or []
+        )
         if terminating and await release_orphan(reconciler.api, dict(body)):
             return
         if owner is not None and owner.get("kind") == "MapTask":

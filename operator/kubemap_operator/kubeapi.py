@@ -80,16 +80,22 @@ class KubeApi:
 
     async def list_pods(self, namespace: str, task_label: str) -> list[dict[str, Any]]:
         result = await asyncio.to_thread(
-            self.core.list_namespaced_pod, namespace,
-            label_selector=f"{LABEL_TASK}={task_label}", _preload_content=False,
+            self.core.list_namespaced_pod,
+            namespace,
+            label_selector=f"{LABEL_TASK}={task_label}",
+            _preload_content=False,
         )
         data = json.loads(result.data)
         items: list[dict[str, Any]] = data.get("items") or []
         return items
 
-    async def create_pod(self, namespace: str, body: dict[str, Any]) -> Literal["created", "exists"]:
+    async def create_pod(
+        self, namespace: str, body: dict[str, Any]
+    ) -> Literal["created", "exists"]:
         try:
-            await asyncio.to_thread(self.core.create_namespaced_pod, namespace, body, _preload_content=False)
+            await asyncio.to_thread(
+                self.core.create_namespaced_pod, namespace, body, _preload_content=False
+            )
         except ApiException as exc:
             if exc.status == 409:
                 return "exists"  # a deterministic name: an earlier reconcile already made it
@@ -104,11 +110,20 @@ class KubeApi:
         if len(remaining) == len(meta.get("finalizers") or []):
             return
         # resourceVersion makes this a compare-and-swap: a concurrent change is retried next round.
-        patch = {"metadata": {"finalizers": remaining or None, "resourceVersion": meta.get("resourceVersion")}}
+        patch = {
+            "metadata": {
+                "finalizers": remaining or None,
+                "resourceVersion": meta.get("resourceVersion"),
+            }
+        }
         try:
             await asyncio.to_thread(
-                self.core.patch_namespaced_pod, meta["name"], namespace, patch,
-                _content_type=MERGE_PATCH, _preload_content=False,
+                self.core.patch_namespaced_pod,
+                meta["name"],
+                namespace,
+                patch,
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
             )
         except ApiException as exc:
             if exc.status not in (404, 409):
@@ -117,8 +132,11 @@ class KubeApi:
     async def delete_pod(self, namespace: str, name: str) -> None:
         try:
             await asyncio.to_thread(
-                self.core.delete_namespaced_pod, name, namespace,
-                propagation_policy="Background", _preload_content=False,
+                self.core.delete_namespaced_pod,
+                name,
+                namespace,
+                propagation_policy="Background",
+                _preload_content=False,
             )
         except ApiException as exc:
             if exc.status != 404:
@@ -126,14 +144,25 @@ class KubeApi:
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         await asyncio.to_thread(
-            self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name,
-            {"status": status}, _content_type=MERGE_PATCH,
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": status},
+            _content_type=MERGE_PATCH,
         )
 
     async def delete_task(self, namespace: str, name: str) -> None:
         try:
             await asyncio.to_thread(
-                self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
+                self.custom.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
                 propagation_policy="Background",
             )
         except ApiException as exc:

@@ -6,13 +6,19 @@ from kubemap.models import Phase
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry()
-TASKS = Gauge("kubemap_tasks", "MapTasks seen by this operator, by phase", ["phase"], registry=REGISTRY)
+TASKS = Gauge(
+    "kubemap_tasks", "MapTasks seen by this operator, by phase", ["phase"], registry=REGISTRY
+)
 PODS_CREATED = Counter("kubemap_pods_created", "Worker pods created", registry=REGISTRY)
 PODS_DELETED = Counter("kubemap_pods_deleted", "Worker pods deleted", registry=REGISTRY)
-INDEXES_FAILED = Counter("kubemap_indexes_failed", "Indices that failed for good", registry=REGISTRY)
+INDEXES_FAILED = Counter(
+    "kubemap_indexes_failed", "Indices that failed for good", registry=REGISTRY
+)
 THROTTLED = Counter("kubemap_api_throttled", "HTTP 429 answers to pod creation", registry=REGISTRY)
 RECONCILE_SECONDS = Histogram(
-    "kubemap_reconcile_duration_seconds", "Time of one MapTask reconcile", registry=REGISTRY,
+    "kubemap_reconcile_duration_seconds",
+    "Time of one MapTask reconcile",
+    registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 

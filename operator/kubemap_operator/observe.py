@@ -23,8 +23,19 @@ ANNOTATION_INFRA = "kubemap.io/infra-failures"  # infrastructure failures before
 
 # Pod or container reasons that mean "the platform took the pod away", not "the code failed".
 INFRA_REASONS = frozenset(
-    {"Evicted", "NodeLost", "Preempting", "Shutdown", "Terminated", "UnexpectedAdmissionError",
-     "NodeAffinity", "OutOfcpu", "OutOfmemory", "ContainerCannotRun", "DeadlineExceeded"}
+    {
+        "Evicted",
+        "NodeLost",
+        "Preempting",
+        "Shutdown",
+        "Terminated",
+        "UnexpectedAdmissionError",
+        "NodeAffinity",
+        "OutOfcpu",
+        "OutOfmemory",
+        "ContainerCannotRun",
+        "DeadlineExceeded",
+    }
 )
 
 
@@ -50,7 +61,9 @@ class WorkerReport:
             data = json.loads(text.strip().splitlines()[-1])
             if not isinstance(data, dict) or data.get("v") != 1:
                 return None
-            return cls(IndexRanges.parse(data.get("succeeded")), IndexRanges.parse(data.get("failed")))
+            return cls(
+                IndexRanges.parse(data.get("succeeded")), IndexRanges.parse(data.get("failed"))
+            )
         except (ValueError, IndexError, RangesSyntaxError, TypeError):
             return None
 
@@ -105,7 +118,11 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
     grace = _int(meta, "deletionGracePeriodSeconds", 30)
     terminated: Mapping[str, Any] = {}
     for cs in status.get("containerStatuses") or []:
-        terminated = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+        terminated = (
+            (cs.get("state") or {}).get("terminated")
+            or (cs.get("lastState") or {}).get("terminated")
+            or {}
+        )
         if terminated:
             break
     exit_code = terminated.get("exitCode") if terminated else None

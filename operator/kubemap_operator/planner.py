@@ -69,7 +69,9 @@ def _backoff(failures: int, limits: Limits) -> float:
     return retry_delay(failures) * (limits.backoff_base_seconds / BACKOFF_BASE_SECONDS)
 
 
-def _latest_spans(pods: list[ObservedPod], done: IndexRanges) -> list[tuple[ObservedPod, IndexRanges]]:
+def _latest_spans(
+    pods: list[ObservedPod], done: IndexRanges
+) -> list[tuple[ObservedPod, IndexRanges]]:
     """Each pod with the indices it is the latest pod for and that are not recorded yet.
 
     For one index, a newer pod always has a higher attempt than every older pod covering it."""
@@ -82,7 +84,8 @@ def _latest_spans(pods: list[ObservedPod], done: IndexRanges) -> list[tuple[Obse
         lo = bisect.bisect_left(starts, pod.start - widest + 1)
         hi = bisect.bisect_left(starts, end)
         newer = IndexRanges.from_spans(
-            (q.start, q.start + q.count) for q in by_start[lo:hi]
+            (q.start, q.start + q.count)
+            for q in by_start[lo:hi]
             if q.attempt > pod.attempt and q.start < end and q.start + q.count > pod.start
         )
         out.append((pod, pod.span - within(done, pod.start, end) - newer))
@@ -152,8 +155,12 @@ def _judge(
             else:
                 out.retries.append(_Retry(rest, pod.attempt + 1, pod.failures, infra, finished))
                 out.waiting.add(pod.name)
-    out.failed = IndexRanges.from_spans([*failed.intervals, *(iv for r in final for iv in r.intervals)])
-    merged = IndexRanges.from_spans([*succeeded.intervals, *(iv for _, r in successes for iv in r.intervals)])
+    out.failed = IndexRanges.from_spans(
+        [*failed.intervals, *(iv for r in final for iv in r.intervals)]
+    )
+    merged = IndexRanges.from_spans(
+        [*succeeded.intervals, *(iv for _, r in successes for iv in r.intervals)]
+    )
     if len(merged.intervals) <= limits.max_succeeded_ranges:
         out.succeeded = merged
     else:  # rare: record what keeps the ranges bounded, keep the other pods as records
@@ -177,7 +184,11 @@ def _chunks(ranges: IndexRanges, size: int) -> list[tuple[int, int]]:
 
 
 def _requests(
-    spec: MapTaskSpec, outcome: _Outcome, pending: IndexRanges, capacity: int, now: datetime,
+    spec: MapTaskSpec,
+    outcome: _Outcome,
+    pending: IndexRanges,
+    capacity: int,
+    now: datetime,
     hole_limit: int | None,
 ) -> tuple[list[PodRequest], float | None]:
     """Retries that are due first (lowest index first), then pods for indices never started."""
@@ -189,7 +200,9 @@ def _requests(
             next_due = wait if next_due is None else min(next_due, wait)
             continue
         for start, count in _chunks(retry.ranges, spec.items_per_pod):
-            wanted.append(PodRequest(start, count, retry.attempt, retry.failures, retry.infra_failures))
+            wanted.append(
+                PodRequest(start, count, retry.attempt, retry.failures, retry.infra_failures)
+            )
     for lo, hi in pending.intervals:
         if len(wanted) >= capacity:
             break
@@ -241,7 +254,11 @@ def plan(
     start = parse_time(base.start_time) or now
     verdict: tuple[Phase, str, str] | None = None  # phase, reason, message
     if spec.suspend:
-        verdict = (Phase.CANCELLED, "Suspended", "cancelled: spec.suspend is true; active pods were deleted")
+        verdict = (
+            Phase.CANCELLED,
+            "Suspended",
+            "cancelled: spec.suspend is true; active pods were deleted",
+        )
     elif outcome.usage_error:
         verdict = (Phase.FAILED, "UsageError", outcome.usage_error)
     elif outcome.too_scattered:
@@ -260,7 +277,9 @@ def plan(
             f"(minSuccessRatio={spec.min_success_ratio}, maxFailedIndexes={spec.max_failed_indexes}); "
             + "; ".join(outcome.failure_notes)[:600],
         )
-    elif spec.active_deadline_seconds is not None and now >= start + timedelta(seconds=spec.active_deadline_seconds):
+    elif spec.active_deadline_seconds is not None and now >= start + timedelta(
+        seconds=spec.active_deadline_seconds
+    ):
         verdict = (
             Phase.FAILED,
             "DeadlineExceeded",
@@ -269,7 +288,11 @@ def plan(
         )
     elif len(recorded) >= total:
         tolerated = f" ({n_failed} failed indices tolerated)" if n_failed else ""
-        verdict = (Phase.SUCCEEDED, "Completed", f"{len(outcome.succeeded)} of {total} indices succeeded{tolerated}")
+        verdict = (
+            Phase.SUCCEEDED,
+            "Completed",
+            f"{len(outcome.succeeded)} of {total} indices succeeded{tolerated}",
+        )
 
     status_out = _upd(
         base,
@@ -281,15 +304,25 @@ def plan(
     )
     if verdict is not None:
         phase, reason, message = verdict
-        kind = {Phase.SUCCEEDED: "Complete", Phase.FAILED: "Failed", Phase.CANCELLED: "Suspended"}[phase]
+        kind = {Phase.SUCCEEDED: "Complete", Phase.FAILED: "Failed", Phase.CANCELLED: "Suspended"}[
+            phase
+        ]
         status_out = _upd(
             status_out,
             phase=phase,
             message=clip(message),
             completion_time=rfc3339(now),
-            conditions=set_condition(list(status_out.conditions), kind, reason=reason, message=message, now=now),
+            conditions=set_condition(
+                list(status_out.conditions), kind, reason=reason, message=message, now=now
+            ),
         )
-        events.append(Event("Normal" if phase is Phase.SUCCEEDED else "Warning", phase.value, clip(message, 1000)))
+        events.append(
+            Event(
+                "Normal" if phase is Phase.SUCCEEDED else "Warning",
+                phase.value,
+                clip(message, 1000),
+            )
+        )
         finished = after_finish(spec, status_out, pods, now, limits)
         return replace(finished, events=tuple(events) + finished.events)
 
@@ -317,5 +350,3 @@ def plan(
         events=tuple(events),
         requeue_after=next_due,
     )
-
-

@@ -37,7 +37,9 @@ ERROR_RETRY_SECONDS = 2.0
 
 
 def owned_by(pod: dict[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in (pod.get("metadata") or {}).get("ownerReferences") or [])
+    return any(
+        ref.get("uid") == uid for ref in (pod.get("metadata") or {}).get("ownerReferences") or []
+    )
 
 
 def status_wire(status: MapTaskStatus) -> dict[str, Any]:
@@ -63,14 +65,17 @@ class Reconciler:
         self.post_event = post_event or (lambda body, event: None)
         self.clock = clock
         self.limits = Limits(
-            backoff_base_seconds=settings.backoff_base_seconds, failed_pods_kept=settings.failed_pods_kept
+            backoff_base_seconds=settings.backoff_base_seconds,
+            failed_pods_kept=settings.failed_pods_kept,
         )
         self._batch = max(1, settings.pod_create_burst)
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._again: set[tuple[str, str]] = set()
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
-    async def trigger(self, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    async def trigger(
+        self, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter[Any]
+    ) -> None:
         """Reconcile now; if a reconcile of this task is running, run once more after it."""
         key = (namespace, name)
         lock = self._locks.setdefault(key, asyncio.Lock())
@@ -83,7 +88,12 @@ class Reconciler:
                 try:
                     requeue = await self.reconcile(namespace, name, logger)
                 except (ApiException, OSError, HTTPError) as exc:
-                    if isinstance(exc, ApiException) and exc.status and exc.status < 500 and exc.status not in (409, 429):
+                    if (
+                        isinstance(exc, ApiException)
+                        and exc.status
+                        and exc.status < 500
+                        and exc.status not in (409, 429)
+                    ):
                         raise  # refused for good (403, 422...): kopf logs it and backs off
                     # A hiccup of the API server: try again soon, not at kopf's 60 s error backoff.
                     logger.warning(f"reconcile failed, retrying in {ERROR_RETRY_SECONDS:g}s: {exc}")
@@ -128,7 +138,9 @@ class Reconciler:
             return None
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid", ""))
-        pods = [p for p in await self.api.list_pods(namespace, task_label(name)) if owned_by(p, uid)]
+        pods = [
+            p for p in await self.api.list_pods(namespace, task_label(name)) if owned_by(p, uid)
+        ]
         if meta.get("deletionTimestamp"):
             await self._let_go(namespace, pods)
             return None
@@ -140,7 +152,9 @@ class Reconciler:
         status = MapTaskStatus.model_validate(body.get("status") or {})
         now = self.clock()
         observed = [o for o in (observe_pod(p, now) for p in pods) if o is not None]
-        result = plan(spec, status, observed, now, generation=meta.get("generation"), limits=self.limits)
+        result = plan(
+            spec, status, observed, now, generation=meta.get("generation"), limits=self.limits
+        )
         await self._apply(TaskRef(name, namespace, uid), body, spec, status, result, pods, logger)
         metrics.observe_phase(namespace, name, result.status.phase)
         if len(result.create) > self._batch:
@@ -148,16 +162,26 @@ class Reconciler:
         return result.requeue_after
 
     async def _apply(
-        self, task: TaskRef, body: dict[str, Any], spec: MapTaskSpec, old: MapTaskStatus, result: Plan,
-        pods: list[dict[str, Any]], logger: Any,
+        self,
+        task: TaskRef,
+        body: dict[str, Any],
+        spec: MapTaskSpec,
+        old: MapTaskStatus,
+        result: Plan,
+        pods: list[dict[str, Any]],
+        logger: Any,
     ) -> None:
         if result.status != old:
             await self.api.patch_status(task.namespace, task.name, status_wire(result.status))
-            newly_failed = IndexRanges.parse(result.status.failed_indexes) - IndexRanges.parse(old.failed_indexes)
+            newly_failed = IndexRanges.parse(result.status.failed_indexes) - IndexRanges.parse(
+                old.failed_indexes
+            )
             if newly_failed:
                 metrics.INDEXES_FAILED.inc(len(newly_failed))
         for event in result.events:
-            (logger.warning if event.type == "Warning" else logger.info)(f"{event.reason}: {event.message}")
+            (logger.warning if event.type == "Warning" else logger.info)(
+                f"{event.reason}: {event.message}"
+            )
             self.post_event(body, event)
         by_name = {(p.get("metadata") or {}).get("name"): p for p in pods}
         for pod_name_ in (*result.release, *result.delete):
@@ -170,10 +194,14 @@ class Reconciler:
         if result.create:
             await self._create(task, body, spec, result, logger)
         if result.delete_task:
-            logger.info(f"deleting the finished task: ttlSecondsAfterFinished={spec.ttl_seconds_after_finished}")
+            logger.info(
+                f"deleting the finished task: ttlSecondsAfterFinished={spec.ttl_seconds_after_finished}"
+            )
             await self.api.delete_task(task.namespace, task.name)
 
-    async def _create(self, task: TaskRef, body: dict[str, Any], spec: MapTaskSpec, result: Plan, logger: Any) -> None:
+    async def _create(
+        self, task: TaskRef, body: dict[str, Any], spec: MapTaskSpec, result: Plan, logger: Any
+    ) -> None:
         semaphore = asyncio.Semaphore(CREATE_CONCURRENCY)
         started: list[tuple[int, int]] = []
         stop: list[str] = []
@@ -191,10 +219,14 @@ class Reconciler:
                 except Throttled as exc:
                     metrics.THROTTLED.inc()
                     self.limiter.pause(exc.retry_after)
-                    stop.append(f"API server asked to slow down (429), retrying in {exc.retry_after:.0f}s")
+                    stop.append(
+                        f"API server asked to slow down (429), retrying in {exc.retry_after:.0f}s"
+                    )
                     return
                 except CreateFailed as exc:
-                    stop.append(f"pod {manifest['metadata']['name']} refused ({exc.status}): {exc.reason}")
+                    stop.append(
+                        f"pod {manifest['metadata']['name']} refused ({exc.status}): {exc.reason}"
+                    )
                     return
                 if outcome == "created":
                     metrics.PODS_CREATED.inc()
@@ -205,7 +237,11 @@ class Reconciler:
         await asyncio.gather(*(one(r) for r in result.create[: self._batch]))
         if started:
             ranges = IndexRanges.from_spans(started)
-            event = Event("Normal", "PodsStarted", f"started {len(started)} pod(s) for indices {describe(ranges)}")
+            event = Event(
+                "Normal",
+                "PodsStarted",
+                f"started {len(started)} pod(s) for indices {describe(ranges)}",
+            )
             logger.info(event.message)
             self.post_event(body, event)
         if stop:
@@ -217,13 +253,27 @@ class Reconciler:
         for pod in pods:
             await self.api.remove_finalizer(namespace, pod)
 
-    async def _reject(self, namespace: str, name: str, body: dict[str, Any], exc: pydantic.ValidationError, logger: Any) -> None:
-        message = clip(f"invalid spec: {exc.errors()[0].get('msg')} at {exc.errors()[0].get('loc')}; fix the MapTask and create it again")
+    async def _reject(
+        self,
+        namespace: str,
+        name: str,
+        body: dict[str, Any],
+        exc: pydantic.ValidationError,
+        logger: Any,
+    ) -> None:
+        message = clip(
+            f"invalid spec: {exc.errors()[0].get('msg')} at {exc.errors()[0].get('loc')}; fix the MapTask and create it again"
+        )
         old = MapTaskStatus.model_validate(body.get("status") or {})
         if old.phase is Phase.FAILED and old.message == message:
             return
         now = rfc3339(self.clock())
-        failed = MapTaskStatus(phase=Phase.FAILED, message=message, completion_time=now, start_time=old.start_time or now)
+        failed = MapTaskStatus(
+            phase=Phase.FAILED,
+            message=message,
+            completion_time=now,
+            start_time=old.start_time or now,
+        )
         await self.api.patch_status(namespace, name, status_wire(failed))
         logger.error(message)
         self.post_event(body, Event("Warning", "InvalidSpec", message))

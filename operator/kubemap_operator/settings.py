@@ -57,7 +57,9 @@ class Settings:
             try:
                 return float(text)
             except ValueError:
-                raise ConfigError(f"KUBEMAP_{name}={text!r} is not a number; set it to e.g. {default}") from None
+                raise ConfigError(
+                    f"KUBEMAP_{name}={text!r} is not a number; set it to e.g. {default}"
+                ) from None
 
         defaults_text = get("WORKER_POD_DEFAULTS", "")
         pod_defaults: Mapping[str, Any] = RESTRICTED_POD_DEFAULTS
@@ -72,7 +74,9 @@ class Settings:
             if not isinstance(parsed, dict):
                 raise ConfigError("KUBEMAP_WORKER_POD_DEFAULTS must be a JSON object")
             pod_defaults = parsed
-        namespaces = tuple(ns.strip() for ns in get("WATCH_NAMESPACES", "").split(",") if ns.strip())
+        namespaces = tuple(
+            ns.strip() for ns in get("WATCH_NAMESPACES", "").split(",") if ns.strip()
+        )
         return cls(
             watch_namespaces=namespaces,
             default_store=get("DEFAULT_STORE", ""),

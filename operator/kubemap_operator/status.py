@@ -60,7 +60,13 @@ def set_condition(
     if previous is not None and previous.status == "True" and previous.last_transition_time:
         when = previous.last_transition_time
     out.append(
-        Condition(type=kind, status="True", reason=reason, message=clip(message, 512), last_transition_time=when)
+        Condition(
+            type=kind,
+            status="True",
+            reason=reason,
+            message=clip(message, 512),
+            last_transition_time=when,
+        )
     )
     return out[-MAX_CONDITIONS:]
 

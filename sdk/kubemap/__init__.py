@@ -1,9 +1,9 @@
 """kubemap: map a Python function over a list of inputs, locally or on Kubernetes.
 
-    import kubemap
-    kubemap.map(lambda x: x * x, range(10))          # embedded local backend, no cluster
-    run = kubemap.submit(fn, inputs, backend="kubernetes", parallelism=50)
-    run.wait(); run.results()
+import kubemap
+kubemap.map(lambda x: x * x, range(10))          # embedded local backend, no cluster
+run = kubemap.submit(fn, inputs, backend="kubernetes", parallelism=50)
+run.wait(); run.results()
 """
 
 from kubemap.api import MapRun, map, submit

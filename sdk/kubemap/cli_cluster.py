@@ -19,7 +19,9 @@ from kubemap.errors import KubemapError
 from kubemap.kube import Cluster
 from kubemap.models import MapTaskStatus
 
-NAMESPACE = click.option("-n", "--namespace", default=None, help="Namespace (default: the kubeconfig context's).")
+NAMESPACE = click.option(
+    "-n", "--namespace", default=None, help="Namespace (default: the kubeconfig context's)."
+)
 CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "maptask.yaml"
 
 
@@ -31,7 +33,9 @@ def _fail(message: str) -> None:
 def _task(cluster: Cluster, name: str) -> dict[str, Any]:
     body = cluster.get(name)
     if body is None:
-        _fail(f"no MapTask {name!r} in namespace {cluster.namespace}: see `kubemap list -n {cluster.namespace}`")
+        _fail(
+            f"no MapTask {name!r} in namespace {cluster.namespace}: see `kubemap list -n {cluster.namespace}`"
+        )
     assert body is not None
     return body
 
@@ -40,7 +44,11 @@ def _label(name: str) -> str:
     # The operator hashes task names over 63 characters into the label; mirror it.
     from hashlib import sha256
 
-    return name if len(name) <= 63 else f"{name[:54].rstrip('-.')}-{sha256(name.encode()).hexdigest()[:8]}"
+    return (
+        name
+        if len(name) <= 63
+        else f"{name[:54].rstrip('-.')}-{sha256(name.encode()).hexdigest()[:8]}"
+    )
 
 
 @click.command("get", short_help="Show one MapTask's progress.")
@@ -52,9 +60,13 @@ def get_cmd(name: str, namespace: str | None) -> None:
     body = _task(cluster, name)
     status = MapTaskStatus.model_validate(body.get("status") or {})
     spec = body.get("spec") or {}
-    click.echo(f"name:        {name}\nnamespace:   {cluster.namespace}\nmode:        {spec.get('mode')}")
+    click.echo(
+        f"name:        {name}\nnamespace:   {cluster.namespace}\nmode:        {spec.get('mode')}"
+    )
     click.echo(f"phase:       {status.phase.value}")
-    click.echo(f"progress:    {status.succeeded}/{status.total} succeeded, {status.failed} failed, {status.active} pods active")
+    click.echo(
+        f"progress:    {status.succeeded}/{status.total} succeeded, {status.failed} failed, {status.active} pods active"
+    )
     if status.succeeded_indexes:
         click.echo(f"succeeded:   {_short(status.succeeded_indexes)}")
     if status.failed_indexes:
@@ -82,8 +94,16 @@ def list_cmd(namespace: str | None) -> None:
     for item in cluster.list():
         st = MapTaskStatus.model_validate(item.get("status") or {})
         total = st.total or (item.get("spec") or {}).get("count") or 0
-        rows.append((item["metadata"]["name"], str((item.get("spec") or {}).get("mode", "")), st.phase.value,
-                     f"{st.succeeded}/{total}", str(st.failed), str(st.active)))
+        rows.append(
+            (
+                item["metadata"]["name"],
+                str((item.get("spec") or {}).get("mode", "")),
+                st.phase.value,
+                f"{st.succeeded}/{total}",
+                str(st.failed),
+                str(st.active),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -91,15 +111,21 @@ def list_cmd(namespace: str | None) -> None:
 
 @click.command("logs", short_help="Print the logs of a MapTask's pods.")
 @click.argument("name")
-@click.option("--index", "index", type=int, default=None, help="Only the latest pod that ran this index.")
+@click.option(
+    "--index", "index", type=int, default=None, help="Only the latest pod that ran this index."
+)
 @NAMESPACE
 def logs_cmd(name: str, index: int | None, namespace: str | None) -> None:
     """Logs of the pods of MapTask NAME that still exist (running, and failed ones kept for
     their logs; succeeded pods are removed once recorded)."""
     cluster = Cluster.connect(namespace)
     _task(cluster, name)
-    pods = cluster.call("list pods", cluster.core.list_namespaced_pod, cluster.namespace,
-                        label_selector=f"{LABEL_TASK}={_label(name)}").items
+    pods = cluster.call(
+        "list pods",
+        cluster.core.list_namespaced_pod,
+        cluster.namespace,
+        label_selector=f"{LABEL_TASK}={_label(name)}",
+    ).items
     chosen = []
     for pod in pods:
         meta = pod.metadata
@@ -112,12 +138,16 @@ def logs_cmd(name: str, index: int | None, namespace: str | None) -> None:
         chosen = sorted(chosen, key=lambda c: c[1])[-1:]
     if not chosen:
         where = f"index {index}" if index is not None else "this task"
-        _fail(f"no pod of {where} exists any more (succeeded pods are removed); "
-              f"for function-mode failures see `kubemap results {name}`")
+        _fail(
+            f"no pod of {where} exists any more (succeeded pods are removed); "
+            f"for function-mode failures see `kubemap results {name}`"
+        )
     for start, attempt, pod_name in sorted(chosen):
         click.echo(f"==> {pod_name} (index {start}, attempt {attempt}) <==")
         try:
-            text = cluster.call("read logs", cluster.core.read_namespaced_pod_log, pod_name, cluster.namespace)
+            text = cluster.call(
+                "read logs", cluster.core.read_namespaced_pod_log, pod_name, cluster.namespace
+            )
         except Exception as exc:  # a pod that never started has no logs: say so, go on
             text = f"(no logs: {getattr(exc, 'reason', exc)})\n"
         click.echo(str(text), nl=not str(text).endswith("\n"))
@@ -148,7 +178,9 @@ def results_cmd(name: str, namespace: str | None, store: str | None) -> None:
         body = _task(cluster, name)
         store = ((body.get("spec") or {}).get("store") or {}).get("url")
         if not store:
-            _fail(f"MapTask {name} has no spec.store (container mode keeps no results); pass --store")
+            _fail(
+                f"MapTask {name} has no spec.store (container mode keeps no results); pass --store"
+            )
     run = MapRun.attach(name, store=store)
     values = run.results(partial=True)
     for value in values:
@@ -158,13 +190,18 @@ def results_cmd(name: str, namespace: str | None, store: str | None) -> None:
             click.echo(json.dumps(repr(value)))
     failures = run.failures()
     for idx, failure in failures.items():
-        click.echo(f"--- index {idx}: {failure.type}: {failure.message}\n{failure.traceback.rstrip()}", err=True)
+        click.echo(
+            f"--- index {idx}: {failure.type}: {failure.message}\n{failure.traceback.rstrip()}",
+            err=True,
+        )
     if failures:
         sys.exit(1)
 
 
 @click.command("crd", short_help="Print the MapTask CRD generated from the models.")
-@click.option("--check", is_flag=True, help=f"Compare with {CRD_FILE.name} instead; exit 1 if they differ.")
+@click.option(
+    "--check", is_flag=True, help=f"Compare with {CRD_FILE.name} instead; exit 1 if they differ."
+)
 def crd_cmd(check: bool) -> None:
     text = render_crd()
     if not check:
@@ -173,7 +210,9 @@ def crd_cmd(check: bool) -> None:
     if not CRD_FILE.is_file():
         _fail(f"{CRD_FILE} not found: run from a kubemap checkout")
     if CRD_FILE.read_text() != text:
-        _fail(f"{CRD_FILE} differs from the models: regenerate it with `kubemap crd > crds/maptask.yaml`")
+        _fail(
+            f"{CRD_FILE} differs from the models: regenerate it with `kubemap crd > crds/maptask.yaml`"
+        )
     click.echo(f"{CRD_FILE} is up to date")
 
 

@@ -78,7 +78,6 @@ DOCS: dict[str, str] = {
 }
 
 
-
 class _Converter:
     def __init__(self, defs: dict[str, Any]) -> None:
         self.defs = defs
@@ -148,19 +147,30 @@ def _rule(rule: str, message: str, **extra: str) -> dict[str, str]:
 IMMUTABLE = ("mode", "count", "items", "itemsPerPod", "store", "template")
 
 SPEC_RULES = [
-    _rule("has(self.count) || has(self.items)", "give spec.count (number of indices) or spec.items (an inline list)"),
+    _rule(
+        "has(self.count) || has(self.items)",
+        "give spec.count (number of indices) or spec.items (an inline list)",
+    ),
     _rule(
         "!has(self.items) || !has(self.count) || self.count == size(self.items)",
         "spec.count differs from the number of spec.items: give only one of them",
     ),
-    _rule("self.mode != 'Function' || !has(self.items)",
-          "spec.items is for Container mode; Function mode reads its inputs from spec.store"),
-    _rule("self.mode != 'Function' || has(self.store)",
-          "Function mode needs spec.store.url, where the SDK uploaded fn.pkl and the inputs"),
-    _rule("self.mode != 'Container' || (has(self.template) && has(self.template.image))",
-          "Container mode needs spec.template.image"),
-    _rule("!has(self.maxFailedIndexes) || !has(self.count) || self.maxFailedIndexes <= self.count",
-          "spec.maxFailedIndexes cannot exceed spec.count"),
+    _rule(
+        "self.mode != 'Function' || !has(self.items)",
+        "spec.items is for Container mode; Function mode reads its inputs from spec.store",
+    ),
+    _rule(
+        "self.mode != 'Function' || has(self.store)",
+        "Function mode needs spec.store.url, where the SDK uploaded fn.pkl and the inputs",
+    ),
+    _rule(
+        "self.mode != 'Container' || (has(self.template) && has(self.template.image))",
+        "Container mode needs spec.template.image",
+    ),
+    _rule(
+        "!has(self.maxFailedIndexes) || !has(self.count) || self.maxFailedIndexes <= self.count",
+        "spec.maxFailedIndexes cannot exceed spec.count",
+    ),
     *[
         _rule(
             f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})",

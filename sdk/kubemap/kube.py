@@ -93,7 +93,9 @@ class Cluster:
             return fn(*args, **kwargs)
         except ApiException as exc:
             if exc.status == 404 and _missing_resource(exc):
-                raise ClusterError(f"the MapTask resource is not installed in the cluster at {self.host}: {INSTALL_HINT}") from None
+                raise ClusterError(
+                    f"the MapTask resource is not installed in the cluster at {self.host}: {INSTALL_HINT}"
+                ) from None
             raise
         except (HTTPError, OSError) as exc:
             raise ClusterError(
@@ -112,41 +114,75 @@ class Cluster:
 
     def get(self, name: str) -> dict[str, Any] | None:
         try:
-            body = self.call("read MapTask " + name, self.custom.get_namespaced_custom_object,
-                             GROUP, VERSION, self.namespace, PLURAL, name)
+            body = self.call(
+                "read MapTask " + name,
+                self.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                name,
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise ClusterError(f"reading MapTask {name} in {self.namespace} failed: {_message(exc)}") from None
+            raise ClusterError(
+                f"reading MapTask {name} in {self.namespace} failed: {_message(exc)}"
+            ) from None
         return dict(body)
 
     def list(self) -> list[dict[str, Any]]:
         try:
-            body = self.call("list MapTasks", self.custom.list_namespaced_custom_object,
-                             GROUP, VERSION, self.namespace, PLURAL)
+            body = self.call(
+                "list MapTasks",
+                self.custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+            )
         except ApiException as exc:
-            raise ClusterError(f"listing MapTasks in {self.namespace} failed: {_message(exc)}") from None
+            raise ClusterError(
+                f"listing MapTasks in {self.namespace} failed: {_message(exc)}"
+            ) from None
         return list(body.get("items") or [])
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
         try:
-            created = self.call("create MapTask " + name, self.custom.create_namespaced_custom_object,
-                                GROUP, VERSION, self.namespace, PLURAL, body)
+            created = self.call(
+                "create MapTask " + name,
+                self.custom.create_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                body,
+            )
         except ApiException as exc:
             if exc.status == 409:
                 raise ConfigError(
                     f"a MapTask named {name!r} already exists in namespace {self.namespace}: pick another "
                     f"name, or delete it with `kubectl delete mt {name} -n {self.namespace}`"
                 ) from None
-            raise ClusterError(f"creating MapTask {name} in {self.namespace} was refused: {_message(exc)}") from None
+            raise ClusterError(
+                f"creating MapTask {name} in {self.namespace} was refused: {_message(exc)}"
+            ) from None
         return dict(created)
 
     def suspend(self, name: str) -> None:
         try:
-            self.call("cancel MapTask " + name, self.custom.patch_namespaced_custom_object,
-                      GROUP, VERSION, self.namespace, PLURAL, name, {"spec": {"suspend": True}},
-                      _content_type="application/merge-patch+json")
+            self.call(
+                "cancel MapTask " + name,
+                self.custom.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                name,
+                {"spec": {"suspend": True}},
+                _content_type="application/merge-patch+json",
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise ClusterError(f"cancelling MapTask {name} failed: {_message(exc)}") from None
@@ -195,7 +231,12 @@ def build_maptask(name: str, store_url: str, total: int, options: RunOptions) ->
         store=StoreRef(url=base),
         template=template,
     )
-    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": spec.to_wire()}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name},
+        "spec": spec.to_wire(),
+    }
 
 
 def run_status(body: dict[str, Any] | None, total: int) -> RunStatus:
@@ -205,10 +246,18 @@ def run_status(body: dict[str, Any] | None, total: int) -> RunStatus:
     reason: str | None = None
     if status.phase in (Phase.FAILED, Phase.CANCELLED):
         cond = status.conditions[-1].reason if status.conditions else None
-        reason = REASONS.get(cond or "", REASON_CANCELLED if status.phase is Phase.CANCELLED else REASON_FAILED_INDEXES)
+        reason = REASONS.get(
+            cond or "",
+            REASON_CANCELLED if status.phase is Phase.CANCELLED else REASON_FAILED_INDEXES,
+        )
     return RunStatus(
-        phase=status.phase, total=status.total or total, succeeded=status.succeeded, failed=status.failed,
-        active=status.active, reason=reason, message=status.message,
+        phase=status.phase,
+        total=status.total or total,
+        succeeded=status.succeeded,
+        failed=status.failed,
+        active=status.active,
+        reason=reason,
+        message=status.message,
     )
 
 
@@ -264,8 +313,15 @@ class KubernetesBackend:
         _require_s3(store_url)
         cluster = Cluster.connect(options.namespace)
         try:
-            cluster.call("list MapTasks", cluster.custom.list_namespaced_custom_object,
-                         GROUP, VERSION, cluster.namespace, PLURAL, limit=1)
+            cluster.call(
+                "list MapTasks",
+                cluster.custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                cluster.namespace,
+                PLURAL,
+                limit=1,
+            )
         except ApiException as exc:
             raise ClusterError(
                 f"cannot list MapTasks in namespace {cluster.namespace} at {cluster.host}: "

@@ -110,7 +110,9 @@ class MapTaskSpec(_Wire):
     def _check_shape(self) -> MapTaskSpec:
         if self.items is not None:
             if self.mode is Mode.FUNCTION:
-                raise ValueError("items is for container mode; function mode reads inputs from the store")
+                raise ValueError(
+                    "items is for container mode; function mode reads inputs from the store"
+                )
             if self.count is not None and self.count != len(self.items):
                 raise ValueError(
                     f"count ({self.count}) differs from len(items) ({len(self.items)}): give one of them"
@@ -118,7 +120,9 @@ class MapTaskSpec(_Wire):
         elif self.count is None:
             raise ValueError("give count (number of indices) or items (inline list)")
         if self.mode is Mode.FUNCTION and self.store is None:
-            raise ValueError("function mode needs store.url, where the SDK uploaded fn.pkl and inputs")
+            raise ValueError(
+                "function mode needs store.url, where the SDK uploaded fn.pkl and inputs"
+            )
         if self.mode is Mode.CONTAINER and not self.template.image:
             raise ValueError("container mode needs template.image")
         return self
@@ -169,7 +173,9 @@ class RunOptions(BaseModel):
     timeout: float | None = Field(default=None, gt=0)
     backend: Literal["local", "kubernetes"] = "local"
     store: str | None = None
-    name: str | None = Field(default=None, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    name: str | None = Field(
+        default=None, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+    )
     # Kubernetes backend only
     image: str | None = None
     namespace: str | None = None

@@ -104,9 +104,7 @@ class IndexRanges:
             yield from range(lo, hi)
 
     def __str__(self) -> str:
-        return ",".join(
-            str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in self.intervals
-        )
+        return ",".join(str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in self.intervals)
 
     # -- algebra -------------------------------------------------------------------
     def union(self, other: IndexRanges) -> IndexRanges:

@@ -38,7 +38,9 @@ def _unavailable() -> str | None:
     else:
         try:
             config.load_kube_config()
-            client.ApiextensionsV1Api().read_custom_resource_definition("maptasks.kubemap.io", _request_timeout=5)
+            client.ApiextensionsV1Api().read_custom_resource_definition(
+                "maptasks.kubemap.io", _request_timeout=5
+            )
         except ApiException as exc:
             reason = f"the MapTask CRD is not installed ({exc.status})"
         except Exception as exc:  # unreachable server, bad kubeconfig
@@ -64,7 +66,9 @@ def custom(api: client.ApiClient) -> client.CustomObjectsApi:
 
 
 @pytest.fixture(scope="session")
-def operator(core: client.CoreV1Api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def operator(
+    core: client.CoreV1Api, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator]:
     local = os.environ.get("KUBEMAP_E2E_LOCAL_OPERATOR") == "1"
     op = Operator(core, local, tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()

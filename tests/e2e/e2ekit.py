@@ -34,12 +34,22 @@ class Operator:
     def start(self) -> None:
         if not self.local:
             return
-        env = {**os.environ, "KUBEMAP_METRICS_PORT": "0", "KUBEMAP_LIVENESS_PORT": "0",
-               "KUBEMAP_LISTEN_ADDRESS": "127.0.0.1", "KUBEMAP_RECONCILE_INTERVAL": "2"}
+        env = {
+            **os.environ,
+            "KUBEMAP_METRICS_PORT": "0",
+            "KUBEMAP_LIVENESS_PORT": "0",
+            "KUBEMAP_LISTEN_ADDRESS": "127.0.0.1",
+            "KUBEMAP_RECONCILE_INTERVAL": "2",
+        }
         env.setdefault("KUBEMAP_S3_ENDPOINT", os.environ.get("AWS_ENDPOINT_URL_S3", ""))
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "kubemap_operator"], env=env,
-                                         stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kubemap_operator"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -58,15 +68,24 @@ class Operator:
             self.proc.wait()
             self.start()
             return
-        pods = self.core.list_namespaced_pod(OPERATOR_NAMESPACE, label_selector=OPERATOR_SELECTOR).items
+        pods = self.core.list_namespaced_pod(
+            OPERATOR_NAMESPACE, label_selector=OPERATOR_SELECTOR
+        ).items
         assert pods, f"no operator pod in {OPERATOR_NAMESPACE} ({OPERATOR_SELECTOR})"
         old = {p.metadata.name for p in pods}
         for pod in pods:
-            self.core.delete_namespaced_pod(pod.metadata.name, OPERATOR_NAMESPACE, grace_period_seconds=0)
+            self.core.delete_namespaced_pod(
+                pod.metadata.name, OPERATOR_NAMESPACE, grace_period_seconds=0
+            )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            fresh = [p for p in self.core.list_namespaced_pod(OPERATOR_NAMESPACE, label_selector=OPERATOR_SELECTOR).items
-                     if p.metadata.name not in old and (p.status.phase == "Running")]
+            fresh = [
+                p
+                for p in self.core.list_namespaced_pod(
+                    OPERATOR_NAMESPACE, label_selector=OPERATOR_SELECTOR
+                ).items
+                if p.metadata.name not in old and (p.status.phase == "Running")
+            ]
             if fresh:
                 return
             time.sleep(0.5)
@@ -75,14 +94,20 @@ class Operator:
 
 def get_task(custom: client.CustomObjectsApi, name: str) -> dict[str, Any] | None:
     try:
-        return dict(custom.get_namespaced_custom_object("kubemap.io", "v1alpha1", NAMESPACE, "maptasks", name))
+        return dict(
+            custom.get_namespaced_custom_object(
+                "kubemap.io", "v1alpha1", NAMESPACE, "maptasks", name
+            )
+        )
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
 
 
-def wait_phase(custom: client.CustomObjectsApi, name: str, phases: set[str], timeout: float = 180) -> dict[str, Any]:
+def wait_phase(
+    custom: client.CustomObjectsApi, name: str, phases: set[str], timeout: float = 180
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     body: dict[str, Any] | None = None
     while time.monotonic() < deadline:
@@ -90,7 +115,9 @@ def wait_phase(custom: client.CustomObjectsApi, name: str, phases: set[str], tim
         if body and (body.get("status") or {}).get("phase") in phases:
             return body
         time.sleep(0.5)
-    raise AssertionError(f"MapTask {name} not in {phases} after {timeout}s: {json.dumps((body or {}).get('status'))}")
+    raise AssertionError(
+        f"MapTask {name} not in {phases} after {timeout}s: {json.dumps((body or {}).get('status'))}"
+    )
 
 
 def task_pods(core: client.CoreV1Api, name: str) -> list[Any]:
@@ -124,12 +151,19 @@ class PodWatch:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                for event in self._watch.stream(self.core.list_namespaced_pod, NAMESPACE,
-                                                label_selector=f"kubemap.io/task={self.task}", timeout_seconds=30):
+                for event in self._watch.stream(
+                    self.core.list_namespaced_pod,
+                    NAMESPACE,
+                    label_selector=f"kubemap.io/task={self.task}",
+                    timeout_seconds=30,
+                ):
                     pod = event["object"]
                     name = pod.metadata.name
                     self.seen.add(name)
-                    live = event["type"] != "DELETED" and pod.status.phase not in ("Succeeded", "Failed")
+                    live = event["type"] != "DELETED" and pod.status.phase not in (
+                        "Succeeded",
+                        "Failed",
+                    )
                     self.active[name] = live
                     self.most_active = max(self.most_active, sum(self.active.values()))
                     if self._stop.is_set():
@@ -141,7 +175,9 @@ class PodWatch:
 
 
 def kubectl() -> str:
-    found = subprocess.run([str(REPO / "tests" / "tools" / "kube-tools")], capture_output=True, text=True)
+    found = subprocess.run(
+        [str(REPO / "tests" / "tools" / "kube-tools")], capture_output=True, text=True
+    )
     if found.returncode == 0 and found.stdout.strip():
         path = Path(found.stdout.strip().splitlines()[-1]) / "kubectl"
         if path.is_file():

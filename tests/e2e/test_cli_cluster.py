@@ -13,7 +13,11 @@ from click.testing import CliRunner
 from e2ekit import NAMESPACE, Operator
 from kubemap.cli import main
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300), pytest.mark.usefixtures("kubemap_installed")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(300),
+    pytest.mark.usefixtures("kubemap_installed"),
+]
 
 
 def cli(*args: str) -> tuple[int, str, str]:
@@ -29,12 +33,24 @@ def test_get_list_results_logs_cancel(operator: Operator, unique: Callable[[str]
 
     store = os.environ["KUBEMAP_STORE"]
     name = unique("cli")
-    run = kubemap.submit(half, range(5), backend="kubernetes", namespace=NAMESPACE, store=store, name=name,
-                         min_success_ratio=0.5)
+    run = kubemap.submit(
+        half,
+        range(5),
+        backend="kubernetes",
+        namespace=NAMESPACE,
+        store=store,
+        name=name,
+        min_success_ratio=0.5,
+    )
     run.wait(timeout=120)
 
     code, out, _ = cli("get", name, "-n", NAMESPACE)
-    assert code == 0 and "phase:       Succeeded" in out and "4/5 succeeded, 1 failed" in out and "failed:      3" in out
+    assert (
+        code == 0
+        and "phase:       Succeeded" in out
+        and "4/5 succeeded, 1 failed" in out
+        and "failed:      3" in out
+    )
 
     code, out, _ = cli("list", "-n", NAMESPACE)
     row = next(line for line in out.splitlines() if line.startswith(name))
@@ -56,7 +72,9 @@ def test_get_list_results_logs_cancel(operator: Operator, unique: Callable[[str]
         return x
 
     other = unique("cli-cancel")
-    run = kubemap.submit(slow, range(3), backend="kubernetes", namespace=NAMESPACE, store=store, name=other)
+    run = kubemap.submit(
+        slow, range(3), backend="kubernetes", namespace=NAMESPACE, store=store, name=other
+    )
     code, out, _ = cli("cancel", other, "-n", NAMESPACE)
     assert code == 0 and "cancelled" in out
     assert run.wait(timeout=60).phase.value == "Cancelled"

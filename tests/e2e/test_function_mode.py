@@ -12,15 +12,27 @@ import pytest
 from e2ekit import NAMESPACE, Operator, PodWatch, get_task
 from kubernetes import client
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600), pytest.mark.usefixtures("kubemap_installed")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(600),
+    pytest.mark.usefixtures("kubemap_installed"),
+]
 
 
 def opts(**kw: Any) -> dict[str, Any]:
-    return {"backend": "kubernetes", "namespace": NAMESPACE, "store": os.environ.get("KUBEMAP_STORE"), **kw}
+    return {
+        "backend": "kubernetes",
+        "namespace": NAMESPACE,
+        "store": os.environ.get("KUBEMAP_STORE"),
+        **kw,
+    }
 
 
 def test_map_runs_on_the_cluster_within_parallelism(
-    core: client.CoreV1Api, custom: client.CustomObjectsApi, operator: Operator, unique: Callable[[str], str]
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    operator: Operator,
+    unique: Callable[[str], str],
 ) -> None:
     def slow_square(x: int) -> int:
         time.sleep(0.5)
@@ -29,20 +41,28 @@ def test_map_runs_on_the_cluster_within_parallelism(
     name = unique("squares")
     with PodWatch(core, name) as pods:
         started = time.monotonic()
-        run = kubemap.submit(slow_square, range(12), **opts(name=name, parallelism=3, items_per_pod=2))
+        run = kubemap.submit(
+            slow_square, range(12), **opts(name=name, parallelism=3, items_per_pod=2)
+        )
         assert run.name == name
         status = run.wait(timeout=300)
         elapsed = time.monotonic() - started
         results = run.results()
     assert status.phase.value == "Succeeded" and results == [x * x for x in range(12)]
-    assert pods.seen == {f"{name}-{i}-0" for i in range(0, 12, 2)}, pods.seen  # one pod per chunk, none twice
+    assert pods.seen == {f"{name}-{i}-0" for i in range(0, 12, 2)}, (
+        pods.seen
+    )  # one pod per chunk, none twice
     assert 1 <= pods.most_active <= 3
     body = get_task(custom, name)
     assert body is not None and body["status"]["succeededIndexes"] == "0-11"
-    print(f"\n12 items, 6 pods, parallelism 3: {elapsed:.1f}s end to end; most pods at once: {pods.most_active}")
+    print(
+        f"\n12 items, 6 pods, parallelism 3: {elapsed:.1f}s end to end; most pods at once: {pods.most_active}"
+    )
 
 
-def test_flaky_index_is_retried(operator: Operator, unique: Callable[[str], str], custom: client.CustomObjectsApi) -> None:
+def test_flaky_index_is_retried(
+    operator: Operator, unique: Callable[[str], str], custom: client.CustomObjectsApi
+) -> None:
     def flaky(x: int) -> int:
         if x == 3 and os.environ.get("KUBEMAP_ATTEMPT") == "0":
             raise RuntimeError("first attempt of index 3 fails")
@@ -56,7 +76,10 @@ def test_flaky_index_is_retried(operator: Operator, unique: Callable[[str], str]
 
 
 def test_failing_index_reports_its_traceback(
-    operator: Operator, unique: Callable[[str], str], core: client.CoreV1Api, custom: client.CustomObjectsApi
+    operator: Operator,
+    unique: Callable[[str], str],
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
 ) -> None:
     def picky(x: int) -> int:
         if x == 2:
@@ -70,14 +93,25 @@ def test_failing_index_reports_its_traceback(
     assert failure.type == "ValueError" and "cannot take 2" in failure.message
     assert "raise ValueError" in failure.traceback
     body = get_task(custom, name)
-    assert body is not None and body["status"]["phase"] == "Failed" and body["status"]["failedIndexes"] == "2"
-    reasons = {e.reason for e in core.list_namespaced_event(
-        NAMESPACE, field_selector=f"involvedObject.name={name}").items}
+    assert (
+        body is not None
+        and body["status"]["phase"] == "Failed"
+        and body["status"]["failedIndexes"] == "2"
+    )
+    reasons = {
+        e.reason
+        for e in core.list_namespaced_event(
+            NAMESPACE, field_selector=f"involvedObject.name={name}"
+        ).items
+    }
     assert "IndexFailed" in reasons, reasons
 
 
 def test_cancel_stops_the_run(
-    operator: Operator, unique: Callable[[str], str], core: client.CoreV1Api, custom: client.CustomObjectsApi
+    operator: Operator,
+    unique: Callable[[str], str],
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
 ) -> None:
     def sleepy(x: int) -> int:
         time.sleep(60)
@@ -100,7 +134,10 @@ def test_cancel_stops_the_run(
 
 
 def test_operator_restart_mid_run_counts_every_index_once(
-    operator: Operator, unique: Callable[[str], str], core: client.CoreV1Api, custom: client.CustomObjectsApi
+    operator: Operator,
+    unique: Callable[[str], str],
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
 ) -> None:
     def steady(x: int) -> int:
         time.sleep(1.5)
@@ -119,14 +156,21 @@ def test_operator_restart_mid_run_counts_every_index_once(
     assert status.phase.value == "Succeeded" and status.succeeded == 16
     assert results == [-x for x in range(16)]
     body = get_task(custom, name)
-    assert body is not None and body["status"]["succeededIndexes"] == "0-15" and body["status"]["succeeded"] == 16
+    assert (
+        body is not None
+        and body["status"]["succeededIndexes"] == "0-15"
+        and body["status"]["succeeded"] == 16
+    )
     # Every index ran in exactly one pod: the restarted operator re-created nothing.
     assert pods.seen == {f"{name}-{i}-0" for i in range(16)}, sorted(pods.seen)
     assert pods.most_active <= 4
 
 
 def test_repeated_operator_kills_during_retries_lose_and_repeat_nothing(
-    operator: Operator, unique: Callable[[str], str], core: client.CoreV1Api, custom: client.CustomObjectsApi
+    operator: Operator,
+    unique: Callable[[str], str],
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
 ) -> None:
     def every_fifth_flaky(x: int) -> int:
         time.sleep(0.5)
@@ -136,7 +180,9 @@ def test_repeated_operator_kills_during_retries_lose_and_repeat_nothing(
 
     name = unique("chaos")
     with PodWatch(core, name) as pods:
-        run = kubemap.submit(every_fifth_flaky, range(20), **opts(name=name, parallelism=5, retries=1))
+        run = kubemap.submit(
+            every_fifth_flaky, range(20), **opts(name=name, parallelism=5, retries=1)
+        )
         for _ in range(3):
             time.sleep(4)
             operator.kill_and_restart()

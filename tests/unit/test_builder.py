@@ -18,7 +18,9 @@ SETTINGS = Settings(s3_endpoint="http://127.0.0.1:8333", worker_image="kubemap:t
 
 
 def env_of(pod: dict[str, Any]) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]}
+    return {
+        e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]
+    }
 
 
 @pytest.mark.parametrize(
@@ -42,7 +44,9 @@ def test_long_names_are_cut_with_a_hash_and_stay_unique() -> None:
 
 
 def test_function_mode_pod() -> None:
-    spec = MapTaskSpec.model_validate({"mode": "Function", "count": 100, "store": {"url": "s3://b/tasks"}})
+    spec = MapTaskSpec.model_validate(
+        {"mode": "Function", "count": 100, "store": {"url": "s3://b/tasks"}}
+    )
     pod = build_pod(TASK, spec, PodRequest(10, 5, attempt=2, failures=1), SETTINGS)
     meta = pod["metadata"]
     assert meta["name"] == "squares-10-2"
@@ -57,22 +61,38 @@ def test_function_mode_pod() -> None:
     assert container["image"] == "kubemap:test"
     env = env_of(pod)
     assert env["KUBEMAP_TASK_URL"] == "s3://b/tasks/squares"
-    assert (env["KUBEMAP_INDEX"], env["KUBEMAP_COUNT"], env["KUBEMAP_TOTAL"], env["KUBEMAP_ATTEMPT"]) == ("10", "5", "100", "2")
+    assert (
+        env["KUBEMAP_INDEX"],
+        env["KUBEMAP_COUNT"],
+        env["KUBEMAP_TOTAL"],
+        env["KUBEMAP_ATTEMPT"],
+    ) == ("10", "5", "100", "2")
     assert env["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:8333"
-    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "kubemap-s3", "key": "AWS_ACCESS_KEY_ID"}}
+    assert env["AWS_ACCESS_KEY_ID"] == {
+        "secretKeyRef": {"name": "kubemap-s3", "key": "AWS_ACCESS_KEY_ID"}
+    }
     assert pod["spec"]["restartPolicy"] == "Never"
     assert container["securityContext"]["runAsNonRoot"] is True
     assert pod["spec"]["automountServiceAccountToken"] is False
 
 
 def test_container_mode_items_and_template_win() -> None:
-    spec = MapTaskSpec.model_validate({
-        "count": 3, "items": ["a", "b c", "d"], "itemsPerPod": 2,
-        "template": {"image": "busybox", "command": ["sh", "-c", "echo $KUBEMAP_ITEM"],
-                     "env": [{"name": "X", "value": "1"}], "resources": {"limits": {"cpu": "1"}},
-                     "nodeSelector": {"k": "v"}, "labels": {LABEL_TASK: "spoofed", "team": "a"}},
-        "store": {"url": "s3://b/p", "secretName": "mine", "endpoint": "http://s3"},
-    })
+    spec = MapTaskSpec.model_validate(
+        {
+            "count": 3,
+            "items": ["a", "b c", "d"],
+            "itemsPerPod": 2,
+            "template": {
+                "image": "busybox",
+                "command": ["sh", "-c", "echo $KUBEMAP_ITEM"],
+                "env": [{"name": "X", "value": "1"}],
+                "resources": {"limits": {"cpu": "1"}},
+                "nodeSelector": {"k": "v"},
+                "labels": {LABEL_TASK: "spoofed", "team": "a"},
+            },
+            "store": {"url": "s3://b/p", "secretName": "mine", "endpoint": "http://s3"},
+        }
+    )
     pod = build_pod(TASK, spec, PodRequest(1, 2), SETTINGS)
     env = env_of(pod)
     assert env["KUBEMAP_ITEM"] == "b c" and json.loads(env["KUBEMAP_ITEMS"]) == ["b c", "d"]
@@ -81,13 +101,21 @@ def test_container_mode_items_and_template_win() -> None:
     c = pod["spec"]["containers"][0]
     assert c["command"][0] == "sh" and c["resources"] == {"limits": {"cpu": "1"}}
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert pod["metadata"]["labels"][LABEL_TASK] == "squares" and pod["metadata"]["labels"]["team"] == "a"
+    assert (
+        pod["metadata"]["labels"][LABEL_TASK] == "squares"
+        and pod["metadata"]["labels"]["team"] == "a"
+    )
     assert pod["spec"]["nodeSelector"] == {"k": "v"}
 
 
 def test_settings_from_env_and_errors() -> None:
-    s = Settings.from_env({"KUBEMAP_WATCH_NAMESPACES": "a, b", "KUBEMAP_POD_CREATE_QPS": "5",
-                           "KUBEMAP_WORKER_POD_DEFAULTS": '{"resources": {"requests": {"cpu": "10m"}}}'})
+    s = Settings.from_env(
+        {
+            "KUBEMAP_WATCH_NAMESPACES": "a, b",
+            "KUBEMAP_POD_CREATE_QPS": "5",
+            "KUBEMAP_WORKER_POD_DEFAULTS": '{"resources": {"requests": {"cpu": "10m"}}}',
+        }
+    )
     assert s.watch_namespaces == ("a", "b") and s.pod_create_qps == 5.0
     assert s.worker_pod_defaults == {"resources": {"requests": {"cpu": "10m"}}}
     with pytest.raises(ValueError, match="KUBEMAP_POD_CREATE_QPS"):
@@ -101,11 +129,29 @@ def test_built_pod_round_trips_through_observation() -> None:
 
     spec = MapTaskSpec.model_validate({"count": 9, "template": {"image": "busybox"}})
     pod = build_pod(TASK, spec, PodRequest(4, 3, attempt=1, failures=1, infra_failures=2), SETTINGS)
-    pod["status"] = {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {
-        "exitCode": 3, "finishedAt": "2026-01-01T00:00:00Z", "message": '{"v":1,"succeeded":"4","failed":"5-6"}'}}}]}
+    pod["status"] = {
+        "phase": "Failed",
+        "containerStatuses": [
+            {
+                "state": {
+                    "terminated": {
+                        "exitCode": 3,
+                        "finishedAt": "2026-01-01T00:00:00Z",
+                        "message": '{"v":1,"succeeded":"4","failed":"5-6"}',
+                    }
+                }
+            }
+        ],
+    }
     seen = observe_pod(pod, datetime(2026, 1, 1, tzinfo=UTC))
     assert seen is not None
-    assert (seen.start, seen.count, seen.attempt, seen.failures, seen.infra_failures) == (4, 3, 1, 1, 2)
+    assert (seen.start, seen.count, seen.attempt, seen.failures, seen.infra_failures) == (
+        4,
+        3,
+        1,
+        1,
+        2,
+    )
     assert seen.report is not None and str(seen.report.failed) == "5-6" and seen.exit_code == 3
     assert seen.has_finalizer and seen.infra_reason is None
 
@@ -116,34 +162,71 @@ def test_built_pod_round_trips_through_observation() -> None:
         ({"phase": "Running"}, {}, "active", False),
         ({"phase": "Succeeded"}, {}, "succeeded", False),
         ({"phase": "Failed", "reason": "Evicted"}, {}, "failed", True),
-        ({"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True"}]}, {}, "failed", True),
+        (
+            {"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {},
+            "failed",
+            True,
+        ),
         ({"phase": "Running"}, {"deletionTimestamp": "2026-01-01T00:00:00Z"}, "active", False),
-        ({"phase": "Running"}, {"deletionTimestamp": "2025-12-31T00:00:00Z"}, "failed", True),  # node lost
+        (
+            {"phase": "Running"},
+            {"deletionTimestamp": "2025-12-31T00:00:00Z"},
+            "failed",
+            True,
+        ),  # node lost
     ],
 )
-def test_observed_states(status: dict[str, Any], meta: dict[str, Any], state: str, infra: bool) -> None:
+def test_observed_states(
+    status: dict[str, Any], meta: dict[str, Any], state: str, infra: bool
+) -> None:
     from datetime import UTC, datetime
 
     pod = {"metadata": {"name": "p", "labels": {LABEL_INDEX: "0"}, **meta}, "status": status}
     seen = observe_pod(pod, datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC))
-    assert seen is not None and seen.state.value == state and (seen.infra_reason is not None) is infra
+    assert (
+        seen is not None and seen.state.value == state and (seen.infra_reason is not None) is infra
+    )
 
 
 def test_sdk_builds_a_function_mode_maptask() -> None:
     from kubemap.kube import build_maptask
     from kubemap.models import RunOptions
 
-    body = build_maptask("sq-1", "s3://bucket/runs/sq-1", 100, RunOptions(
-        backend="kubernetes", parallelism=7, items_per_pod=5, retries=2, min_success_ratio=0.9, timeout=30.5,
-        image="img:1", env={"A": "1"}, resources={"limits": {"cpu": "1"}}, node_selector={"n": "x"},
-        service_account="sa"))
+    body = build_maptask(
+        "sq-1",
+        "s3://bucket/runs/sq-1",
+        100,
+        RunOptions(
+            backend="kubernetes",
+            parallelism=7,
+            items_per_pod=5,
+            retries=2,
+            min_success_ratio=0.9,
+            timeout=30.5,
+            image="img:1",
+            env={"A": "1"},
+            resources={"limits": {"cpu": "1"}},
+            node_selector={"n": "x"},
+            service_account="sa",
+        ),
+    )
     spec = body["spec"]
     assert body["metadata"] == {"name": "sq-1"} and body["kind"] == "MapTask"
-    assert spec["mode"] == "Function" and spec["count"] == 100 and spec["store"] == {"url": "s3://bucket/runs"}
+    assert (
+        spec["mode"] == "Function"
+        and spec["count"] == 100
+        and spec["store"] == {"url": "s3://bucket/runs"}
+    )
     assert (spec["parallelism"], spec["itemsPerPod"], spec["backoffLimitPerIndex"]) == (7, 5, 2)
     assert spec["minSuccessRatio"] == 0.9 and spec["activeDeadlineSeconds"] == 31
-    assert spec["template"] == {"image": "img:1", "env": [{"name": "A", "value": "1"}], "resources": {"limits": {"cpu": "1"}},
-                                "nodeSelector": {"n": "x"}, "serviceAccountName": "sa"}
+    assert spec["template"] == {
+        "image": "img:1",
+        "env": [{"name": "A", "value": "1"}],
+        "resources": {"limits": {"cpu": "1"}},
+        "nodeSelector": {"n": "x"},
+        "serviceAccountName": "sa",
+    }
     with pytest.raises(ValueError, match="needs an S3 store"):
         build_maptask("x", "file:///tmp/store/x", 1, RunOptions())
 
@@ -153,17 +236,45 @@ def test_sdk_builds_a_function_mode_maptask() -> None:
     [
         ({"phase": "Running", "succeeded": 3, "total": 9, "active": 2}, "Running", None),
         ({"phase": "Succeeded", "succeeded": 9, "total": 9}, "Succeeded", None),
-        ({"phase": "Failed", "failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]},
-         "Failed", "DeadlineExceeded"),
-        ({"phase": "Failed", "failed": 2, "conditions": [{"type": "Failed", "status": "True", "reason": "FailedIndexes"}]},
-         "Failed", "FailedIndexes"),
-        ({"phase": "Cancelled", "conditions": [{"type": "Suspended", "status": "True", "reason": "Suspended"}]},
-         "Cancelled", "Cancelled"),
-        ({"phase": "Failed", "conditions": [{"type": "Failed", "status": "True", "reason": "UsageError"}]},
-         "Failed", "InfrastructureError"),
+        (
+            {
+                "phase": "Failed",
+                "failed": 1,
+                "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}],
+            },
+            "Failed",
+            "DeadlineExceeded",
+        ),
+        (
+            {
+                "phase": "Failed",
+                "failed": 2,
+                "conditions": [{"type": "Failed", "status": "True", "reason": "FailedIndexes"}],
+            },
+            "Failed",
+            "FailedIndexes",
+        ),
+        (
+            {
+                "phase": "Cancelled",
+                "conditions": [{"type": "Suspended", "status": "True", "reason": "Suspended"}],
+            },
+            "Cancelled",
+            "Cancelled",
+        ),
+        (
+            {
+                "phase": "Failed",
+                "conditions": [{"type": "Failed", "status": "True", "reason": "UsageError"}],
+            },
+            "Failed",
+            "InfrastructureError",
+        ),
     ],
 )
-def test_sdk_reads_run_status_from_the_maptask(status: dict[str, Any], phase: str, reason: str | None) -> None:
+def test_sdk_reads_run_status_from_the_maptask(
+    status: dict[str, Any], phase: str, reason: str | None
+) -> None:
     from kubemap.kube import run_status
 
     got = run_status({"status": status}, total=9)

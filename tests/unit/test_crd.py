@@ -27,7 +27,9 @@ def schema() -> dict[str, Any]:
 
 
 def test_file_matches_the_models() -> None:
-    assert CRD_FILE.read_text() == render_crd(), "crds/maptask.yaml drifted: run `kubemap crd > crds/maptask.yaml`"
+    assert CRD_FILE.read_text() == render_crd(), (
+        "crds/maptask.yaml drifted: run `kubemap crd > crds/maptask.yaml`"
+    )
 
 
 def test_schema_is_structural_and_bounded() -> None:
@@ -51,7 +53,14 @@ def test_rules_printer_columns_and_names() -> None:
     assert crd["metadata"]["name"] == "maptasks.kubemap.io"
     assert crd["spec"]["names"]["shortNames"] == ["mt"]
     assert version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Phase", "Succeeded", "Total", "Failed", "Active", "Age"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "Phase",
+        "Succeeded",
+        "Total",
+        "Failed",
+        "Active",
+        "Age",
+    ]
     rules = schema()["properties"]["spec"]["x-kubernetes-validations"]
     text = " ".join(r["rule"] for r in rules)
     for field in IMMUTABLE:
@@ -59,7 +68,10 @@ def test_rules_printer_columns_and_names() -> None:
     assert all(r["message"] for r in rules)
     env = schema()["properties"]["spec"]["properties"]["template"]["properties"]["env"]
     assert env["items"]["x-kubernetes-preserve-unknown-fields"] is True
-    assert "TooManyFailedRanges" in schema()["properties"]["status"]["properties"]["failedIndexes"]["description"]
+    assert (
+        "TooManyFailedRanges"
+        in schema()["properties"]["status"]["properties"]["failedIndexes"]["description"]
+    )
 
 
 def test_yaml_parses() -> None:

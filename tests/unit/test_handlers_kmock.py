@@ -32,18 +32,41 @@ class Cluster:
         self.custom = client.CustomObjectsApi(api)
 
     async def task(self, name: str) -> dict[str, Any]:
-        return dict(await asyncio.to_thread(
-            self.custom.get_namespaced_custom_object, "kubemap.io", "v1alpha1", NS, "maptasks", name))
+        return dict(
+            await asyncio.to_thread(
+                self.custom.get_namespaced_custom_object,
+                "kubemap.io",
+                "v1alpha1",
+                NS,
+                "maptasks",
+                name,
+            )
+        )
 
     async def pods(self) -> list[dict[str, Any]]:
         raw = await asyncio.to_thread(self.core.list_namespaced_pod, NS, _preload_content=False)
         return list(json.loads(raw.data)["items"])
 
     async def set_phase(self, name: str, phase: str, exit_code: int = 0, message: str = "") -> None:
-        terminated = {"exitCode": exit_code, "finishedAt": "2026-01-01T00:00:00Z", "message": message}
-        patch = {"status": {"phase": phase, "containerStatuses": [{"name": "worker", "state": {"terminated": terminated}}]}}
-        await asyncio.to_thread(self.core.patch_namespaced_pod, name, NS, patch,
-                                _content_type="application/merge-patch+json", _preload_content=False)
+        terminated = {
+            "exitCode": exit_code,
+            "finishedAt": "2026-01-01T00:00:00Z",
+            "message": message,
+        }
+        patch = {
+            "status": {
+                "phase": phase,
+                "containerStatuses": [{"name": "worker", "state": {"terminated": terminated}}],
+            }
+        }
+        await asyncio.to_thread(
+            self.core.patch_namespaced_pod,
+            name,
+            NS,
+            patch,
+            _content_type="application/merge-patch+json",
+            _preload_content=False,
+        )
 
 
 async def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
@@ -61,13 +84,17 @@ async def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
 async def running_operator(settings: Settings) -> AsyncIterator[Cluster]:
     async with kmock.KubernetesEmulator() as mock, kmock.Server(mock) as server:
         mock.resources["kubemap.io/v1alpha1/maptasks"] = kmock.ResourceInfo(
-            kind="MapTask", namespaced=True, verbs=VERBS, subresources={"status"})
+            kind="MapTask", namespaced=True, verbs=VERBS, subresources={"status"}
+        )
         mock.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True, verbs=VERBS)
         mock.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True, verbs=VERBS)
         # kopf waits for these to be discoverable before it watches anything.
-        mock.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs=VERBS)
+        mock.resources["v1/namespaces"] = kmock.ResourceInfo(
+            kind="Namespace", namespaced=False, verbs=VERBS
+        )
         mock.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
-            kind="CustomResourceDefinition", namespaced=False, verbs=VERBS)
+            kind="CustomResourceDefinition", namespaced=False, verbs=VERBS
+        )
         url = str(server.url).rstrip("/")
         config = client.Configuration()
         config.host = url
@@ -90,8 +117,15 @@ async def running_operator(settings: Settings) -> AsyncIterator[Cluster]:
 
 def maptask(name: str, **spec: Any) -> dict[str, Any]:
     return {
-        "apiVersion": "kubemap.io/v1alpha1", "kind": "MapTask",
-        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1, "resourceVersion": "1"},
+        "apiVersion": "kubemap.io/v1alpha1",
+        "kind": "MapTask",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": f"uid-{name}",
+            "generation": 1,
+            "resourceVersion": "1",
+        },
         "spec": {"mode": "Container", "template": {"image": "busybox"}, **spec},
     }
 
@@ -100,17 +134,29 @@ def maptask(name: str, **spec: Any) -> dict[str, Any]:
 @pytest.mark.timeout(60)
 async def test_task_runs_to_success_within_parallelism() -> None:
     async with running_operator(Settings(reconcile_interval=1.0, metrics_port=0)) as cluster:
-        await asyncio.to_thread(cluster.custom.create_namespaced_custom_object, "kubemap.io", "v1alpha1", NS,
-                                "maptasks", maptask("squares", count=5, parallelism=2))
+        await asyncio.to_thread(
+            cluster.custom.create_namespaced_custom_object,
+            "kubemap.io",
+            "v1alpha1",
+            NS,
+            "maptasks",
+            maptask("squares", count=5, parallelism=2),
+        )
         most_active = 0
         seen: set[str] = set()
         for _ in range(200):
             pods = await cluster.pods()
-            active = [p for p in pods if (p.get("status") or {}).get("phase") in (None, "Pending", "Running")]
+            active = [
+                p
+                for p in pods
+                if (p.get("status") or {}).get("phase") in (None, "Pending", "Running")
+            ]
             most_active = max(most_active, len(active))
             for pod in active:
                 meta = pod["metadata"]
-                assert meta["labels"][LABEL_TASK] == "squares" and POD_FINALIZER in meta["finalizers"]
+                assert (
+                    meta["labels"][LABEL_TASK] == "squares" and POD_FINALIZER in meta["finalizers"]
+                )
                 assert meta["ownerReferences"][0]["uid"] == "uid-squares"
                 seen.add(meta["name"])
                 await cluster.set_phase(meta["name"], "Succeeded")
@@ -119,7 +165,11 @@ async def test_task_runs_to_success_within_parallelism() -> None:
                 break
             await asyncio.sleep(0.1)
         status = (await cluster.task("squares"))["status"]
-        assert status["phase"] == "Succeeded" and status["succeeded"] == 5 and status["succeededIndexes"] == "0-4"
+        assert (
+            status["phase"] == "Succeeded"
+            and status["succeeded"] == 5
+            and status["succeededIndexes"] == "0-4"
+        )
         assert seen == {f"squares-{i}-0" for i in range(5)}
         assert most_active <= 2
         assert await until(lambda: _no_pods(cluster))  # succeeded pods are removed promptly
@@ -134,8 +184,14 @@ async def _no_pods(cluster: Cluster) -> bool:
 async def test_failed_index_is_retried_then_reported() -> None:
     settings = Settings(reconcile_interval=1.0, metrics_port=0, backoff_base_seconds=0.2)
     async with running_operator(settings) as cluster:
-        await asyncio.to_thread(cluster.custom.create_namespaced_custom_object, "kubemap.io", "v1alpha1", NS,
-                                "maptasks", maptask("flaky", count=1, backoffLimitPerIndex=1))
+        await asyncio.to_thread(
+            cluster.custom.create_namespaced_custom_object,
+            "kubemap.io",
+            "v1alpha1",
+            NS,
+            "maptasks",
+            maptask("flaky", count=1, backoffLimitPerIndex=1),
+        )
 
         async def pod_named(name: str) -> bool:
             return any(p["metadata"]["name"] == name for p in await cluster.pods())
@@ -156,7 +212,9 @@ async def test_failed_index_is_retried_then_reported() -> None:
         assert "after 2 attempt(s)" in status["message"]
         # Failed pods stay for their logs, without the finalizer once recorded.
         await asyncio.sleep(0.5)
-        kept = {p["metadata"]["name"]: p["metadata"].get("finalizers") for p in await cluster.pods()}
+        kept = {
+            p["metadata"]["name"]: p["metadata"].get("finalizers") for p in await cluster.pods()
+        }
         assert kept == {"flaky-0-0": None, "flaky-0-1": None}
 
 
@@ -164,16 +222,29 @@ async def test_failed_index_is_retried_then_reported() -> None:
 @pytest.mark.timeout(60)
 async def test_suspend_cancels_and_deletes_pods() -> None:
     async with running_operator(Settings(reconcile_interval=1.0, metrics_port=0)) as cluster:
-        await asyncio.to_thread(cluster.custom.create_namespaced_custom_object, "kubemap.io", "v1alpha1", NS,
-                                "maptasks", maptask("long", count=10, parallelism=3))
+        await asyncio.to_thread(
+            cluster.custom.create_namespaced_custom_object,
+            "kubemap.io",
+            "v1alpha1",
+            NS,
+            "maptasks",
+            maptask("long", count=10, parallelism=3),
+        )
 
         async def three() -> bool:
             return len(await cluster.pods()) == 3
 
         await until(three)
-        await asyncio.to_thread(cluster.custom.patch_namespaced_custom_object, "kubemap.io", "v1alpha1", NS,
-                                "maptasks", "long", {"spec": {"suspend": True}},
-                                _content_type="application/merge-patch+json")
+        await asyncio.to_thread(
+            cluster.custom.patch_namespaced_custom_object,
+            "kubemap.io",
+            "v1alpha1",
+            NS,
+            "maptasks",
+            "long",
+            {"spec": {"suspend": True}},
+            _content_type="application/merge-patch+json",
+        )
 
         async def cancelled() -> bool:
             return ((await cluster.task("long")).get("status") or {}).get("phase") == "Cancelled"
@@ -188,7 +259,9 @@ async def test_suspend_cancels_and_deletes_pods() -> None:
 class FakeApi:
     """Records calls in order; create answers follow a script (e.g. 429 after two pods)."""
 
-    def __init__(self, task: dict[str, Any], pods: list[dict[str, Any]], throttle_after: int | None = None) -> None:
+    def __init__(
+        self, task: dict[str, Any], pods: list[dict[str, Any]], throttle_after: int | None = None
+    ) -> None:
         self.task = task
         self.pods = pods
         self.calls: list[str] = []
@@ -225,9 +298,20 @@ class FakeApi:
 
 
 def _succeeded_pod(name: str, index: int) -> dict[str, Any]:
-    return {"metadata": {"name": name, "labels": {"kubemap.io/index": str(index)}, "finalizers": [POD_FINALIZER],
-                         "ownerReferences": [{"uid": "uid-t", "controller": True, "kind": "MapTask", "name": "t"}]},
-            "status": {"phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {"exitCode": 0}}}]}}
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {"kubemap.io/index": str(index)},
+            "finalizers": [POD_FINALIZER],
+            "ownerReferences": [
+                {"uid": "uid-t", "controller": True, "kind": "MapTask", "name": "t"}
+            ],
+        },
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [{"state": {"terminated": {"exitCode": 0}}}],
+        },
+    }
 
 
 @pytest.mark.asyncio
@@ -241,7 +325,13 @@ async def test_outcome_is_recorded_before_the_finalizer_goes_and_before_new_pods
     api = FakeApi(task, [_succeeded_pod("t-0-0", 0)])
     reconciler = Reconciler(api, Settings(metrics_port=0))  # type: ignore[arg-type]
     await reconciler.reconcile(NS, "t", logging.getLogger("test"))
-    assert api.calls == ["status 0", "release t-0-0", "delete t-0-0", "create t-1-0", "create t-2-0"]
+    assert api.calls == [
+        "status 0",
+        "release t-0-0",
+        "delete t-0-0",
+        "create t-1-0",
+        "create t-2-0",
+    ]
 
 
 @pytest.mark.asyncio

@@ -15,20 +15,48 @@ NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def spec(**kw: Any) -> MapTaskSpec:
-    base: dict[str, Any] = {"mode": "Container", "count": 10, "parallelism": 3, "template": {"image": "busybox"}}
+    base: dict[str, Any] = {
+        "mode": "Container",
+        "count": 10,
+        "parallelism": 3,
+        "template": {"image": "busybox"},
+    }
     base.update(kw)
     return MapTaskSpec.model_validate(base)
 
 
-def pod(start: int, count: int = 1, *, attempt: int = 0, state: PodState = PodState.ACTIVE, exit_code: int | None = None,
-        failures: int = 0, infra: int = 0, report: tuple[str, str] | None = None, deleting: bool = False,
-        infra_reason: str | None = None, finished: datetime | None = None, finalizer: bool = True) -> ObservedPod:
+def pod(
+    start: int,
+    count: int = 1,
+    *,
+    attempt: int = 0,
+    state: PodState = PodState.ACTIVE,
+    exit_code: int | None = None,
+    failures: int = 0,
+    infra: int = 0,
+    report: tuple[str, str] | None = None,
+    deleting: bool = False,
+    infra_reason: str | None = None,
+    finished: datetime | None = None,
+    finalizer: bool = True,
+) -> ObservedPod:
     return ObservedPod(
-        name=f"t-{start}-{attempt}", start=start, count=count, attempt=attempt, failures=failures,
-        infra_failures=infra, state=state, exit_code=exit_code, infra_reason=infra_reason,
-        report=WorkerReport(IndexRanges.parse(report[0]), IndexRanges.parse(report[1])) if report else None,
-        deleting=deleting, has_finalizer=finalizer,
-        finished_at=finished or (NOW - timedelta(seconds=1) if state is not PodState.ACTIVE else None),
+        name=f"t-{start}-{attempt}",
+        start=start,
+        count=count,
+        attempt=attempt,
+        failures=failures,
+        infra_failures=infra,
+        state=state,
+        exit_code=exit_code,
+        infra_reason=infra_reason,
+        report=WorkerReport(IndexRanges.parse(report[0]), IndexRanges.parse(report[1]))
+        if report
+        else None,
+        deleting=deleting,
+        has_finalizer=finalizer,
+        finished_at=finished
+        or (NOW - timedelta(seconds=1) if state is not PodState.ACTIVE else None),
     )
 
 
@@ -41,28 +69,51 @@ def bad(start: int, count: int = 1, code: int = 3, **kw: Any) -> ObservedPod:
 
 
 def running(succeeded: str = "", failed: str = "", **kw: Any) -> MapTaskStatus:
-    return MapTaskStatus(phase=Phase.RUNNING, succeeded_indexes=succeeded, failed_indexes=failed,
-                         start_time="2026-01-01T11:59:00Z", **kw)
+    return MapTaskStatus(
+        phase=Phase.RUNNING,
+        succeeded_indexes=succeeded,
+        failed_indexes=failed,
+        start_time="2026-01-01T11:59:00Z",
+        **kw,
+    )
 
 
 STARTS = [
     # (name, spec kwargs, status, pods, expected creates)
     ("fresh task starts up to parallelism", {}, MapTaskStatus(), [], [(0, 1), (1, 1), (2, 1)]),
-    ("chunks of itemsPerPod, last one short", {"items_per_pod": 3, "parallelism": 10}, MapTaskStatus(), [],
-     [(0, 3), (3, 3), (6, 3), (9, 1)]),
+    (
+        "chunks of itemsPerPod, last one short",
+        {"items_per_pod": 3, "parallelism": 10},
+        MapTaskStatus(),
+        [],
+        [(0, 3), (3, 3), (6, 3), (9, 1)],
+    ),
     ("cap reached: nothing new", {}, running(), [pod(0), pod(1), pod(2)], []),
     ("one slot free", {}, running(), [pod(0), pod(1)], [(2, 1)]),
     ("lowered parallelism never deletes", {"parallelism": 1}, running(), [pod(0), pod(1)], []),
     ("recorded indices are skipped", {}, running(succeeded="0-4"), [], [(5, 1), (6, 1), (7, 1)]),
     ("holes are filled first", {}, running(succeeded="0-2,5-9"), [], [(3, 1), (4, 1)]),
     ("success frees a slot in the same round", {}, running(), [ok(0), pod(1), pod(2)], [(3, 1)]),
-    ("deleting pods still hold their slot", {}, running(), [pod(0, deleting=True), pod(1), pod(2)], []),
+    (
+        "deleting pods still hold their slot",
+        {},
+        running(),
+        [pod(0, deleting=True), pod(1), pod(2)],
+        [],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "kw", "status", "pods", "creates"), STARTS, ids=[s[0] for s in STARTS])
-def test_starts(name: str, kw: dict[str, Any], status: MapTaskStatus, pods: list[ObservedPod],
-                creates: list[tuple[int, int]]) -> None:
+@pytest.mark.parametrize(
+    ("name", "kw", "status", "pods", "creates"), STARTS, ids=[s[0] for s in STARTS]
+)
+def test_starts(
+    name: str,
+    kw: dict[str, Any],
+    status: MapTaskStatus,
+    pods: list[ObservedPod],
+    creates: list[tuple[int, int]],
+) -> None:
     result = plan(spec(**kw), status, pods, NOW)
     assert [(r.start, r.count) for r in result.create] == creates
     active = sum(p.state is PodState.ACTIVE for p in pods)
@@ -97,10 +148,14 @@ def test_empty_task_succeeds_at_once() -> None:
 def test_user_failure_with_retries_left_waits_for_backoff() -> None:
     s = spec(backoff_limit_per_index=2)
     failed = bad(4, finished=NOW - timedelta(seconds=3))
-    result = plan(s, running(), [failed, pod(0), pod(1)], NOW, limits=Limits(backoff_base_seconds=10))
+    result = plan(
+        s, running(), [failed, pod(0), pod(1)], NOW, limits=Limits(backoff_base_seconds=10)
+    )
     assert result.status.failed_indexes == "" and result.create == (PodRequest(2, 1),)  # not 4 yet
     assert result.requeue_after == pytest.approx(7.0)
-    assert "t-4-0" not in result.release and "t-4-0" not in result.delete  # the record of the failure
+    assert (
+        "t-4-0" not in result.release and "t-4-0" not in result.delete
+    )  # the record of the failure
     later = plan(s, running(), [failed, pod(0), pod(1), pod(2)], NOW + timedelta(seconds=8))
     assert later.create == ()  # due, but no free slot
     later = plan(s, running(), [failed, pod(0), pod(1)], NOW + timedelta(seconds=8))
@@ -170,14 +225,24 @@ INFRA = [
     ("exit code 4", bad(1, code=4)),
     ("killed without exit code", bad(1, code=None)),  # type: ignore[arg-type]
     ("evicted", pod(1, state=PodState.FAILED, infra_reason="pod ended by the platform (Evicted)")),
-    ("deleted from outside", pod(1, state=PodState.FAILED, exit_code=143, deleting=True,
-                                 infra_reason="pod deleted before it finished")),
+    (
+        "deleted from outside",
+        pod(
+            1,
+            state=PodState.FAILED,
+            exit_code=143,
+            deleting=True,
+            infra_reason="pod deleted before it finished",
+        ),
+    ),
     ("failed phase with exit 0", pod(1, state=PodState.FAILED, exit_code=0)),
 ]
 
 
 @pytest.mark.parametrize(("name", "lost"), INFRA, ids=[i[0] for i in INFRA])
-def test_infrastructure_failures_are_replaced_without_spending_retries(name: str, lost: ObservedPod) -> None:
+def test_infrastructure_failures_are_replaced_without_spending_retries(
+    name: str, lost: ObservedPod
+) -> None:
     result = plan(spec(), running(succeeded="0"), [lost], NOW)
     assert result.create[0] == PodRequest(1, 1, attempt=1, failures=0, infra_failures=1)
     assert result.status.failed_indexes == ""
@@ -207,13 +272,23 @@ def test_suspend_cancels_and_deletes_active_pods() -> None:
 
 def test_active_deadline() -> None:
     early = plan(spec(active_deadline_seconds=300), running(), [pod(0)], NOW)
-    assert early.status.phase is Phase.RUNNING and early.requeue_after == pytest.approx(240.0)  # started 60 s ago
+    assert early.status.phase is Phase.RUNNING and early.requeue_after == pytest.approx(
+        240.0
+    )  # started 60 s ago
     result = plan(spec(active_deadline_seconds=30), running(), [pod(0)], NOW)
-    assert result.status.phase is Phase.FAILED and result.status.conditions[-1].reason == "DeadlineExceeded"
+    assert (
+        result.status.phase is Phase.FAILED
+        and result.status.conditions[-1].reason == "DeadlineExceeded"
+    )
 
 
-@pytest.mark.parametrize(("ttl", "age", "deleted", "requeue"), [(60, 10, False, 50.0), (60, 61, True, None), (None, 9999, False, None)])
-def test_ttl_after_finished(ttl: int | None, age: int, deleted: bool, requeue: float | None) -> None:
+@pytest.mark.parametrize(
+    ("ttl", "age", "deleted", "requeue"),
+    [(60, 10, False, 50.0), (60, 61, True, None), (None, 9999, False, None)],
+)
+def test_ttl_after_finished(
+    ttl: int | None, age: int, deleted: bool, requeue: float | None
+) -> None:
     done = MapTaskStatus(phase=Phase.SUCCEEDED, completion_time="2026-01-01T12:00:00Z")
     result = plan(spec(ttl_seconds_after_finished=ttl), done, [], NOW + timedelta(seconds=age))
     assert result.delete_task is deleted and result.requeue_after == requeue
@@ -234,17 +309,26 @@ def test_failed_pods_kept_up_to_bound_newest_first() -> None:
 
 def test_success_is_deferred_when_ranges_would_overflow() -> None:
     s = spec(count=10, parallelism=10)
-    result = plan(s, running(succeeded="0,2"), [ok(4), ok(6), pod(1), pod(3), pod(5)], NOW,
-                  limits=Limits(max_succeeded_ranges=3))
+    result = plan(
+        s,
+        running(succeeded="0,2"),
+        [ok(4), ok(6), pod(1), pod(3), pod(5)],
+        NOW,
+        limits=Limits(max_succeeded_ranges=3),
+    )
     assert result.status.succeeded_indexes == "0,2,4"
     assert "t-6-0" not in result.delete and "t-6-0" not in result.release
-    merged = plan(s, result.status, [ok(1), ok(3), ok(5), ok(6)], NOW, limits=Limits(max_succeeded_ranges=3))
+    merged = plan(
+        s, result.status, [ok(1), ok(3), ok(5), ok(6)], NOW, limits=Limits(max_succeeded_ranges=3)
+    )
     assert merged.status.succeeded_indexes == "0-6"
 
 
 def test_scattered_failures_beyond_the_bound_fail_the_task() -> None:
     s = spec(count=100, min_success_ratio=0.0, parallelism=5)
-    result = plan(s, running(failed="0,2,4"), [bad(6), bad(8)], NOW, limits=Limits(max_failed_ranges=4))
+    result = plan(
+        s, running(failed="0,2,4"), [bad(6), bad(8)], NOW, limits=Limits(max_failed_ranges=4)
+    )
     assert result.status.phase is Phase.FAILED
     assert result.status.conditions[-1].reason == "TooManyFailedRanges"
     assert result.status.failed_indexes == "0,2,4"
