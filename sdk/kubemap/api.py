@@ -134,9 +134,11 @@ class MapRun:
     def failures(self) -> dict[int, RemoteError]:
         """Index -> RemoteError for every index without a result whose last attempt failed
         (for a finished run, also indices whose result is missing for another reason)."""
+        return self._failures(self.status())
+
+    def _failures(self, status: RunStatus) -> dict[int, RemoteError]:
         done = succeeded_indexes(self._task)
         found = {i: err for i, err in read_errors(self._task).items() if i not in done}
-        status = self.status()
         # Every index accounted for, some failed without a record: say so, never hide it.
         if status.finished and status.failed and status.succeeded + status.failed == self._total:
             missing = IndexRanges.span(0, self._total) - done - IndexRanges.of(found)
@@ -174,7 +176,9 @@ class MapRun:
             )
         if status.reason == REASON_INFRASTRUCTURE and not status.failed:
             raise StoreError(status.message or f"task {self._name} failed in the store")
-        error = MapTaskError(self.failures(), total=self._total, name=self._name)
+        # The status in hand, not a fresh one: for an attached task status() re-reads
+        # every result key and error record that _failures reads anyway.
+        error = MapTaskError(self._failures(status), total=self._total, name=self._name)
         # Say where the partial results are, in the message itself (CLIs and logs print it).
         error.args = (
             f"{error}\n\n{status.succeeded} of {status.total} inputs succeeded; their results "
