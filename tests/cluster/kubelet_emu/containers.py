@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .podstatus import ContainerView, Terminated
+from .podstatus import ContainerView, Terminated, exited_ok
 
 #: A container that ran this long resets its back-off, like kubelet (2 x the 5 min cap).
 BACKOFF_RESET_AFTER = 600.0
@@ -86,11 +86,7 @@ class Slot:
 
     @property
     def succeeded(self) -> bool:
-        return (
-            self.state == "terminated"
-            and self.terminated is not None
-            and self.terminated.exit_code == 0
-        )
+        return exited_ok(self.state, self.terminated)
 
     def view(self) -> ContainerView:
         state = self.state if self.state in ("running", "terminated") else "waiting"

@@ -46,6 +46,11 @@ class Terminated:
         return out
 
 
+def exited_ok(state: str, terminated: Terminated | None) -> bool:
+    """A container has succeeded when it terminated with exit code 0."""
+    return state == "terminated" and terminated is not None and terminated.exit_code == 0
+
+
 @dataclass(frozen=True)
 class ContainerView:
     """One container at one moment; `state` decides which of the optional fields apply."""
@@ -77,11 +82,7 @@ class ContainerView:
 
     @property
     def succeeded(self) -> bool:
-        return (
-            self.state == "terminated"
-            and self.terminated is not None
-            and self.terminated.exit_code == 0
-        )
+        return exited_ok(self.state, self.terminated)
 
     def to_api(self) -> dict[str, Any]:
         state: dict[str, Any]
@@ -201,6 +202,11 @@ def pod_conditions(
     sidecars = [c for c in inits if c.sidecar]
     unready = [c.name for c in [*sidecars, *containers] if not c.ready]
     ready = not terminal and initialized and not unready
+    # Ready and ContainersReady agree here: no readiness gates, no probes.
+    ready_reason = "" if ready else completed or "ContainersNotReady"
+    ready_message = (
+        "" if ready or terminal else f"containers with unready status: [{' '.join(unready)}]"
+    )
     return [
         _condition("PodReadyToStartContainers", not terminal, old, now),
         _condition(
@@ -213,25 +219,9 @@ def pod_conditions(
             if initialized
             else f"containers with incomplete status: [{' '.join(pending_inits)}]",
         ),
-        _condition(
-            "Ready",
-            ready,
-            old,
-            now,
-            reason="" if ready else completed or "ContainersNotReady",
-            message=""
-            if ready or terminal
-            else f"containers with unready status: [{' '.join(unready)}]",
-        ),
-        _condition(
-            "ContainersReady",
-            ready,
-            old,
-            now,
-            reason="" if ready else completed or "ContainersNotReady",
-            message=""
-            if ready or terminal
-            else f"containers with unready status: [{' '.join(unready)}]",
+        *(
+            _condition(kind, ready, old, now, reason=ready_reason, message=ready_message)
+            for kind in ("Ready", "ContainersReady")
         ),
         _condition("PodScheduled", True, old, now),
     ]
