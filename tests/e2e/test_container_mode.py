@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from e2ekit import NAMESPACE, REPO, Operator, PodWatch, get_task, kubectl, wait_phase
+from e2ekit import NAMESPACE, REPO, Operator, PodWatch, get_task, kubectl, task_pods, wait_phase
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -20,6 +20,15 @@ pytestmark = [
     pytest.mark.timeout(600),
     pytest.mark.usefixtures("kubemap_installed"),
 ]
+
+
+def maptask(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubemap.io/v1alpha1",
+        "kind": "MapTask",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
 def apply(manifest: dict[str, Any], tmp_path: Path) -> None:
@@ -69,11 +78,9 @@ def test_container_failure_is_retried_then_reported(
 ) -> None:
     name = unique("fails")
     apply(
-        {
-            "apiVersion": "kubemap.io/v1alpha1",
-            "kind": "MapTask",
-            "metadata": {"name": name},
-            "spec": {
+        maptask(
+            name,
+            {
                 "count": 3,
                 "parallelism": 3,
                 "backoffLimitPerIndex": 1,
@@ -83,7 +90,7 @@ def test_container_failure_is_retried_then_reported(
                     "command": ["sh", "-c", 'test "$KUBEMAP_INDEX" != 1'],
                 },
             },
-        },
+        ),
         tmp_path,
     )
     body = wait_phase(custom, name, {"Succeeded", "Failed"}, timeout=240)
@@ -91,10 +98,7 @@ def test_container_failure_is_retried_then_reported(
     assert status["failedIndexes"] == "1" and status["succeeded"] == 2, status
     assert status["phase"] == "Succeeded"  # 2 of 3 >= minSuccessRatio 0.5
     assert "1 failed indices tolerated" in status["message"]
-    kept = {
-        p.metadata.name: p.status.phase
-        for p in core.list_namespaced_pod(NAMESPACE, label_selector=f"kubemap.io/task={name}").items
-    }
+    kept = {p.metadata.name: p.status.phase for p in task_pods(core, name)}
     assert kept == {
         f"{name}-1-0": "Failed",
         f"{name}-1-1": "Failed",
@@ -110,27 +114,20 @@ def test_pod_deleted_from_outside_is_replaced_without_spending_a_retry(
 ) -> None:
     name = unique("evicted")
     apply(
-        {
-            "apiVersion": "kubemap.io/v1alpha1",
-            "kind": "MapTask",
-            "metadata": {"name": name},
-            "spec": {
+        maptask(
+            name,
+            {
                 "count": 2,
                 "parallelism": 2,
                 "backoffLimitPerIndex": 0,
                 "template": {"image": "busybox", "command": ["sleep", "4"]},
             },
-        },
+        ),
         tmp_path,
     )
     deadline = time.monotonic() + 60
     while True:
-        phases = {
-            p.metadata.name: p.status.phase
-            for p in core.list_namespaced_pod(
-                NAMESPACE, label_selector=f"kubemap.io/task={name}"
-            ).items
-        }
+        phases = {p.metadata.name: p.status.phase for p in task_pods(core, name)}
         if phases.get(f"{name}-0-0") == "Running":
             break
         assert time.monotonic() < deadline, phases
@@ -150,16 +147,14 @@ def test_ttl_after_finished_deletes_the_task(
 ) -> None:
     name = unique("ttl")
     apply(
-        {
-            "apiVersion": "kubemap.io/v1alpha1",
-            "kind": "MapTask",
-            "metadata": {"name": name},
-            "spec": {
+        maptask(
+            name,
+            {
                 "count": 1,
                 "ttlSecondsAfterFinished": 2,
                 "template": {"image": "busybox", "command": ["true"]},
             },
-        },
+        ),
         tmp_path,
     )
     deadline = time.monotonic() + 60
@@ -175,12 +170,7 @@ def test_invalid_specs_are_refused_with_a_message(
     custom: client.CustomObjectsApi, unique: Callable[[str], str]
 ) -> None:
     def create(spec: dict[str, Any]) -> str:
-        body = {
-            "apiVersion": "kubemap.io/v1alpha1",
-            "kind": "MapTask",
-            "metadata": {"name": unique("bad")},
-            "spec": spec,
-        }
+        body = maptask(unique("bad"), spec)
         with pytest.raises(ApiException) as info:
             custom.create_namespaced_custom_object(
                 "kubemap.io", "v1alpha1", NAMESPACE, "maptasks", body
@@ -206,22 +196,18 @@ def test_immutable_fields_and_deletion_removes_pods(
 ) -> None:
     name = unique("deleteme")
     apply(
-        {
-            "apiVersion": "kubemap.io/v1alpha1",
-            "kind": "MapTask",
-            "metadata": {"name": name},
-            "spec": {
+        maptask(
+            name,
+            {
                 "count": 4,
                 "parallelism": 2,
                 "template": {"image": "busybox", "command": ["sleep", "300"]},
             },
-        },
+        ),
         tmp_path,
     )
     deadline = time.monotonic() + 60
-    while (
-        len(core.list_namespaced_pod(NAMESPACE, label_selector=f"kubemap.io/task={name}").items) < 2
-    ):
+    while len(task_pods(core, name)) < 2:
         assert time.monotonic() < deadline, "pods did not start"
         time.sleep(0.5)
     with pytest.raises(ApiException) as info:
@@ -241,9 +227,7 @@ def test_immutable_fields_and_deletion_removes_pods(
         capture_output=True,
     )
     deadline = time.monotonic() + 120
-    while core.list_namespaced_pod(
-        NAMESPACE, label_selector=f"kubemap.io/task={name}"
-    ).items or get_task(custom, name):
+    while task_pods(core, name) or get_task(custom, name):
         assert time.monotonic() < deadline, (
             "the MapTask or its pods were not removed after deletion"
         )
@@ -260,18 +244,16 @@ def test_a_million_items_with_failed_chunks_keeps_the_object_small(
     # 50 pods of 20,000 indices; every chunk whose number is 3 mod 7 fails.
     script = "test $(( KUBEMAP_INDEX / 20000 % 7 )) != 3"
     apply(
-        {
-            "apiVersion": "kubemap.io/v1alpha1",
-            "kind": "MapTask",
-            "metadata": {"name": name},
-            "spec": {
+        maptask(
+            name,
+            {
                 "count": 1_000_000,
                 "itemsPerPod": 20_000,
                 "parallelism": 25,
                 "minSuccessRatio": 0.5,
                 "template": {"image": "busybox", "command": ["sh", "-c", script]},
             },
-        },
+        ),
         tmp_path,
     )
     body = wait_phase(custom, name, {"Succeeded", "Failed"}, timeout=300)
@@ -299,22 +281,20 @@ def test_active_deadline_fails_the_task_and_stops_its_pods(
 ) -> None:
     name = unique("deadline")
     apply(
-        {
-            "apiVersion": "kubemap.io/v1alpha1",
-            "kind": "MapTask",
-            "metadata": {"name": name},
-            "spec": {
+        maptask(
+            name,
+            {
                 "count": 3,
                 "activeDeadlineSeconds": 3,
                 "template": {"image": "busybox", "command": ["sleep", "120"]},
             },
-        },
+        ),
         tmp_path,
     )
     body = wait_phase(custom, name, {"Succeeded", "Failed"}, timeout=60)
     assert body["status"]["phase"] == "Failed"
     assert body["status"]["conditions"][-1]["reason"] == "DeadlineExceeded"
     deadline = time.monotonic() + 60
-    while core.list_namespaced_pod(NAMESPACE, label_selector=f"kubemap.io/task={name}").items:
+    while task_pods(core, name):
         assert time.monotonic() < deadline, "pods outlived the task's deadline"
         time.sleep(0.5)

@@ -9,7 +9,7 @@ from typing import Any
 
 import kubemap
 import pytest
-from e2ekit import NAMESPACE, Operator, PodWatch, get_task
+from e2ekit import NAMESPACE, Operator, PodWatch, get_task, task_pods
 from kubernetes import client
 
 pytestmark = [
@@ -128,7 +128,7 @@ def test_cancel_stops_the_run(
     with pytest.raises(kubemap.CancelledError):
         run.results()
     deadline = time.monotonic() + 60
-    while core.list_namespaced_pod(NAMESPACE, label_selector=f"kubemap.io/task={name}").items:
+    while task_pods(core, name):
         assert time.monotonic() < deadline, "pods of a cancelled task were not removed"
         time.sleep(0.5)
 
