@@ -16,6 +16,8 @@ from pydantic.alias_generators import to_camel
 MAX_INLINE_ITEMS = 1000
 MAX_ITEM_LENGTH = 4096
 MAX_COUNT = 100_000_000
+# The chart's values.schema.json (s3.defaultStore) holds the same rule; a test compares them.
+STORE_URL_PATTERN = r"^(s3|file)://.+$"
 
 
 class _Wire(BaseModel):
@@ -49,10 +51,13 @@ class Phase(enum.StrEnum):
 class StoreRef(_Wire):
     """Where the task's data lives. Credentials come from a Secret, never from the spec."""
 
+    # The operator's pods reach S3 (s3://) or a directory they mount (file://): a plain path
+    # or another scheme (gs://) would fail in every pod, so the API server refuses it.
     url: str = Field(
-        description="Store prefix, e.g. s3://bucket/prefix; the task's files go under <url>/<task name>/.",
+        description="Store prefix, s3://bucket/prefix or file:///dir; the task's files go under <url>/<task name>/.",
         min_length=1,
         max_length=1024,
+        pattern=STORE_URL_PATTERN,
     )
     endpoint: str | None = Field(
         default=None,

@@ -238,8 +238,23 @@ def test_example_commands_run_on_this_host(path: Path) -> None:
 
 def test_s3_secret_example_has_the_keys_worker_pods_read() -> None:
     [secret] = ck.load_yaml_docs(EXAMPLES / "s3-secret.yaml")
-    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "kubemap-s3"
+    assert secret["kind"] == "Secret"
     assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_s3_secret_example_cannot_overwrite_a_working_secret() -> None:
+    """Its placeholder keys must never land in a Secret kubemap already uses: the chart's
+    default name, the Secret examples/kind creates, the test cluster's."""
+    [secret] = ck.load_yaml_docs(EXAMPLES / "s3-secret.yaml")
+    working = {"kubemap-s3"} | {
+        doc["metadata"]["name"]
+        for doc in ck.load_yaml_docs(EXAMPLES / "kind" / "seaweedfs.yaml")
+        if doc.get("kind") == "Secret"
+    }
+    assert secret["metadata"]["name"] not in working
+    header = (EXAMPLES / "s3-secret.yaml").read_text()
+    assert "kubectl -n default create -f examples/s3-secret.yaml" in header
+    assert "apply -f examples/s3-secret.yaml" not in header
 
 
 # --- the kind workflow ---------------------------------------------------------------------------
