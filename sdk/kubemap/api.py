@@ -26,6 +26,7 @@ from kubemap.backend import (
     get_backend,
 )
 from kubemap.contract import META_KEY
+from kubemap.discovery import prepare_kubernetes_submit
 from kubemap.errors import (
     CancelledError,
     ConfigError,
@@ -239,7 +240,13 @@ def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> 
         ) from None
     backend = get_backend(opts.backend)
     name = opts.name or task_name(fn)
-    store_url = opts.store or default_store_url()
+    # Kubernetes: the chart's default store (kubemap-defaults ConfigMap), its image's Python.
+    found = (
+        prepare_kubernetes_submit(opts.store, opts.image, opts.namespace)
+        if opts.backend == "kubernetes"
+        else None
+    )
+    store_url = opts.store or found or default_store_url()
     backend.preflight(store_url, opts)
     task = open_store(store_url).child(name)
     if opts.name and task.exists(META_KEY):

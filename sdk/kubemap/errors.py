@@ -24,7 +24,15 @@ class SerializationError(KubemapError):
 
 
 class StoreError(KubemapError):
-    """The object store could not be reached or answered an error; the message names the endpoint."""
+    """The object store could not be reached or answered an error; the message names the endpoint.
+
+    `code` is the S3 error code when there is one (InvalidAccessKeyId, NoSuchBucket, ...) and
+    `bucket` the bucket: a worker reports both in its termination message."""
+
+    def __init__(self, message: str, *, code: str = "", bucket: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.bucket = bucket
 
 
 class CorruptTaskError(StoreError):

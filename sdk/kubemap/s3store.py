@@ -129,12 +129,16 @@ class S3Store(Store):
         if isinstance(exc, HTTPClientError | BotoConnectionError):
             return StoreError(
                 f"cannot reach S3 endpoint {endpoint} (bucket {self.bucket!r}) to {action} "
-                f"{where}: {exc}; check AWS_ENDPOINT_URL_S3 / --store and that the server is up"
+                f"{where}: {exc}; check AWS_ENDPOINT_URL_S3 / --store and that the server is up",
+                code="EndpointUnreachable",
+                bucket=self.bucket,
             )
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
             return StoreError(
                 f"no S3 credentials to {action} {where} at {endpoint}: {exc}; set "
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)",
+                code="NoCredentials",
+                bucket=self.bucket,
             )
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
@@ -145,7 +149,9 @@ class S3Store(Store):
                     f"bucket {self.bucket!r} does not exist at S3 endpoint {endpoint} "
                     f"(needed to {action} {where}); create it, e.g. "
                     f"`aws s3 mb s3://{self.bucket}`, or point --store / KUBEMAP_STORE "
-                    "at an existing bucket"
+                    "at an existing bucket",
+                    code=code,
+                    bucket=self.bucket,
                 )
             if code in (
                 "AccessDenied",
@@ -156,12 +162,18 @@ class S3Store(Store):
             ):
                 return StoreError(
                     f"S3 endpoint {endpoint} refused to {action} {where} ({code}: {message}); "
-                    "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's policy"
+                    "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's policy",
+                    code=code,
+                    bucket=self.bucket,
                 )
             return StoreError(
-                f"S3 endpoint {endpoint} failed to {action} {where}: {code}: {message}"
+                f"S3 endpoint {endpoint} failed to {action} {where}: {code}: {message}",
+                code=code,
+                bucket=self.bucket,
             )
-        return StoreError(f"S3 error at {endpoint} while trying to {action} {where}: {exc}")
+        return StoreError(
+            f"S3 error at {endpoint} while trying to {action} {where}: {exc}", bucket=self.bucket
+        )
 
     @staticmethod
     def _code(exc: Exception) -> str:

@@ -11,7 +11,11 @@ succeeded and an error record (type, message, traceback) for each that raised, a
     5  the environment breaks the contract (a variable missing or malformed)
 
 A one-line JSON summary ({"v":1,"succeeded":"0-2,4","failed":"3"}) goes to the termination
-log, which the kubelet copies into the pod status, so the operator needs no S3 access.
+log, which the kubelet copies into the pod status, so the operator needs no S3 access. On an
+infrastructure failure the line says why instead, for the operator to surface:
+{"v":1,"infra":"<message>","cause":{"kind":"store","code":"InvalidAccessKeyId","bucket":"b",
+"message":"<short>"}}; a task from another Python minor is refused once, for good (exit 5):
+{"v":1,"refused":"<message>","cause":{"kind":"version","python":"3.12.1","worker":"3.11.9"}}.
 `run_slice` is the same code path the local backend runs in its worker processes.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import socket
 import sys
@@ -43,11 +48,19 @@ from kubemap.contract import (
     EXIT_USER_ERROR,
     result_key,
 )
-from kubemap.errors import ConfigError, RemoteError, SerializationError, StoreError
+from kubemap.errors import (
+    ConfigError,
+    CorruptTaskError,
+    RemoteError,
+    SerializationError,
+    StoreError,
+)
 from kubemap.ranges import IndexRanges
 from kubemap.store import Store, open_store
+from kubemap.taskmeta import read_meta, version_mismatch
 
 SUMMARY_LIMIT = 4096
+CAUSE_MESSAGE_LIMIT = 300
 _WRITE_RESULT_TRIES = 8
 _TRACEBACKS_LOGGED = 3
 
@@ -220,6 +233,28 @@ def summary_line(outcome: SliceOutcome) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def infra_cause(exc: StoreError) -> dict[str, str]:
+    """The machine-readable why of an infrastructure failure, for the termination message."""
+    first_line = (str(exc).splitlines() or [""])[0]
+    cause = {
+        "kind": "task" if isinstance(exc, CorruptTaskError) else "store",
+        "code": exc.code or type(exc).__name__,
+        "bucket": exc.bucket,
+        "message": first_line[:CAUSE_MESSAGE_LIMIT],
+    }
+    return {key: value for key, value in cause.items() if value}
+
+
+def infra_line(exc: StoreError) -> str:
+    line = {"v": 1, "infra": str(exc)[:2000], "cause": infra_cause(exc)}
+    return json.dumps(line, separators=(",", ":"))
+
+
+def refused_line(reason: str, submitted: str, worker: str) -> str:
+    cause = {"kind": "version", "python": submitted, "worker": worker}
+    return json.dumps({"v": 1, "refused": reason, "cause": cause}, separators=(",", ":"))
+
+
 def _write_termination_log(environ: Mapping[str, str], line: str) -> None:
     path = environ.get(ENV_TERMINATION_LOG) or DEFAULT_TERMINATION_LOG
     if ENV_TERMINATION_LOG not in environ and not os.path.exists(path):
@@ -254,15 +289,21 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     last = env.start + env.count - 1
     try:
+        meta = read_meta(task)
+        refusal = version_mismatch(meta)
+        if refusal is not None:  # permanent: retrying on the same image cannot help
+            _log(f"refusing items {env.start}..{last} of {env.task_url}: {refusal}")
+            _write_termination_log(
+                env_map, refused_line(refusal, meta.python, platform.python_version())
+            )
+            return EXIT_USAGE_ERROR
         outcome = run_slice(task, env.start, env.count, attempt=env.attempt)
     except Terminated:
         _log(f"terminated (SIGTERM) while running items {env.start}..{last}; nothing recorded")
         return EXIT_INFRA_ERROR
     except StoreError as exc:
         _log(f"infrastructure failure for items {env.start}..{last} of {env.task_url}: {exc}")
-        _write_termination_log(
-            env_map, json.dumps({"v": 1, "infra": str(exc)[:2000]}, separators=(",", ":"))
-        )
+        _write_termination_log(env_map, infra_line(exc))
         return EXIT_INFRA_ERROR
     except Exception as exc:  # a bug in kubemap itself: say so, let the operator retry
         _log(

@@ -3,8 +3,10 @@ S3 server (SeaweedFS) and the local filesystem."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -145,6 +147,57 @@ def test_unreachable_endpoint_exits_4_naming_it(s3_store_url: str, tmp_path: Pat
     assert run.code == EXIT_INFRA_ERROR
     assert "http://127.0.0.1:1" in run.stderr and "AWS_ENDPOINT_URL_S3" in run.stderr
     assert run.summary is not None and "127.0.0.1:1" in run.summary["infra"]
+
+
+def test_wrong_keys_put_the_s3_code_and_bucket_in_the_termination_message(
+    s3_store_url: str, tmp_path: Path
+) -> None:
+    task = submit(s3_store_url, double, [1, 2, 3])
+    bucket = s3_store_url.removeprefix("s3://").split("/", 1)[0]
+    env: dict[str, str | None] = {
+        **slice_env(task, 0, 3, 3),
+        "AWS_ACCESS_KEY_ID": "replace-with-your-access-key-id",
+        "AWS_SECRET_ACCESS_KEY": "replace-with-your-secret-access-key",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    run = run_worker(tmp_path, env)
+    assert run.code == EXIT_INFRA_ERROR, run.stderr
+    assert run.summary is not None
+    cause = run.summary["cause"]
+    assert cause["kind"] == "store" and cause["code"] == "InvalidAccessKeyId", run.summary
+    assert cause["bucket"] == bucket
+    assert "InvalidAccessKeyId" in cause["message"] and len(cause["message"]) <= 300
+    assert "AWS_ACCESS_KEY_ID" in run.summary["infra"]
+
+
+def test_task_from_another_python_minor_is_refused_once_for_good(
+    store_url: str, tmp_path: Path
+) -> None:
+    task = submit(store_url, double, [1, 2])
+    meta = taskdata.read_meta(task)
+    other = "3.99.1" if not sys.version.startswith("3.99") else "3.98.1"
+    task.put("task.json", dataclasses.replace(meta, python=other).to_json())
+    run = run_worker(tmp_path, slice_env(task, 0, 2, 2))
+    assert run.code == EXIT_USAGE_ERROR, run.stderr  # the operator never retries exit 5
+    here = platform.python_version()
+    assert run.summary is not None
+    assert run.summary["cause"] == {"kind": "version", "python": other, "worker": here}
+    assert (
+        f"Python {other}" in run.summary["refused"] and f"Python {here}" in run.summary["refused"]
+    )
+    assert "image" in run.summary["refused"]  # the fix: another image, or another SDK Python
+    assert [line for line in run.stderr.splitlines() if "refusing" in line] == [
+        run.stderr.strip()
+    ]  # one line, no traceback
+    assert list(task.list(RESULTS_PREFIX)) == [] and taskdata.read_errors(task) == {}
+
+
+def test_the_sdk_records_its_python_and_cloudpickle(store_url: str) -> None:
+    import cloudpickle
+
+    meta = taskdata.read_meta(submit(store_url, double, [1]))
+    assert meta.python == platform.python_version()
+    assert meta.cloudpickle == cloudpickle.__version__
 
 
 def test_corrupt_index_exits_4(store_url: str, tmp_path: Path) -> None:

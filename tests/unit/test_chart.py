@@ -103,6 +103,11 @@ def deployment(objs: list[ck.Obj]) -> ck.Obj:
     return ck.one(objs, "Deployment")
 
 
+def operator_rbac(objs: list[ck.Obj]) -> list[ck.Obj]:
+    """The objects without the discovery ConfigMap's reader Role (tests/unit/test_discovery.py)."""
+    return [o for o in objs if o["metadata"]["name"] != "kubemap-defaults-reader"]
+
+
 # --- lint ----------------------------------------------------------------------------------
 
 
@@ -124,7 +129,9 @@ def test_lint_and_invariants_hold_for_every_option_set(name: str) -> None:
         assert labels.get("app.kubernetes.io/name") == "kubemap", where
         assert labels.get("app.kubernetes.io/instance") == RELEASE, where
         assert set(STANDARD_LABELS) <= set(labels), where
-    for role in ck.by_kind(objs, "ClusterRole") + ck.by_kind(objs, "Role"):
+    for role in ck.by_kind(operator_rbac(objs), "ClusterRole") + ck.by_kind(
+        operator_rbac(objs), "Role"
+    ):
         assert role["rules"] == EXPECTED_RULES
     dep = deployment(objs)
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
@@ -266,7 +273,8 @@ def rules_grant(rules: list[ck.Obj], resource: str) -> bool:
 def test_default_rbac_is_one_clusterrole_with_exact_rules(default_objs: list[ck.Obj]) -> None:
     role = ck.one(default_objs, "ClusterRole")
     assert role["rules"] == EXPECTED_RULES
-    assert not ck.by_kind(default_objs, "Role") and not ck.by_kind(default_objs, "RoleBinding")
+    rbac = operator_rbac(default_objs)
+    assert not ck.by_kind(rbac, "Role") and not ck.by_kind(rbac, "RoleBinding")
     binding = ck.one(default_objs, "ClusterRoleBinding")
     sa = ck.one(default_objs, "ServiceAccount")
     assert binding["roleRef"] == {
@@ -304,7 +312,7 @@ def test_rbac_rules_are_commented_with_why() -> None:
 
 
 def test_namespaced_rbac_is_a_role_per_watched_namespace() -> None:
-    objs = ck.render(OPTION_SETS["namespaced-rbac"])
+    objs = operator_rbac(ck.render(OPTION_SETS["namespaced-rbac"]))
     assert not ck.by_kind(objs, "ClusterRole") and not ck.by_kind(objs, "ClusterRoleBinding")
     roles = {r["metadata"]["namespace"]: r for r in ck.by_kind(objs, "Role")}
     bindings = {b["metadata"]["namespace"]: b for b in ck.by_kind(objs, "RoleBinding")}
@@ -318,7 +326,8 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace() -> None:
 
 def test_namespaced_rbac_without_namespaces_watches_the_release_namespace() -> None:
     objs = ck.render({"rbac.scope": "namespaced"})
-    assert [r["metadata"]["namespace"] for r in ck.by_kind(objs, "Role")] == [NAMESPACE]
+    roles = ck.by_kind(operator_rbac(objs), "Role")
+    assert [r["metadata"]["namespace"] for r in roles] == [NAMESPACE]
     assert ck.container_env(deployment(objs))["KUBEMAP_WATCH_NAMESPACES"] == NAMESPACE
 
 

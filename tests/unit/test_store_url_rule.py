@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import ValidationError
-
 from kubemap.models import STORE_URL_PATTERN, StoreRef
+from pydantic import ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
 URLS = {
