@@ -12,6 +12,7 @@ failure records live in the store; MapRun reads them from there.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sized
@@ -269,8 +270,10 @@ def map(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> lis
     """fn applied to every input, in input order; blocks until done.
 
     Raises MapTaskError (with the remote traceback) if an input failed beyond its retries;
-    results that finished stay in the store (see the error's note).
+    results that finished stay in the store (see the error's note). Ctrl-C cancels the run,
+    unless detach=True, which leaves a Kubernetes task running (MapRun.attach reads it later).
     """
+    detach = bool(options.pop("detach", False))  # Ctrl-C leaves a cluster task running
     opts = validate_options(options)
     if isinstance(inputs, Sized) and not isinstance(inputs, (str, bytes)) and len(inputs) == 0:
         return []
@@ -278,7 +281,13 @@ def map(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> lis
     try:
         status = run.wait()
     except KeyboardInterrupt:
-        run.cancel()
+        if not detach:
+            run.cancel()
+        sys.stderr.write(
+            f"kubemap: interrupted; task {run.name} "
+            + ("left running (detach=True)" if detach else "cancelled")
+            + f"; its results stay in {run.store_url}\n"
+        )
         raise
     values = run.results()
     if status.failed:

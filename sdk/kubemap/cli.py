@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -93,40 +94,60 @@ def main() -> None:
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar [default: on a terminal]."
 )
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Kubernetes: submit, print the task's name and return; the task runs on.",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Print full tracebacks (remote ones included).")
 def run(
     target: str,
     inputs_path: str,
     fmt: str,
     output_path: str,
     progress: bool | None,
+    detach: bool,
+    verbose: bool,
     **options: Any,
 ) -> None:
     """Run MODULE:FUNCTION over every input; print results as JSON lines, in input order.
 
     MODULE is a dotted module importable from the current directory (mypkg.tasks) or a
     path to a .py file (./tasks.py). Exit status: 0 when every input succeeded, 1 when
-    some failed (their tracebacks go to stderr, their results are null), 2 for bad usage.
+    some failed (one line each on stderr, --verbose for tracebacks; their results are
+    null), 2 for bad usage, 130 when interrupted (Ctrl-C cancels the task unless --detach).
     """
     from kubemap.api import submit
     from kubemap.inputs import parse_inputs
 
     settings = {key: value for key, value in options.items() if value is not None}
+    if detach and settings.get("backend") != "kubernetes":
+        raise click.UsageError(
+            "--detach leaves a task running on the cluster: it needs --backend kubernetes "
+            "(a local run lives in this process)"
+        )
     try:
-        fn = load_function(target)
+        fn = load_function(target, verbose=verbose)
         with _open_in(inputs_path) as stream:
             items = parse_inputs(stream, fmt, source=_source_name(inputs_path))  # type: ignore[arg-type]
             map_run = submit(fn, items, **settings)
+        if detach:
+            click.echo(
+                f"submitted MapTask {map_run.name} ({map_run.total} inputs); it runs on: "
+                f"`kubemap get {map_run.name}`, `kubemap results {map_run.name}`",
+                err=True,
+            )
+            return
         try:
             map_run.wait(progress=progress)
         except KeyboardInterrupt:
-            map_run.cancel()
-            raise
+            _interrupted(map_run)
         try:
             values = map_run.results()
         except MapTaskError as exc:
             values = map_run.results(partial=True)
             _write_results(values, output_path)
-            _report_failures(exc)
+            _report_failures(exc, verbose=verbose)
             sys.exit(1)
         _write_results(values, output_path)
         tolerated = map_run.failures() if map_run.status().failed else {}
@@ -136,7 +157,7 @@ def run(
                 f"--min-success-ratio); their results are null",
                 err=True,
             )
-            _print_failures(tolerated)
+            _print_failures(tolerated, verbose=verbose)
         elif "store" not in settings and map_run.store_url.startswith("file://"):
             map_run.delete()  # as kubemap.map does: the results are out, keep the store small
     except ConfigError as exc:
@@ -145,7 +166,30 @@ def run(
         raise click.ClickException(str(exc)) from None
 
 
-def load_function(target: str) -> Callable[..., Any]:
+def _interrupted(map_run: Any) -> None:
+    """Ctrl-C while waiting: cancel the task and say so in one line, then exit 130."""
+    try:
+        map_run.cancel()
+        what = "cancelled (its pods are deleted)" if _on_cluster(map_run) else "cancelled"
+    except (KubemapError, KeyboardInterrupt) as exc:
+        what = f"could not be cancelled ({exc}); cancel it with `kubemap cancel {map_run.name}`"
+    click.echo(
+        f"\ninterrupted: task {map_run.name} {what}; finished results stay in "
+        f"{map_run.store_url} (--detach leaves a Kubernetes task running)",
+        err=True,
+    )
+    sys.exit(130)
+
+
+def _on_cluster(map_run: Any) -> bool:
+    return str(map_run.store_url).startswith("s3://")
+
+
+class UserCodeError(KubemapError):
+    """The user's module raised while being imported: one line, the traceback on --verbose."""
+
+
+def load_function(target: str, *, verbose: bool = False) -> Callable[..., Any]:
     """MODULE:FUNCTION -> the function; MODULE is dotted (from the cwd) or a .py path."""
     module_part, sep, attr = target.rpartition(":")
     if not sep or not module_part or not attr:
@@ -155,18 +199,25 @@ def load_function(target: str) -> Callable[..., Any]:
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
-    if module_part.endswith(".py") or os.sep in module_part or "/" in module_part:
-        module = _import_file(Path(module_part))
-    else:
-        try:
-            module = importlib.import_module(module_part)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_part.startswith(exc.name):
-                raise ConfigError(
-                    f"no module named {module_part!r} (looked in {cwd} and the installed "
-                    "packages): run from the directory that holds it, or give a .py path"
-                ) from None
-            raise
+    try:
+        if module_part.endswith(".py") or os.sep in module_part or "/" in module_part:
+            module = _import_file(Path(module_part))
+        else:
+            try:
+                module = importlib.import_module(module_part)
+            except ModuleNotFoundError as exc:
+                if exc.name and module_part.startswith(exc.name):
+                    raise ConfigError(
+                        f"no module named {module_part!r} (looked in {cwd} and the installed "
+                        "packages): run from the directory that holds it, or give a .py path"
+                    ) from None
+                raise
+    except ConfigError:
+        raise
+    except Exception as exc:  # the user's module itself failed: say where, in one line
+        if verbose:
+            traceback.print_exc()
+        raise UserCodeError(_import_failure(module_part, exc)) from None
     value: Any = module
     for part in attr.split("."):
         try:
@@ -176,6 +227,27 @@ def load_function(target: str) -> Callable[..., Any]:
     if not callable(value):
         raise ConfigError(f"{target} is a {type(value).__name__}, not a function")
     return value  # type: ignore[no-any-return]
+
+
+def _import_failure(module_part: str, exc: BaseException) -> str:
+    """`cannot import tasks.py: ModuleNotFoundError: No module named 'x' (tasks.py, line 1)`."""
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if "importlib" not in f.filename and "kubemap" not in f.filename]
+    if mine:
+        where = f" ({os.path.relpath(mine[-1].filename)}, line {mine[-1].lineno})"
+    elif isinstance(exc, SyntaxError) and exc.filename:
+        where = f" ({os.path.relpath(exc.filename)}, line {exc.lineno})"
+    hint = (
+        f"; install {exc.name!r} or fix the import"
+        if isinstance(exc, ModuleNotFoundError) and exc.name
+        else ""
+    )
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    return (
+        f"cannot import {module_part}: {type(exc).__name__}: {message}{where}{hint} "
+        "(--verbose for the traceback)"
+    )
 
 
 def _import_file(path: Path) -> Any:
@@ -247,20 +319,30 @@ def _json_lines(values: list[Any]) -> Iterator[str]:
         yield text + "\n"
 
 
-def _report_failures(exc: MapTaskError) -> None:
+def _report_failures(exc: MapTaskError, *, verbose: bool = False) -> None:
     click.echo(
         f"error: {len(exc.failures)} of {exc.total} inputs failed in task {exc.name}; "
         "their results are written as null",
         err=True,
     )
-    _print_failures(exc.failures)
+    _print_failures(exc.failures, verbose=verbose)
 
 
-def _print_failures(failures: dict[int, RemoteError]) -> None:
-    for index, failure in failures.items():
-        click.echo(f"\n--- index {index}: {failure.type}: {failure.message}", err=True)
-        if failure.traceback:
-            click.echo(failure.traceback.rstrip(), err=True)
+FAILURES_LISTED = 10
+
+
+def _print_failures(failures: dict[int, RemoteError], *, verbose: bool = False) -> None:
+    """One line per failure (the first FAILURES_LISTED); --verbose adds every traceback."""
+    for n, (index, failure) in enumerate(failures.items()):
+        if not verbose and n == FAILURES_LISTED:
+            click.echo(f"  ... and {len(failures) - n} more", err=True)
+            break
+        message = (failure.message.splitlines() or [""])[0]
+        click.echo(f"  index {index}: {failure.type}: {message}", err=True)
+        if verbose and failure.traceback:
+            click.echo(failure.traceback.rstrip() + "\n", err=True)
+    if failures and not verbose:
+        click.echo("  (--verbose prints the remote tracebacks)", err=True)
 
 
 def _register_cluster_commands() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -87,26 +88,76 @@ def _short(text: str, limit: int = 200) -> str:
 
 @click.command("list", short_help="List MapTasks.")
 @NAMESPACE
-def list_cmd(namespace: str | None) -> None:
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["wide"]),
+    default=None,
+    help="wide: also the pods that exist, retries per index, age and store.",
+)
+def list_cmd(namespace: str | None, output: str | None) -> None:
     """Every MapTask in the namespace with its phase and counts."""
     cluster = Cluster.connect(namespace)
-    rows = [("NAME", "MODE", "PHASE", "SUCCEEDED", "FAILED", "ACTIVE")]
-    for item in cluster.list():
+    wide = output == "wide"
+    header = ("NAME", "MODE", "PHASE", "SUCCEEDED", "FAILED", "ACTIVE")
+    rows: list[tuple[str, ...]] = [(*header, "PODS", "RETRIES", "AGE", "STORE") if wide else header]
+    tasks = cluster.list()
+    pods = _pods_per_task(cluster) if wide and tasks else {}
+    now = datetime.now(UTC)
+    for item in tasks:
         st = MapTaskStatus.model_validate(item.get("status") or {})
-        total = st.total or (item.get("spec") or {}).get("count") or 0
-        rows.append(
-            (
-                item["metadata"]["name"],
-                str((item.get("spec") or {}).get("mode", "")),
-                st.phase.value,
-                f"{st.succeeded}/{total}",
-                str(st.failed),
-                str(st.active),
-            )
+        spec = item.get("spec") or {}
+        name = item["metadata"]["name"]
+        total = st.total or spec.get("count") or len(spec.get("items") or [])
+        row: tuple[str, ...] = (
+            name,
+            str(spec.get("mode", "")),
+            st.phase.value,
+            f"{st.succeeded}/{total}",
+            str(st.failed),
+            str(st.active),
         )
+        if wide:
+            store = (spec.get("store") or {}).get("url")
+            row = (
+                *row,
+                str(pods.get(_label(name), 0)),
+                str(spec.get("backoffLimitPerIndex", 0)),
+                _age(item["metadata"].get("creationTimestamp"), now),
+                f"{store.rstrip('/')}/{name}" if store else "-",
+            )
+        rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _pods_per_task(cluster: Cluster) -> dict[str, int]:
+    """Pods that exist per task label, from one list call for the whole namespace."""
+    found = cluster.call(
+        "list pods", cluster.core.list_namespaced_pod, cluster.namespace, label_selector=LABEL_TASK
+    ).items
+    counts: dict[str, int] = {}
+    for pod in found:
+        task = (pod.metadata.labels or {}).get(LABEL_TASK, "")
+        counts[task] = counts.get(task, 0) + 1
+    return counts
+
+
+def _age(created: str | None, now: datetime) -> str:
+    """kubectl's style: 45s, 12m, 5h, 3d."""
+    if not created:
+        return "-"
+    try:
+        seconds = int(
+            (now - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
+        )
+    except ValueError:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
 
 
 @click.command("logs", short_help="Print the logs of a MapTask's pods.")
@@ -142,6 +193,7 @@ def logs_cmd(name: str, index: int | None, namespace: str | None) -> None:
             f"no pod of {where} exists any more (succeeded pods are removed); "
             f"for function-mode failures see `kubemap results {name}`"
         )
+    unreadable = []
     for start, attempt, pod_name in sorted(chosen):
         click.echo(f"==> {pod_name} (index {start}, attempt {attempt}) <==")
         try:
@@ -149,38 +201,67 @@ def logs_cmd(name: str, index: int | None, namespace: str | None) -> None:
                 "read logs", cluster.core.read_namespaced_pod_log, pod_name, cluster.namespace
             )
         except Exception as exc:  # a pod that never started has no logs: say so, go on
-            text = f"(no logs: {getattr(exc, 'reason', exc)})\n"
+            reason = getattr(exc, "reason", None) or exc
+            click.echo(f"error: cannot read the logs of pod {pod_name}: {reason}", err=True)
+            unreadable.append(pod_name)
+            continue
         click.echo(str(text), nl=not str(text).endswith("\n"))
+    if unreadable:
+        _fail(
+            f"could not read the logs of {len(unreadable)} of {len(chosen)} pod(s): check "
+            f"`kubectl logs {unreadable[0]} -n {cluster.namespace}` (RBAC on pods/log, or the "
+            "pod never started)"
+        )
 
 
 @click.command("cancel", short_help="Cancel a MapTask (its running pods are deleted).")
 @click.argument("name")
 @NAMESPACE
 def cancel_cmd(name: str, namespace: str | None) -> None:
-    """Set spec.suspend on MapTask NAME: the operator deletes its pods and marks it Cancelled."""
+    """Set spec.suspend on MapTask NAME: the operator deletes its pods and marks it Cancelled.
+    A task that has finished already is left as it is."""
     cluster = Cluster.connect(namespace)
-    _task(cluster, name)
+    body = _task(cluster, name)
+    phase = MapTaskStatus.model_validate(body.get("status") or {}).phase
+    if phase.finished:
+        click.echo(f"maptask {name} already {phase.value}: nothing to cancel, nothing changed")
+        return
     cluster.suspend(name)
-    click.echo(f"maptask {name} cancelled")
+    click.echo(f"maptask {name} cancelled: its pods are being deleted")
 
 
 @click.command("results", short_help="Print a function-mode MapTask's results as JSON lines.")
 @click.argument("name")
 @NAMESPACE
 @click.option("--store", default=None, help="Store prefix (default: the MapTask's spec.store.url).")
-def results_cmd(name: str, namespace: str | None, store: str | None) -> None:
-    """One JSON line per index, in order (null where an index has no result); failures and
-    their tracebacks go to stderr and make the exit code 1."""
+@click.option(
+    "--partial", is_flag=True, help="Print the results of a cancelled task too (null where none)."
+)
+@click.option("--verbose", "-v", is_flag=True, help="Print the remote tracebacks of failures.")
+def results_cmd(
+    name: str, namespace: str | None, store: str | None, partial: bool, verbose: bool
+) -> None:
+    """One JSON line per index, in order (null where an index has no result); failures go to
+    stderr, one line each (--verbose: with tracebacks), and make the exit code 1. A cancelled
+    task's results need --partial."""
     from kubemap.api import MapRun
+    from kubemap.models import Phase
 
     if store is None:
         cluster = Cluster.connect(namespace)
         body = _task(cluster, name)
-        store = ((body.get("spec") or {}).get("store") or {}).get("url")
-        if not store:
+        spec = body.get("spec") or {}
+        status = MapTaskStatus.model_validate(body.get("status") or {})
+        if spec.get("mode") == "Container":
+            _container_has_no_results(name, status)
+        if status.phase is Phase.CANCELLED and not partial:
             _fail(
-                f"MapTask {name} has no spec.store (container mode keeps no results); pass --store"
+                f"MapTask {name} was cancelled: {status.succeeded} of {status.total} inputs have "
+                f"results; `kubemap results {name} --partial` prints them (null for the rest)"
             )
+        store = (spec.get("store") or {}).get("url")
+        if not store:
+            _fail(f"MapTask {name} has no spec.store, so no results; pass --store")
     run = MapRun.attach(name, store=store)
     values = run.results(partial=True)
     for value in values:
@@ -189,13 +270,23 @@ def results_cmd(name: str, namespace: str | None, store: str | None) -> None:
         except TypeError:
             click.echo(json.dumps(repr(value)))
     failures = run.failures()
-    for idx, failure in failures.items():
-        click.echo(
-            f"--- index {idx}: {failure.type}: {failure.message}\n{failure.traceback.rstrip()}",
-            err=True,
-        )
     if failures:
+        from kubemap.cli import _print_failures
+
+        click.echo(f"error: {len(failures)} of {run.total} inputs failed in task {name}", err=True)
+        _print_failures(failures, verbose=verbose)
         sys.exit(1)
+
+
+def _container_has_no_results(name: str, status: MapTaskStatus) -> None:
+    """Container tasks write no results kubemap could read: say what there is instead."""
+    failed = f" (failed: {_short(status.failed_indexes)})" if status.failed_indexes else ""
+    _fail(
+        f"MapTask {name} runs a container (mode Container): kubemap keeps no results for it, "
+        f"only its status, {status.phase.value}: {status.succeeded} of {status.total} indices "
+        f"succeeded, {status.failed} failed{failed}. Its output is in the pods' logs: "
+        f"`kubemap logs {name} --index I` (failed indices' logs are kept after the task ends)"
+    )
 
 
 @click.command("crd", short_help="Print the MapTask CRD generated from the models.")

@@ -153,7 +153,10 @@ def _encode(values: dict[int, Any], records: dict[int, dict[str, Any]], attempt:
             if exc.index is None or exc.index not in values:
                 raise
             del values[exc.index]
-            records[exc.index] = error_record(exc.index, exc, attempt)
+            record = error_record(exc.index, exc, attempt)
+            # The chain below is kubemap's own pickling frames: the message says it all.
+            record["traceback"] = "".join(traceback.format_exception_only(exc))
+            records[exc.index] = record
 
 
 def _save_results(task: Store, start: int, count: int, values: dict[int, Any], blob: bytes) -> None:

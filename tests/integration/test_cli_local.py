@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,7 +86,119 @@ def test_failures_print_tracebacks_and_null_results(tmp_path: Path) -> None:
     assert result.stdout.splitlines() == ["1.0", "null", "0.25"]
     assert "1 of 3 inputs failed" in result.stderr
     assert "index 1: ZeroDivisionError" in result.stderr
-    assert "return 1 / x" in result.stderr  # the remote traceback
+    assert "return 1 / x" not in result.stderr and "--verbose" in result.stderr
+    verbose = kubemap_run(
+        f"{SQUARE}:inverse", "--inputs", "-", "--verbose", stdin="[1, 0, 4]", store=tmp_path
+    )
+    assert verbose.returncode == 1
+    assert "return 1 / x" in verbose.stderr  # the remote traceback, on request
+
+
+def test_a_module_that_fails_to_import_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("import os\nimport no_such_dependency_kubemap\n")
+    result = kubemap_run("broken.py:f", "--inputs", "-", stdin="1\n", cwd=tmp_path, store=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: cannot import broken.py: ModuleNotFoundError: No module named "
+        "'no_such_dependency_kubemap' (broken.py, line 2); install "
+        "'no_such_dependency_kubemap' or fix the import (--verbose for the traceback)"
+    ]
+    verbose = kubemap_run(
+        "broken.py:f", "--inputs", "-", "-v", stdin="1\n", cwd=tmp_path, store=tmp_path
+    )
+    assert "Traceback (most recent call last)" in verbose.stderr
+
+
+def test_a_function_that_cannot_be_pickled_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "locked.py").write_text(
+        "import threading\n"
+        "def make():\n"
+        "    lock = threading.Lock()\n"
+        "    def f(x):\n"
+        "        with lock:\n"
+        "            return x\n"
+        "    return f\n"
+        "f = make()\n"
+    )
+    result = kubemap_run("locked.py:f", "--inputs", "-", stdin="1\n", cwd=tmp_path, store=tmp_path)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "function locked.make.<locals>.f cannot be pickled" in line and "_thread.lock" in line
+
+
+def test_a_result_that_cannot_be_pickled_names_index_and_type(tmp_path: Path) -> None:
+    (tmp_path / "returns.py").write_text(
+        "import threading\ndef f(x):\n    return threading.Lock() if x == 2 else x\n"
+    )
+    result = kubemap_run(
+        "returns.py:f", "--inputs", "-", stdin="1\n2\n3\n", cwd=tmp_path, store=tmp_path
+    )
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == ["1", "null", "3"]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3, result.stderr  # the count, the failure, the --verbose hint
+    assert lines[1].startswith("  index 1: SerializationError: the result of input 1")
+    assert "type _thread.lock" in lines[1]
+    verbose = kubemap_run(
+        "returns.py:f", "--inputs", "-", "-v", stdin="1\n2\n3\n", cwd=tmp_path, store=tmp_path
+    )
+    # The remote traceback is the error itself, not kubemap's pickling frames.
+    assert "pickling.py" not in verbose.stderr and "During handling" not in verbose.stderr
+
+
+def test_ctrl_c_cancels_and_says_so_in_one_line(tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    (tmp_path / "slow.py").write_text(
+        "import pathlib, time\n"
+        f"def f(x):\n    pathlib.Path({str(marker)!r}).touch()\n    time.sleep(60)\n    return x\n"
+    )
+    (tmp_path / "in.txt").write_text("1\n2\n")
+    env = {**os.environ, "KUBEMAP_STORE": str(tmp_path / "store")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kubemap",
+            "run",
+            "slow.py:f",
+            "--inputs",
+            "in.txt",
+            "--name",
+            "slowtask",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        for _ in range(600):
+            if marker.exists():
+                break
+            time.sleep(0.05)
+        assert marker.exists(), "the function never started"
+        # The CLI's process only: its worker processes are stopped by the cancel.
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == [
+        f"interrupted: task slowtask cancelled; finished results stay in "
+        f"{(tmp_path / 'store').resolve().as_uri()}/slowtask (--detach leaves a Kubernetes task "
+        "running)"
+    ]
+
+
+def test_detach_needs_the_kubernetes_backend(tmp_path: Path) -> None:
+    result = kubemap_run(
+        f"{SQUARE}:square", "--inputs", "-", "--detach", stdin="1\n", store=tmp_path
+    )
+    assert result.returncode == 2 and "--detach" in result.stderr and "kubernetes" in result.stderr
 
 
 def test_tolerated_failures_are_reported_with_exit_0(tmp_path: Path) -> None:
