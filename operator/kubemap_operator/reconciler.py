@@ -22,7 +22,7 @@ from kubemap.ranges import IndexRanges
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from kubemap_operator import metrics
+from kubemap_operator import logkeeper, metrics
 from kubemap_operator.builder import TaskRef, build_pod, pod_name, task_label
 from kubemap_operator.kubeapi import CreateFailed, KubeApi, Throttled
 from kubemap_operator.observe import observe_pod
@@ -188,6 +188,8 @@ class Reconciler:
             pod = by_name.get(pod_name_)
             if pod is not None:
                 await self.api.remove_finalizer(task.namespace, pod)
+        doomed = [by_name[n] for n in result.delete if n in by_name]
+        await logkeeper.keep_failed(self.api, task.namespace, body, doomed, logger)
         for pod_name_ in result.delete:
             await self.api.delete_pod(task.namespace, pod_name_)
             metrics.PODS_DELETED.inc()

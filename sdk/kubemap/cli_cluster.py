@@ -187,6 +187,8 @@ def logs_cmd(name: str, index: int | None, namespace: str | None) -> None:
             chosen.append((start, attempt, meta.name))
     if index is not None:
         chosen = sorted(chosen, key=lambda c: c[1])[-1:]
+    if not chosen and _print_kept_logs(cluster, name, index):
+        return
     if not chosen:
         where = f"index {index}" if index is not None else "this task"
         _fail(
@@ -212,6 +214,29 @@ def logs_cmd(name: str, index: int | None, namespace: str | None) -> None:
             f"`kubectl logs {unreadable[0]} -n {cluster.namespace}` (RBAC on pods/log, or the "
             "pod never started)"
         )
+
+
+def _print_kept_logs(cluster: Cluster, name: str, index: int | None) -> bool:
+    """The operator's copy of deleted failed pods' logs (ConfigMap <task>-logs); False when
+    it holds nothing for `index` (None: for any index)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        found = cluster.call(
+            "read kept logs",
+            cluster.core.read_namespaced_config_map,
+            f"{_label(name)}-logs",
+            cluster.namespace,
+        )
+    except ApiException:
+        return False
+    data = dict(found.data or {})
+    order = [i for i in data.get("order", "").split(",") if i in data]
+    wanted = order if index is None else [i for i in order if i == str(index)]
+    for key in wanted:
+        click.echo(f"==> index {key}: kept after its pod was deleted <==")
+        click.echo(data[key], nl=not data[key].endswith("\n"))
+    return bool(wanted)
 
 
 @click.command("cancel", short_help="Cancel a MapTask (its running pods are deleted).")

@@ -101,8 +101,8 @@ app.kubernetes.io/part-of: kubemap
 RBAC rules of the operator, shared by the Role and the ClusterRole. Least privilege:
 no Secrets (worker pods read S3 credentials via secretKeyRef; the kubelet fetches them),
 no CRDs and no namespaces (the chart installs the CRD; kopf's scanning is off and
-watchNamespaces are exact names), no pods/log (users read logs as themselves), no kopf.dev
-peering objects (peering is off with one replica).
+watchNamespaces are exact names), no kopf.dev peering objects (peering is off with one
+replica). pods/log and configmaps only to keep a failed pod's log tail after deleting it.
 */}}
 {{- define "kubemap.rbacRules" -}}
 # Reconcile MapTasks: list/watch to see them, patch/update for kopf's finalizer and
@@ -124,6 +124,14 @@ peering objects (peering is off with one replica).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete", "patch"]
+# Before deleting a failed pod, read the tail of its log (operator/kubemap_operator/logkeeper.py).
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+# ...and keep it in the ConfigMap <task>-logs, owned by the MapTask (`kubemap logs --index`).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch"]
 # kopf posts handler outcomes as Events on the MapTask (core API).
 - apiGroups: [""]
   resources: ["events"]
