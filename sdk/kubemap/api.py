@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sized
 from typing import Any
 
+from kubemap import retention
 from kubemap.backend import (
     REASON_CANCELLED,
     REASON_DEADLINE,
@@ -248,6 +249,7 @@ def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> 
         else None
     )
     store_url = opts.store or found or default_store_url()
+    retention.sweep_quietly(store_url)  # failed local runs' data expires (kubemap gc)
     backend.preflight(store_url, opts)
     task = open_store(store_url).child(name)
     if opts.name and task.exists(META_KEY):

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 import click
 
+from kubemap import retention
 from kubemap.errors import ConfigError, KubemapError, MapTaskError, RemoteError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -148,6 +149,8 @@ def run(
             values = map_run.results(partial=True)
             _write_results(values, output_path)
             _report_failures(exc, verbose=verbose)
+            if "store" not in settings and map_run.store_url.startswith("file://"):
+                click.echo(f"  {retention.kept_note(map_run.store_url)}", err=True)
             sys.exit(1)
         _write_results(values, output_path)
         tolerated = map_run.failures() if map_run.status().failed else {}
@@ -187,6 +190,33 @@ def _on_cluster(map_run: Any) -> bool:
 
 class UserCodeError(KubemapError):
     """The user's module raised while being imported: one line, the traceback on --verbose."""
+
+
+@main.command(context_settings=CONTEXT, short_help="Remove old tasks from the local store.")
+@click.option(
+    "--older-than",
+    "days",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="DAYS",
+    help="Remove tasks submitted more than DAYS ago [default: $KUBEMAP_RETENTION_DAYS or 7]; "
+    "0 removes every task.",
+)
+@click.option(
+    "--store", metavar="URL", help="A directory store [default: $KUBEMAP_STORE or ~/.cache/...]."
+)
+def gc(days: float | None, store: str | None) -> None:
+    """Remove the data that failed and cancelled local runs leave in the store (successful
+    runs on the default store clean up after themselves). Submits to the default store do
+    this for tasks past the retention period anyway."""
+    from kubemap.store import default_store_url
+
+    url = store or default_store_url()
+    try:
+        done = retention.sweep(url, retention.retention_days() if days is None else days)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"removed {len(done.removed)} task(s) from {url}; {done.kept} newer ones kept")
 
 
 def load_function(target: str, *, verbose: bool = False) -> Callable[..., Any]:
