@@ -59,10 +59,14 @@ def test_get_list_results_logs_cancel(operator: Operator, unique: Callable[[str]
     code, out, err = cli("results", name, "-n", NAMESPACE)
     assert code == 1  # an index failed
     assert [json.loads(line) for line in out.splitlines()] == [0.0, 0.5, 1.0, None, 2.0]
-    assert "index 3: ArithmeticError: three is not welcome" in err and "Traceback" in err
+    assert "index 3: ArithmeticError: three is not welcome" in err and "Traceback" not in err
+    code, _, err = cli("results", name, "-n", NAMESPACE, "--verbose")
+    assert code == 1 and "Traceback" in err
 
-    code, out, _ = cli("logs", name, "--index", "3", "-n", NAMESPACE)
-    assert code == 0 and f"==> {name}-3-0 (index 3, attempt 0) <==" in out  # the failed pod is kept
+    code, out, err = cli("logs", name, "--index", "3", "-n", NAMESPACE)
+    assert f"==> {name}-3-0 (index 3, attempt 0) <==" in out  # the failed pod is kept
+    # The node emulator serves no logs: that is an error, not an empty log (kind serves them).
+    assert code == 0 or (code == 1 and "cannot read the logs of pod" in err)
 
     code, _, err = cli("get", "no-such-task", "-n", NAMESPACE)
     assert code == 1 and "no MapTask 'no-such-task'" in err
@@ -76,5 +80,5 @@ def test_get_list_results_logs_cancel(operator: Operator, unique: Callable[[str]
         slow, range(3), backend="kubernetes", namespace=NAMESPACE, store=store, name=other
     )
     code, out, _ = cli("cancel", other, "-n", NAMESPACE)
-    assert code == 0 and "cancelled" in out
+    assert code == 0 and f"maptask {other} cancelled" in out
     assert run.wait(timeout=60).phase.value == "Cancelled"
