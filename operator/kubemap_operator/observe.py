@@ -68,9 +68,7 @@ class ObservedPod(Attempt):
     stuck: bool = False  # failed by the operator while Kubernetes still has it pending
 
 
-def stuck_cause(
-    status: Mapping[str, Any], created: datetime | None, now: datetime
-) -> Cause | None:
+def stuck_cause(status: Mapping[str, Any], created: datetime | None, now: datetime) -> Cause | None:
     """Why a pending pod will never run: an image that cannot be pulled, a missing Secret
     or ConfigMap, or no node that fits it for UNSCHEDULABLE_SECONDS."""
     for cs in status.get("containerStatuses") or []:

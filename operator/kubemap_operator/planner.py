@@ -49,7 +49,9 @@ def _upd(status: MapTaskStatus, **changes: object) -> MapTaskStatus:
 def _events(decision: Decision, old_failed: IndexRanges) -> list[Event]:
     events: list[Event] = []
     if decision.failed - old_failed and decision.failure_notes:
-        events.append(Event("Warning", "IndexFailed", clip("; ".join(decision.failure_notes), 1000)))
+        events.append(
+            Event("Warning", "IndexFailed", clip("; ".join(decision.failure_notes), 1000))
+        )
     return events
 
 

@@ -142,9 +142,7 @@ class MapRun:
 
     def _failures(self, status: RunStatus) -> dict[int, RemoteError]:
         done = succeeded_indexes(self._task)
-        return {
-            i: err for i, err in sorted(read_errors(self._task).items()) if i not in done
-        }
+        return {i: err for i, err in sorted(read_errors(self._task).items()) if i not in done}
 
     def cancel(self) -> bool:
         """Stop the run; results that finished stay in the store. False if it had already
@@ -161,7 +159,7 @@ class MapRun:
         where = f"finished results stay in {self._task.url}; read them with results(partial=True)"
         counts = status.counts()
         if status.reason is Reason.DEADLINE:
-            raise TimeoutError(f"task {self._name} timed out ({counts}); {where}")
+            raise TimeoutError(f"task {self._name} timed out: {status.message or counts}; {where}")
         if status.reason is Reason.CANCELLED:
             raise CancelledError(f"task {self._name} was cancelled ({counts}); {where}")
         failures = self._failures(status)

@@ -98,8 +98,7 @@ class MapTaskError(KubemapError):
     def _describe(self) -> str:
         task = f"task {self.name}" if self.name else "the task"
         counts = (
-            f"{self.succeeded} succeeded, {len(self.failures)} failed, "
-            f"{len(self.not_run)} not run"
+            f"{self.succeeded} succeeded, {len(self.failures)} failed, {len(self.not_run)} not run"
         )
         if not self.failures:
             return f"{task} failed ({self.why or counts})"

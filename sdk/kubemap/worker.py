@@ -43,8 +43,8 @@ from kubemap.contract import (
     EXIT_USER_ERROR,
     result_key,
 )
-from kubemap.errors import ConfigError, RemoteError, SerializationError, StoreError
 from kubemap.core.ranges import IndexRanges
+from kubemap.errors import ConfigError, RemoteError, SerializationError, StoreError
 from kubemap.stores import Store, open_store
 
 SUMMARY_LIMIT = 4096

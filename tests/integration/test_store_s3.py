@@ -11,8 +11,8 @@ import pytest
 from kubemap import taskdata
 from kubemap.contract import INDEX_KEY, INPUTS_KEY
 from kubemap.errors import ConfigError, CorruptTaskError, SerializationError, StoreError
-from kubemap.stores.s3 import PART_SIZE, S3Store
 from kubemap.stores import FileStore, KeyNotFound, Store, default_store_url, open_store
+from kubemap.stores.s3 import PART_SIZE, S3Store
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,7 +20,6 @@ import contextlib
 import itertools
 import os
 import threading
-import time
 import weakref
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -293,7 +292,12 @@ class LocalRun:
                 write_error(
                     self.task,
                     index,
-                    {"type": "WorkerDied", "message": message, "traceback": "", "attempt": job.attempt},
+                    {
+                        "type": "WorkerDied",
+                        "message": message,
+                        "traceback": "",
+                        "attempt": job.attempt,
+                    },
                 )
         self._attempts[job.name] = replace(
             one,
