@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import kopf
 from kubemap.contract import GROUP, LABEL_TASK, PLURAL, POD_FINALIZER, VERSION
-from kubemap.models import Phase
+from kubemap.core.status import Phase
 
 from kubemap_operator.kubeapi import KubeApi
 from kubemap_operator.planner import Event

@@ -17,7 +17,8 @@ from typing import Any, TextIO
 import click
 
 from kubemap import retention
-from kubemap.errors import ConfigError, KubemapError, MapTaskError, RemoteError
+from kubemap.errors import ConfigError, KubemapError, MapTaskError
+from kubemap.report import print_failures
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -160,7 +161,7 @@ def run(
                 f"--min-success-ratio); their results are null",
                 err=True,
             )
-            _print_failures(tolerated, verbose=verbose)
+            print_failures(tolerated, verbose=verbose)
         elif "store" not in settings and map_run.store_url.startswith("file://"):
             map_run.delete()  # as kubemap.map does: the results are out, keep the store small
     except ConfigError as exc:
@@ -209,7 +210,7 @@ def gc(days: float | None, store: str | None) -> None:
     """Remove the data that failed and cancelled local runs leave in the store (successful
     runs on the default store clean up after themselves). Submits to the default store do
     this for tasks past the retention period anyway."""
-    from kubemap.store import default_store_url
+    from kubemap.stores import default_store_url
 
     url = store or default_store_url()
     try:
@@ -355,24 +356,7 @@ def _report_failures(exc: MapTaskError, *, verbose: bool = False) -> None:
         "their results are written as null",
         err=True,
     )
-    _print_failures(exc.failures, verbose=verbose)
-
-
-FAILURES_LISTED = 10
-
-
-def _print_failures(failures: dict[int, RemoteError], *, verbose: bool = False) -> None:
-    """One line per failure (the first FAILURES_LISTED); --verbose adds every traceback."""
-    for n, (index, failure) in enumerate(failures.items()):
-        if not verbose and n == FAILURES_LISTED:
-            click.echo(f"  ... and {len(failures) - n} more", err=True)
-            break
-        message = (failure.message.splitlines() or [""])[0]
-        click.echo(f"  index {index}: {failure.type}: {message}", err=True)
-        if verbose and failure.traceback:
-            click.echo(failure.traceback.rstrip() + "\n", err=True)
-    if failures and not verbose:
-        click.echo("  (--verbose prints the remote tracebacks)", err=True)
+    print_failures(exc.failures, verbose=verbose)
 
 
 def _register_cluster_commands() -> None:

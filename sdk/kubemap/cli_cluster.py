@@ -10,15 +10,32 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from kubemap.contract import ANNOTATION_ATTEMPT, ANNOTATION_COUNT, LABEL_INDEX, LABEL_TASK
+from kubemap.contract import (
+    ANNOTATION_ATTEMPT,
+    ANNOTATION_COUNT,
+    LABEL_INDEX,
+    LABEL_TASK,
+    task_label,
+)
 from kubemap.crd import render_crd
 from kubemap.errors import KubemapError
-from kubemap.kube import Cluster
 from kubemap.models import MapTaskStatus
+
+if TYPE_CHECKING:
+    from kubemap.backends.kubeclient import Cluster
+
+
+def _connect(namespace: str | None) -> Cluster:
+    # The Kubernetes client takes ~1 s to import: only cluster commands pay for it, so
+    # `kubemap run` on the local backend never loads it.
+    from kubemap.backends.kubeclient import Cluster
+
+    return Cluster.connect(namespace)
+
 
 NAMESPACE = click.option(
     "-n", "--namespace", default=None, help="Namespace (default: the kubeconfig context's)."
@@ -41,23 +58,12 @@ def _task(cluster: Cluster, name: str) -> dict[str, Any]:
     return body
 
 
-def _label(name: str) -> str:
-    # The operator hashes task names over 63 characters into the label; mirror it.
-    from hashlib import sha256
-
-    return (
-        name
-        if len(name) <= 63
-        else f"{name[:54].rstrip('-.')}-{sha256(name.encode()).hexdigest()[:8]}"
-    )
-
-
 @click.command("get", short_help="Show one MapTask's progress.")
 @click.argument("name")
 @NAMESPACE
 def get_cmd(name: str, namespace: str | None) -> None:
     """Phase, counts and index ranges of the MapTask NAME."""
-    cluster = Cluster.connect(namespace)
+    cluster = _connect(namespace)
     body = _task(cluster, name)
     status = MapTaskStatus.model_validate(body.get("status") or {})
     spec = body.get("spec") or {}
@@ -97,7 +103,7 @@ def _short(text: str, limit: int = 200) -> str:
 )
 def list_cmd(namespace: str | None, output: str | None) -> None:
     """Every MapTask in the namespace with its phase and counts."""
-    cluster = Cluster.connect(namespace)
+    cluster = _connect(namespace)
     wide = output == "wide"
     header = ("NAME", "MODE", "PHASE", "SUCCEEDED", "FAILED", "ACTIVE")
     rows: list[tuple[str, ...]] = [(*header, "PODS", "RETRIES", "AGE", "STORE") if wide else header]
@@ -121,7 +127,7 @@ def list_cmd(namespace: str | None, output: str | None) -> None:
             store = (spec.get("store") or {}).get("url")
             row = (
                 *row,
-                str(pods.get(_label(name), 0)),
+                str(pods.get(task_label(name), 0)),
                 str(spec.get("backoffLimitPerIndex", 0)),
                 _age(item["metadata"].get("creationTimestamp"), now),
                 f"{store.rstrip('/')}/{name}" if store else "-",
@@ -169,13 +175,13 @@ def _age(created: str | None, now: datetime) -> str:
 def logs_cmd(name: str, index: int | None, namespace: str | None) -> None:
     """Logs of the pods of MapTask NAME that still exist (running, and failed ones kept for
     their logs; succeeded pods are removed once recorded)."""
-    cluster = Cluster.connect(namespace)
+    cluster = _connect(namespace)
     _task(cluster, name)
     pods = cluster.call(
         "list pods",
         cluster.core.list_namespaced_pod,
         cluster.namespace,
-        label_selector=f"{LABEL_TASK}={_label(name)}",
+        label_selector=f"{LABEL_TASK}={task_label(name)}",
     ).items
     chosen = []
     for pod in pods:
@@ -225,7 +231,7 @@ def _print_kept_logs(cluster: Cluster, name: str, index: int | None) -> bool:
         found = cluster.call(
             "read kept logs",
             cluster.core.read_namespaced_config_map,
-            f"{_label(name)}-logs",
+            f"{task_label(name)}-logs",
             cluster.namespace,
         )
     except ApiException:
@@ -245,7 +251,7 @@ def _print_kept_logs(cluster: Cluster, name: str, index: int | None) -> bool:
 def cancel_cmd(name: str, namespace: str | None) -> None:
     """Set spec.suspend on MapTask NAME: the operator deletes its pods and marks it Cancelled.
     A task that has finished already is left as it is."""
-    cluster = Cluster.connect(namespace)
+    cluster = _connect(namespace)
     body = _task(cluster, name)
     phase = MapTaskStatus.model_validate(body.get("status") or {}).phase
     if phase.finished:
@@ -270,10 +276,10 @@ def results_cmd(
     stderr, one line each (--verbose: with tracebacks), and make the exit code 1. A cancelled
     task's results need --partial."""
     from kubemap.api import MapRun
-    from kubemap.models import Phase
+    from kubemap.core.status import Phase
 
     if store is None:
-        cluster = Cluster.connect(namespace)
+        cluster = _connect(namespace)
         body = _task(cluster, name)
         spec = body.get("spec") or {}
         status = MapTaskStatus.model_validate(body.get("status") or {})
@@ -296,10 +302,10 @@ def results_cmd(
             click.echo(json.dumps(repr(value)))
     failures = run.failures()
     if failures:
-        from kubemap.cli import _print_failures
+        from kubemap.report import print_failures
 
         click.echo(f"error: {len(failures)} of {run.total} inputs failed in task {name}", err=True)
-        _print_failures(failures, verbose=verbose)
+        print_failures(failures, verbose=verbose)
         sys.exit(1)
 
 

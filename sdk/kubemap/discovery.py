@@ -61,7 +61,7 @@ def find_defaults(namespace: str | None = None) -> ClusterDefaults | None:
     readable (an older chart, another install method, or no RBAC to read it)."""
     from kubernetes.client.exceptions import ApiException
 
-    from kubemap.kube import Cluster
+    from kubemap.backends.kubeclient import Cluster
 
     try:
         cluster = Cluster.connect(namespace)

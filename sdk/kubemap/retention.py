@@ -19,7 +19,8 @@ from pathlib import Path
 
 from kubemap.contract import META_KEY
 from kubemap.errors import ConfigError
-from kubemap.store import open_store, user_cache_dir
+from kubemap.stores import open_store
+from kubemap.stores.base import user_cache_dir
 
 ENV_RETENTION_DAYS = "KUBEMAP_RETENTION_DAYS"
 DEFAULT_RETENTION_DAYS = 7.0

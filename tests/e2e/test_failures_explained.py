@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from e2ekit import NAMESPACE, Operator, get_task, task_pods, wait_phase
 from kubemap import taskdata
 from kubemap.cli import main
-from kubemap.store import open_store
+from kubemap.stores import open_store
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 

@@ -17,7 +17,7 @@ import kubemap
 import pytest
 from kubemap import taskdata
 from kubemap.models import Phase
-from kubemap.store import open_store
+from kubemap.stores import open_store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,11 +83,12 @@ def test_generator_inputs_and_items_per_pod(store: str) -> None:
     assert len(keys) == 7  # 6 slices of 4, one of 1: exactly as pods would run them
 
 
-def test_empty_input_is_quick(store: str) -> None:
-    started = time.perf_counter()
-    assert kubemap.map(square, [], store=store) == []
-    assert kubemap.map(square, iter(()), store=store) == []
-    assert time.perf_counter() - started < 1.0
+def test_empty_input_starts_nothing(store: str) -> None:
+    assert kubemap.map(square, [], store=store) == []  # a sized empty input: no upload at all
+    assert list(open_store(store).list()) == []
+    run = kubemap.submit(square, iter(()), store=store)  # unsized: an empty task, no workers
+    assert run.results() == [] and run.status().phase is Phase.SUCCEEDED
+    assert list(open_store(run.store_url).list("results/")) == []
 
 
 def test_function_is_loaded_once_per_worker(store: str) -> None:
@@ -157,11 +158,9 @@ def test_failure_budget_exceeded_fails_fast(store: str) -> None:
 
 
 def test_timeout_keeps_what_finished(store: str) -> None:
-    started = time.perf_counter()
     run = kubemap.submit(slow, range(40), store=store, parallelism=2, timeout=1.0)
     with pytest.raises(kubemap.TimeoutError, match="timeout=1s"):
         run.results()
-    assert time.perf_counter() - started < 5.0
     status = run.status()
     assert status.phase is Phase.FAILED and 1 <= status.succeeded < 40
     values = run.results(partial=True)
@@ -205,7 +204,7 @@ def test_interrupt_cancels_the_run(store: str) -> None:
     run = kubemap.MapRun.attach("interrupted", store=store)
     done = taskdata.succeeded_indexes(open_store(run.store_url))
     assert run.status().succeeded == len(done) < 40
-    assert run.status().phase is Phase.FAILED
+    assert run.status().phase is Phase.CANCELLED  # attach reports it as what it is
 
 
 def test_worker_crash_is_a_failure_not_a_hang(store: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import kubemap
 import pytest
 from kubemap import retention
-from kubemap.store import open_store
+from kubemap.stores import open_store
 from kubemap.taskmeta import read_meta, write_meta
 
 pytestmark = pytest.mark.timeout(120)
