@@ -150,7 +150,7 @@ def run(
             values = map_run.results(partial=True)
             _write_results(values, output_path)
             _report_failures(exc, verbose=verbose)
-            if "store" not in settings and map_run.store_url.startswith("file://"):
+            if retention.expires(map_run.store_url):
                 click.echo(f"  {retention.kept_note(map_run.store_url)}", err=True)
             sys.exit(1)
         _write_results(values, output_path)

@@ -89,6 +89,11 @@ def builtin_store_url() -> str:
     return (user_cache_dir() / "kubemap" / "store").resolve().as_uri()
 
 
+def expires(task_url: str) -> bool:
+    """True for a task in the built-in default store, the one that is swept."""
+    return task_url.rstrip("/").rsplit("/", 1)[0] == builtin_store_url()
+
+
 def sweep_quietly(store_url: str) -> None:
     """The sweep at submit to the built-in default store (never a store the user chose,
     whose data is theirs to keep); it never fails the submit."""
