@@ -129,7 +129,8 @@ def loads(data: bytes | memoryview, *, what: str) -> Any:
         raise CorruptTaskError(
             f"cannot load {what}: {type(exc).__name__}: {exc}; the module it needs is not "
             "installed here: install it in the worker image (or use the same Python and "
-            "library versions as the submitting machine)"
+            "library versions as the submitting machine)",
+            code=type(exc).__name__,  # the worker's termination message names it
         ) from exc
     except Exception as exc:
         raise CorruptTaskError(

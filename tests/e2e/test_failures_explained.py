@@ -9,10 +9,12 @@ keep the logs of deleted failed pods, and `kubemap results` says it has none.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import dataclasses
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -310,3 +312,31 @@ def test_list_wide_and_logs_that_cannot_be_read(
         assert "==>" in out  # a cluster that serves logs (kind)
     else:
         assert code == 1 and "cannot read the logs of pod" in err
+
+
+def sleepy(x: int) -> int:
+    time.sleep(3)
+    return x + 1
+
+
+def test_ctrl_c_in_map_with_detach_leaves_the_task_running(
+    custom: client.CustomObjectsApi,
+    operator: Operator,
+    unique: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = unique("sdkdetach")
+    # Ctrl-C arrives as KeyboardInterrupt in the main thread while map() waits.
+    timer = threading.Timer(2.0, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            kubemap.map(
+                sleepy, range(2), backend="kubernetes", namespace=NAMESPACE, name=name, detach=True
+            )
+    finally:
+        timer.cancel()
+    assert f"task {name} left running (detach=True)" in capsys.readouterr().err
+    body = wait_phase(custom, name, {"Succeeded", "Failed", "Cancelled"}, timeout=120)
+    assert body["status"]["phase"] == "Succeeded" and not body["spec"].get("suspend")
+    assert kubemap.MapRun.attach(name, store=os.environ["KUBEMAP_STORE"]).results() == [1, 2]

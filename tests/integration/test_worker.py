@@ -222,6 +222,9 @@ def test_missing_module_of_function_exits_4(store_url: str, tmp_path: Path) -> N
     run = run_worker(tmp_path, slice_env(task, 0, 1, 1))
     assert run.code == EXIT_INFRA_ERROR
     assert "no_such_module_kubemap_test" in run.stderr and "worker image" in run.stderr
+    assert run.summary is not None
+    assert run.summary["cause"]["code"] == "ModuleNotFoundError", run.summary
+    assert run.summary["cause"]["kind"] == "task"
 
 
 @pytest.mark.parametrize(
