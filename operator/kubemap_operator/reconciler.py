@@ -19,19 +19,19 @@ from typing import Any
 import pydantic
 from kubemap.contract import task_label
 from kubemap.core.ranges import IndexRanges
-from kubemap.core.status import Phase
+from kubemap.core.status import Phase, Reason
 from kubemap.models import MapTaskSpec, MapTaskStatus
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kubemap_operator import metrics
 from kubemap_operator.builder import TaskRef, build_pod, pod_name
-from kubemap_operator.kubeapi import CreateFailed, KubeApi, Throttled
+from kubemap_operator.kubeapi import CreateFailed, TaskApi, Throttled
 from kubemap_operator.observe import observe_pod
 from kubemap_operator.planner import Event, Limits, Plan, plan
 from kubemap_operator.ratelimit import TokenBucket
 from kubemap_operator.settings import Settings
-from kubemap_operator.status import clip, describe, rfc3339
+from kubemap_operator.status import clip, describe, rfc3339, set_condition
 
 EventSink = Callable[[dict[str, Any], Event], None]
 CREATE_CONCURRENCY = 8
@@ -54,7 +54,7 @@ def status_wire(status: MapTaskStatus) -> dict[str, Any]:
 class Reconciler:
     def __init__(
         self,
-        api: KubeApi,
+        api: TaskApi,
         settings: Settings,
         *,
         limiter: TokenBucket | None = None,
@@ -206,6 +206,7 @@ class Reconciler:
     ) -> None:
         semaphore = asyncio.Semaphore(CREATE_CONCURRENCY)
         started: list[tuple[int, int]] = []
+        retried: list[int] = []
         stop: list[str] = []
 
         async def one(request: Any) -> None:
@@ -233,10 +234,16 @@ class Reconciler:
                 if outcome == "created":
                     metrics.PODS_CREATED.inc()
                     started.append((request.start, request.start + request.count))
+                    if request.attempt > 0:
+                        retried.append(request.start)
 
         # One reconcile creates at most a burst of pods, so it stays short and the status
         # fresh; the pods' own events (and a quick requeue) bring the next round.
         await asyncio.gather(*(one(r) for r in result.create[: self._batch]))
+        if retried:  # the status reports the retries spent: one write per round, not per pod
+            await self.api.patch_status(
+                task.namespace, task.name, {"retries": result.status.retries + len(retried)}
+            )
         if started:
             ranges = IndexRanges.from_spans(started)
             event = Event(
@@ -263,25 +270,37 @@ class Reconciler:
         exc: pydantic.ValidationError,
         logger: Any,
     ) -> None:
-        message = clip(
-            f"invalid spec: {exc.errors()[0].get('msg')} at {exc.errors()[0].get('loc')}; fix the MapTask and create it again"
-        )
+        message = clip(invalid_spec_message(exc))
         old = MapTaskStatus.model_validate(body.get("status") or {})
         if old.phase is Phase.FAILED and old.message == message:
             return
-        now = rfc3339(self.clock())
+        moment = self.clock()
+        now = rfc3339(moment)
         failed = MapTaskStatus(
             phase=Phase.FAILED,
             message=message,
             completion_time=now,
             start_time=old.start_time or now,
+            conditions=set_condition(
+                [], "Failed", reason=Reason.INVALID_SPEC.value, message=message, now=moment
+            ),
         )
         await self.api.patch_status(namespace, name, status_wire(failed))
         logger.error(message)
         self.post_event(body, Event("Warning", "InvalidSpec", message))
 
 
-async def release_orphan(api: KubeApi, pod: dict[str, Any]) -> bool:
+def invalid_spec_message(exc: pydantic.ValidationError) -> str:
+    """'invalid spec: spec.template.image: ...': the first error, with the field's path as
+    written in the MapTask (camelCase), so a YAML user finds it."""
+    first = exc.errors()[0]
+    path = ".".join(["spec", *(str(part) for part in first.get("loc") or ())])
+    reason = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid spec: {path}: {reason}{more}; fix the MapTask and apply it again"
+
+
+async def release_orphan(api: TaskApi, pod: dict[str, Any]) -> bool:
     """A pod with our finalizer whose task is gone or being deleted: drop the finalizer."""
     meta = pod.get("metadata") or {}
     namespace = str(meta.get("namespace", ""))

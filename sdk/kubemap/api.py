@@ -162,6 +162,8 @@ class MapRun:
             raise TimeoutError(f"task {self._name} timed out: {status.message or counts}; {where}")
         if status.reason is Reason.CANCELLED:
             raise CancelledError(f"task {self._name} was cancelled ({counts}); {where}")
+        if status.reason is Reason.INVALID_SPEC:
+            raise ConfigError(f"task {self._name} was refused: {status.message}")
         failures = self._failures(status)
         if status.reason is Reason.INFRASTRUCTURE and not failures:
             raise StoreError(status.message or f"task {self._name} failed in the store")

@@ -283,7 +283,11 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         return EXIT_INFRA_ERROR
     except StoreError as exc:
         _log(f"infrastructure failure for items {env.start}..{last} of {env.task_url}: {exc}")
-        cause = {"kind": "store", "code": str(getattr(exc, "code", "") or ""), "message": str(exc)[:300]}
+        cause = {
+            "kind": "store",
+            "code": str(getattr(exc, "code", "") or ""),
+            "message": str(exc)[:300],
+        }
         _write_termination_log(
             env_map,
             json.dumps({"v": 1, "infra": str(exc)[:2000], "cause": cause}, separators=(",", ":")),
