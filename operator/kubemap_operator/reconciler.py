@@ -32,6 +32,7 @@ from kubemap_operator.planner import Event, Limits, Plan, plan
 from kubemap_operator.ratelimit import TokenBucket
 from kubemap_operator.settings import Settings
 from kubemap_operator.status import clip, describe, rfc3339, set_condition
+from kubemap_operator.workqueue import WorkQueue
 
 EventSink = Callable[[dict[str, Any], Event], None]
 CREATE_CONCURRENCY = 8
@@ -71,60 +72,39 @@ class Reconciler:
             failed_pods_kept=settings.failed_pods_kept,
         )
         self._batch = max(1, settings.pod_create_burst)
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._again: set[tuple[str, str]] = set()
-        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._loggers: dict[tuple[str, str], Any] = {}
+        self.queue: WorkQueue[tuple[str, str]] = WorkQueue(
+            self._run_once, longest_delay=settings.reconcile_interval
+        )
 
     async def trigger(
         self, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter[Any]
     ) -> None:
         """Reconcile now; if a reconcile of this task is running, run once more after it."""
-        key = (namespace, name)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        if lock.locked():
-            self._again.add(key)
-            return
-        async with lock:
-            while True:
-                self._again.discard(key)
-                try:
-                    requeue = await self.reconcile(namespace, name, logger)
-                except (ApiException, OSError, HTTPError) as exc:
-                    if (
-                        isinstance(exc, ApiException)
-                        and exc.status
-                        and exc.status < 500
-                        and exc.status not in (409, 429)
-                    ):
-                        raise  # refused for good (403, 422...): kopf logs it and backs off
-                    # A hiccup of the API server: try again soon, not at kopf's 60 s error backoff.
-                    logger.warning(f"reconcile failed, retrying in {ERROR_RETRY_SECONDS:g}s: {exc}")
-                    requeue = ERROR_RETRY_SECONDS
-                if requeue is not None:
-                    self._schedule(namespace, name, requeue, logger)
-                if key not in self._again:
-                    break
+        self._loggers[(namespace, name)] = logger
+        await self.queue.trigger((namespace, name))
+
+    async def _run_once(self, key: tuple[str, str]) -> float | None:
+        namespace, name = key
+        logger = self._loggers.get(key) or logging.getLogger("kubemap.operator")
+        try:
+            return await self.reconcile(namespace, name, logger)
+        except (ApiException, OSError, HTTPError) as exc:
+            if (
+                isinstance(exc, ApiException)
+                and exc.status
+                and exc.status < 500
+                and exc.status not in (409, 429)
+            ):
+                raise  # refused for good (403, 422...): kopf logs it and backs off
+            # A hiccup of the API server: try again soon, not at kopf's 60 s error backoff.
+            logger.warning(f"reconcile failed, retrying in {ERROR_RETRY_SECONDS:g}s: {exc}")
+            return ERROR_RETRY_SECONDS
 
     def forget(self, namespace: str, name: str) -> None:
-        key = (namespace, name)
-        self._locks.pop(key, None)
-        handle = self._timers.pop(key, None)
-        if handle is not None:
-            handle.cancel()
+        self.queue.forget((namespace, name))
+        self._loggers.pop((namespace, name), None)
         metrics.observe_phase(namespace, name, None)
-
-    def _schedule(self, namespace: str, name: str, delay: float, logger: Any) -> None:
-        """A retry or TTL falls due before the next timer tick: wake up for it."""
-        if delay >= self.settings.reconcile_interval:
-            return
-        key = (namespace, name)
-        old = self._timers.pop(key, None)
-        if old is not None:
-            old.cancel()
-        loop = asyncio.get_running_loop()
-        self._timers[key] = loop.call_later(
-            max(0.05, delay), lambda: loop.create_task(self.trigger(namespace, name, logger))
-        )
 
     async def reconcile(self, namespace: str, name: str, logger: Any) -> float | None:
         started = time.monotonic()
