@@ -72,6 +72,13 @@ def build_registry(
 
     settings_ = settings
 
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        # Pending wake-ups are cancelled and runs in flight finish: nothing is cut midway.
+        reconciler = holder.get("reconciler")
+        if reconciler is not None:
+            await reconciler.queue.shutdown()
+
     if login is not None:
         kopf.on.login(registry=registry)(login)
     else:

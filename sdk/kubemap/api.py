@@ -165,6 +165,8 @@ class MapRun:
             raise TimeoutError(f"task {self._name} timed out: {status.message or counts}; {where}")
         if status.reason is Reason.CANCELLED:
             raise CancelledError(f"task {self._name} was cancelled ({counts}); {where}")
+        if status.reason is Reason.INVALID_SPEC:
+            raise ConfigError(f"task {self._name} was refused: {status.message}")
         failures = self._failures(status)
         if status.reason is Reason.INFRASTRUCTURE and not failures:
             raise StoreError(status.message or f"task {self._name} failed in the store")
@@ -189,8 +191,22 @@ class MapRun:
         return self._task.url.rsplit("/", 1)[0]
 
     @classmethod
-    def attach(cls, name: str, *, store: str | None = None) -> MapRun:
-        """A finished (or abandoned) task in the store, to read its results and failures."""
+    def attach(
+        cls,
+        name: str,
+        *,
+        store: str | None = None,
+        backend: str = "local",
+        namespace: str | None = None,
+    ) -> MapRun:
+        """A task submitted earlier (by this process or another), to follow it and read its
+        results. backend="kubernetes" follows the MapTask `name` in the cluster (its store is
+        the MapTask's, unless given); otherwise the status is what the store recorded."""
+        if backend == "kubernetes":
+            from kubemap.backends.kubernetes import attach_maptask
+
+            task, total, handle = attach_maptask(name, store=store, namespace=namespace)
+            return cls(name, task, total, handle, RunOptions(backend="kubernetes"))
         task = open_store(store or default_store_url()).child(name)
         total = read_total(task)
         return cls(name, task, total, _StoredRun(name, task, total), RunOptions())

@@ -277,7 +277,13 @@ def infra_line(exc: StoreError) -> str:
 
 
 def refused_line(reason: str, submitted: str, worker: str) -> str:
-    cause = {"kind": "version", "python": submitted, "worker": worker}
+    cause = {
+        "kind": "version",
+        "code": "PythonVersionMismatch",
+        "python": submitted,
+        "worker": worker,
+        "message": reason[:CAUSE_MESSAGE_LIMIT],
+    }
     return json.dumps({"v": 1, "refused": reason, "cause": cause}, separators=(",", ":"))
 
 

@@ -48,6 +48,13 @@ def flaky(marker_dir: str, x: int) -> int:
     return x + 100
 
 
+def counted_flaky(marker_dir: str, x: int) -> int:
+    """flaky(), counting every call of x in calls-<x> (one byte a call)."""
+    with open(Path(marker_dir) / f"calls-{x}", "a") as out:
+        out.write("x")
+    return flaky(marker_dir, x)
+
+
 def slow(x: int) -> int:
     time.sleep(0.3)
     return x
@@ -124,9 +131,12 @@ def test_worker_exception_is_map_task_error_with_traceback(store: str) -> None:
 
 
 def test_retries_rerun_failed_indices(store: str, tmp_path: Path) -> None:
-    fn = functools.partial(flaky, str(tmp_path))
-    assert kubemap.map(fn, range(8), store=store, retries=1) == [x + 100 for x in range(8)]
-    assert (tmp_path / "seen-3").exists() and (tmp_path / "seen-5").exists()
+    fn = functools.partial(counted_flaky, str(tmp_path))
+    run = kubemap.submit(fn, range(8), store=store, retries=1, items_per_pod=1)
+    assert run.results() == [x + 100 for x in range(8)]
+    calls = {x: len((tmp_path / f"calls-{x}").read_text()) for x in range(8)}
+    assert calls == {0: 1, 1: 1, 2: 1, 3: 2, 4: 1, 5: 2, 6: 1, 7: 1}  # 3 and 5 ran twice
+    assert run.status().retries == 2
 
 
 def test_without_retries_a_flaky_index_fails(store: str, tmp_path: Path) -> None:

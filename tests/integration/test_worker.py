@@ -186,7 +186,14 @@ def test_task_from_another_python_minor_is_refused_once_for_good(
     assert run.code == EXIT_USAGE_ERROR, run.stderr  # the operator never retries exit 5
     here = platform.python_version()
     assert run.summary is not None
-    assert run.summary["cause"] == {"kind": "version", "python": other, "worker": here}
+    cause = run.summary["cause"]
+    assert cause == {
+        "kind": "version",
+        "code": "PythonVersionMismatch",
+        "python": other,
+        "worker": here,
+        "message": run.summary["refused"][:300],
+    }
     assert (
         f"Python {other}" in run.summary["refused"] and f"Python {here}" in run.summary["refused"]
     )

@@ -9,7 +9,6 @@ one test fakes implement.
 from __future__ import annotations
 
 import builtins
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -19,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kubemap.contract import GROUP, PLURAL, VERSION, task_label
-from kubemap.errors import ClusterError, ConfigError
+from kubemap.errors import ClusterError, ConfigError, api_error_message
 
 INSTALL_HINT = (
     "install kubemap into the cluster first: "
@@ -210,12 +209,7 @@ def _missing_resource(exc: ApiException) -> bool:
     return "could not find the requested resource" in text or "page not found" in text
 
 
-def message_of(exc: ApiException) -> str:
-    """The API server's own message of a refusal ("... is forbidden: ...")."""
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except (ValueError, AttributeError):
-        return f"HTTP {exc.status} {exc.reason}"
+message_of = api_error_message
 
 
 __all__ = ["INSTALL_HINT", "Cluster", "ClusterClient", "message_of"]
