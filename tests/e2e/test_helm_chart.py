@@ -246,7 +246,10 @@ def access(
         ("create", "events", "", "", True),
         ("get", "secrets", "", "", False),
         ("list", "secrets", "", "", False),
-        ("get", "pods", "", "log", False),
+        ("get", "pods", "", "log", True),  # logkeeper: a failed pod's log tail
+        ("create", "configmaps", "", "", True),  # ...kept in <task>-logs
+        ("delete", "configmaps", "", "", False),
+        ("list", "configmaps", "", "", False),
         ("delete", "maptasks", "kubemap.io", "", True),
         ("create", "maptasks", "kubemap.io", "", False),
         ("create", "customresourcedefinitions", "apiextensions.k8s.io", "", False),
