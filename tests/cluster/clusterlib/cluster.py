@@ -207,7 +207,8 @@ def stop_all(state: ClusterState) -> dict[str, set[int]]:
         if host_left:
             survivors["(host changes left by the real node: " + "; ".join(host_left) + ")"] = set()
     ordered = sorted(
-        state.procs, key=lambda p: STOP_ORDER.index(p.name) if p.name in STOP_ORDER else -1
+        (p for p in state.procs if p.name not in realnode.NODE_PROCS),
+        key=lambda p: STOP_ORDER.index(p.name) if p.name in STOP_ORDER else -1,
     )
     for proc in ordered:
         left = procs.stop(proc, state.cluster_id)

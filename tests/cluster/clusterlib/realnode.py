@@ -30,7 +30,7 @@ from .pki import KeyPair, Pki, _signed
 from .state import CLUSTER_DIR, ClusterState
 
 ENV = "KUBEMAP_TESTCLUSTER_REAL_NODE"
-NODE_PROCS = ("kubelet", "kube-proxy", "containerd")  # stop order
+NODE_PROCS = ("realnode-binder", "kubelet", "kube-proxy", "containerd")  # stop order
 KUBEMAP_IMAGE = os.environ.get("IMAGE", "kubemap:dev")
 APT_PACKAGES = {
     "containerd": "containerd",
@@ -116,33 +116,31 @@ def _client_kubeconfig(d: Path, pki: Pki, server: str, name: str, subject: str) 
     return path
 
 
-def _host_network(paths: cfg.NodePaths, ports: dict[str, int]) -> None:
-    """The bridge made before CNI does (so route_localnet can be set on it alone), and the
-    DNAT rules that take pods' connections to GATEWAY:port to the loopback-only servers."""
+def _host_network(ports: dict[str, int]) -> None:
+    """The bridge, made before CNI does (so that route_localnet is set on it alone, and the
+    node has a non-loopback address for kubelet), and DNAT rules to the loopback servers:
+    pods reach the API server and S3 at GATEWAY:port and the API server at the `kubernetes`
+    Service's IP (whose endpoint, 127.0.0.1, the API server does not publish); the host
+    reaches kubelet at GATEWAY:port (the node's address) though it listens on 127.0.0.1."""
     if not Path(f"/sys/class/net/{cfg.BRIDGE}").exists():
         _sh("ip", "link", "add", cfg.BRIDGE, "type", "bridge")
         _sh("ip", "addr", "add", f"{cfg.GATEWAY}/24", "dev", cfg.BRIDGE)
         _sh("ip", "link", "set", cfg.BRIDGE, "up")
     Path(f"/proc/sys/net/ipv4/conf/{cfg.BRIDGE}/route_localnet").write_text("1")
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
-    for port in (ports["apiserver"], ports["s3"]):
-        to = f"127.0.0.1:{port}"
-        common = [
-            "-d",
-            cfg.GATEWAY,
-            "-p",
-            "tcp",
-            "--dport",
-            str(port),
-            "-j",
-            "DNAT",
-            "--to-destination",
-            to,
-        ]
-        _sh("iptables", "-t", "nat", "-I", "PREROUTING", "-i", cfg.BRIDGE, *common)
+
+    def dnat(chain: str, dest: str, port: int, to_port: int, *match: str) -> None:
         _sh(
-            "iptables", "-t", "nat", "-I", "OUTPUT", *common
-        )  # the host itself (the emulator's pods)
+            "iptables", "-t", "nat", "-I", chain, *match, "-d", dest, "-p", "tcp",
+            "--dport", str(port), "-j", "DNAT", "--to-destination", f"127.0.0.1:{to_port}",
+        )  # fmt: skip
+
+    from_pods = ("-i", cfg.BRIDGE)
+    for port in (ports["apiserver"], ports["s3"]):
+        dnat("PREROUTING", cfg.GATEWAY, port, port, *from_pods)
+        dnat("OUTPUT", cfg.GATEWAY, port, port)  # the host's own processes (emulator pods)
+    dnat("PREROUTING", cfg.KUBERNETES_SERVICE_IP, 443, ports["apiserver"], *from_pods)
+    dnat("OUTPUT", cfg.GATEWAY, ports["realnode_kubelet"], ports["realnode_kubelet"])
 
 
 def _images(paths: cfg.NodePaths) -> None:
@@ -204,6 +202,20 @@ def _ctr(paths: cfg.NodePaths, *args: str, check: bool = True) -> subprocess.Com
     )
 
 
+def binder_cmd(admin: Path) -> list[str]:
+    boot = (
+        f"import sys; sys.path.insert(0, {str(CLUSTER_DIR)!r}); "
+        "from clusterlib.realnode_binder import main; sys.exit(main(sys.argv[1:]))"
+    )
+    return [
+        sys.executable,
+        "-c",
+        boot,
+        f"--kubeconfig={admin}",
+        f"--node-name={cfg.REAL_NODE_NAME}",
+    ]
+
+
 def paths_for(d: Path) -> cfg.NodePaths:
     return cfg.NodePaths(root=d / "realnode")
 
@@ -229,7 +241,7 @@ def start(start_proc: Start, state: ClusterState, pki: Pki, d: Path) -> None:
     )
     state.ports.update({f"realnode_{k}": v for k, v in ports.items()})
     state.save(d)
-    _host_network(paths, state.ports)
+    _host_network(state.ports)
     paths.containerd_config.write_text(cfg.containerd_toml(paths))
     (paths.cni_conf_dir / "10-kubemap.conflist").write_text(cfg.cni_conflist(paths))
     start_proc(
@@ -259,6 +271,7 @@ def start(start_proc: Start, state: ClusterState, pki: Pki, d: Path) -> None:
         lambda: kube.node_ready(admin, cfg.REAL_NODE_NAME),
         120,
     )
+    start_proc("realnode-binder", binder_cmd(admin), lambda: True, 10)
     start_proc(
         "kube-proxy",
         cfg.kube_proxy_cmd(bin_dir, paths),
@@ -273,10 +286,11 @@ def stop(state: ClusterState, d: Path) -> tuple[dict[str, set[int]], list[str]]:
     paths = paths_for(d)
     survivors: dict[str, set[int]] = {}
     mine = {p.name: p for p in state.procs if p.name in NODE_PROCS}
-    if "kubelet" in mine:
-        left = procs.stop(mine["kubelet"], state.cluster_id)
-        if left:
-            survivors["kubelet"] = left
+    for name in ("realnode-binder", "kubelet"):
+        if name in mine:
+            left = procs.stop(mine[name], state.cluster_id)
+            if left:
+                survivors[name] = left
     if "containerd" in mine and procs.is_alive(
         mine["containerd"].pid, mine["containerd"].start_time
     ):
@@ -286,7 +300,6 @@ def stop(state: ClusterState, d: Path) -> tuple[dict[str, set[int]], list[str]]:
             left = procs.stop(mine[name], state.cluster_id)
             if left:
                 survivors[name] = left
-    state.procs = [p for p in state.procs if p.name not in NODE_PROCS]
     before = hoststate.HostState.load(paths.host_before)
     left_on_host = hoststate.restore(before) if before is not None else []
     return survivors, left_on_host

@@ -18,6 +18,7 @@ REAL_NODE_LABEL = "kubemap.io/real-node"
 BRIDGE = "kubemap0"
 POD_SUBNET = "10.244.77.0/24"
 GATEWAY = "10.244.77.1"  # the bridge's address: pods reach the host's loopback services here
+KUBERNETES_SERVICE_IP = "10.0.0.1"  # first address of components.SERVICE_CIDR
 PAUSE_IMAGE = "docker.io/library/kubemap-pause:catatonit"
 CNI_BIN = Path("/usr/lib/cni")
 RUNC = "/usr/sbin/runc"
@@ -138,7 +139,7 @@ containerRuntimeEndpoint: unix://{paths.containerd_sock}
 cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
-podLogsDirectory: "{paths.root / "pod-logs"}"
+podLogsDir: "{paths.root / "pod-logs"}"
 # A test node on a shared disk: never evict, never garbage-collect the imported images.
 evictionHard: {{memory.available: "1Mi", nodefs.available: "1%", imagefs.available: "1%"}}
 imageGCHighThresholdPercent: 100
@@ -177,7 +178,7 @@ def kubelet_cmd(bin_dir: Path, paths: NodePaths, kubeconfig: Path) -> list[str]:
         f"--root-dir={paths.kubelet_dir}",
         f"--cert-dir={paths.root / 'kubelet-pki'}",
         f"--hostname-override={REAL_NODE_NAME}",
-        "--node-ip=127.0.0.1",
+        f"--node-ip={GATEWAY}",  # kubelet refuses a loopback node IP
         f"--node-labels={REAL_NODE_LABEL}=true",
         f"--register-with-taints={REAL_NODE_LABEL}=true:NoSchedule",
         "--v=1",
