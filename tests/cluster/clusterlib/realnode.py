@@ -217,7 +217,7 @@ def binder_cmd(admin: Path) -> list[str]:
 
 
 def paths_for(d: Path) -> cfg.NodePaths:
-    return cfg.NodePaths(root=d / "realnode")
+    return cfg.NodePaths.for_state(d)
 
 
 Start = Callable[[str, list[str], Callable[[], bool], float], Any]
@@ -229,7 +229,7 @@ def start(start_proc: Start, state: ClusterState, pki: Pki, d: Path) -> None:
     ensure_host_tools()
     bin_dir = build_node_binaries()
     paths = paths_for(d)
-    for sub in ("", "cni", "kubelet", "pod-logs", "containerd", "kubelet-pki", "pki"):
+    for sub in ("", "run", "cni", "kubelet", "pod-logs", "containerd", "kubelet-pki", "pki"):
         (paths.root / sub).mkdir(parents=True, exist_ok=True)
     hoststate.snapshot().save(paths.host_before)  # before the first change to the host
     ports = dict(
@@ -302,6 +302,8 @@ def stop(state: ClusterState, d: Path) -> tuple[dict[str, set[int]], list[str]]:
                 survivors[name] = left
     before = hoststate.HostState.load(paths.host_before)
     left_on_host = hoststate.restore(before) if before is not None else []
+    if not any(line.startswith("mount") for line in left_on_host):  # never rm under a mount
+        shutil.rmtree(paths.root, ignore_errors=True)
     return survivors, left_on_host
 
 

@@ -7,6 +7,7 @@ cgroup v1/hybrid with the cgroupfs driver, runc, no negative oom_score_adj, swap
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,19 @@ RUNC = "/usr/sbin/runc"
 
 @dataclass(frozen=True)
 class NodePaths:
-    root: Path  # <state>/realnode
+    root: Path  # /var/tmp/kubemap-node-<hash of the state dir>: see for_state()
+
+    @classmethod
+    def for_state(cls, state: Path) -> NodePaths:
+        """Unix socket paths are limited to 104 bytes (containerd's, kubelet's pod-resources
+        socket) and a state dir under pytest's tmp_path is already longer: the node's files
+        go to a short directory of their own, removed by ``down``."""
+        digest = hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:12]
+        return cls(root=Path("/var/tmp") / f"kubemap-node-{digest}")
 
     @property
     def containerd_sock(self) -> Path:
-        return self.root / "containerd" / "containerd.sock"
+        return self.root / "run" / "containerd.sock"
 
     @property
     def containerd_config(self) -> Path:
@@ -69,7 +78,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 [grpc]
   address = "{paths.containerd_sock}"
 [ttrpc]
-  address = "{c / "containerd.ttrpc.sock"}"
+  address = "{paths.root / "run" / "containerd.ttrpc.sock"}"
 [debug]
   address = ""
   level = "warn"
