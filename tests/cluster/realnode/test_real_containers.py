@@ -189,11 +189,6 @@ def test_a_pod_killed_by_its_memory_limit_fails_its_index(
     assert (terminated.reason, terminated.exit_code) == ("OOMKilled", 137)  # the real kernel's
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="operator/observe.py keeps only the exit code (137), not the container's "
-    "terminated.reason OOMKilled; the status should say the index ran out of memory",
-)
 def test_an_oom_killed_index_is_reported_as_out_of_memory(
     oom_task: tuple[str, dict[str, Any]],
 ) -> None:
@@ -235,12 +230,6 @@ def test_an_unpullable_image_is_named_by_the_kubelet(
     assert image in state.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the operator does not watch waiting reasons (ErrImageNeverPull, ImagePullBackOff, "
-    "InvalidImageName): the task stays Running with its pod waiting, instead of failing fast "
-    "with the image named",
-)
 def test_an_unpullable_image_fails_the_task_fast_naming_the_image(
     custom: client.CustomObjectsApi, unpullable_task: tuple[str, str]
 ) -> None:
