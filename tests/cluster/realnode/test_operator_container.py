@@ -35,7 +35,7 @@ def _probe_successes(api: client.ApiClient, pod: str) -> int:
     data = api.call_api(
         f"/api/v1/nodes/{REAL_NODE_NAME}/proxy/metrics/probes", "GET",
         auth_settings=["BearerToken"], _preload_content=False,
-    )[0].data.decode()  # fmt: skip
+    ).data.decode()  # fmt: skip
     total = 0
     for line in data.splitlines():
         if (
@@ -109,7 +109,7 @@ def test_the_operator_container_becomes_available_and_stays_live(
     wait_for(
         "two successful liveness probes of /healthz",
         lambda: _probe_successes(real_api, pod.metadata.name) >= 2,
-        120,
+        240,
     )
     again = core.read_namespaced_pod(pod.metadata.name, NAMESPACE)
     assert again.status.container_statuses[0].restart_count == 0
@@ -119,7 +119,7 @@ def test_the_operator_container_becomes_available_and_stays_live(
 def test_the_operator_container_runs_a_task_through_the_kubernetes_service(
     core: client.CoreV1Api, custom: client.CustomObjectsApi, release: str
 ) -> None:
-    wait_for("the operator pod to be ready", lambda: _operator_pod(core), 180)
+    wait_for("the operator pod to be ready", lambda: _operator_pod(core), 300)
     name = "real-operator-task"
     body = {
         "apiVersion": "kubemap.io/v1alpha1",

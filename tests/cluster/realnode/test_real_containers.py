@@ -32,7 +32,9 @@ RESTRICTED_CONTAINER = {
 KUBEMAP_CLI = Path(sys.executable).parent / "kubemap"
 
 
-def maptask(name: str, count: int, template: dict[str, Any]) -> dict[str, Any]:
+def maptask(
+    name: str, count: int, template: dict[str, Any], *, tolerate_failures: bool = True
+) -> dict[str, Any]:
     return {
         "apiVersion": "kubemap.io/v1alpha1",
         "kind": "MapTask",
@@ -42,6 +44,9 @@ def maptask(name: str, count: int, template: dict[str, Any]) -> dict[str, Any]:
             "count": count,
             "parallelism": count,
             "backoffLimitPerIndex": 0,
+            # Tolerated: a failed index does not stop the others. Not: the first failure
+            # stops the task and its message names the index and why.
+            "minSuccessRatio": 0 if tolerate_failures else 1,
             "template": {
                 "image": IMAGE,
                 "imagePullPolicy": "IfNotPresent",
@@ -143,7 +148,6 @@ def test_container_mode_task_runs_on_the_real_node_and_kubemap_logs_reads_it(
     create_task(custom, maptask(name, 3, {"command": ["sh", "-c", command]}))
     try:
         status = finished(custom, name)
-        assert status["phase"] == "Failed", status
         assert status["succeededIndexes"] == "0,2" and status["failedIndexes"] == "1", status
         pods = task_pods(core, name)  # the failed pod is kept for its logs
         assert pods and {p.spec.node_name for p in pods} == {REAL_NODE_NAME}
@@ -161,16 +165,12 @@ def test_container_mode_task_runs_on_the_real_node_and_kubemap_logs_reads_it(
 def oom_task(
     core: client.CoreV1Api, custom: client.CustomObjectsApi
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Index 0 allocates 256 MiB under a 48 MiB limit; index 1 stays small."""
+    """One index that touches 256 MiB under a 48 MiB limit: the kernel's OOM killer ends it."""
     name = f"real-oom-{os.getpid()}"
-    script = (
-        "import os; n = 256 if os.environ['KUBEMAP_INDEX'] == '0' else 1; "
-        "b = bytearray(n << 20); b[::4096] = b'x' * len(b[::4096]); print('survived', n)"
-    )
+    script = "b = bytearray(256 << 20); b[::4096] = b'x' * len(b[::4096]); print('survived')"
     resources = {"requests": {"memory": "48Mi"}, "limits": {"memory": "48Mi"}}
-    create_task(
-        custom, maptask(name, 2, {"command": ["python", "-c", script], "resources": resources})
-    )
+    template = {"command": ["python", "-c", script], "resources": resources}
+    create_task(custom, maptask(name, 1, template, tolerate_failures=False))
     try:
         yield name, finished(custom, name)
     finally:
@@ -182,8 +182,8 @@ def test_a_pod_killed_by_its_memory_limit_fails_its_index(
 ) -> None:
     name, status = oom_task
     assert status["phase"] == "Failed", status
-    assert status["failedIndexes"] == "0" and status["succeededIndexes"] == "1", status
-    kept = [p for p in task_pods(core, name) if p.metadata.labels.get("kubemap.io/index") == "0"]
+    assert status["failedIndexes"] == "0", status
+    kept = task_pods(core, name)
     assert kept, "the failed pod of index 0 is kept"
     terminated = kept[-1].status.container_statuses[0].state.terminated
     assert (terminated.reason, terminated.exit_code) == ("OOMKilled", 137)  # the real kernel's
@@ -193,10 +193,9 @@ def test_an_oom_killed_index_is_reported_as_out_of_memory(
     oom_task: tuple[str, dict[str, Any]],
 ) -> None:
     _, status = oom_task
-    text = " ".join(
-        [status.get("message") or ""] + [c.get("message", "") for c in status.get("conditions", [])]
-    )
-    assert "OOM" in text or "memory" in text, status
+    assert "index 0 failed (OOMKilled: the container exceeded its memory limit" in (
+        status.get("message") or ""
+    ), status
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +204,7 @@ def unpullable_task(
 ) -> Iterator[tuple[str, str]]:
     """An image containerd does not have, with pullPolicy Never: no registry is contacted."""
     name, image = f"real-nopull-{os.getpid()}", "kubemap-missing:never-built"
-    body = maptask(name, 1, {"command": ["true"]})
+    body = maptask(name, 1, {"command": ["true"]}, tolerate_failures=False)
     body["spec"]["template"].update(image=image, imagePullPolicy="Never")
     create_task(custom, body)
     try:
