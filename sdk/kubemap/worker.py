@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import sys
@@ -225,6 +226,16 @@ class WorkerEnv:
         return cls(task_url, start, count, total, attempt)
 
 
+def store_error_code(exc: Exception) -> str:
+    """The S3 error code of a store failure ("InvalidAccessKeyId"), from the exception or,
+    failing that, from the "(Code: message)" the store puts in its message."""
+    code = str(getattr(exc, "code", "") or "")
+    if not code:
+        found = re.search(r"\(([A-Z][A-Za-z]+):", str(exc))
+        code = found.group(1) if found else ""
+    return code
+
+
 def record_infra_failure(task: Store, start: int, count: int, exc: Exception, attempt: int) -> None:
     """Best effort: an error record per index, so a failure that is not the user's function's
     is still explained by failures(); a store that is down simply gets none."""
@@ -263,8 +274,9 @@ def infra_cause(exc: StoreError) -> dict[str, str]:
     """The machine-readable why of an infrastructure failure, for the termination message."""
     first_line = (str(exc).splitlines() or [""])[0]
     cause = {
-        "kind": "task" if isinstance(exc, CorruptTaskError) else "store",
-        "code": exc.code or type(exc).__name__,
+        # "corrupt": no retry cures it (core.plan fails those indices at once)
+        "kind": "corrupt" if isinstance(exc, CorruptTaskError) else "store",
+        "code": exc.code or store_error_code(exc) or type(exc).__name__,
         "bucket": exc.bucket,
         "message": first_line[:CAUSE_MESSAGE_LIMIT],
     }

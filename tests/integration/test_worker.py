@@ -127,7 +127,7 @@ def test_raising_function_exits_3_with_traceback(store_url: str, tmp_path: Path)
         "v": 1,
         "succeeded": "4,6-7",
         "failed": "5",
-        "error": "ValueError: five is not allowed (got 5)",
+        "error": "ValueError: five is not allowed (got 5)",  # the first failure, for the status
     }
     assert dict(taskdata.iter_results(task)) == {4: 104, 6: 106, 7: 107}
     errors = taskdata.read_errors(task)
@@ -231,7 +231,7 @@ def test_missing_module_of_function_exits_4(store_url: str, tmp_path: Path) -> N
     assert "no_such_module_kubemap_test" in run.stderr and "worker image" in run.stderr
     assert run.summary is not None
     assert run.summary["cause"]["code"] == "ModuleNotFoundError", run.summary
-    assert run.summary["cause"]["kind"] == "task"
+    assert run.summary["cause"]["kind"] == "corrupt"
 
 
 @pytest.mark.parametrize(
