@@ -1,0 +1,125 @@
+"""Bad task data on the cluster: corrupt or truncated inputs, a tampered result object, an
+input that exhausts the worker's memory. Each ends the task (no wedge, no endless retry) with
+an error that names the object or the index and says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import kubemap
+import pytest
+from chaoskit import NAMESPACE, get_task, wait_finished
+from kubemap.kube import build_maptask
+from kubemap.models import RunOptions
+from kubemap.store import Store, open_store
+from kubemap.taskdata import read_errors, write_function, write_inputs
+from kubemap.taskmeta import TaskMeta, write_meta
+from kubernetes import client
+
+pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def staged(name: str, items: list[Any]) -> tuple[str, Store]:
+    """Task data uploaded as the SDK does, with no MapTask yet (so a test can damage it)."""
+    url = f"{os.environ['KUBEMAP_STORE'].rstrip('/')}/{name}"
+    task = open_store(url)
+    write_function(task, double)
+    total = write_inputs(task, items)
+    write_meta(task, TaskMeta.new(total, "double"))
+    return url, task
+
+
+def start(custom: client.CustomObjectsApi, name: str, url: str, total: int) -> None:
+    body = build_maptask(name, url, total, RunOptions(backend="kubernetes", parallelism=4))
+    custom.create_namespaced_custom_object("kubemap.io", "v1alpha1", NAMESPACE, "maptasks", body)
+
+
+DAMAGE: list[tuple[str, Callable[[Store], None], str]] = [
+    ("inputs.idx truncated", lambda t: t.put("inputs.idx", t.get("inputs.idx")[:20]), "inputs.idx"),
+    ("inputs.bin truncated", lambda t: t.put("inputs.bin", t.get("inputs.bin")[:10]), "inputs.bin"),
+    ("inputs.idx scrambled", lambda t: t.put("inputs.idx", bytes(reversed(t.get("inputs.idx")))), "inputs.idx"),
+    ("inputs.bin garbage", lambda t: t.put("inputs.bin", os.urandom(len(t.get("inputs.bin")))), "input"),
+]  # fmt: skip
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("what", "damage", "named"), DAMAGE, ids=[d[0] for d in DAMAGE])
+def test_damaged_inputs_fail_the_task_naming_the_object(
+    custom: client.CustomObjectsApi,
+    unique: Callable[[str], str],
+    what: str,
+    damage: Callable[[Store], None],
+    named: str,
+) -> None:
+    name = unique("damaged")
+    url, task = staged(name, list(range(8)))
+    damage(task)
+    start(custom, name, url, 8)
+    status = wait_finished(custom, name, 150)
+    assert status["phase"] == "Failed", status
+    errors = read_errors(task)
+    text = json.dumps(status) + " ".join(f"{e.type}: {e.message}" for e in errors.values())
+    assert named in text, (
+        f"{what}: neither the status nor the error records name {named}: {text[:600]}"
+    )
+    print(
+        f"\nCHAOS {what}: Failed, {status.get('failed')} of 8 indices failed: "
+        f"{next(iter(errors.values())).message[:160] if errors else status.get('message')}"
+    )
+
+
+@pytest.mark.timeout(180)
+def test_tampered_result_object_is_refused_on_collection(unique: Callable[[str], str]) -> None:
+    name = unique("tamper")
+    run = kubemap.submit(
+        double,
+        range(6),
+        backend="kubernetes",
+        namespace=NAMESPACE,
+        store=os.environ.get("KUBEMAP_STORE"),
+        name=name,
+        items_per_pod=3,
+    )
+    assert run.wait(timeout=150).phase.value == "Succeeded"
+    task = open_store(f"{os.environ['KUBEMAP_STORE'].rstrip('/')}/{name}")
+    key = next(k for k in task.list("results/"))
+    task.put(key, b"KMR1" + os.urandom(40))
+    with pytest.raises(kubemap.KubemapError) as info:
+        run.results()
+    assert "results/" in str(info.value), str(info.value)
+    print(f"\nCHAOS tampered result object refused: {str(info.value)[:200]}")
+
+
+@pytest.mark.timeout(180)
+def test_input_that_exhausts_memory_is_reported_with_its_index(
+    custom: client.CustomObjectsApi, unique: Callable[[str], str]
+) -> None:
+    def greedy(x: int) -> int:
+        if x == 3:
+            bytearray(1 << 46)  # 64 TiB: refused by the kernel at once, as a cgroup limit would
+        return x
+
+    name = unique("oom")
+    with pytest.raises(kubemap.MapTaskError) as info:
+        kubemap.map(
+            greedy,
+            range(5),
+            backend="kubernetes",
+            namespace=NAMESPACE,
+            store=os.environ.get("KUBEMAP_STORE"),
+            name=name,
+        )
+    failures = info.value.failures
+    assert set(failures) == {3}, failures
+    assert failures[3].type == "MemoryError", failures[3]
+    status = get_task(custom, name)["status"]
+    assert status["failedIndexes"] == "3" and status["succeeded"] == 4, status
+    print(f"\nCHAOS out-of-memory input reported as {failures[3].type} for index 3")
