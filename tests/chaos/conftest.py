@@ -14,16 +14,16 @@ import secrets
 from collections.abc import Callable, Iterator
 
 import pytest
-from faults import TestCluster, running_operator, wait_until
+from faults import LiveCluster, running_operator, wait_until
 from kubernetes import client, config
 
 
 @pytest.fixture(scope="session")
-def cluster() -> TestCluster:
+def cluster() -> LiveCluster:
     if not os.environ.get("KUBECONFIG"):
         pytest.skip('KUBECONFIG is not set: eval "$(tests/cluster/testcluster env)" first')
     try:
-        found = TestCluster()
+        found = LiveCluster()
     except RuntimeError as exc:
         pytest.skip(str(exc))
     if os.path.realpath(found.state.kubeconfig) != os.path.realpath(os.environ["KUBECONFIG"]):
@@ -32,7 +32,7 @@ def cluster() -> TestCluster:
 
 
 @pytest.fixture(scope="session")
-def api(cluster: TestCluster) -> client.ApiClient:
+def api(cluster: LiveCluster) -> client.ApiClient:
     config.load_kube_config()
     return client.ApiClient()
 

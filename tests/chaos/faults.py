@@ -55,7 +55,7 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, every: floa
     raise AssertionError(f"{what}: not true after {timeout:.0f}s (last error: {last})")
 
 
-class TestCluster:
+class LiveCluster:
     """The running test cluster as recorded in its state dir."""
 
     def __init__(self, d: Path | None = None) -> None:

@@ -20,7 +20,7 @@ from chaoskit import (
     wait_finished,
     wait_progress,
 )
-from faults import TestCluster, api_ready, duplicate_pod, sigkill_operator, wait_until
+from faults import LiveCluster, api_ready, duplicate_pod, sigkill_operator, wait_until
 from kubernetes import client
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
@@ -92,7 +92,7 @@ def test_deleted_worker_pods_are_replaced_without_spending_retries(
 
 @pytest.mark.timeout(300)
 def test_s3_stopped_30s_mid_task(
-    cluster: TestCluster,
+    cluster: LiveCluster,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     unique: Callable[[str], str],
@@ -120,7 +120,7 @@ def test_s3_stopped_30s_mid_task(
 
 @pytest.mark.timeout(300)
 def test_api_server_restarted_mid_task(
-    cluster: TestCluster,
+    cluster: LiveCluster,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     unique: Callable[[str], str],
@@ -172,7 +172,7 @@ def test_duplicate_pod_for_one_index_counts_once(
 
 @pytest.mark.timeout(300)
 def test_node_emulator_stopped_and_restarted(
-    cluster: TestCluster,
+    cluster: LiveCluster,
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     unique: Callable[[str], str],

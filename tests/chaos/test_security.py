@@ -16,7 +16,7 @@ from pathlib import Path
 import kubemap
 import pytest
 from chaoskit import result_objects
-from faults import TestCluster, running_operator, wait_until
+from faults import LiveCluster, running_operator, wait_until
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -135,7 +135,7 @@ def test_worker_pods_pass_the_restricted_pod_security_standard(
     assert not warnings, warnings
 
 
-def artefacts(cluster: TestCluster, api: client.ApiClient) -> Iterator[tuple[str, str]]:
+def artefacts(cluster: LiveCluster, api: client.ApiClient) -> Iterator[tuple[str, str]]:
     """(where, text) of everything a run leaves for people to read."""
     custom = client.CustomObjectsApi(api)
     core = client.CoreV1Api(api)
@@ -164,7 +164,7 @@ def artefacts(cluster: TestCluster, api: client.ApiClient) -> Iterator[tuple[str
                 yield f"s3 {obj['Key']}", body.decode(errors="replace")
 
 
-def test_s3_credentials_appear_in_no_artefact(cluster: TestCluster, api: client.ApiClient) -> None:
+def test_s3_credentials_appear_in_no_artefact(cluster: LiveCluster, api: client.ApiClient) -> None:
     """Run last in this module: by now the chaos suite has left tasks, events, logs and
     error records behind. Secrets are read from the Secret only, never written elsewhere."""
     secrets = [cluster.state.secret_key, cluster.state.access_key]
@@ -178,7 +178,7 @@ def test_s3_credentials_appear_in_no_artefact(cluster: TestCluster, api: client.
     print(f"\nCHAOS S3 credentials searched in {checked} artefacts: found in none")
 
 
-def test_operator_cannot_read_the_s3_secret(cluster: TestCluster, core: client.CoreV1Api) -> None:
+def test_operator_cannot_read_the_s3_secret(cluster: LiveCluster, core: client.CoreV1Api) -> None:
     """Not only RBAC on paper: a request made with the operator's own token is refused."""
     pod = running_operator(core)
     assert pod is not None

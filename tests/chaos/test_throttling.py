@@ -16,7 +16,7 @@ import pytest
 from chaoskit import PodLedger, check_outcome, opts, wait_finished
 from faults import (
     LocalOperator,
-    TestCluster,
+    LiveCluster,
     operator_launch,
     scale_operator,
     serviceaccount_kubeconfig,
@@ -33,7 +33,7 @@ WINDOW = 8.0
 
 @pytest.fixture
 def throttled_operator(
-    cluster: TestCluster, core: client.CoreV1Api, api: client.ApiClient, tmp_path: Path
+    cluster: LiveCluster, core: client.CoreV1Api, api: client.ApiClient, tmp_path: Path
 ) -> Iterator[ThrottlingProxy]:
     apps = client.AppsV1Api(api)
     launch, account = operator_launch(core)
