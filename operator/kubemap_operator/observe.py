@@ -34,6 +34,8 @@ INFRA_REASONS = frozenset(
         "OutOfcpu",
         "OutOfmemory",
         "ContainerCannotRun",
+        # The kubelet restarted and could not find the container: lost with its node.
+        "ContainerStatusUnknown",
         "DeadlineExceeded",
     }
 )
