@@ -153,7 +153,10 @@ def _judge(
                     f"(last: {pod.infra_reason or f'exit code {pod.exit_code}'})"
                 )
             else:
-                out.retries.append(_Retry(rest, pod.attempt + 1, pod.failures, infra, finished))
+                # The first replacement is immediate (a pod deleted, a node lost); later ones
+                # back off like user retries, so a store outage of a minute is ridden out.
+                due = finished + timedelta(seconds=_backoff(infra - 1, limits))
+                out.retries.append(_Retry(rest, pod.attempt + 1, pod.failures, infra, due))
                 out.waiting.add(pod.name)
     out.failed = IndexRanges.from_spans(
         [*failed.intervals, *(iv for r in final for iv in r.intervals)]
