@@ -52,6 +52,14 @@ class Row:
     collect_s: float
 
 
+def metrics_text(api: client.ApiClient) -> str:
+    response = api.call_api(
+        "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False
+    )
+    raw = response[0] if isinstance(response, tuple) else response
+    return str(raw.data.decode())
+
+
 def operator_pid(core: client.CoreV1Api) -> int:
     for pod in core.list_namespaced_pod(OPERATOR_NAMESPACE, label_selector=OPERATOR_SELECTOR).items:
         for cs in pod.status.container_statuses or []:
@@ -74,9 +82,7 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def api_requests(api: client.ApiClient) -> float:
-    text = api.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False)[
-        0
-    ].data.decode()
+    text = metrics_text(api)
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()

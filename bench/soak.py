@@ -46,6 +46,14 @@ class Sample:
     apiserver_watches: int
 
 
+def metrics_text(api: client.ApiClient) -> str:
+    response = api.call_api(
+        "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False
+    )
+    raw = response[0] if isinstance(response, tuple) else response
+    return str(raw.data.decode())
+
+
 def operator_pid(core: client.CoreV1Api) -> int:
     for pod in core.list_namespaced_pod(OPERATOR_NAMESPACE, label_selector=OPERATOR_SELECTOR).items:
         for cs in pod.status.container_statuses or []:
@@ -92,9 +100,7 @@ def rss_mb(pid: int) -> float:
 
 def watch_count(api: client.ApiClient) -> int:
     """Open WATCH requests on the API server (every client: emulator, controllers, operator)."""
-    text = api.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False)[
-        0
-    ].data.decode()
+    text = metrics_text(api)
     total = 0.0
     for line in text.splitlines():
         if line.startswith("apiserver_longrunning_requests{") and 'verb="WATCH"' in line:

@@ -15,8 +15,8 @@ import kubemap
 import pytest
 from chaoskit import PodLedger, check_outcome, opts, wait_finished
 from faults import (
-    LocalOperator,
     LiveCluster,
+    LocalOperator,
     operator_launch,
     scale_operator,
     serviceaccount_kubeconfig,

@@ -69,15 +69,18 @@ class ThrottlingProxy:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         self._loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._ssl),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            auto_decompress=False,
-        )
+        self._session = self._loop.run_until_complete(self._open_session())
         self._ready.set()
         self._loop.run_forever()
         self._loop.run_until_complete(self._session.close())
         self._loop.run_until_complete(runner.cleanup())
+
+    async def _open_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            auto_decompress=False,
+        )
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         now = time.monotonic()
