@@ -35,7 +35,7 @@ def test_operator_sigkilled_ten_times_during_500_items(
     core: client.CoreV1Api, custom: client.CustomObjectsApi, unique: Callable[[str], str]
 ) -> None:
     def slow(x: int) -> int:
-        time.sleep(0.3)
+        time.sleep(0.25)
         return x * 3
 
     name = unique("kill10")
@@ -49,7 +49,7 @@ def test_operator_sigkilled_ten_times_during_500_items(
             assert phase not in ("Succeeded", "Failed"), (
                 f"the task finished after only {kills} kills: make it longer"
             )
-            time.sleep(rng.uniform(0.2, 3.0))
+            time.sleep(rng.uniform(0.2, 2.0))
             sigkill_operator(core)
             kills += 1
         wait_finished(custom, name, 300)
