@@ -51,3 +51,16 @@ def test_repeated_infrastructure_failures_back_off() -> None:
     waited = bad(1, code=4, attempt=1, infra=1, finished=NOW - timedelta(seconds=11))
     due = plan(spec(count=2), running(succeeded="0"), [waited], NOW)
     assert [(r.start, r.attempt, r.infra_failures) for r in due.create] == [(1, 2, 2)]
+
+
+def test_container_that_could_not_start_on_a_stopping_node_is_infrastructure() -> None:
+    """chaos: test_node_emulator_stopped_and_restarted failed a task with 'exit code 128':
+    a container started while its node shut down ends StartError, which no retry of the
+    user's code is charged for (bounded by the infrastructure retry limit instead)."""
+    manifest = lost_container_pod()
+    terminated = manifest["status"]["containerStatuses"][0]["state"]["terminated"]  # type: ignore[index]
+    terminated.update(exitCode=128, reason="StartError", message="the node is shutting down")
+    seen = observe_pod(manifest, NOW)
+    assert seen is not None and seen.infra_reason is not None
+    result = plan(spec(), running(), [seen], NOW)
+    assert result.status.failed_indexes == ""
