@@ -45,7 +45,14 @@ def configure(settings: Settings, kopf_settings: kopf.OperatorSettings) -> None:
     kopf_settings.posting.reporting_component = "kubemap-operator"
     # Only kubemap worker pods are watched, filtered by the API server.
     kopf_settings.watching.label_selectors["v1", "pods"] = LABEL_TASK
+    # A watch can go silent without an error when its connection dies unseen (kopf #585): bound
+    # each stream on the server, cut it a little later on the client, fail connects fast, and
+    # reopen a stream that brought nothing, not even a bookmark, for 90 s.
     kopf_settings.watching.server_timeout = 300
+    kopf_settings.watching.client_timeout = 330
+    kopf_settings.watching.connect_timeout = 10
+    kopf_settings.watching.inactivity_timeout = 90
+    kopf_settings.networking.connect_timeout = 10
     kopf_settings.persistence.finalizer = "kubemap.io/operator"
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix="kubemap.io"

@@ -49,6 +49,11 @@ INFRA_REASONS = frozenset(
         "OutOfcpu",
         "OutOfmemory",
         "ContainerCannotRun",
+        # The kubelet restarted and could not find the container: lost with its node.
+        "ContainerStatusUnknown",
+        # The runtime could not start the container (on a node going away, among others);
+        # bounded by the infrastructure retry limit, so a broken image still fails the task.
+        "StartError",
         "DeadlineExceeded",
     }
 )

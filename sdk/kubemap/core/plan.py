@@ -191,12 +191,12 @@ def _judge(
                     f"(last: {cause or f'exit code {one.exit_code}'})"
                 )
             else:
-                # A lost pod (deleted, evicted, node gone) is replaced at once; any other cause
-                # waits the base backoff (10 s on a cluster): a store that is down gets time to
-                # come back, and a systematic cause shows on the whole first wave before the
-                # retries are spent on it.
-                lost = cause is None or cause.kind == "lost"
-                wait = 0.0 if lost else rules.backoff_base_seconds
+                # A lost pod (deleted, evicted, node gone) is replaced at once, and so is the
+                # first infrastructure failure of a slice; later ones back off like user
+                # retries (10 s, 20 s, 40 s ...): a store outage of a minute is ridden out,
+                # and a systematic cause shows on the whole second wave before more is spent.
+                lost = cause is not None and cause.kind == "lost"
+                wait = 0.0 if lost else retry_delay(infra - 1, rules.backoff_base_seconds)
                 due = finished + timedelta(seconds=wait)
                 out.retries.append(_Retry(rest, one.attempt + 1, one.failures, infra, due))
                 out.waiting.add(one.name)
