@@ -19,6 +19,7 @@ from kubemap.errors import (
     StoreError,
     TimeoutError,
 )
+from kubemap.files import File, files
 from kubemap.models import RunOptions
 
 __version__ = "0.1.0"
@@ -28,6 +29,7 @@ __all__ = [
     "ClusterError",
     "ConfigError",
     "CorruptTaskError",
+    "File",
     "KubemapError",
     "MapRun",
     "MapTaskError",
@@ -37,6 +39,7 @@ __all__ = [
     "StoreError",
     "TimeoutError",
     "__version__",
+    "files",
     "map",
     "submit",
 ]
