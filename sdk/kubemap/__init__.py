@@ -6,7 +6,7 @@ run = kubemap.submit(fn, inputs, backend="kubernetes", parallelism=50)
 run.wait(); run.results()
 """
 
-from kubemap.api import MapRun, map, submit
+from kubemap.api import MapRun, imap, map, submit
 from kubemap.errors import (
     CancelledError,
     ClusterError,
@@ -40,6 +40,7 @@ __all__ = [
     "TimeoutError",
     "__version__",
     "files",
+    "imap",
     "map",
     "submit",
 ]

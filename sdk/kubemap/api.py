@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any
 
 from kubemap.backend import (
@@ -39,6 +39,7 @@ from kubemap.options import task_name, validate_options
 from kubemap.progress import ProgressBar, want_progress
 from kubemap.ranges import IndexRanges
 from kubemap.store import Store, default_store_url, open_store
+from kubemap.streaming import as_completed, fill_missing, imap
 from kubemap.taskdata import (
     iter_results,
     read_errors,
@@ -48,7 +49,7 @@ from kubemap.taskdata import (
 )
 from kubemap.taskmeta import TaskMeta, read_total, write_meta
 
-__all__ = ["MapRun", "map", "submit"]
+__all__ = ["MapRun", "imap", "map", "submit"]
 
 POLL_SECONDS = 0.1  # how often a progress bar refreshes
 
@@ -113,23 +114,37 @@ class MapRun:
             )
         return status
 
-    def results(self, partial: bool | None = None) -> list[Any]:
+    def results(self, partial: bool | None = None, *, return_exceptions: bool = False) -> list[Any]:
         """Every result in input order; waits for the run to finish first.
 
         Raises MapTaskError if an index failed beyond its retries, kubemap.TimeoutError if
         the run hit its timeout, CancelledError if it was cancelled. partial=True returns the
         list anyway with None where there is no result; the default (None) does that only
         when the run succeeded while tolerating failures (min_success_ratio < 1).
+        return_exceptions=True never raises for an index: each one without a result holds
+        its RemoteError (type "NotRun" for one that never ran) instead.
         """
         status = self.wait(progress=False)
         tolerated = status.phase is Phase.SUCCEEDED and status.failed > 0
-        if not partial and not (partial is None and tolerated):
+        if not partial and not return_exceptions and not (partial is None and tolerated):
             self._raise_for(status)
         values: list[Any] = [None] * self._total
         for index, value in iter_results(self._task):
             if 0 <= index < self._total:
                 values[index] = value
+        if return_exceptions:
+            done = succeeded_indexes(self._task)
+            for index, error in fill_missing(self, status, IndexRanges.span(0, self._total) - done):
+                values[index] = error
         return values
+
+    def as_completed(
+        self, *, return_exceptions: bool = False, timeout: float | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        """(index, result) pairs as their slices finish, in constant memory; at the end,
+        indices without a result raise as results() does, or with return_exceptions=True
+        are yielded with their RemoteError. See kubemap.streaming."""
+        return as_completed(self, return_exceptions=return_exceptions, timeout=timeout)
 
     def failures(self) -> dict[int, RemoteError]:
         """Index -> RemoteError for every index without a result whose last attempt failed
@@ -258,12 +273,23 @@ def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> 
     return MapRun(name, task, total, handle, opts)
 
 
-def map(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> list[Any]:
+def map(
+    fn: Callable[..., Any],
+    inputs: Iterable[Any],
+    /,
+    *,
+    return_exceptions: bool = False,
+    **options: Any,
+) -> list[Any]:
     """fn applied to every input, in input order; blocks until done.
 
     Raises MapTaskError (with the remote traceback) if an input failed beyond its retries;
-    results that finished stay in the store (see the error's note).
+    results that finished stay in the store (see the error's note). return_exceptions=True
+    puts each failed index's RemoteError in its place instead of raising; it also tries
+    every input (min_success_ratio defaults to 0 then: no fail-fast).
     """
+    if return_exceptions:
+        options = {"min_success_ratio": 0.0, **options}
     opts = validate_options(options)
     if isinstance(inputs, Sized) and not isinstance(inputs, (str, bytes)) and len(inputs) == 0:
         return []
@@ -273,8 +299,8 @@ def map(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> lis
     except KeyboardInterrupt:
         run.cancel()
         raise
-    values = run.results()
-    if status.failed:
+    values = run.results(return_exceptions=return_exceptions)
+    if status.failed and not return_exceptions:
         warnings.warn(
             f"{status.failed} of {status.total} inputs of task {run.name} failed (tolerated by "
             f"min_success_ratio={opts.min_success_ratio:g}); their results are None",
