@@ -21,6 +21,7 @@ from kubemap.backend import (
     REASON_CANCELLED,
     REASON_DEADLINE,
     REASON_INFRASTRUCTURE,
+    Backend,
     RunHandle,
     RunStatus,
     get_backend,
@@ -240,6 +241,19 @@ class _StoredRun:
 def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> MapRun:
     """Upload `fn` and `inputs` to the store and start running; return at once."""
     opts = validate_options(options)
+    if opts.cache or opts.cache_version is not None:
+        from kubemap.cache import submit_cached
+
+        return submit_cached(fn, inputs, opts)
+    backend, task, name, total = upload(fn, inputs, opts)
+    handle = backend.start(task, total, opts, name)
+    return MapRun(name, task, total, handle, opts)
+
+
+def upload(
+    fn: Callable[..., Any], inputs: Iterable[Any], opts: RunOptions
+) -> tuple[Backend, Store, str, int]:
+    """Check the arguments, write the task's files; (backend, task, name, number of inputs)."""
     if not callable(fn):
         raise ConfigError(f"fn must be callable, got {type(fn).__name__}: pass a function")
     if isinstance(inputs, (str, bytes)):
@@ -269,8 +283,7 @@ def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> 
     except BaseException:
         _forget(task)
         raise
-    handle = backend.start(task, total, opts, name)
-    return MapRun(name, task, total, handle, opts)
+    return backend, task, name, total
 
 
 def map(

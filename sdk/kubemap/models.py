@@ -176,6 +176,9 @@ class RunOptions(BaseModel):
     name: str | None = Field(
         default=None, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
     )
+    # per-item cache (kubemap.cache): reuse results keyed by function identity and item
+    cache: bool = False
+    cache_version: str | None = Field(default=None, max_length=128)
     # Kubernetes backend only
     image: str | None = None
     namespace: str | None = None

@@ -171,7 +171,7 @@ def imap(
     run = api.submit(fn, inputs, **options)
     finished = False
     try:
-        pairs = as_completed(run, return_exceptions=return_exceptions)
+        pairs = run.as_completed(return_exceptions=return_exceptions)
         if not ordered:
             for _, value in pairs:
                 yield value
