@@ -19,6 +19,7 @@ from kubemap.errors import (
     StoreError,
     TimeoutError,
 )
+from kubemap.executor import Executor, RemoteFailure
 from kubemap.files import File, files
 from kubemap.models import RunOptions
 
@@ -29,11 +30,13 @@ __all__ = [
     "ClusterError",
     "ConfigError",
     "CorruptTaskError",
+    "Executor",
     "File",
     "KubemapError",
     "MapRun",
     "MapTaskError",
     "RemoteError",
+    "RemoteFailure",
     "RunOptions",
     "SerializationError",
     "StoreError",
