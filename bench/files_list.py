@@ -73,7 +73,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def client() -> Any:
-    from kubemap.s3store import s3_client
+    from kubemap.stores.s3 import s3_client
 
     return s3_client()
 

@@ -18,12 +18,13 @@ from typing import Any
 
 import pydantic
 from kubemap.models import MapTaskSpec, MapTaskStatus, Phase
-from kubemap.ranges import IndexRanges
+from kubemap.core.ranges import IndexRanges
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kubemap_operator import metrics
-from kubemap_operator.builder import TaskRef, build_pod, pod_name, task_label
+from kubemap.contract import task_label
+from kubemap_operator.builder import TaskRef, build_pod, pod_name
 from kubemap_operator.kubeapi import CreateFailed, KubeApi, Throttled
 from kubemap_operator.observe import observe_pod
 from kubemap_operator.planner import Event, Limits, Plan, plan

@@ -33,11 +33,12 @@ from typing import Any
 import cloudpickle
 
 from kubemap.api import MapRun, _StoredRun, upload
-from kubemap.backend import RunHandle, RunStatus
+from kubemap.backends import RunHandle
+from kubemap.core.status import RunStatus
 from kubemap.errors import MapTaskError, RemoteError
 from kubemap.models import RunOptions
 from kubemap.pickling import dumps, item_encoder, loads
-from kubemap.store import KeyNotFound, Store, open_store
+from kubemap.stores import KeyNotFound, Store, open_store
 
 __all__ = ["CachedRun", "function_identity", "record_slice", "submit_cached"]
 
@@ -134,7 +135,7 @@ class _Split:
 
 
 def submit_cached(fn: Callable[..., Any], inputs: Iterable[Any], opts: RunOptions) -> CachedRun:
-    from kubemap.store import default_store_url
+    from kubemap.stores import default_store_url
 
     fn_id = function_identity(fn, opts.cache_version)
     entries = open_store(opts.store or default_store_url()).child(CACHE_DIR).child(fn_id)
@@ -149,7 +150,7 @@ def submit_cached(fn: Callable[..., Any], inputs: Iterable[Any], opts: RunOption
     if misses:
         handle: RunHandle = backend.start(task, misses, opts, name)
     else:  # every item hit: no run at all, no pod, no worker
-        handle = _StoredRun(task, 0)
+        handle = _StoredRun(name, task, 0)
     inner = MapRun(name, task, misses, handle, opts)
     return CachedRun(inner, split, entries)
 
@@ -194,6 +195,7 @@ class _CachedHandle:
     def __init__(self, inner: RunHandle, hits: int) -> None:
         self._inner = inner
         self._hits = hits
+        self.name = inner.name
 
     def _mapped(self, status: RunStatus) -> RunStatus:
         return replace(
@@ -206,8 +208,11 @@ class _CachedHandle:
     def wait(self, timeout: float | None = None) -> RunStatus:
         return self._mapped(self._inner.wait(timeout))
 
-    def cancel(self) -> None:
-        self._inner.cancel()
+    def done(self) -> bool:
+        return self._inner.done()
+
+    def cancel(self) -> bool:
+        return self._inner.cancel()
 
 
 class CachedRun(MapRun):
@@ -250,9 +255,15 @@ class CachedRun(MapRun):
     def _mapped(self, value: Any) -> Any:
         return self._caller_error(value) if isinstance(value, RemoteError) else value
 
-    def results(self, partial: bool | None = None, *, return_exceptions: bool = False) -> list[Any]:
+    def results(
+        self,
+        partial: bool | None = None,
+        *,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
         try:
-            ran = self.inner.results(partial, return_exceptions=return_exceptions)
+            ran = self.inner.results(partial, timeout=timeout, return_exceptions=return_exceptions)
         except MapTaskError as exc:
             raise self._caller_failure(exc) from None
         values: list[Any] = [None] * self.total

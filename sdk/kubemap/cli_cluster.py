@@ -16,7 +16,7 @@ import click
 from kubemap.contract import ANNOTATION_ATTEMPT, ANNOTATION_COUNT, LABEL_INDEX, LABEL_TASK
 from kubemap.crd import render_crd
 from kubemap.errors import KubemapError
-from kubemap.kube import Cluster
+from kubemap.backends.kubernetes import Cluster
 from kubemap.models import MapTaskStatus
 
 NAMESPACE = click.option(

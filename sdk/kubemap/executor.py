@@ -70,6 +70,10 @@ def _call(fn: Callable[..., Any], call: tuple[tuple[Any, ...], dict[str, Any]]) 
         return _Raised(exc, text)
 
 
+def _call_any(item: tuple[Callable[..., Any], tuple[tuple[Any, ...], dict[str, Any]]]) -> Any:
+    return _call(*item)
+
+
 def _call_chunk(fn: Callable[..., Any], chunk: tuple[tuple[Any, ...], ...]) -> list[Any]:
     return [fn(*args) for args in chunk]
 
@@ -170,16 +174,26 @@ class Executor(futures.Executor):
             for call in batch:
                 if call.future.set_running_or_notify_cancel():
                     groups.setdefault(id(call.fn), []).append(call)
+            # a function called many times travels once (fn.pkl); calls of functions seen
+            # once in the batch (joblib's batches are each their own object) share one
+            # run that carries each function with its arguments
+            singles = [calls[0] for calls in groups.values() if len(calls) == 1]
             for calls in groups.values():
-                self._start(calls)
+                if len(calls) > 1 or len(singles) == 1:
+                    self._start(calls, bound=True)
+            if len(singles) > 1:
+                self._start(singles, bound=False)
 
-    def _start(self, calls: list[_Call]) -> None:
+    def _start(self, calls: list[_Call], *, bound: bool) -> None:
         from kubemap.api import submit
 
         try:
-            run = submit(
-                _bound_call(calls[0].fn), [(c.args, c.kwargs) for c in calls], **self._options
-            )
+            if bound:
+                items: list[Any] = [(c.args, c.kwargs) for c in calls]
+                run = submit(_bound_call(calls[0].fn), items, **self._options)
+            else:
+                items = [(c.fn, (c.args, c.kwargs)) for c in calls]
+                run = submit(_call_any, items, **self._options)
         except BaseException as exc:
             for call in calls:
                 call.future.set_exception(exc)

@@ -28,7 +28,7 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from kubemap.errors import ConfigError
-from kubemap.store import Store, open_store
+from kubemap.stores import Store, open_store
 
 __all__ = ["File", "FileSet", "files"]
 

@@ -21,15 +21,15 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from kubemap.contract import RESULTS_PREFIX, parse_result_key, result_key
-from kubemap.errors import RemoteError
-from kubemap.models import Phase
-from kubemap.ranges import IndexRanges
-from kubemap.store import KeyNotFound, Store
+from kubemap.core.ranges import IndexRanges
+from kubemap.core.status import Phase
+from kubemap.errors import RemoteError, TimeoutError
+from kubemap.stores import KeyNotFound, Store
 from kubemap.taskdata import decode_results
 
 if TYPE_CHECKING:
     from kubemap.api import MapRun
-    from kubemap.backend import RunStatus
+    from kubemap.core.status import RunStatus
 
 __all__ = ["ResultFeed", "as_completed", "fill_missing", "imap", "not_run_error"]
 
@@ -136,7 +136,8 @@ def as_completed(
         pause = FIRST_POLL if arrived else min(MAX_POLL, pause * 1.5)
         if deadline is not None:
             pause = max(0.0, min(pause, deadline - time.monotonic()))
-        run._handle.wait(pause)  # returns early when a local run finishes
+        with contextlib.suppress(TimeoutError):
+            run._handle.wait(pause)  # returns early when a local run finishes
     missing = IndexRanges.span(0, run.total) - feed.delivered
     if not missing:
         return

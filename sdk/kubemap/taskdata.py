@@ -68,8 +68,8 @@ from kubemap.pickling import (
     loads,
     slow_dumps,
 )
-from kubemap.ranges import IndexRanges
-from kubemap.store import KeyNotFound, Store
+from kubemap.core.ranges import IndexRanges
+from kubemap.stores import KeyNotFound, Store
 from kubemap.taskmeta import TaskMeta, read_meta, read_total, write_meta
 
 __all__ = [

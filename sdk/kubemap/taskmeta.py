@@ -10,7 +10,7 @@ from typing import Any
 
 from kubemap.contract import INDEX_ENTRY_SIZE, INDEX_KEY, META_KEY
 from kubemap.errors import CorruptTaskError
-from kubemap.store import KeyNotFound, Store
+from kubemap.stores import KeyNotFound, Store
 
 
 def _kubemap_version() -> str:

@@ -44,8 +44,8 @@ from kubemap.contract import (
     result_key,
 )
 from kubemap.errors import ConfigError, RemoteError, SerializationError, StoreError
-from kubemap.ranges import IndexRanges
-from kubemap.store import Store, open_store
+from kubemap.core.ranges import IndexRanges
+from kubemap.stores import Store, open_store
 
 SUMMARY_LIMIT = 4096
 _WRITE_RESULT_TRIES = 8

@@ -15,7 +15,7 @@ from typing import Any
 import kubemap
 import pytest
 from e2ekit import NAMESPACE, Operator, PodWatch
-from kubemap.store import open_store
+from kubemap.stores import open_store
 from kubernetes import client
 
 pytestmark = [
@@ -45,7 +45,7 @@ def test_as_completed_first_result_before_the_last_item_starts(
     where = markers(name)
 
     def gated(x: int) -> int:
-        from kubemap.store import open_store
+        from kubemap.stores import open_store
 
         store = open_store(where)
         store.put(f"started-{x}", b"")
@@ -71,7 +71,7 @@ def test_cache_is_shared_by_local_and_cluster_runs(
     version = uuid.uuid4().hex  # entries from an earlier run of this test must not hit
 
     def counted(x: int) -> int:
-        from kubemap.store import open_store
+        from kubemap.stores import open_store
 
         open_store(where).put(f"ran-{x}-{uuid.uuid4().hex}", b"")
         return x * 3

@@ -9,7 +9,7 @@ from pathlib import Path
 import kubemap
 import pytest
 from kubemap.cache import CACHE_DIR, CachedRun
-from kubemap.store import open_store
+from kubemap.stores import open_store
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -119,7 +119,7 @@ def test_many_submits_make_one_run(tmp_path: Path) -> None:
         fs = [ex.submit(mul, x, 2) for x in range(200)]
         assert [f.result() for f in fs] == [x * 2 for x in range(200)]
     # one task per batch; an explicit store keeps them: count the tasks
-    tasks = {key.split("/")[0] for key in kubemap.store.open_store(str(store)).list()}
+    tasks = {key.split("/")[0] for key in kubemap.stores.open_store(str(store)).list()}
     assert len(tasks) == 1
 
 
@@ -168,10 +168,17 @@ def test_joblib_backend(tmp_path: Path) -> None:
     with joblib.parallel_config(backend="kubemap", store=str(tmp_path), n_jobs=2):
         out = joblib.Parallel()(joblib.delayed(square)(i) for i in range(50))
     assert out == [i * i for i in range(50)]
-    tasks = {key.split("/")[0] for key in kubemap.store.open_store(str(tmp_path)).list()}
+    tasks = {key.split("/")[0] for key in kubemap.stores.open_store(str(tmp_path)).list()}
     assert 1 <= len(tasks) < 50  # auto-batching: far fewer runs than calls
     with (
         joblib.parallel_config(backend="kubemap", store=str(tmp_path), n_jobs=2),
         pytest.raises(ZeroDivisionError),
     ):
         joblib.Parallel()(joblib.delayed(divmod)(1, i) for i in (1, 0, 2))
+
+
+def test_calls_of_different_functions_share_a_run(tmp_path: Path) -> None:
+    with kubemap.Executor(max_workers=2, store=str(tmp_path), batch_delay=0.5) as ex:
+        fs = [ex.submit(f, 2, 3) for f in (mul, pow, operator.add)]
+        assert [f.result() for f in fs] == [6, 8, 5]
+    assert len({key.split("/")[0] for key in kubemap.stores.open_store(str(tmp_path)).list()}) == 1

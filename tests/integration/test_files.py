@@ -13,8 +13,8 @@ from typing import Any
 
 import kubemap
 import pytest
-from kubemap.s3store import s3_client
-from kubemap.store import ObjectInfo, open_store
+from kubemap.stores import ObjectInfo, open_store
+from kubemap.stores.s3 import s3_client
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,7 +17,7 @@ import kubemap
 import pytest
 from kubemap import taskdata
 from kubemap.models import Phase
-from kubemap.store import open_store
+from kubemap.stores import open_store
 
 pytestmark = pytest.mark.timeout(60)
 

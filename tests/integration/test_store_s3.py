@@ -11,8 +11,8 @@ import pytest
 from kubemap import taskdata
 from kubemap.contract import INDEX_KEY, INPUTS_KEY
 from kubemap.errors import ConfigError, CorruptTaskError, SerializationError, StoreError
-from kubemap.s3store import PART_SIZE, S3Store
-from kubemap.store import FileStore, KeyNotFound, Store, default_store_url, open_store
+from kubemap.stores.s3 import PART_SIZE, S3Store
+from kubemap.stores import FileStore, KeyNotFound, Store, default_store_url, open_store
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -259,7 +259,7 @@ def test_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 MEMORY_PROBE = """
 import resource, sys, time
 from kubemap import taskdata
-from kubemap.store import open_store
+from kubemap.stores import open_store
 store = open_store(sys.argv[1])
 began = time.perf_counter()
 n = taskdata.write_inputs(store, (f"item-{i}" for i in range(int(sys.argv[2]))))

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubemap.models import Condition, MapTaskSpec, MapTaskStatus, Phase
-from kubemap.ranges import IndexRanges
+from kubemap.core.ranges import IndexRanges
 from kubemap_operator.observe import ObservedPod, PodState, WorkerReport
 from kubemap_operator.planner import plan
 from kubemap_operator.status import (

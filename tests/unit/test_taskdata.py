@@ -16,8 +16,8 @@ import pytest
 from kubemap import pickling, taskdata
 from kubemap.contract import FN_KEY, INDEX_KEY, INPUTS_KEY, META_KEY, result_key
 from kubemap.errors import CorruptTaskError, SerializationError
-from kubemap.ranges import IndexRanges
-from kubemap.store import KeyNotFound, Store
+from kubemap.core.ranges import IndexRanges
+from kubemap.stores import KeyNotFound, Store
 
 
 class MemoryStore(Store):
