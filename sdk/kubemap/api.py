@@ -174,6 +174,28 @@ class MapRun:
         """Delete the task's files from the store (after you have its results)."""
         return self._task.delete_prefix()
 
+    def retry(self, fn: Callable[..., Any] | None = None) -> MapRun:
+        """Run again, into this task and its result set, only the indices without a result
+        (failed and never run), with fresh retry budgets; `fn` replaces the function (a
+        fix). Indices that succeeded never run again. Returns this run, running again;
+        results() afterwards returns the whole list in order. Only a finished run retries."""
+        status = self.status()
+        if not status.finished:
+            raise ConfigError(
+                f"task {self._name} is still running ({status.counts()}): wait() for it or "
+                "cancel() it before retry()"
+            )
+        done = succeeded_indexes(self._task) & IndexRanges.span(0, self._total)
+        if len(done) == self._total:
+            return self  # nothing is missing: nothing runs
+        if fn is not None:
+            if not callable(fn):
+                raise ConfigError(f"fn must be callable, got {type(fn).__name__}: pass a function")
+            write_function(self._task, fn)
+        backend = get_backend(self._options.backend)
+        self._handle = backend.retry(self._task, self._total, self._options, self._name, done)
+        return self
+
     def _raise_for(self, status: RunStatus) -> None:
         if status.phase is Phase.SUCCEEDED and status.failed == 0:
             return
@@ -207,11 +229,13 @@ class MapRun:
         return self._task.url.rsplit("/", 1)[0]
 
     @classmethod
-    def attach(cls, name: str, *, store: str | None = None) -> MapRun:
-        """A finished (or abandoned) task in the store, to read its results and failures."""
+    def attach(cls, name: str, *, store: str | None = None, **options: Any) -> MapRun:
+        """A finished (or abandoned) task in the store, to read its results and failures;
+        `options` (backend, namespace, retries...) are those a retry() runs with."""
         task = open_store(store or default_store_url()).child(name)
         total = read_total(task)
-        return cls(name, task, total, _StoredRun(name, task, total), RunOptions())
+        opts = validate_options({"store": store, **options})
+        return cls(name, task, total, _StoredRun(name, task, total), opts)
 
 
 class _StoredRun:

@@ -285,6 +285,20 @@ class CachedRun(MapRun):
         except MapTaskError as exc:
             raise self._caller_failure(exc) from None
 
+    def retry(self, fn: Callable[..., Any] | None = None) -> CachedRun:
+        """Rerun the misses without a result; a new `fn` also fills the cache under its
+        own identity (the values it computes are its, not the old function's)."""
+        if fn is not None:
+            config = json.loads(self._task.get(CONFIG_KEY))
+            fn_id = function_identity(fn, self._options.cache_version)
+            entries = self._entries.url.rsplit("/", 1)[0] + "/" + fn_id
+            self._task.put(
+                CONFIG_KEY, json.dumps({**config, "function": fn_id, "entries": entries}).encode()
+            )
+        self.inner.retry(fn)
+        self._handle = _CachedHandle(self.inner._handle, self.cache_hits)
+        return self
+
     def _failures(self, status: RunStatus) -> dict[int, RemoteError]:
         inner = self.inner._failures(self.inner.status())
         return {self._split.misses[i]: self._caller_error(e) for i, e in inner.items()}

@@ -118,3 +118,17 @@ def test_ten_new_files_among_a_thousand_run_ten(tmp_path: Path) -> None:
     second = kubemap.submit(count_bytes, kubemap.files(f"{data}/*.txt"), cache=True, store=store)
     assert (second.cache_hits, second.cache_misses) == (1000, 10)
     assert second.results()[-10:] == [2] * 10
+
+
+def test_retry_of_a_cached_run_reruns_only_its_failed_misses(tmp_path: Path) -> None:
+    log, store = tmp_path / "log", str(tmp_path / "store")
+    fn = functools.partial(counted, str(log))
+    kubemap.map(fn, range(5), cache=True, store=store)
+    executions(log)
+    run = kubemap.submit(fn, [0, 1, -1, 2, 7], cache=True, store=store)
+    assert (run.cache_hits, run.cache_misses) == (3, 2)
+    run.wait()
+    assert sorted(executions(log)) == [-1, 7]
+    run.retry(fn=functools.partial(abs))
+    assert run.results() == [0, 2, 1, 4, 14]
+    assert executions(log) == []
