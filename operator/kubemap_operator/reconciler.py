@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kubemap_operator import metrics
-from kubemap.contract import task_label
+from kubemap.contract import ANNOTATION_RETRY, task_label
 from kubemap_operator.builder import TaskRef, build_pod, pod_name
 from kubemap_operator.kubeapi import CreateFailed, KubeApi, Throttled
 from kubemap_operator.observe import observe_pod
@@ -154,7 +154,13 @@ class Reconciler:
         now = self.clock()
         observed = [o for o in (observe_pod(p, now) for p in pods) if o is not None]
         result = plan(
-            spec, status, observed, now, generation=meta.get("generation"), limits=self.limits
+            spec,
+            status,
+            observed,
+            now,
+            generation=meta.get("generation"),
+            limits=self.limits,
+            retry_token=(meta.get("annotations") or {}).get(ANNOTATION_RETRY),
         )
         await self._apply(TaskRef(name, namespace, uid), body, spec, status, result, pods, logger)
         metrics.observe_phase(namespace, name, result.status.phase)
