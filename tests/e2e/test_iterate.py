@@ -14,7 +14,7 @@ from typing import Any
 
 import kubemap
 import pytest
-from e2ekit import NAMESPACE, Operator, PodWatch
+from e2ekit import NAMESPACE, Operator, PodWatch, task_pods
 from kubemap.stores import open_store
 from kubernetes import client
 
@@ -124,3 +124,108 @@ def test_executor_on_the_cluster(
         with pytest.raises(ArithmeticError, match="negative power -1"):
             failing.result(timeout=300)
         assert list(executor.map(power, range(6), [3] * 6, chunksize=2)) == [x**3 for x in range(6)]
+
+
+def test_retry_after_a_fix_reruns_exactly_the_missing(
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    operator: Operator,
+    unique: Callable[[str], str],
+) -> None:
+    name = unique("rerun")
+    where = markers(name)
+    open_store(where).put("broken", b"")
+
+    def fragile(x: int) -> int:
+        from kubemap.stores import open_store
+
+        store = open_store(where)
+        store.put(f"ran-{x}-{uuid.uuid4().hex}", b"")
+        if x % 4 == 2 and store.exists("broken"):
+            raise ValueError(f"{x} is broken")
+        return x * 7
+
+    def ran() -> list[int]:
+        keys = [k for k in open_store(where).list() if k.startswith("ran-")]
+        open_store(where).delete_prefix("ran-")
+        return sorted(int(k.split("-")[1]) for k in keys)
+
+    run = kubemap.submit(fragile, range(12), **opts(name=name, parallelism=2))
+    status = run.wait(timeout=300)
+    assert status.phase.value == "Failed"
+    first = ran()
+    missing = sorted(set(range(12)) - set(first)) + [x for x in first if x % 4 == 2]
+    open_store(where).delete_prefix("broken")  # the fix
+    before = {p.metadata.name for p in task_pods(core, name)}  # kept for their logs
+    with PodWatch(core, name) as pods:
+        run.retry()
+        status = run.wait(timeout=300)
+    assert status.phase.value == "Succeeded" and (status.succeeded, status.failed) == (12, 0)
+    assert ran() == sorted(missing)  # nothing that succeeded ran again
+    # Pods of the rerun: the missing indices, plus any whose result landed after the first
+    # round's verdict (the operator never reads S3); those find their result and run nothing.
+    assert set(missing) <= {int(p.split("-")[-2]) for p in pods.seen - before}
+    assert run.results() == [x * 7 for x in range(12)]
+    body = custom.get_namespaced_custom_object(
+        "kubemap.io", "v1alpha1", NAMESPACE, "maptasks", name
+    )
+    assert body["status"]["succeededIndexes"] == "0-11" and body["status"]["failedIndexes"] == ""
+
+
+def test_kubectl_annotate_reruns_a_yaml_task(
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    operator: Operator,
+    unique: Callable[[str], str],
+    tmp_path: Any,
+) -> None:
+    import subprocess
+
+    import yaml
+    from e2ekit import kubectl, wait_phase
+
+    name = unique("yaml-rerun")
+    manifest = {
+        "apiVersion": "kubemap.io/v1alpha1",
+        "kind": "MapTask",
+        "metadata": {"name": name},
+        "spec": {
+            "count": 3,
+            "parallelism": 3,
+            "backoffLimitPerIndex": 1,
+            "template": {
+                "image": "busybox",
+                # index 1 fails on its first round (attempts 0 and 1); a rerun starts at 2
+                "command": [
+                    "sh",
+                    "-c",
+                    'test "$KUBEMAP_INDEX" != 1 || test "$KUBEMAP_ATTEMPT" -ge 2',
+                ],
+            },
+        },
+    }
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    subprocess.run([kubectl(), "apply", "-n", NAMESPACE, "-f", str(path)], check=True)
+    body = wait_phase(custom, name, {"Succeeded", "Failed"}, timeout=240)
+    assert body["status"]["phase"] == "Failed" and body["status"]["failedIndexes"] == "1"
+    before = {p.metadata.name for p in task_pods(core, name)}
+    assert before == {f"{name}-1-0", f"{name}-1-1"}  # the failed pods, kept for their logs
+    with PodWatch(core, name) as pods:
+        subprocess.run(
+            [kubectl(), "annotate", "mt", name, "-n", NAMESPACE, "kubemap.io/retry=1"],
+            check=True,
+        )
+        deadline = time.monotonic() + 240
+        while True:
+            body = custom.get_namespaced_custom_object(
+                "kubemap.io", "v1alpha1", NAMESPACE, "maptasks", name
+            )
+            status = body["status"]
+            if status.get("retryToken") == "1" and status["phase"] in ("Succeeded", "Failed"):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+    assert status["phase"] == "Succeeded", status
+    assert (status["succeeded"], status["failed"], status["succeededIndexes"]) == (3, 0, "0-2")
+    assert pods.seen - before == {f"{name}-1-2"}  # only the failed index, a fresh attempt
