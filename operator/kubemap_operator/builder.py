@@ -10,9 +10,9 @@ from typing import Any
 
 from kubemap.contract import (
     ANNOTATION_ATTEMPT,
+    ANNOTATION_COUNT,
     ANNOTATION_FAILURES,
     ANNOTATION_INFRA,
-    ANNOTATION_COUNT,
     API_VERSION,
     ENV_ATTEMPT,
     ENV_COUNT,
@@ -23,8 +23,8 @@ from kubemap.contract import (
     ENV_TOTAL,
     KIND,
     LABEL_INDEX,
-    MAX_LABEL_VALUE,
     LABEL_TASK,
+    MAX_LABEL_VALUE,
     POD_FINALIZER,
     name_digest,
     task_label,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from kubemap.models import MapTaskSpec, MapTaskStatus
 from kubemap.core.ranges import IndexRanges
+from kubemap.models import MapTaskSpec, MapTaskStatus
 
 from kubemap_operator.observe import ObservedPod, PodState, parse_time
 from kubemap_operator.plantypes import Limits, Plan

@@ -50,7 +50,9 @@ def _upd(status: MapTaskStatus, **changes: object) -> MapTaskStatus:
 def _events(decision: Decision, old_failed: IndexRanges) -> list[Event]:
     events: list[Event] = []
     if decision.failed - old_failed and decision.failure_notes:
-        events.append(Event("Warning", "IndexFailed", clip("; ".join(decision.failure_notes), 1000)))
+        events.append(
+            Event("Warning", "IndexFailed", clip("; ".join(decision.failure_notes), 1000))
+        )
     return events
 
 
@@ -119,7 +121,13 @@ def _plan(
         failed_indexes=str(decision.failed),
     )
     if decision.infra_note and any(p.state is PodState.FAILED for p in pods):
-        # An infrastructure cause is worth a condition even while the task goes on.
+        # An infrastructure cause is worth a condition (and, when new, an Event) even while
+        # the task goes on: `kubectl describe mt` shows it before the task gives up.
+        before = next(
+            (c.message for c in status.conditions if c.type == "InfrastructureTrouble"), None
+        )
+        if before != clip(decision.infra_note, 512):
+            events.append(Event("Warning", "InfrastructureError", clip(decision.infra_note, 1000)))
         status_out = _upd(
             status_out,
             conditions=set_condition(

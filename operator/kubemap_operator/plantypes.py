@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kubemap.models import MapTaskStatus
 from kubemap.core.attempts import SliceRequest
 from kubemap.core.policy import BACKOFF_BASE_SECONDS
+from kubemap.models import MapTaskStatus
 
 from kubemap_operator.status import MAX_FAILED_RANGES, MAX_SUCCEEDED_RANGES
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from kubemap.models import Condition
 from kubemap.core.plan import MAX_FAILED_RANGES, MAX_SUCCEEDED_RANGES
 from kubemap.core.ranges import describe, within
+from kubemap.models import Condition
 
 MAX_MESSAGE_LENGTH = 1024
 MAX_CONDITIONS = 8

@@ -202,9 +202,11 @@ class MapRun:
         where = f"finished results stay in {self._task.url}; read them with results(partial=True)"
         counts = status.counts()
         if status.reason is Reason.DEADLINE:
-            raise TimeoutError(f"task {self._name} timed out ({counts}); {where}")
+            raise TimeoutError(f"task {self._name} timed out: {status.message or counts}; {where}")
         if status.reason is Reason.CANCELLED:
             raise CancelledError(f"task {self._name} was cancelled ({counts}); {where}")
+        if status.reason is Reason.INVALID_SPEC:
+            raise ConfigError(f"task {self._name} was refused: {status.message}")
         failures = self._failures(status)
         if status.reason is Reason.INFRASTRUCTURE and not failures:
             raise StoreError(status.message or f"task {self._name} failed in the store")
@@ -229,12 +231,28 @@ class MapRun:
         return self._task.url.rsplit("/", 1)[0]
 
     @classmethod
-    def attach(cls, name: str, *, store: str | None = None, **options: Any) -> MapRun:
-        """A finished (or abandoned) task in the store, to read its results and failures;
-        `options` (backend, namespace, retries...) are those a retry() runs with."""
+    def attach(
+        cls,
+        name: str,
+        *,
+        store: str | None = None,
+        backend: str = "local",
+        namespace: str | None = None,
+        **options: Any,
+    ) -> MapRun:
+        """A task submitted earlier (by this process or another), to follow it and read its
+        results. backend="kubernetes" follows the MapTask `name` in the cluster (its store is
+        the MapTask's, unless given); otherwise the status is what the store recorded.
+        `options` (retries, parallelism...) are those a retry() runs with."""
+        if backend == "kubernetes":
+            from kubemap.backends.kubernetes import attach_maptask
+
+            task, total, handle = attach_maptask(name, store=store, namespace=namespace)
+            opts = validate_options({"backend": backend, "namespace": namespace, **options})
+            return cls(name, task, total, handle, opts)
         task = open_store(store or default_store_url()).child(name)
         total = read_total(task)
-        opts = validate_options({"store": store, **options})
+        opts = validate_options({"store": store, "backend": backend, **options})
         return cls(name, task, total, _StoredRun(name, task, total), opts)
 
 

@@ -43,6 +43,17 @@ class CancelledError(KubemapError):
     """The run was cancelled before every index finished."""
 
 
+def api_error_message(exc: Any) -> str:
+    """The API server's own message of a refused request (a kubernetes ApiException: its
+    JSON body's "message", else its reason). Duck-typed so this module stays import-free."""
+    import json
+
+    try:
+        return str(json.loads(getattr(exc, "body", None) or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError, TypeError):
+        return f"HTTP {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}".strip()
+
+
 @dataclass(frozen=True)
 class RemoteError:
     """One index's failure, as recorded by the worker that ran it."""
@@ -98,8 +109,7 @@ class MapTaskError(KubemapError):
     def _describe(self) -> str:
         task = f"task {self.name}" if self.name else "the task"
         counts = (
-            f"{self.succeeded} succeeded, {len(self.failures)} failed, "
-            f"{len(self.not_run)} not run"
+            f"{self.succeeded} succeeded, {len(self.failures)} failed, {len(self.not_run)} not run"
         )
         if not self.failures:
             return f"{task} failed ({self.why or counts})"

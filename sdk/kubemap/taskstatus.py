@@ -45,9 +45,11 @@ def read_status(task: Store) -> dict[str, Any] | None:
     except (KeyNotFound, ValueError):
         return None
     runner = record.get("runner") or {}
-    if record.get("phase") in (Phase.RUNNING, Phase.PENDING) and runner.get(
-        "host"
-    ) == socket.gethostname() and not _alive(int(runner.get("pid") or 0)):
+    if (
+        record.get("phase") in (Phase.RUNNING, Phase.PENDING)
+        and runner.get("host") == socket.gethostname()
+        and not _alive(int(runner.get("pid") or 0))
+    ):
         record["phase"] = Phase.CANCELLED.value
         record["message"] = (
             f"interrupted: the process that ran it (pid {runner.get('pid')}) exited before "

@@ -62,13 +62,14 @@ def test_retry_after_a_fix_runs_exactly_the_missing(setup: tuple[Path, Path, str
     run.wait()
     assert run.status().phase is Phase.FAILED
     first = executions(log)
-    missing = sorted(set(range(100)) - set(first)) + [x for x in first if x % 10 == 0]
-    assert 0 in missing and len(missing) < 100
+    # without a result: failed, never run, or killed mid-slice when the run failed fast
+    missing = sorted(set(range(100)) - set(taskdata.succeeded_indexes(open_store(run.store_url))))
+    assert 0 in missing and len(missing) < 100 and {x for x in first if x % 10 == 0} <= set(missing)
     flag.unlink()  # the fix
     run.retry()
     status = run.wait()
     assert status.phase is Phase.SUCCEEDED and (status.succeeded, status.failed) == (100, 0)
-    assert executions(log) == sorted(missing)  # nothing that succeeded ran again
+    assert executions(log) == missing  # nothing that succeeded ran again
     assert run.results() == [x + 1000 for x in range(100)]
     assert run.retry() is run and executions(log) == []  # nothing missing: nothing runs
 

@@ -92,7 +92,8 @@ def test_imap_stopped_early_cancels_the_run(tmp_path: Path) -> None:
     stream.close()  # cancels the run: its worker, stuck in item 1, is stopped
     (tmp_path / "go").write_text("1")
     time.sleep(0.5)  # had the run gone on, items 2.. would start now
-    assert sorted(p.name for p in tmp_path.glob("started-*")) == ["started-0", "started-1"]
+    started = {p.name for p in tmp_path.glob("started-*")}
+    assert "started-0" in started and started <= {"started-0", "started-1"}
 
 
 def test_return_exceptions_on_map_imap_and_results(tmp_path: Path) -> None:

@@ -6,14 +6,13 @@ import subprocess
 import sys
 import types
 from pathlib import Path
-from typing import Any
 
 import kubemap
 import pytest
 from kubemap.backends import Backend, get_backend
+from kubemap.backends.local import LocalBackend
 from kubemap.core.status import RunStatus
 from kubemap.errors import ConfigError
-from kubemap.backends.local import LocalBackend
 from kubemap.models import Phase
 
 
@@ -49,7 +48,9 @@ def test_the_kubernetes_backend_module_is_chosen_by_name(monkeypatch: pytest.Mon
 
 
 def test_missing_kubernetes_backend_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "kubemap.backends.kubernetes", None)  # import raises ModuleNotFoundError
+    monkeypatch.setitem(
+        sys.modules, "kubemap.backends.kubernetes", None
+    )  # import raises ModuleNotFoundError
     with pytest.raises(ConfigError, match="backend='kubernetes' is not available"):
         get_backend("kubernetes")
 

@@ -6,9 +6,8 @@ import json
 from typing import Any
 
 import pytest
-from kubemap.contract import LABEL_INDEX, LABEL_TASK, POD_FINALIZER
+from kubemap.contract import LABEL_INDEX, LABEL_TASK, POD_FINALIZER, task_label
 from kubemap.models import MapTaskSpec
-from kubemap.contract import task_label
 from kubemap_operator.builder import TaskRef, build_pod, pod_name
 from kubemap_operator.observe import observe_pod
 from kubemap_operator.planner import PodRequest

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from kubemap.models import MapTaskSpec, MapTaskStatus, Phase
 from kubemap.core.ranges import IndexRanges
+from kubemap.models import MapTaskSpec, MapTaskStatus, Phase
 from kubemap_operator.observe import ObservedPod, PodState, WorkerReport
 from kubemap_operator.planner import Limits, PodRequest, plan
 

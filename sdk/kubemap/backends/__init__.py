@@ -12,8 +12,10 @@ import importlib
 from kubemap.backends.base import Backend, RunHandle
 from kubemap.errors import ConfigError
 
-_MODULES = {"local": ("kubemap.backends.local", "LocalBackend"),
-            "kubernetes": ("kubemap.backends.kubernetes", "KubernetesBackend")}
+_MODULES = {
+    "local": ("kubemap.backends.local", "LocalBackend"),
+    "kubernetes": ("kubemap.backends.kubernetes", "KubernetesBackend"),
+}
 
 
 def get_backend(name: str) -> Backend:

@@ -8,7 +8,7 @@ one test fakes implement.
 
 from __future__ import annotations
 
-import json
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kubemap.contract import GROUP, PLURAL, VERSION, task_label
-from kubemap.errors import ClusterError, ConfigError
+from kubemap.errors import ClusterError, ConfigError, api_error_message
 
 INSTALL_HINT = (
     "install kubemap into the cluster first: "
@@ -30,14 +30,16 @@ T = TypeVar("T")
 class ClusterClient(Protocol):
     """What the SDK does with a cluster: MapTasks, their pods and logs."""
 
-    namespace: str
-    host: str
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def host(self) -> str: ...
 
     def get(self, name: str) -> dict[str, Any] | None: ...
-    def list(self) -> list[dict[str, Any]]: ...
+    def list(self) -> builtins.list[dict[str, Any]]: ...
     def create(self, body: dict[str, Any]) -> dict[str, Any]: ...
     def suspend(self, name: str) -> None: ...
-    def task_pods(self, name: str) -> list[dict[str, Any]]: ...
+    def task_pods(self, name: str) -> builtins.list[dict[str, Any]]: ...
     def pod_log(self, pod: str, *, tail_lines: int | None = None) -> str: ...
 
 
@@ -169,20 +171,7 @@ class Cluster:
             if exc.status != 404:
                 raise ClusterError(f"cancelling MapTask {name} failed: {message_of(exc)}") from None
 
-
-def _missing_resource(exc: ApiException) -> bool:
-    """404 for the resource type itself (CRD absent), not for one object."""
-    text = exc.body.decode() if isinstance(exc.body, bytes) else str(exc.body or "")
-    return "could not find the requested resource" in text or "page not found" in text
-
-
-def _message(exc: ApiException) -> str:
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except (ValueError, AttributeError):
-        return f"HTTP {exc.status} {exc.reason}"
-
-    def task_pods(self, name: str) -> list[dict[str, Any]]:
+    def task_pods(self, name: str) -> builtins.list[dict[str, Any]]:
         """The pods of MapTask `name` that still exist, as plain dicts."""
         try:
             pods = self.call(
@@ -220,12 +209,7 @@ def _missing_resource(exc: ApiException) -> bool:
     return "could not find the requested resource" in text or "page not found" in text
 
 
-def message_of(exc: ApiException) -> str:
-    """The API server's own message of a refusal ("... is forbidden: ...")."""
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except (ValueError, AttributeError):
-        return f"HTTP {exc.status} {exc.reason}"
+message_of = api_error_message
 
 
 __all__ = ["INSTALL_HINT", "Cluster", "ClusterClient", "message_of"]

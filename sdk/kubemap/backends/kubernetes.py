@@ -22,6 +22,7 @@ from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase, RunStatus, run_status
 from kubemap.errors import ClusterError, ConfigError
 from kubemap.models import MapTaskSpec, Mode, PodTemplate, RunOptions, StoreRef
+from kubemap.stores import open_store
 from kubemap.stores.base import Store
 
 POLL_SECONDS = 0.5
@@ -126,6 +127,29 @@ class KubeRunHandle:
         with self._lock:
             self._fetched = -1e9  # the next status() reads the cancellation
         return True
+
+
+def attach_maptask(
+    name: str, *, store: str | None, namespace: str | None
+) -> tuple[Store, int, KubeRunHandle]:
+    """The store prefix, size and a live handle of the existing MapTask `name`."""
+    cluster = Cluster.connect(namespace)
+    body = cluster.get(name)
+    if body is None:
+        raise ClusterError(
+            f"no MapTask {name!r} in namespace {cluster.namespace}: see `kubemap list -n "
+            f"{cluster.namespace}`"
+        )
+    spec = body.get("spec") or {}
+    base = store or ((spec.get("store") or {}).get("url"))
+    if not base:
+        raise ConfigError(
+            f"MapTask {name} keeps no results in a store (container mode): read its pods' "
+            "output with `kubemap logs`"
+        )
+    task = open_store(base).child(name)
+    total = int((body.get("status") or {}).get("total") or spec.get("count") or 0)
+    return task, total, KubeRunHandle(cluster, name, total, task)
 
 
 class KubernetesBackend:

@@ -20,7 +20,6 @@ import contextlib
 import itertools
 import os
 import threading
-import time
 import weakref
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -34,10 +33,12 @@ from kubemap.core.plan import Decision, Recorded, Rules, Verdict, plan
 from kubemap.core.policy import Cause
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase, Reason, RunStatus, outcome_message
+from kubemap.errors import StoreError
 from kubemap.models import RunOptions
 from kubemap.stores.base import Store
 from kubemap.taskdata import succeeded_indexes, write_error
 from kubemap.taskstatus import write_status
+from kubemap.worker import record_infra_failure
 
 LOCAL_BACKOFF_BASE = 0.05  # the core's retry curve, scaled: 0.05 s, 0.1 s, ... at most 1.8 s
 IDLE_TICK = 0.5  # the driver wakes at least this often (deadline, retries)
@@ -238,15 +239,7 @@ class LocalRun:
                 worker,
                 Job(self.task.url, request.start, request.count, request.attempt, name),
             )
-            self._attempts[name] = Attempt(
-                name=name,
-                start=request.start,
-                count=request.count,
-                attempt=request.attempt,
-                failures=request.failures,
-                infra_failures=request.infra_failures,
-                state=AttemptState.ACTIVE,
-            )
+            self._attempts[name] = Attempt.started(request, name)
             if request.attempt == 0:
                 self._chunks.next_start = max(
                     self._chunks.next_start, request.start + request.count
@@ -285,6 +278,9 @@ class LocalRun:
             return
         if event.exitcode is None:  # the store or the task broke, not the user's function
             cause = Cause("store", event.code, event.message[:300])
+            record_infra_failure(
+                self.task, job.start, job.count, StoreError(event.message), job.attempt
+            )
             self._attempts[job.name] = replace(
                 one,
                 state=AttemptState.FAILED,
@@ -311,7 +307,12 @@ class LocalRun:
                 write_error(
                     self.task,
                     index,
-                    {"type": "WorkerDied", "message": message, "traceback": "", "attempt": job.attempt},
+                    {
+                        "type": "WorkerDied",
+                        "message": message,
+                        "traceback": "",
+                        "attempt": job.attempt,
+                    },
                 )
         self._attempts[job.name] = replace(
             one,

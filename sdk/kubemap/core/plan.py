@@ -150,9 +150,8 @@ def _judge(
         rest = mine - ok - user  # indices the attempt never reported: not the user's fault
         if kind is ExitKind.USAGE and out.usage_error is None:
             detail = report.error if report is not None and report.error else None
-            out.usage_error = (
-                f"{one.name} exited with code {one.exit_code} (usage error): "
-                + (detail or "the worker's environment breaks the kubemap contract")
+            out.usage_error = f"{one.name} exited with code {one.exit_code} (usage error): " + (
+                detail or "the worker's environment breaks the kubemap contract"
             )
         if ok:
             successes.append((one.name, ok))
@@ -282,7 +281,9 @@ def _verdict(
             ),
         )
     budget = FailureBudget.of(
-        total, min_success_ratio=rules.min_success_ratio, max_failed_indexes=rules.max_failed_indexes
+        total,
+        min_success_ratio=rules.min_success_ratio,
+        max_failed_indexes=rules.max_failed_indexes,
     )
     if budget.exceeded(n_failed):
         if outcome.first_error is not None:
@@ -303,16 +304,14 @@ def _verdict(
         return Verdict(
             Phase.FAILED,
             Reason.DEADLINE,
-            say(f"stopped: the task ran longer than its deadline of {rules.deadline_seconds:g}s"),
+            say(f"stopped at its deadline (timeout={rules.deadline_seconds:g}s)"),
         )
     if len(recorded_all) >= total:
         tolerated = f" ({n_failed} failures tolerated)" if n_failed else ""
         return Verdict(
             Phase.SUCCEEDED,
             Reason.COMPLETED,
-            outcome_message(
-                Phase.SUCCEEDED, total=total, succeeded=n_ok, failed=n_failed, why=""
-            )
+            outcome_message(Phase.SUCCEEDED, total=total, succeeded=n_ok, failed=n_failed, why="")
             + tolerated,
         )
     return None

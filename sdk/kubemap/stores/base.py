@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from kubemap.contract import ENV_STORE
-from kubemap.errors import ConfigError, StoreError
+from kubemap.errors import StoreError
 
 ACCEPTED_FORMS = (
     "s3://bucket/prefix, file:///absolute/path, memory://name or a local directory path"
