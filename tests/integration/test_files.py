@@ -48,6 +48,22 @@ def test_file_store_lists_in_s3_key_order_lazily(tmp_path: Path) -> None:
     assert first == ObjectInfo("a.jpg", 15, first.tag) and first.tag
 
 
+@pytest.mark.parametrize("kind", ["file", "memory"])
+def test_iter_objects_contract(kind: str, tmp_path: Path) -> None:
+    store = open_store(str(tmp_path) if kind == "file" else f"memory://files-{tmp_path.name}")
+    for key in ("b/2", "a", "b/1", "a.b", "c"):
+        store.put(key, key.encode() * 2)
+    assert [(o.key, o.size) for o in store.iter_objects()] == [
+        ("a", 2),
+        ("a.b", 6),
+        ("b/1", 6),
+        ("b/2", 6),
+        ("c", 2),
+    ]
+    assert [o.key for o in store.iter_objects("b/", start_after="b/1")] == ["b/2"]
+    assert [o.key for o in store.iter_objects("a")] == ["a", "a.b"]
+
+
 def test_local_glob_maps_each_file(tmp_path: Path) -> None:
     make_tree(tmp_path)
     found = list(kubemap.files(f"{tmp_path}/**/*.jpg"))
