@@ -16,6 +16,8 @@ no worker. Workers fill the cache as they finish (write-once, so a racing duplic
 harmless), the same way on every backend; entries live beside the tasks, not in them,
 so they survive a task's deletion and are shared by local and cluster runs of one store.
 A CachedRun maps the task's indices back to the caller's, and reports hits and misses.
+A worker learns whether its task is cached from one GET of cache.json (a 404 for the
+others), once per worker process and task.
 """
 
 from __future__ import annotations
