@@ -36,19 +36,22 @@ import cloudpickle
 
 from kubemap.api import MapRun, _StoredRun, upload
 from kubemap.backends import RunHandle
+from kubemap.cachestore import (
+    CACHE_DIR,
+    CONFIG_KEY,
+    DIGEST_SIZE,
+    KEYS_KEY,
+    MAP_KEY,
+    record_slice,
+)
 from kubemap.core.status import RunStatus
 from kubemap.errors import MapTaskError, RemoteError
 from kubemap.models import RunOptions
-from kubemap.pickling import dumps, item_encoder, loads
-from kubemap.stores import KeyNotFound, Store, open_store
+from kubemap.pickling import item_encoder, loads
+from kubemap.stores import Store, open_store
 
-__all__ = ["CachedRun", "function_identity", "record_slice", "submit_cached"]
+__all__ = ["CACHE_DIR", "CachedRun", "function_identity", "record_slice", "submit_cached"]
 
-CACHE_DIR = "_cache"  # "_" keeps it apart from every task name (DNS-1123 has no "_")
-CONFIG_KEY = "cache.json"  # in the task: where its entries go
-KEYS_KEY = "cache.keys"  # in the task: the item digest of each of its indices
-MAP_KEY = "cache.map"  # in the task: the caller's index of each of its indices
-DIGEST_SIZE = 16
 FETCH_THREADS = 16
 
 
@@ -159,35 +162,6 @@ def submit_cached(fn: Callable[..., Any], inputs: Iterable[Any], opts: RunOption
 
 def _is_digest(name: str) -> bool:
     return len(name) == 2 * DIGEST_SIZE and all(c in "0123456789abcdef" for c in name)
-
-
-# -- the worker side ------------------------------------------------------------------
-_configs: dict[str, tuple[Store, str] | None] = {}
-
-
-def record_slice(task: Store, start: int, count: int, values: dict[int, Any]) -> int:
-    """Write cache entries for the values a worker just computed (if the task is cached);
-    returns how many entries it created. Called after the result object is written."""
-    if task.url not in _configs:
-        if len(_configs) > 64:
-            _configs.clear()  # a worker process seldom sees many tasks; keep it bounded
-        try:
-            config = json.loads(task.get(CONFIG_KEY))
-            _configs[task.url] = (open_store(config["entries"]), task.url)
-        except KeyNotFound:
-            _configs[task.url] = None
-    found = _configs[task.url]
-    if found is None or not values:
-        return 0
-    entries = found[0]
-    digests = task.get_range(KEYS_KEY, start * DIGEST_SIZE, (start + count) * DIGEST_SIZE)
-    created = 0
-    for index, value in values.items():
-        offset = (index - start) * DIGEST_SIZE
-        name = digests[offset : offset + DIGEST_SIZE].hex()
-        if len(name) == 2 * DIGEST_SIZE and entries.put_if_absent(name, dumps(value)):
-            created += 1
-    return created
 
 
 # -- the run the caller sees ------------------------------------------------------------

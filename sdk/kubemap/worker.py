@@ -142,10 +142,10 @@ def run_slice(
 def _fill_cache(task: Store, start: int, count: int, values: dict[int, Any]) -> None:
     """Cache entries for a task submitted with cache=True; the results are already safe,
     so a cache that cannot be written costs a rerun next time, never this slice."""
-    from kubemap import cache
+    from kubemap import cachestore
 
     try:
-        cache.record_slice(task, start, count, values)
+        cachestore.record_slice(task, start, count, values)
     except StoreError as exc:
         _log(f"could not fill the cache for items {start}..{start + count - 1}: {exc}")
 
