@@ -18,6 +18,7 @@ from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import CONDITION_OF_PHASE, Phase
 from kubemap.models import MapTaskSpec, MapTaskStatus
 
+from kubemap_operator import rerun
 from kubemap_operator.finishing import after_finish, cleanup
 from kubemap_operator.observe import ObservedPod, PodState, parse_time
 from kubemap_operator.plantypes import DEFAULT_LIMITS, Event, Limits, Plan, PodRequest
@@ -63,6 +64,31 @@ def plan(
     *,
     generation: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    retry_token: str | None = None,
+) -> Plan:
+    """The plan for this reconcile; `retry_token` is the kubemap.io/retry annotation (see
+    kubemap_operator.rerun: a new token on a finished task reruns what has no result)."""
+    status, retry_event = rerun.honour(spec, status, pods, retry_token, now)
+    earlier = [p.name for p in pods if p.attempt < status.attempt_base and p.has_finalizer]
+    result = _plan(
+        spec, status, rerun.this_round(status, pods), now, generation=generation, limits=limits
+    )
+    return replace(
+        result,
+        create=rerun.numbered(result.status, result.create),
+        release=tuple(dict.fromkeys((*result.release, *earlier))),
+        events=(retry_event, *result.events) if retry_event else result.events,
+    )
+
+
+def _plan(
+    spec: MapTaskSpec,
+    status: MapTaskStatus,
+    pods: list[ObservedPod],
+    now: datetime,
+    *,
+    generation: int | None,
+    limits: Limits,
 ) -> Plan:
     total = spec.total
     base = _upd(

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
-from kubemap.contract import task_label
+from kubemap.contract import ANNOTATION_RETRY, task_label
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase, Reason
 from kubemap.models import MapTaskSpec, MapTaskStatus
@@ -135,7 +135,13 @@ class Reconciler:
         now = self.clock()
         observed = [o for o in (observe_pod(p, now) for p in pods) if o is not None]
         result = plan(
-            spec, status, observed, now, generation=meta.get("generation"), limits=self.limits
+            spec,
+            status,
+            observed,
+            now,
+            generation=meta.get("generation"),
+            limits=self.limits,
+            retry_token=(meta.get("annotations") or {}).get(ANNOTATION_RETRY),
         )
         await self._apply(TaskRef(name, namespace, uid), body, spec, status, result, pods, logger)
         metrics.observe_phase(namespace, name, result.status.phase)

@@ -6,7 +6,7 @@ run = kubemap.submit(fn, inputs, backend="kubernetes", parallelism=50)
 run.wait(); run.results()
 """
 
-from kubemap.api import MapRun, map, submit
+from kubemap.api import MapRun, imap, map, submit
 from kubemap.errors import (
     CancelledError,
     ClusterError,
@@ -19,6 +19,8 @@ from kubemap.errors import (
     StoreError,
     TimeoutError,
 )
+from kubemap.executor import Executor, RemoteFailure
+from kubemap.files import File, files
 from kubemap.models import RunOptions
 
 __version__ = "0.1.0"
@@ -28,15 +30,20 @@ __all__ = [
     "ClusterError",
     "ConfigError",
     "CorruptTaskError",
+    "Executor",
+    "File",
     "KubemapError",
     "MapRun",
     "MapTaskError",
     "RemoteError",
+    "RemoteFailure",
     "RunOptions",
     "SerializationError",
     "StoreError",
     "TimeoutError",
     "__version__",
+    "files",
+    "imap",
     "map",
     "submit",
 ]

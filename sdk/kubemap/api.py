@@ -15,11 +15,11 @@ import contextlib
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any
 
 from kubemap import retention
-from kubemap.backends import RunHandle, get_backend
+from kubemap.backends import Backend, RunHandle, get_backend
 from kubemap.backends.base import still_running
 from kubemap.contract import META_KEY
 from kubemap.core.ranges import IndexRanges
@@ -37,6 +37,7 @@ from kubemap.models import RunOptions
 from kubemap.options import task_name, validate_options
 from kubemap.progress import ProgressBar, want_progress
 from kubemap.stores import Store, default_store_url, open_store
+from kubemap.streaming import as_completed, fill_missing, imap
 from kubemap.taskdata import (
     iter_results,
     read_errors,
@@ -47,7 +48,7 @@ from kubemap.taskdata import (
 from kubemap.taskmeta import TaskMeta, read_total, write_meta
 from kubemap.taskstatus import read_status
 
-__all__ = ["MapRun", "map", "submit"]
+__all__ = ["MapRun", "imap", "map", "submit"]
 
 POLL_SECONDS = 0.1  # how often a progress bar refreshes
 
@@ -112,7 +113,13 @@ class MapRun:
         """True once the run finished (succeeded, failed or cancelled)."""
         return self._handle.done()
 
-    def results(self, partial: bool | None = None, *, timeout: float | None = None) -> list[Any]:
+    def results(
+        self,
+        partial: bool | None = None,
+        *,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
         """Every result in input order; waits (up to `timeout` s) for the run to finish first.
 
         Raises MapTaskError if an index failed beyond its retries or was never run,
@@ -120,16 +127,30 @@ class MapRun:
         partial=True returns the list anyway with None where there is no result (failures()
         and not_run() tell those apart); the default (None) does that only when the run
         succeeded while tolerating failures (min_success_ratio < 1).
+        return_exceptions=True never raises for an index: each one without a result holds
+        its RemoteError (type "NotRun" for one that never ran) instead.
         """
         status = self.wait(timeout, progress=False)
         tolerated = status.phase is Phase.SUCCEEDED and status.failed > 0
-        if not partial and not (partial is None and tolerated):
+        if not partial and not return_exceptions and not (partial is None and tolerated):
             self._raise_for(status)
         values: list[Any] = [None] * self._total
         for index, value in iter_results(self._task):
             if 0 <= index < self._total:
                 values[index] = value
+        if return_exceptions:
+            done = succeeded_indexes(self._task)
+            for index, error in fill_missing(self, status, IndexRanges.span(0, self._total) - done):
+                values[index] = error
         return values
+
+    def as_completed(
+        self, *, return_exceptions: bool = False, timeout: float | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        """(index, result) pairs as their slices finish, in constant memory; at the end,
+        indices without a result raise as results() does, or with return_exceptions=True
+        are yielded with their RemoteError. See kubemap.streaming."""
+        return as_completed(self, return_exceptions=return_exceptions, timeout=timeout)
 
     def not_run(self) -> IndexRanges:
         """The indices that were never run: no result and no failure record (for a finished
@@ -155,6 +176,28 @@ class MapRun:
     def delete(self) -> int:
         """Delete the task's files from the store (after you have its results)."""
         return self._task.delete_prefix()
+
+    def retry(self, fn: Callable[..., Any] | None = None) -> MapRun:
+        """Run again, into this task and its result set, only the indices without a result
+        (failed and never run), with fresh retry budgets; `fn` replaces the function (a
+        fix). Indices that succeeded never run again. Returns this run, running again;
+        results() afterwards returns the whole list in order. Only a finished run retries."""
+        status = self.status()
+        if not status.finished:
+            raise ConfigError(
+                f"task {self._name} is still running ({status.counts()}): wait() for it or "
+                "cancel() it before retry()"
+            )
+        done = succeeded_indexes(self._task) & IndexRanges.span(0, self._total)
+        if len(done) == self._total:
+            return self  # nothing is missing: nothing runs
+        if fn is not None:
+            if not callable(fn):
+                raise ConfigError(f"fn must be callable, got {type(fn).__name__}: pass a function")
+            write_function(self._task, fn)
+        backend = get_backend(self._options.backend)
+        self._handle = backend.retry(self._task, self._total, self._options, self._name, done)
+        return self
 
     def _raise_for(self, status: RunStatus) -> None:
         if status.phase is Phase.SUCCEEDED and status.failed == 0:
@@ -198,18 +241,22 @@ class MapRun:
         store: str | None = None,
         backend: str = "local",
         namespace: str | None = None,
+        **options: Any,
     ) -> MapRun:
         """A task submitted earlier (by this process or another), to follow it and read its
         results. backend="kubernetes" follows the MapTask `name` in the cluster (its store is
-        the MapTask's, unless given); otherwise the status is what the store recorded."""
+        the MapTask's, unless given); otherwise the status is what the store recorded.
+        `options` (retries, parallelism...) are those a retry() runs with."""
         if backend == "kubernetes":
             from kubemap.backends.kubernetes import attach_maptask
 
             task, total, handle = attach_maptask(name, store=store, namespace=namespace)
-            return cls(name, task, total, handle, RunOptions(backend="kubernetes"))
+            opts = validate_options({"backend": backend, "namespace": namespace, **options})
+            return cls(name, task, total, handle, opts)
         task = open_store(store or default_store_url()).child(name)
         total = read_total(task)
-        return cls(name, task, total, _StoredRun(name, task, total), RunOptions())
+        opts = validate_options({"store": store, "backend": backend, **options})
+        return cls(name, task, total, _StoredRun(name, task, total), opts)
 
 
 class _StoredRun:
@@ -255,6 +302,19 @@ class _StoredRun:
 def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> MapRun:
     """Upload `fn` and `inputs` to the store and start running; return at once."""
     opts = validate_options(options)
+    if opts.cache or opts.cache_version is not None:
+        from kubemap.cache import submit_cached
+
+        return submit_cached(fn, inputs, opts)
+    backend, task, name, total = upload(fn, inputs, opts)
+    handle = backend.start(task, total, opts, name)
+    return MapRun(name, task, total, handle, opts)
+
+
+def upload(
+    fn: Callable[..., Any], inputs: Iterable[Any], opts: RunOptions
+) -> tuple[Backend, Store, str, int]:
+    """Check the arguments, write the task's files; (backend, task, name, number of inputs)."""
     if not callable(fn):
         raise ConfigError(f"fn must be callable, got {type(fn).__name__}: pass a function")
     if isinstance(inputs, (str, bytes)):
@@ -291,18 +351,28 @@ def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> 
     except BaseException:
         _forget(task)
         raise
-    handle = backend.start(task, total, opts, name)
-    return MapRun(name, task, total, handle, opts)
+    return backend, task, name, total
 
 
-def map(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> list[Any]:
+def map(
+    fn: Callable[..., Any],
+    inputs: Iterable[Any],
+    /,
+    *,
+    return_exceptions: bool = False,
+    **options: Any,
+) -> list[Any]:
     """fn applied to every input, in input order; blocks until done.
 
     Raises MapTaskError (with the remote traceback) if an input failed beyond its retries;
-    results that finished stay in the store (see the error's note). Ctrl-C cancels the run,
-    unless detach=True, which leaves a Kubernetes task running (MapRun.attach reads it later).
+    results that finished stay in the store (see the error's note). return_exceptions=True
+    puts each failed index's RemoteError in its place instead of raising; it also tries
+    every input (min_success_ratio defaults to 0 then: no fail-fast). Ctrl-C cancels the
+    run, unless detach=True, which leaves a Kubernetes task running (MapRun.attach reads it).
     """
     detach = bool(options.pop("detach", False))  # Ctrl-C leaves a cluster task running
+    if return_exceptions:
+        options = {"min_success_ratio": 0.0, **options}
     opts = validate_options(options)
     if isinstance(inputs, Sized) and not isinstance(inputs, (str, bytes)) and len(inputs) == 0:
         return []
@@ -318,8 +388,8 @@ def map(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> lis
             + f"; its results stay in {run.store_url}\n"
         )
         raise
-    values = run.results()
-    if status.failed:
+    values = run.results(return_exceptions=return_exceptions)
+    if status.failed and not return_exceptions:
         warnings.warn(
             f"{status.failed} of {status.total} inputs of task {run.name} failed (tolerated by "
             f"min_success_ratio={opts.min_success_ratio:g}); their results are None",

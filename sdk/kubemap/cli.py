@@ -220,6 +220,89 @@ def gc(days: float | None, store: str | None) -> None:
     click.echo(f"removed {len(done.removed)} task(s) from {url}; {done.kept} newer ones kept")
 
 
+@main.command(context_settings=CONTEXT, short_help="Rerun only what failed or never ran.")
+@click.argument("name")
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "kubernetes"]),
+    default="local",
+    show_default=True,
+    help="Where the task runs; kubernetes asks the operator (kubemap.io/retry annotation).",
+)
+@click.option("--store", metavar="URL", help="Local backend: the store the task is in.")
+@click.option("--namespace", "-n", help="Kubernetes: namespace of the MapTask.")
+@click.option("--retries", type=int, default=0, show_default=True, help="Local: retries per input.")
+@click.option("--parallelism", "-p", type=int, help="Local: workers at once [default: CPUs].")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the rerun.")
+def retry(
+    name: str,
+    backend: str,
+    store: str | None,
+    namespace: str | None,
+    retries: int,
+    parallelism: int | None,
+    wait: bool,
+) -> None:
+    """Rerun the indices of task NAME that have no result (failed or never ran), into the
+    same result set, with fresh retry budgets; indices that succeeded never run again.
+    Exit status: 0 when every index now has a result, 1 when some still failed."""
+    try:
+        if backend == "kubernetes":
+            status = _retry_on_cluster(name, namespace, wait)
+        else:
+            from kubemap.api import MapRun
+
+            run = MapRun.attach(name, store=store, retries=retries, parallelism=parallelism)
+            before = run.status()
+            run.retry()
+            click.echo(
+                f"task {name}: rerunning {before.total - before.succeeded} of {before.total} "
+                "indices",
+                err=True,
+            )
+            if not wait:
+                run.wait()  # a local run lives in this process: it cannot outlive the command
+            status = run.wait()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except KubemapError as exc:
+        raise click.ClickException(str(exc)) from None
+    if status is None:
+        return
+    click.echo(f"task {name}: {status.phase.value}; {status.counts()}", err=True)
+    if status.succeeded < status.total:
+        sys.exit(1)
+
+
+def _retry_on_cluster(name: str, namespace: str | None, wait: bool) -> Any:
+    from kubemap.backends.kubeclient import Cluster
+    from kubemap.backends.kubernetes import KubeRunHandle, request_retry
+    from kubemap.stores import open_store
+
+    cluster = Cluster.connect(namespace)
+    body = cluster.get(name)
+    if body is None:
+        raise ConfigError(f"no MapTask {name!r} in namespace {cluster.namespace}")
+    status = body.get("status") or {}
+    if status.get("phase") not in ("Succeeded", "Failed", "Cancelled"):
+        raise ConfigError(
+            f"MapTask {name} is {status.get('phase') or 'Pending'}: retry it once it finished "
+            f"(or cancel it first: kubemap cancel {name})"
+        )
+    total = int(status.get("total") or 0)
+    token = request_retry(cluster, name)
+    click.echo(
+        f"MapTask {name}: rerunning {total - int(status.get('succeeded') or 0)} of {total} "
+        f"indices (kubemap.io/retry={token})",
+        err=True,
+    )
+    if not wait:
+        return None
+    where = ((body.get("spec") or {}).get("store") or {}).get("url") or "memory://unused"
+    handle = KubeRunHandle(cluster, name, total, open_store(where), retry_token=token)
+    return handle.wait()
+
+
 def load_function(target: str, *, verbose: bool = False) -> Callable[..., Any]:
     """MODULE:FUNCTION -> the function; MODULE is dotted (from the cwd) or a .py path."""
     module_part, sep, attr = target.rpartition(":")

@@ -156,6 +156,10 @@ class MapTaskStatus(_Wire):
     completion_time: str | None = None
     observed_generation: int | None = None
     message: str | None = None
+    # The kubemap.io/retry token last honoured, and the first attempt number of its round:
+    # pods of earlier rounds (attempt below it) are no part of the rerun's plan.
+    retry_token: str | None = Field(default=None, max_length=128)
+    attempt_base: int = Field(default=0, ge=0)
 
 
 class RunOptions(BaseModel):
@@ -173,6 +177,9 @@ class RunOptions(BaseModel):
     name: str | None = Field(
         default=None, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
     )
+    # per-item cache (kubemap.cache): reuse results keyed by function identity and item
+    cache: bool = False
+    cache_version: str | None = Field(default=None, max_length=128)
     # Kubernetes backend only
     image: str | None = None
     namespace: str | None = None

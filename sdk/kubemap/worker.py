@@ -137,12 +137,24 @@ def run_slice(
         taskdata.write_error(task, index, record)
     if values:
         _save_results(task, start, count, values, blob)
+        _fill_cache(task, start, count, values)
     return SliceOutcome(
         succeeded=IndexRanges.of(values),
         failed=IndexRanges.of(records),
         skipped=done,
         errors={i: RemoteError.from_record(r) for i, r in records.items()},
     )
+
+
+def _fill_cache(task: Store, start: int, count: int, values: dict[int, Any]) -> None:
+    """Cache entries for a task submitted with cache=True; the results are already safe,
+    so a cache that cannot be written costs a rerun next time, never this slice."""
+    from kubemap import cachestore
+
+    try:
+        cachestore.record_slice(task, start, count, values)
+    except StoreError as exc:
+        _log(f"could not fill the cache for items {start}..{start + count - 1}: {exc}")
 
 
 def _encode(values: dict[int, Any], records: dict[int, dict[str, Any]], attempt: int) -> bytes:

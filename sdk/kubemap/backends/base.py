@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Protocol, runtime_checkable
 
+from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import RunStatus
 from kubemap.errors import TimeoutError
 from kubemap.models import RunOptions
@@ -61,6 +62,13 @@ class Backend(Protocol):
 
     def start(self, task: Store, total: int, options: RunOptions, name: str) -> RunHandle:
         """Start running `total` indices of the task called `name`; return at once."""
+        ...
+
+    def retry(
+        self, task: Store, total: int, options: RunOptions, name: str, succeeded: IndexRanges
+    ) -> RunHandle:
+        """Run a finished task again, into the same result set: only the indices outside
+        `succeeded` (those without a result), with fresh retry budgets; return at once."""
         ...
 
 

@@ -17,7 +17,8 @@ from kubernetes.client.exceptions import ApiException
 
 from kubemap.backends.base import wait_by_polling
 from kubemap.backends.kubeclient import Cluster, ClusterClient, message_of
-from kubemap.contract import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from kubemap.contract import ANNOTATION_RETRY, API_VERSION, GROUP, KIND, PLURAL, VERSION
+from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase, RunStatus, run_status
 from kubemap.errors import ClusterError, ConfigError
 from kubemap.models import MapTaskSpec, Mode, PodTemplate, RunOptions, StoreRef
@@ -67,13 +68,26 @@ def build_maptask(name: str, store_url: str, total: int, options: RunOptions) ->
 
 
 class KubeRunHandle:
-    """A MapTask being run by the operator; status is read from the API (polled)."""
+    """A MapTask being run by the operator; status is read from the API (polled).
 
-    def __init__(self, cluster: ClusterClient, name: str, total: int, task: Store) -> None:
+    After a retry request (`retry_token`), the task counts as Pending until the operator
+    has honoured that token (status.retryToken), so the previous verdict is not mistaken
+    for the retry's."""
+
+    def __init__(
+        self,
+        cluster: ClusterClient,
+        name: str,
+        total: int,
+        task: Store,
+        *,
+        retry_token: str | None = None,
+    ) -> None:
         self.cluster = cluster
         self.name = name
         self.total = total
         self.task = task
+        self.retry_token = retry_token
         self._last = RunStatus(phase=Phase.PENDING, total=total)
         self._fetched = -1e9
         self._lock = threading.Lock()
@@ -90,8 +104,12 @@ class KubeRunHandle:
                 f"MapTask {self.name} disappeared from namespace {self.cluster.namespace} before it "
                 f"finished; results that finished stay in {self.task.url}"
             )
+        record = body.get("status") or {}
         with self._lock:
-            self._last = run_status(body.get("status"), total=self.total)
+            if self.retry_token is not None and record.get("retryToken") != self.retry_token:
+                self._last = RunStatus(phase=Phase.PENDING, total=self.total)
+            else:
+                self._last = run_status(record, total=self.total)
             self._fetched = time.monotonic()
             return self._last
 
@@ -162,3 +180,39 @@ class KubernetesBackend:
         cluster = Cluster.connect(options.namespace)
         cluster.create(body)
         return KubeRunHandle(cluster, name, total, task)
+
+    def retry(
+        self, task: Store, total: int, options: RunOptions, name: str, succeeded: IndexRanges
+    ) -> KubeRunHandle:
+        """Ask the operator to rerun what has no result: a new kubemap.io/retry token (and
+        spec.suspend false, for a cancelled task). The operator keeps the succeeded indices
+        it recorded; `succeeded` (from the store) is not needed here."""
+        cluster = Cluster.connect(options.namespace)
+        token = request_retry(cluster, name)
+        return KubeRunHandle(cluster, name, total, task, retry_token=token)
+
+
+def request_retry(cluster: Cluster, name: str) -> str:
+    """Set a fresh retry token on MapTask `name` (and unsuspend it); returns the token."""
+    token = f"{time.time_ns():x}"
+    patch = {"metadata": {"annotations": {ANNOTATION_RETRY: token}}, "spec": {"suspend": False}}
+    try:
+        cluster.call(
+            "retry MapTask " + name,
+            cluster.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            cluster.namespace,
+            PLURAL,
+            name,
+            patch,
+            _content_type="application/merge-patch+json",
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            raise ConfigError(
+                f"no MapTask {name!r} in namespace {cluster.namespace} to retry: it was deleted "
+                "(ttlSecondsAfterFinished?); submit the task again"
+            ) from None
+        raise ClusterError(f"retrying MapTask {name} failed: {message_of(exc)}") from None
+    return token

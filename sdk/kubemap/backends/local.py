@@ -64,12 +64,30 @@ class LocalBackend:
         run.start()
         return run
 
+    def retry(
+        self, task: Store, total: int, options: RunOptions, name: str, succeeded: IndexRanges
+    ) -> LocalRun:
+        """A new run of the task whose plan starts with `succeeded` recorded: it runs only
+        the other indices, with fresh attempts (and so fresh retry budgets)."""
+        run = LocalRun(task, total, options, name, succeeded=succeeded)
+        run.start()
+        return run
+
 
 class LocalRun:
     """One local run; a RunHandle (see kubemap.backends.base)."""
 
-    def __init__(self, task: Store, total: int, options: RunOptions, name: str) -> None:
+    def __init__(
+        self,
+        task: Store,
+        total: int,
+        options: RunOptions,
+        name: str,
+        *,
+        succeeded: IndexRanges | None = None,
+    ) -> None:
         self.task = task
+        self._already = succeeded or IndexRanges()  # recorded before this run (a retry)
         self.total = total
         self.name = name
         self.options = options
@@ -115,7 +133,7 @@ class LocalRun:
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         self._started = datetime.now(UTC)
-        self._recorded = Recorded(started_at=self._started)
+        self._recorded = Recorded(succeeded=self._already, started_at=self._started)
         if self.total == 0:
             self._conclude(Verdict(Phase.SUCCEEDED, Reason.COMPLETED, "0 succeeded"))
             self._finished.set()

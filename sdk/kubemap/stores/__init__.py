@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from kubemap.errors import ConfigError
-from kubemap.stores.base import ACCEPTED_FORMS, KeyNotFound, Store, default_store_url
+from kubemap.stores.base import ACCEPTED_FORMS, KeyNotFound, ObjectInfo, Store, default_store_url
 from kubemap.stores.file import FileStore
 from kubemap.stores.memory import MemoryStore
 
@@ -55,6 +55,7 @@ __all__ = [
     "FileStore",
     "KeyNotFound",
     "MemoryStore",
+    "ObjectInfo",
     "Store",
     "default_store_url",
     "open_store",

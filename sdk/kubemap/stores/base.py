@@ -20,6 +20,8 @@ CONTRACT (other modules code against exactly these signatures):
         def exists(self, key: str) -> bool
         def size(self, key: str) -> int                              # raises KeyNotFound
         def list(self, prefix: str = "") -> Iterator[str]           # keys below prefix, sorted
+        def iter_objects(self, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]
+            # lazy, page by page: (key, size, tag) in key order, keys > start_after
         def delete_prefix(self, prefix: str = "") -> int            # number of keys deleted
 
     class KeyNotFound(StoreError, KeyError)
@@ -34,10 +36,12 @@ StoreError naming the endpoint and bucket and what to check.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -54,6 +58,16 @@ class KeyNotFound(StoreError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else "key not found"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object: its key (relative to the store), size in bytes, and a tag that
+    changes when its content does (the S3 ETag; locally the modification time in ns)."""
+
+    key: str
+    size: int
+    tag: str = ""
 
 
 class Store(abc.ABC):
@@ -95,6 +109,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys (relative to this store) that start with prefix, in sorted order."""
+
+    def iter_objects(self, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose keys start with prefix and sort after start_after, in key order,
+        fetched page by page as the iterator is consumed (never the whole listing at once,
+        so a million keys cost one page of memory). Stores override this; the fallback
+        here (list, then one size() per key) is correct but neither paged nor fast."""
+        for key in self.list(prefix):
+            if key > start_after:
+                with contextlib.suppress(KeyNotFound):  # deleted meanwhile
+                    yield ObjectInfo(key, self.size(key))
 
     @abc.abstractmethod
     def delete_prefix(self, prefix: str = "") -> int:
@@ -144,6 +168,7 @@ def default_store_url() -> str:
 __all__ = [
     "ACCEPTED_FORMS",
     "KeyNotFound",
+    "ObjectInfo",
     "Store",
     "check_key",
     "check_prefix",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from kubemap.errors import StoreError
-from kubemap.stores.base import KeyNotFound, Store, check_key, check_prefix
+from kubemap.stores.base import KeyNotFound, ObjectInfo, Store, check_key, check_prefix
 
 TMP_PREFIX = ".kubemap-tmp-"
 _CHUNK = 1 << 20
@@ -170,6 +170,38 @@ class FileStore(Store):
                     keys.append(key)
         keys.sort()
         return iter(keys)
+
+    def iter_objects(self, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
+        check_prefix(prefix)
+        directory, _, _ = prefix.rpartition("/")
+        return self._walk(directory + "/" if directory else "", prefix, start_after)
+
+    def _walk(self, rel_dir: str, prefix: str, start_after: str) -> Iterator[ObjectInfo]:
+        """Keys below rel_dir in exact string order, one directory level read at a time:
+        a directory "d" sorts as "d/", so "a.txt" < "a/b" as it would on S3."""
+        try:
+            with os.scandir(self.root / rel_dir if rel_dir else self.root) as scan:
+                entries = sorted(
+                    (rel_dir + e.name + ("/" if e.is_dir(follow_symlinks=False) else ""), e)
+                    for e in scan
+                    if not e.name.startswith(TMP_PREFIX)
+                )
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise self._fail("list", rel_dir or ".", exc) from exc
+        for name, entry in entries:
+            if name.endswith("/"):
+                wanted = name.startswith(prefix) or prefix.startswith(name)
+                # skip a subtree whose every key sorts before start_after
+                if wanted and (name > start_after or start_after.startswith(name)):
+                    yield from self._walk(name, prefix, start_after)
+            elif name.startswith(prefix) and name > start_after:
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:
+                    continue  # deleted meanwhile
+                yield ObjectInfo(name, stat.st_size, str(stat.st_mtime_ns))
 
     def delete_prefix(self, prefix: str = "") -> int:
         deleted = 0

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from kubemap.errors import StoreError
-from kubemap.stores.base import KeyNotFound, Store, check_key, check_prefix
+from kubemap.stores.base import KeyNotFound, ObjectInfo, Store, check_key, check_prefix
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client  # pragma: no cover
@@ -274,6 +274,24 @@ class S3Store(Store):
             )
             keys = [obj["Key"][len(base) :] for page in pages for obj in page.get("Contents", ())]
         return iter(keys)
+
+    def iter_objects(self, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
+        check_prefix(prefix)
+        base = f"{self.prefix}/" if self.prefix else ""
+        extra = {"StartAfter": base + start_after} if start_after else {}
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=base + prefix, **extra
+        )
+        page_iter = iter(pages)
+        while True:  # one LIST request per page, made when the previous page is used up
+            with self._mapped("list", prefix or None):
+                page = next(page_iter, None)
+            if page is None:
+                return
+            for obj in page.get("Contents", ()):
+                yield ObjectInfo(
+                    obj["Key"][len(base) :], int(obj["Size"]), str(obj.get("ETag", "")).strip('"')
+                )
 
     def delete_prefix(self, prefix: str = "") -> int:
         keys = [self._key(k) for k in self.list(prefix)]

@@ -1,0 +1,246 @@
+"""kubemap.Executor: a concurrent.futures.Executor whose calls run as kubemap runs.
+
+    with kubemap.Executor(backend="kubernetes", max_workers=50, store="s3://b/runs") as ex:
+        futures = [ex.submit(score, row) for row in rows]
+        best = max(f.result() for f in concurrent.futures.as_completed(futures))
+
+Calls submitted close together (within `batch_delay` seconds) go out as one run, one per
+distinct function, so a thousand submits make one MapTask and not a thousand. The user's
+exceptions come back as themselves (with the remote traceback as __cause__, as
+ProcessPoolExecutor does); a call whose worker died gets a RemoteFailure. Futures resolve
+as their slices finish (MapRun.as_completed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import pickle
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubemap.errors import KubemapError, RemoteError
+from kubemap.options import validate_options
+
+__all__ = ["Executor", "RemoteFailure"]
+
+BATCH_DELAY = 0.05  # seconds a submit waits for company before its batch goes out
+
+
+class RemoteFailure(KubemapError):
+    """A call failed outside the user's function (its worker died); `error` says how."""
+
+    def __init__(self, error: RemoteError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _RemoteTraceback(Exception):
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """What a call that raised returns: the exception and its formatted traceback."""
+
+    exception: BaseException
+    traceback: str
+
+
+def _call(fn: Callable[..., Any], call: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
+    args, kwargs = call
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        text = "".join(traceback.format_exception(exc))
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # an exception that does not pickle comes back as its repr
+            exc = RuntimeError(f"{type(exc).__qualname__}: {exc}")
+        return _Raised(exc, text)
+
+
+def _call_any(item: tuple[Callable[..., Any], tuple[tuple[Any, ...], dict[str, Any]]]) -> Any:
+    return _call(*item)
+
+
+def _call_chunk(fn: Callable[..., Any], chunk: tuple[tuple[Any, ...], ...]) -> list[Any]:
+    return [fn(*args) for args in chunk]
+
+
+@dataclass
+class _Call:
+    future: futures.Future[Any]
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class Executor(futures.Executor):
+    """submit/map/shutdown over kubemap runs; `options` are those of kubemap.submit
+    (store, retries, items_per_pod, image, namespace...); max_workers is parallelism."""
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        backend: str = "local",
+        batch_delay: float = BATCH_DELAY,
+        **options: Any,
+    ) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._options = {"backend": backend, "parallelism": max_workers, **options}
+        validate_options(self._options)  # a bad option fails here, not in a thread
+        self._batch_delay = batch_delay
+        self._lock = threading.Condition()
+        self._pending: list[_Call] = []
+        self._shutdown = False
+        self._threads: list[threading.Thread] = []
+        self._runs: list[Any] = []
+        self._dispatcher: threading.Thread | None = None
+
+    # -- concurrent.futures.Executor -------------------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future: futures.Future[Any] = futures.Future()
+            self._pending.append(_Call(future, fn, args, kwargs))
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(
+                    target=self._dispatch, name="kubemap-executor", daemon=True
+                )
+                self._dispatcher.start()
+            self._lock.notify_all()
+            return future
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """As Executor.map; chunksize > 1 runs that many calls per item, as
+        ProcessPoolExecutor does."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        chunks = _batched(zip(*iterables, strict=False), chunksize)
+        results = super().map(_bind(fn), chunks, timeout=timeout)
+        return itertools.chain.from_iterable(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                for call in self._pending:
+                    call.future.cancel()
+                self._pending.clear()
+            self._lock.notify_all()
+            dispatcher = self._dispatcher
+        if wait:
+            if dispatcher is not None:
+                dispatcher.join()
+            for thread in list(self._threads):
+                thread.join()
+
+    # -- batches -----------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and not self._shutdown:
+                    self._lock.wait()
+                if not self._pending and self._shutdown:
+                    return
+            if self._batch_delay and not self._shutdown:
+                with self._lock:
+                    self._lock.wait(self._batch_delay)  # let the calls submitted with it join
+            with self._lock:
+                batch, self._pending = self._pending, []
+            groups: dict[int, list[_Call]] = {}
+            for call in batch:
+                if call.future.set_running_or_notify_cancel():
+                    groups.setdefault(id(call.fn), []).append(call)
+            # a function called many times travels once (fn.pkl); calls of functions seen
+            # once in the batch (joblib's batches are each their own object) share one
+            # run that carries each function with its arguments
+            singles = [calls[0] for calls in groups.values() if len(calls) == 1]
+            for calls in groups.values():
+                if len(calls) > 1 or len(singles) == 1:
+                    self._start(calls, bound=True)
+            if len(singles) > 1:
+                self._start(singles, bound=False)
+
+    def _start(self, calls: list[_Call], *, bound: bool) -> None:
+        from kubemap.api import submit
+
+        try:
+            if bound:
+                items: list[Any] = [(c.args, c.kwargs) for c in calls]
+                run = submit(_bound_call(calls[0].fn), items, **self._options)
+            else:
+                items = [(c.fn, (c.args, c.kwargs)) for c in calls]
+                run = submit(_call_any, items, **self._options)
+        except BaseException as exc:
+            for call in calls:
+                call.future.set_exception(exc)
+            return
+        thread = threading.Thread(
+            target=self._watch, args=(run, calls), name=f"kubemap-{run.name}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _watch(self, run: Any, calls: list[_Call]) -> None:
+        try:
+            for index, value in run.as_completed(return_exceptions=True):
+                _resolve(calls[index].future, value)
+        except BaseException as exc:
+            for call in calls:
+                if not call.future.done():
+                    call.future.set_exception(exc)
+        else:
+            if self._options.get("store") is None and run.store_url.startswith("file://"):
+                with contextlib.suppress(KubemapError):
+                    run.delete()  # every future has its value: keep the default store small
+        finally:
+            with contextlib.suppress(ValueError):
+                self._threads.remove(threading.current_thread())
+
+
+def _resolve(future: futures.Future[Any], value: Any) -> None:
+    if isinstance(value, _Raised):
+        exc = value.exception
+        exc.__cause__ = _RemoteTraceback(f'\n"""\n{value.traceback}"""')
+        future.set_exception(exc)
+    elif isinstance(value, RemoteError):
+        future.set_exception(RemoteFailure(value))
+    else:
+        future.set_result(value)
+
+
+def _bound_call(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return functools.partial(_call, fn)
+
+
+def _bind(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return functools.partial(_call_chunk, fn)
+
+
+def _batched(items: Iterable[Any], size: int) -> Iterator[tuple[Any, ...]]:
+    iterator = iter(items)
+    while chunk := tuple(itertools.islice(iterator, size)):
+        yield chunk

@@ -1,0 +1,134 @@
+"""The per-item cache through the real local backend: executions are counted (one marker
+line per call), never inferred from timing."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import kubemap
+import pytest
+from kubemap.cache import CACHE_DIR, CachedRun
+from kubemap.stores import open_store
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def counted(log: str, x: int) -> int:
+    with open(log, "a") as out:
+        out.write(f"{x}\n")
+    if x == -1:
+        raise ValueError("minus one")
+    return x * 2
+
+
+def executions(log: Path) -> list[int]:
+    if not log.exists():
+        return []
+    runs = [int(line) for line in log.read_text().split()]
+    log.unlink()
+    return runs
+
+
+def test_second_run_runs_nothing_and_one_change_reruns_one(tmp_path: Path) -> None:
+    log, store = tmp_path / "log", str(tmp_path / "store")
+    fn = functools.partial(counted, str(log))
+    items = list(range(1000))
+    assert kubemap.map(fn, items, cache=True, store=store) == [x * 2 for x in items]
+    assert len(executions(log)) == 1000
+    run = kubemap.submit(fn, items, cache=True, store=store)
+    assert isinstance(run, CachedRun) and (run.cache_hits, run.cache_misses) == (1000, 0)
+    assert run.results() == [x * 2 for x in items]
+    assert run.status().succeeded == 1000 and executions(log) == []
+    changed = [*items[:500], 5000, *items[501:]]
+    assert kubemap.map(fn, changed, cache=True, store=store)[500] == 10000
+    assert executions(log) == [5000]
+    grown = items + list(range(2000, 2010))
+    run = kubemap.submit(fn, grown, cache=True, store=store)
+    assert run.results() == [x * 2 for x in grown]
+    assert (run.cache_hits, run.cache_misses) == (1000, 10)
+    assert sorted(executions(log)) == list(range(2000, 2010))
+
+
+def test_version_and_code_are_part_of_the_key(tmp_path: Path) -> None:
+    log, store = tmp_path / "log", str(tmp_path / "store")
+    fn = functools.partial(counted, str(log))
+    kubemap.map(fn, range(5), cache=True, store=store)
+    kubemap.map(fn, range(5), cache_version="v2", store=store)
+    assert len(executions(log)) == 10
+    kubemap.map(fn, range(5), cache_version="v2", store=store)
+    assert executions(log) == []
+    kubemap.map(lambda x: x * 2, range(5), cache=True, store=store)
+    assert executions(log) == []  # another function: its own entries, none of fn's
+    entries = {k.split("/")[0] for k in open_store(store).child(CACHE_DIR).list()}
+    assert len(entries) == 3
+
+
+def test_cache_survives_task_deletion(tmp_path: Path) -> None:
+    log, store = tmp_path / "log", str(tmp_path / "store")
+    fn = functools.partial(counted, str(log))
+    run = kubemap.submit(fn, range(20), cache=True, store=store)
+    assert run.results() == [x * 2 for x in range(20)]
+    run.delete()
+    assert [k for k in open_store(store).list() if not k.startswith(CACHE_DIR)] == []
+    assert len(executions(log)) == 20
+    assert kubemap.map(fn, range(20), cache=True, store=store) == [x * 2 for x in range(20)]
+    assert executions(log) == []
+
+
+def test_streaming_and_failures_use_the_callers_indices(tmp_path: Path) -> None:
+    log, store = tmp_path / "log", str(tmp_path / "store")
+    fn = functools.partial(counted, str(log))
+    kubemap.map(fn, range(10), cache=True, store=store)
+    mixed = [*range(10), -1, 10]
+    assert (
+        dict(
+            kubemap.submit(fn, mixed, cache=True, store=store, min_success_ratio=0).as_completed(
+                return_exceptions=True
+            )
+        )[10].index
+        == 10
+    )
+    run = kubemap.submit(fn, mixed, cache=True, store=store)
+    with pytest.raises(kubemap.MapTaskError) as caught:
+        run.results()
+    assert list(caught.value.failures) == [10]
+    assert "from the cache" in str(caught.value)
+    values = run.results(return_exceptions=True)
+    assert values[:10] == [x * 2 for x in range(10)] and values[11] == 20
+    assert isinstance(values[10], kubemap.RemoteError) and values[10].index == 10
+    streamed = list(kubemap.imap(fn, [*range(12)], cache=True, store=store))
+    assert streamed == [x * 2 for x in range(12)]
+    assert -1 in executions(log)
+
+
+def count_bytes(f: kubemap.File) -> int:
+    return len(f.read())
+
+
+def test_ten_new_files_among_a_thousand_run_ten(tmp_path: Path) -> None:
+    data, store = tmp_path / "data", str(tmp_path / "store")
+    data.mkdir()
+    for i in range(1000):
+        (data / f"{i:04d}.txt").write_text("x" * (i % 7))
+    first = kubemap.submit(count_bytes, kubemap.files(f"{data}/*.txt"), cache=True, store=store)
+    assert first.results() == [i % 7 for i in range(1000)] and first.cache_misses == 1000
+    for i in range(1000, 1010):
+        (data / f"{i:04d}.txt").write_text("yy")
+    second = kubemap.submit(count_bytes, kubemap.files(f"{data}/*.txt"), cache=True, store=store)
+    assert (second.cache_hits, second.cache_misses) == (1000, 10)
+    assert second.results()[-10:] == [2] * 10
+
+
+def test_retry_of_a_cached_run_reruns_only_its_failed_misses(tmp_path: Path) -> None:
+    log, store = tmp_path / "log", str(tmp_path / "store")
+    fn = functools.partial(counted, str(log))
+    kubemap.map(fn, range(5), cache=True, store=store)
+    executions(log)
+    run = kubemap.submit(fn, [0, 1, -1, 2, 7], cache=True, store=store)
+    assert (run.cache_hits, run.cache_misses) == (3, 2)
+    run.wait()
+    assert sorted(executions(log)) == [-1, 7]
+    run.retry(fn=functools.partial(abs))
+    assert run.results() == [0, 2, 1, 4, 14]
+    assert executions(log) == []

@@ -1,0 +1,184 @@
+"""kubemap.Executor against CPython's own executor tests (Lib/test/test_concurrent_futures:
+ExecutorTest, the shutdown tests, as_completed), adapted to the local backend, plus the
+joblib backend. Counting calls and futures, not timing them (test_map_timeout only
+checks that the timeout is honoured)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import operator
+import time
+from pathlib import Path
+from typing import Any
+
+import kubemap
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+def capture(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
+def raising(x: int) -> int:
+    raise RuntimeError(123)  # some comment
+
+
+def die(x: int) -> int:
+    import os
+
+    os._exit(9)
+
+
+@pytest.fixture
+def executor(tmp_path: Path) -> Any:
+    with kubemap.Executor(max_workers=2, store=str(tmp_path / "store")) as ex:
+        yield ex
+
+
+def test_submit(executor: kubemap.Executor) -> None:
+    future = executor.submit(pow, 2, 8)
+    assert future.result() == 256
+
+
+def test_submit_keyword(executor: kubemap.Executor) -> None:
+    assert executor.submit(mul, 2, y=8).result() == 16
+    assert executor.submit(capture, 1, self=2, fn=3).result() == ((1,), {"self": 2, "fn": 3})
+    with pytest.raises(TypeError):
+        executor.submit(fn=capture, arg=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        executor.submit(arg=1)  # type: ignore[call-arg]
+
+
+def test_map(executor: kubemap.Executor) -> None:
+    assert list(executor.map(pow, range(10), range(10))) == list(map(pow, range(10), range(10)))
+    assert list(executor.map(pow, range(10), range(10), chunksize=3)) == list(
+        map(pow, range(10), range(10))
+    )
+    with pytest.raises(ValueError, match="chunksize must be >= 1"):
+        executor.map(pow, range(3), range(3), chunksize=0)
+
+
+def test_map_exception(executor: kubemap.Executor) -> None:
+    i = executor.map(divmod, [1, 1, 1, 1], [2, 3, 0, 5])
+    assert next(i) == (0, 1)
+    assert next(i) == (0, 1)
+    with pytest.raises(ZeroDivisionError):
+        next(i)
+
+
+def test_map_timeout(executor: kubemap.Executor) -> None:
+    results = []
+    with pytest.raises(cf.TimeoutError):
+        for i in executor.map(time.sleep, [0, 0, 8], timeout=4):
+            results.append(i)
+    assert results == [None, None]
+
+
+def test_max_workers_negative() -> None:
+    for number in (0, -1):
+        with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+            kubemap.Executor(max_workers=number)
+
+
+def test_bad_option_fails_at_construction() -> None:
+    with pytest.raises(kubemap.ConfigError, match="unknown option 'retires'"):
+        kubemap.Executor(retires=2)
+
+
+def test_remote_traceback_is_the_cause(executor: kubemap.Executor) -> None:
+    future = executor.submit(raising, 1)
+    with pytest.raises(RuntimeError) as caught:
+        future.result()
+    assert caught.value.args == (123,)
+    assert "raise RuntimeError(123)  # some comment" in str(caught.value.__cause__)
+    assert isinstance(future.exception(), RuntimeError)
+
+
+def test_dead_worker_is_a_remote_failure(executor: kubemap.Executor) -> None:
+    with pytest.raises(kubemap.RemoteFailure, match="WorkerDied"):
+        executor.submit(die, 1).result()
+
+
+def test_as_completed_and_wait(executor: kubemap.Executor) -> None:
+    fs = {executor.submit(operator.neg, x) for x in range(20)}
+    assert set(cf.as_completed(fs, timeout=60)) == fs
+    done, not_done = cf.wait(fs, return_when=cf.ALL_COMPLETED)
+    assert done == fs and not not_done
+    assert sorted(f.result() for f in fs) == sorted(-x for x in range(20))
+
+
+def test_many_submits_make_one_run(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    with kubemap.Executor(max_workers=2, store=str(store), batch_delay=0.5) as ex:
+        fs = [ex.submit(mul, x, 2) for x in range(200)]
+        assert [f.result() for f in fs] == [x * 2 for x in range(200)]
+    # one task per batch; an explicit store keeps them: count the tasks
+    tasks = {key.split("/")[0] for key in kubemap.stores.open_store(str(store)).list()}
+    assert len(tasks) == 1
+
+
+def test_run_after_shutdown(tmp_path: Path) -> None:
+    ex = kubemap.Executor(max_workers=1, store=str(tmp_path))
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        ex.submit(pow, 2, 5)
+
+
+def test_context_manager_shutdown(tmp_path: Path) -> None:
+    with kubemap.Executor(max_workers=5, store=str(tmp_path)) as e:
+        assert list(e.map(abs, range(-5, 5))) == [5, 4, 3, 2, 1, 0, 1, 2, 3, 4]
+    with pytest.raises(RuntimeError):
+        e.submit(abs, 1)
+
+
+def test_cancel_futures(tmp_path: Path) -> None:
+    ex = kubemap.Executor(max_workers=3, store=str(tmp_path), batch_delay=0.5)
+    fs = [ex.submit(time.sleep, 0.1) for _ in range(50)]
+    ex.shutdown(cancel_futures=True)
+    # We can't guarantee the exact number of cancellations, but we can guarantee that
+    # *some* were cancelled; the others ran to completion.
+    cancelled = [fut for fut in fs if fut.cancelled()]
+    assert len(cancelled) >= 20
+    for fut in fs:
+        if not fut.cancelled():
+            assert fut.done() and fut.exception() is None
+
+
+def test_shutdown_without_wait_lets_futures_finish(tmp_path: Path) -> None:
+    ex = kubemap.Executor(max_workers=2, store=str(tmp_path))
+    fs = [ex.submit(mul, x, x) for x in range(6)]
+    ex.shutdown(wait=False)
+    assert [f.result(timeout=60) for f in fs] == [x * x for x in range(6)]
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def test_joblib_backend(tmp_path: Path) -> None:
+    joblib = pytest.importorskip("joblib")
+    import kubemap.joblib_backend  # registers "kubemap"
+
+    with joblib.parallel_config(backend="kubemap", store=str(tmp_path), n_jobs=2):
+        out = joblib.Parallel()(joblib.delayed(square)(i) for i in range(50))
+    assert out == [i * i for i in range(50)]
+    tasks = {key.split("/")[0] for key in kubemap.stores.open_store(str(tmp_path)).list()}
+    assert 1 <= len(tasks) < 50  # auto-batching: far fewer runs than calls
+    with (
+        joblib.parallel_config(backend="kubemap", store=str(tmp_path), n_jobs=2),
+        pytest.raises(ZeroDivisionError),
+    ):
+        joblib.Parallel()(joblib.delayed(divmod)(1, i) for i in (1, 0, 2))
+
+
+def test_calls_of_different_functions_share_a_run(tmp_path: Path) -> None:
+    with kubemap.Executor(max_workers=2, store=str(tmp_path), batch_delay=0.5) as ex:
+        fs = [ex.submit(f, 2, 3) for f in (mul, pow, operator.add)]
+        assert [f.result() for f in fs] == [6, 8, 5]
+    assert len({key.split("/")[0] for key in kubemap.stores.open_store(str(tmp_path)).list()}) == 1
