@@ -84,15 +84,14 @@ def _rules(tool: str, table: str) -> str | None:
 
 
 def _cgroups() -> list[str]:
-    """Every cgroup directory two levels deep in each hierarchy (kubepods/burstable, ...)."""
+    """Every top-level cgroup of each hierarchy. kubelet (cgroupfs driver) puts everything it
+    makes under a new top-level `kubepods`; deeper levels belong to whoever owns their top
+    (this sandbox's own tooling creates and removes cgroups below its `process_api` all the
+    time), so they are neither compared nor touched."""
     found: list[str] = []
     for hierarchy in sorted(CGROUP_ROOT.iterdir()) if CGROUP_ROOT.is_dir() else []:
-        if not hierarchy.is_dir() or hierarchy.is_symlink():
-            continue
-        for child in hierarchy.iterdir():
-            if child.is_dir():
-                found.append(str(child))
-                found.extend(str(c) for c in child.iterdir() if c.is_dir())
+        if hierarchy.is_dir() and not hierarchy.is_symlink():
+            found.extend(str(child) for child in hierarchy.iterdir() if child.is_dir())
     return sorted(found)
 
 
@@ -200,16 +199,7 @@ def _cgroups_deep() -> list[str]:
 
 
 def _new_cgroups(before: list[str]) -> list[str]:
-    """Cgroups at any depth whose first- or second-level ancestor did not exist before:
-    one below a cgroup that was there already (another tenant's) is not ours to remove."""
+    """Cgroups at any depth whose top-level ancestor did not exist before."""
     existed = set(before)
     base = len(CGROUP_ROOT.parts) + 1  # /sys/fs/cgroup/<hierarchy>
-    ours = []
-    for cgroup in _cgroups_deep():
-        parts = Path(cgroup).parts
-        ancestors = [str(Path(*parts[: base + 1]))]
-        if len(parts) > base + 1:
-            ancestors.append(str(Path(*parts[: base + 2])))
-        if any(a not in existed for a in ancestors):
-            ours.append(cgroup)
-    return ours
+    return [c for c in _cgroups_deep() if str(Path(*Path(c).parts[: base + 1])) not in existed]
