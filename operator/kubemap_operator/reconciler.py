@@ -27,6 +27,8 @@ from kubemap_operator.builder import TaskRef, build_pod, pod_name, task_label
 from kubemap_operator.kubeapi import CreateFailed, KubeApi, Throttled
 from kubemap_operator.observe import observe_pod
 from kubemap_operator.planner import Event, Limits, Plan, plan
+from kubemap_operator.pools.dispatch import Dispatcher
+from kubemap_operator.pools.taskrun import reconcile_pool_task
 from kubemap_operator.ratelimit import TokenBucket
 from kubemap_operator.settings import Settings
 from kubemap_operator.status import clip, describe, rfc3339
@@ -72,6 +74,7 @@ class Reconciler:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._again: set[tuple[str, str]] = set()
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self.dispatcher: Dispatcher | None = None  # set when warm pools are on
 
     async def trigger(
         self, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter[Any]
@@ -110,6 +113,8 @@ class Reconciler:
         if handle is not None:
             handle.cancel()
         metrics.observe_phase(namespace, name, None)
+        if self.dispatcher is not None:
+            self.dispatcher.forget(key)
 
     def _schedule(self, namespace: str, name: str, delay: float, logger: Any) -> None:
         """A retry or TTL falls due before the next timer tick: wake up for it."""
@@ -150,6 +155,8 @@ class Reconciler:
             await self._reject(namespace, name, body, exc, logger)
             return None
         status = MapTaskStatus.model_validate(body.get("status") or {})
+        if spec.pool is not None and self.dispatcher is not None and not status.phase.finished:
+            return await reconcile_pool_task(self, body, spec, status, logger)
         now = self.clock()
         observed = [o for o in (observe_pod(p, now) for p in pods) if o is not None]
         result = plan(

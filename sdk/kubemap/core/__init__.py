@@ -1,0 +1,1 @@
+"""Pure decisions shared by every backend: no I/O, no Kubernetes, no boto3."""
