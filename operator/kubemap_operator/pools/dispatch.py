@@ -231,6 +231,7 @@ class Dispatcher:
         if task.status.phase.finished and not before.finished:
             self.pool(pool).tasks_done.add(task.uid)
             self.on_change(task.key)
+            self.on_pool_work(pool)  # refresh the pool's status: tasks served, idle since
         return True
 
     # -- the plan adapter -------------------------------------------------------------
