@@ -219,14 +219,17 @@ def _dispatcher_url(apps: client.AppsV1Api) -> str:
 
 
 PROBE = """
-import json, sys, urllib.request, urllib.error
+import os, sys, urllib.request, urllib.error
 req = urllib.request.Request(sys.argv[1] + "/v1/lease", data=b'{"python": "3.11", "wait": 0}',
     headers={"X-Kubemap-Pool": sys.argv[2], "X-Kubemap-Worker": "intruder",
              "Authorization": "Bearer " + sys.argv[3], "Content-Type": "application/json"})
 try:
-    print("status", urllib.request.urlopen(req, timeout=10).status)
+    code = urllib.request.urlopen(req, timeout=10).status
 except urllib.error.HTTPError as exc:
-    print("status", exc.code)
+    code = exc.code
+with open(os.environ.get("KUBEMAP_TERMINATION_LOG", "/dev/termination-log"), "w") as out:
+    out.write(f"status {code}")
+sys.exit(0 if code == 401 else 1)
 """
 
 
@@ -277,13 +280,18 @@ def test_a_pod_outside_the_pool_is_refused(
             },
         )
     for name in names:
-        wait_for(
+        pod = wait_for(
             f"pod {name} finished",
-            lambda n=name: core.read_namespaced_pod(n, NAMESPACE).status.phase == "Succeeded",
+            lambda n=name: (
+                p
+                if (p := core.read_namespaced_pod(n, NAMESPACE)).status.phase
+                in ("Succeeded", "Failed")
+                else None
+            ),
             timeout=120,
         )
-        log = core.read_namespaced_pod_log(name, NAMESPACE)
-        assert "status 401" in log, log
+        message = pod.status.container_statuses[0].state.terminated.message
+        assert pod.status.phase == "Succeeded" and message == "status 401", message
         core.delete_namespaced_pod(name, NAMESPACE)
     assert wp.status().busy == 0
 
