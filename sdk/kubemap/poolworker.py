@@ -224,12 +224,18 @@ def serve(env: PoolEnv, *, stop: Callable[[], bool] = lambda: False, wait: float
     heartbeat = Heartbeat(client)
     functions = FunctionCache()
     refusals, backoff = 0, 0.5
+    pending: dict[str, Any] | None = None  # the last lease's report, sent with the next ask
     _log(f"serving pool {env.pool} as {env.worker} (Python {python_minor()}) from {env.url}")
     while not stop():
         try:
-            status, grant = client.post(
-                "/v1/lease", {"python": python_minor(), "wait": wait}, wait + 20
-            )
+            ask: dict[str, Any] = {"python": python_minor(), "wait": wait}
+            if pending is not None:
+                ask["report"] = pending
+            status, grant = client.post("/v1/lease", ask, wait + 20)
+        except Terminated:
+            if pending is not None:
+                _send_report(client, pending)  # idle, but the last chunk's news still counts
+            raise
         except Refused as exc:
             refusals += 1
             _log(f"the dispatcher refused this worker's credential: {exc}")
@@ -242,7 +248,7 @@ def serve(env: PoolEnv, *, stop: Callable[[], bool] = lambda: False, wait: float
             time.sleep(backoff)
             backoff = min(5.0, backoff * 2)
             continue
-        refusals, backoff = 0, 0.5
+        refusals, backoff, pending = 0, 0.5, None  # the dispatcher answered: report delivered
         if status != 200 or not grant:
             continue  # 204: no work within the long poll
         heartbeat.hold(str(grant["lease_id"]), float(grant.get("lease_seconds", 15)))
@@ -261,7 +267,9 @@ def serve(env: PoolEnv, *, stop: Callable[[], bool] = lambda: False, wait: float
             _log("terminated (SIGTERM): lease handed back")
             return 0
         heartbeat.hold(None)
-        _send_report(client, body)
+        pending = body
+    if pending is not None:
+        _send_report(client, pending)
     return 0
 
 

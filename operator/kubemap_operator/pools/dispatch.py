@@ -24,7 +24,7 @@ from kubemap.models import MapTaskSpec, MapTaskStatus, Phase
 from kubemap_operator.observe import PodState, WorkerReport
 from kubemap_operator.planner import Event, Limits, plan
 from kubemap_operator.plantypes import Plan
-from kubemap_operator.pools.leases import Lease, Leases, guided_chunk
+from kubemap_operator.pools.leases import Lease, Leases, chunk_floor, guided_chunk
 from kubemap_operator.status import rfc3339, set_condition
 
 FLUSH_SECONDS = 1.0
@@ -48,6 +48,7 @@ class PoolTask:
     flushed_at: datetime | None = None
     events: list[Event] = field(default_factory=list)
     served_by: set[str] = field(default_factory=set)
+    seconds_per_item: float | None = None  # measured from finished leases (moving average)
 
 
 @dataclass
@@ -66,6 +67,7 @@ class PoolState:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     last_work: datetime | None = None
     tasks_done: set[str] = field(default_factory=set)
+    replicas: int = 0  # workers the pool reconcile wants: sizes chunks before they are all up
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,7 @@ class Dispatcher:
             )
             self.tasks[key] = task
             self.on_pool_work(task.pool)
+            self.pool(task.pool).wakeup.set()  # idle workers long-polling: here is work
         task.spec = spec
         if status.phase.finished and not task.status.phase.finished:
             task.status = status  # finished elsewhere (an older operator): follow the API
@@ -221,7 +224,12 @@ class Dispatcher:
             return False
         task, lease = found
         if lease.state is PodState.ACTIVE:
-            lease.finish(kind, report, self.clock(), why)
+            now = self.clock()
+            lease.finish(kind, report, now, why)
+            if kind == "ok":
+                took = (now - (lease.leased_at or now)).total_seconds() / lease.count
+                old = task.seconds_per_item
+                task.seconds_per_item = took if old is None else 0.7 * old + 0.3 * took
         worker = self.pool(pool).workers.get(lease.worker)
         if worker is not None:
             worker.busy = False
@@ -279,8 +287,9 @@ class Dispatcher:
         done = task.status.succeeded + task.status.failed
         leased = sum(lease.count for lease in task.leases.active())
         remaining = max(0, task.spec.total - done - leased)
-        workers = max(1, min(task.spec.parallelism, len(self.live_workers(task.pool))))
-        return guided_chunk(remaining, workers)
+        live = max(len(self.live_workers(task.pool)), self.pool(task.pool).replicas)
+        workers = max(1, min(task.spec.parallelism, live))
+        return guided_chunk(remaining, workers, floor=chunk_floor(task.seconds_per_item))
 
     def _offer(self, pool: PoolKey, worker: str, python: str) -> Grant | None:
         tasks = [t for t in self.pool_tasks(pool) if not t.status.phase.finished]
@@ -305,6 +314,7 @@ class Dispatcher:
                 infra_failures=request.infra_failures,
                 worker=worker,
                 expires=self.clock() + timedelta(seconds=self.lease_seconds),
+                leased_at=self.clock(),
             )
             task.leases.by_name[lease.name] = lease
             task.served_by.add(worker)

@@ -16,7 +16,10 @@ from kubemap.contract import EXIT_INFRA_ERROR, EXIT_OK, EXIT_USER_ERROR
 
 from kubemap_operator.observe import ObservedPod, PodState, WorkerReport
 
-GUIDED_K = 2  # OpenMP guided: chunk = remaining / (k x workers)
+GUIDED_K = 1  # OpenMP guided: chunk = remaining / (k x workers)
+# A chunk costs a few round trips (lease, two ranged GETs, a result PUT, the report: tens of
+# ms); the floor keeps each chunk at least this much work, so the tail stays cheap.
+MIN_CHUNK_SECONDS = 0.25
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Lease:
     infra_failures: int
     worker: str
     expires: datetime
+    leased_at: datetime | None = None
     state: PodState = PodState.ACTIVE
     exit_code: int | None = None
     infra_reason: str | None = None
@@ -92,6 +96,13 @@ class Leases:
     def drop(self, names: tuple[str, ...] | list[str]) -> None:
         for name in names:
             self.by_name.pop(name, None)
+
+
+def chunk_floor(seconds_per_item: float | None) -> int:
+    """Smallest chunk worth a lease: MIN_CHUNK_SECONDS of measured work (1 before a measure)."""
+    if not seconds_per_item or seconds_per_item <= 0:
+        return 1
+    return max(1, min(100_000, math.ceil(MIN_CHUNK_SECONDS / seconds_per_item)))
 
 
 def guided_chunk(remaining: int, workers: int, *, floor: int = 1, cap: int = 100_000) -> int:

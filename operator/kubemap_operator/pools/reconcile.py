@@ -122,6 +122,7 @@ class PoolReconciler:
         ttl = spec.idle_ttl_seconds
         scaled_down = ttl > 0 and idle_for >= ttl
         replicas = spec.min_replicas if scaled_down else spec.replicas
+        state.replicas = replicas
         ready = await self._ensure_deployment(namespace, name, uid, spec, replicas)
         workers = self.dispatcher.live_workers(key)
         busy = sum(1 for w in workers if w.busy)

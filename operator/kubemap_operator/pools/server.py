@@ -1,6 +1,6 @@
 """The dispatcher's HTTP face: a small aiohttp app inside the operator process.
 
-    POST /v1/lease      {"python": "3.11"}                       -> 200 lease | 204 no work
+    POST /v1/lease      {"python": "3.11", "report": {...}?}     -> 200 lease | 204 no work
     POST /v1/heartbeat  {"leases": [id, ...]}                    -> 200 {"lost": [...]}
     POST /v1/report     {"lease": id, "kind": ok|user|infra,
                          "succeeded": "0-9", "failed": "", "why"} -> 200 | 410 lease gone
@@ -95,6 +95,11 @@ class DispatcherApp:
         if isinstance(body, web.Response):
             return body
         pool, worker = caller
+        previous = body.get("report")
+        if isinstance(previous, dict):
+            answer = self._record(pool, previous)
+            if answer.status == 400:
+                return answer
         python = str(body.get("python", ""))[:16]
         wait = min(LONG_POLL_SECONDS, max(0.0, float(body.get("wait", LONG_POLL_SECONDS))))
         grant = await self.dispatcher.lease(pool, worker, python, wait)
@@ -121,7 +126,9 @@ class DispatcherApp:
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
-        pool, _worker = caller
+        return self._record(caller[0], body)
+
+    def _record(self, pool: PoolKey, body: dict[str, Any]) -> web.Response:
         kind = str(body.get("kind", "infra"))
         if kind not in ("ok", "user", "infra"):
             return _refuse(400, f"kind must be ok, user or infra, not {kind!r}")
