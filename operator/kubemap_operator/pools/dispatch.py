@@ -284,6 +284,8 @@ class Dispatcher:
             self.pool(task.pool).last_work = self.clock()
 
     def _chunk(self, task: PoolTask) -> int:
+        if task.leases.expire(self.clock()):  # a lost lease is remaining work again
+            self.pool(task.pool).wakeup.set()
         done = task.status.succeeded + task.status.failed
         leased = sum(lease.count for lease in task.leases.active())
         remaining = max(0, task.spec.total - done - leased)
