@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,6 +11,8 @@ from typing import Any
 from kubemap.contract import (
     ANNOTATION_ATTEMPT,
     ANNOTATION_COUNT,
+    ANNOTATION_FAILURES,
+    ANNOTATION_INFRA,
     API_VERSION,
     ENV_ATTEMPT,
     ENV_COUNT,
@@ -23,15 +24,17 @@ from kubemap.contract import (
     KIND,
     LABEL_INDEX,
     LABEL_TASK,
+    MAX_LABEL_VALUE,
     POD_FINALIZER,
+    name_digest,
+    task_label,
 )
 from kubemap.models import MapTaskSpec, Mode
 
-from kubemap_operator.observe import ANNOTATION_FAILURES, ANNOTATION_INFRA
 from kubemap_operator.planner import PodRequest
 from kubemap_operator.settings import Settings
 
-MAX_NAME = 63
+MAX_NAME = MAX_LABEL_VALUE
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kubemap", "app.kubernetes.io/name": "kubemap-worker"}
 WORKER_COMMAND = ["python", "-m", "kubemap.worker"]
 CONTAINER_NAME = "worker"
@@ -44,17 +47,6 @@ class TaskRef:
     uid: str
 
 
-def _digest(text: str, length: int = 8) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def task_label(task_name: str) -> str:
-    """The kubemap.io/task label value: the task name, hashed down if over 63 characters."""
-    if len(task_name) <= MAX_NAME:
-        return task_name
-    return f"{task_name[: MAX_NAME - 9].rstrip('-.')}-{_digest(task_name)}"
-
-
 def pod_name(task_name: str, start: int, attempt: int) -> str:
     """`<task>-<index>-<attempt>`; a long task name is cut and a hash of it keeps names unique."""
     suffix = f"-{start}-{attempt}"
@@ -62,7 +54,7 @@ def pod_name(task_name: str, start: int, attempt: int) -> str:
     if len(name) <= MAX_NAME:
         return name
     keep = MAX_NAME - len(suffix) - 9
-    return f"{task_name[:keep].rstrip('-.')}-{_digest(task_name)}{suffix}"
+    return f"{task_name[:keep].rstrip('-.')}-{name_digest(task_name)}{suffix}"
 
 
 def _env(name: str, value: Any) -> dict[str, Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from kubemap.core.ranges import IndexRanges
 from kubemap.models import MapTaskSpec, MapTaskStatus
-from kubemap.ranges import IndexRanges
 
 from kubemap_operator.observe import ObservedPod, PodState, parse_time
 from kubemap_operator.plantypes import Limits, Plan
@@ -28,7 +28,7 @@ def cleanup(
     delete: list[str] = []
     failed_done: list[ObservedPod] = []
     for pod, mine in spans:
-        if pod.state is PodState.ACTIVE:
+        if pod.state is PodState.ACTIVE or (stop_active and pod.stuck):
             if stop_active and not pod.deleting:
                 delete.append(pod.name)
             elif stop_active and pod.has_finalizer:
@@ -36,8 +36,8 @@ def cleanup(
             continue
         if pod.name in kept_records or (mine - within(recorded, pod.start, pod.start + pod.count)):
             continue
-        if pod.state is PodState.SUCCEEDED and not pod.deleting:
-            delete.append(pod.name)
+        if (pod.state is PodState.SUCCEEDED or pod.stuck) and not pod.deleting:
+            delete.append(pod.name)  # a stuck pod (image, Secret) has no logs worth keeping
         elif pod.deleting:
             if pod.has_finalizer:
                 release.append(pod.name)

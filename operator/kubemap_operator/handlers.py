@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import kopf
 from kubemap.contract import GROUP, LABEL_TASK, PLURAL, POD_FINALIZER, VERSION
-from kubemap.models import Phase
+from kubemap.core.status import Phase
 
 from kubemap_operator.kubeapi import KubeApi
 from kubemap_operator.planner import Event
@@ -72,6 +72,13 @@ def build_registry(
         holder["reconciler"] = Reconciler(api_factory(), settings_, post_event=post_kopf_event)
 
     settings_ = settings
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        # Pending wake-ups are cancelled and runs in flight finish: nothing is cut midway.
+        reconciler = holder.get("reconciler")
+        if reconciler is not None:
+            await reconciler.queue.shutdown()
 
     if login is not None:
         kopf.on.login(registry=registry)(login)

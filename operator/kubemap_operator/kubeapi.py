@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from kubemap.contract import GROUP, LABEL_TASK, PLURAL, POD_FINALIZER, VERSION
+from kubemap.errors import api_error_message
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -39,6 +40,21 @@ def retry_after(exc: ApiException, default: float = 1.0) -> float:
         return max(0.0, float(value)) if value is not None else default
     except ValueError:
         return default
+
+
+class TaskApi(Protocol):
+    """What the reconciler does with the API: the seam tests replace (as the Job controller's
+    podControl). KubeApi is the real one."""
+
+    async def get_task(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def list_pods(self, namespace: str, task_label: str) -> list[dict[str, Any]]: ...
+    async def create_pod(
+        self, namespace: str, body: dict[str, Any]
+    ) -> Literal["created", "exists"]: ...
+    async def remove_finalizer(self, namespace: str, pod: dict[str, Any]) -> None: ...
+    async def delete_pod(self, namespace: str, name: str) -> None: ...
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+    async def delete_task(self, namespace: str, name: str) -> None: ...
 
 
 class KubeApi:
@@ -101,7 +117,7 @@ class KubeApi:
                 return "exists"  # a deterministic name: an earlier reconcile already made it
             if exc.status == 429:
                 raise Throttled(retry_after(exc)) from None
-            raise CreateFailed(exc.status, _reason(exc)) from None
+            raise CreateFailed(exc.status, api_error_message(exc)) from None
         return "created"
 
     async def remove_finalizer(self, namespace: str, pod: dict[str, Any]) -> None:
@@ -168,10 +184,3 @@ class KubeApi:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-
-
-def _reason(exc: ApiException) -> str:
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except (ValueError, AttributeError):
-        return str(exc.reason)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubemap.models import Phase
+from kubemap.core.status import Phase
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry()

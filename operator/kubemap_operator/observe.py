@@ -8,18 +8,32 @@ status only holds final outcomes.
 
 from __future__ import annotations
 
-import enum
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kubemap.contract import ANNOTATION_ATTEMPT, ANNOTATION_COUNT, LABEL_INDEX, POD_FINALIZER
-from kubemap.ranges import IndexRanges, RangesSyntaxError
+from kubemap.contract import (
+    ANNOTATION_ATTEMPT,
+    ANNOTATION_COUNT,
+    ANNOTATION_FAILURES,
+    ANNOTATION_INFRA,
+    LABEL_INDEX,
+    POD_FINALIZER,
+)
+from kubemap.core.attempts import Attempt, AttemptState, Report
+from kubemap.core.policy import Cause
 
-ANNOTATION_FAILURES = "kubemap.io/failures"  # user failures of this slice before this pod
-ANNOTATION_INFRA = "kubemap.io/infra-failures"  # infrastructure failures before this pod
+# A pod that cannot be scheduled for this long is failed (for infrastructure) and replaced.
+UNSCHEDULABLE_SECONDS = 120.0
+# Waiting reasons of a container that no wait will cure: the pod fails at once.
+STUCK_WAITING = {
+    "ImagePullBackOff": "image",
+    "ErrImagePull": "image",
+    "InvalidImageName": "image",
+    "ErrImageNeverPull": "image",
+    "CreateContainerConfigError": "secret",
+}
 
 # Pod or container reasons that mean "the platform took the pod away", not "the code failed".
 INFRA_REASONS = frozenset(
@@ -39,55 +53,43 @@ INFRA_REASONS = frozenset(
 )
 
 
-class PodState(enum.StrEnum):
-    ACTIVE = "active"  # pending or running: occupies a parallelism slot
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
+# The operator's names for the core's attempt types: a pod is an attempt.
+PodState = AttemptState
+WorkerReport = Report
 
 
 @dataclass(frozen=True)
-class WorkerReport:
-    """The worker's termination message: which indices of its slice succeeded or failed."""
+class ObservedPod(Attempt):
+    """A worker pod as the plan sees it (an Attempt), plus what only pods have."""
 
-    succeeded: IndexRanges
-    failed: IndexRanges
-
-    @classmethod
-    def parse(cls, text: str | None) -> WorkerReport | None:
-        """None unless text is the worker's {"v":1,...} line (container commands write anything)."""
-        if not text:
-            return None
-        try:
-            data = json.loads(text.strip().splitlines()[-1])
-            if not isinstance(data, dict) or data.get("v") != 1:
-                return None
-            return cls(
-                IndexRanges.parse(data.get("succeeded")), IndexRanges.parse(data.get("failed"))
-            )
-        except (ValueError, IndexError, RangesSyntaxError, TypeError):
-            return None
-
-
-@dataclass(frozen=True)
-class ObservedPod:
-    name: str
-    start: int
-    count: int
-    attempt: int
-    failures: int
-    infra_failures: int
-    state: PodState
-    exit_code: int | None = None
-    infra_reason: str | None = None  # set when the platform, not the code, ended the pod
-    report: WorkerReport | None = None
     deleting: bool = False
     has_finalizer: bool = True
-    finished_at: datetime | None = None
     created_at: datetime | None = None
+    stuck: bool = False  # failed by the operator while Kubernetes still has it pending
 
-    @property
-    def span(self) -> IndexRanges:
-        return IndexRanges.span(self.start, self.start + self.count)
+
+def stuck_cause(status: Mapping[str, Any], created: datetime | None, now: datetime) -> Cause | None:
+    """Why a pending pod will never run: an image that cannot be pulled, a missing Secret
+    or ConfigMap, or no node that fits it for UNSCHEDULABLE_SECONDS."""
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        kind = STUCK_WAITING.get(str(waiting.get("reason") or ""))
+        if kind is not None:
+            message = str(waiting.get("message") or "")
+            if kind == "image":
+                message = f"cannot pull image {cs.get('image') or '?'}: {message}"
+            return Cause(kind, str(waiting.get("reason")), message[:300])
+    for cond in status.get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            since = parse_time(cond.get("lastTransitionTime")) or created
+            if since is not None and (now - since).total_seconds() >= UNSCHEDULABLE_SECONDS:
+                message = str(cond.get("message") or "no node fits the pod")
+                return Cause("unschedulable", "Unschedulable", message[:300])
+    return None
 
 
 def parse_time(text: Any) -> datetime | None:
@@ -126,8 +128,12 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
         if terminated:
             break
     exit_code = terminated.get("exitCode") if terminated else None
+    created = parse_time(meta.get("creationTimestamp"))
     state = PodState.ACTIVE
-    if phase == "Succeeded":
+    cause = stuck_cause(status, created, now) if phase == "Pending" and deletion is None else None
+    if cause is not None:
+        state = PodState.FAILED
+    elif phase == "Succeeded":
         state = PodState.SUCCEEDED
     elif phase == "Failed":
         state = PodState.FAILED
@@ -135,7 +141,14 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
         # Deleted long ago and no kubelet reported back (node lost): it is not running any more.
         state = PodState.FAILED
     infra_reason: str | None = None
-    if state is PodState.FAILED:
+    report = Report.parse(terminated.get("message")) if terminated else None
+    if terminated.get("reason") == "OOMKilled" and report is None:
+        # The user's code ran out of memory on its slice: a user failure, named as such.
+        report = Report(
+            error="OOMKilled: the container exceeded its memory limit; raise "
+            "resources.limits.memory or lower itemsPerPod"
+        )
+    if state is PodState.FAILED and cause is None:
         reason = status.get("reason") or terminated.get("reason")
         disrupted = any(
             c.get("type") == "DisruptionTarget" and c.get("status") == "True"
@@ -158,9 +171,11 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
         state=state,
         exit_code=int(exit_code) if exit_code is not None else None,
         infra_reason=infra_reason,
-        report=WorkerReport.parse(terminated.get("message")) if terminated else None,
+        report=report,
+        cause=cause,
         deleting=deletion is not None,
         has_finalizer=POD_FINALIZER in (meta.get("finalizers") or []),
         finished_at=finished,
-        created_at=parse_time(meta.get("creationTimestamp")),
+        created_at=created,
+        stuck=cause is not None,
     )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kubemap.core.attempts import SliceRequest
+from kubemap.core.policy import BACKOFF_BASE_SECONDS
 from kubemap.models import MapTaskStatus
-from kubemap.policy import BACKOFF_BASE_SECONDS
 
 from kubemap_operator.status import MAX_FAILED_RANGES, MAX_SUCCEEDED_RANGES
 
@@ -18,15 +19,8 @@ class Limits:
     max_failed_ranges: int = MAX_FAILED_RANGES
 
 
-@dataclass(frozen=True)
-class PodRequest:
-    """A pod to create for the slice [start, start + count)."""
-
-    start: int
-    count: int
-    attempt: int = 0
-    failures: int = 0
-    infra_failures: int = 0
+# A pod to create: the core plan's slice request (start, count and attempt metadata).
+PodRequest = SliceRequest
 
 
 @dataclass(frozen=True)

@@ -17,21 +17,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
-from kubemap.models import MapTaskSpec, MapTaskStatus, Phase
-from kubemap.ranges import IndexRanges
+from kubemap.contract import task_label
+from kubemap.core.ranges import IndexRanges
+from kubemap.core.status import Phase, Reason
+from kubemap.models import MapTaskSpec, MapTaskStatus
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kubemap_operator import metrics
-from kubemap_operator.builder import TaskRef, build_pod, pod_name, task_label
-from kubemap_operator.kubeapi import CreateFailed, KubeApi, Throttled
+from kubemap_operator.builder import TaskRef, build_pod, pod_name
+from kubemap_operator.kubeapi import CreateFailed, TaskApi, Throttled
 from kubemap_operator.observe import observe_pod
 from kubemap_operator.planner import Event, Limits, Plan, plan
 from kubemap_operator.pools.dispatch import Dispatcher
 from kubemap_operator.pools.taskrun import reconcile_pool_task
 from kubemap_operator.ratelimit import TokenBucket
 from kubemap_operator.settings import Settings
-from kubemap_operator.status import clip, describe, rfc3339
+from kubemap_operator.status import clip, describe, rfc3339, set_condition
+from kubemap_operator.workqueue import WorkQueue
 
 EventSink = Callable[[dict[str, Any], Event], None]
 CREATE_CONCURRENCY = 8
@@ -54,7 +57,7 @@ def status_wire(status: MapTaskStatus) -> dict[str, Any]:
 class Reconciler:
     def __init__(
         self,
-        api: KubeApi,
+        api: TaskApi,
         settings: Settings,
         *,
         limiter: TokenBucket | None = None,
@@ -71,63 +74,42 @@ class Reconciler:
             failed_pods_kept=settings.failed_pods_kept,
         )
         self._batch = max(1, settings.pod_create_burst)
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._again: set[tuple[str, str]] = set()
-        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._loggers: dict[tuple[str, str], Any] = {}
+        self.queue: WorkQueue[tuple[str, str]] = WorkQueue(
+            self._run_once, longest_delay=settings.reconcile_interval
+        )
         self.dispatcher: Dispatcher | None = None  # set when warm pools are on
 
     async def trigger(
         self, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter[Any]
     ) -> None:
         """Reconcile now; if a reconcile of this task is running, run once more after it."""
-        key = (namespace, name)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        if lock.locked():
-            self._again.add(key)
-            return
-        async with lock:
-            while True:
-                self._again.discard(key)
-                try:
-                    requeue = await self.reconcile(namespace, name, logger)
-                except (ApiException, OSError, HTTPError) as exc:
-                    if (
-                        isinstance(exc, ApiException)
-                        and exc.status
-                        and exc.status < 500
-                        and exc.status not in (409, 429)
-                    ):
-                        raise  # refused for good (403, 422...): kopf logs it and backs off
-                    # A hiccup of the API server: try again soon, not at kopf's 60 s error backoff.
-                    logger.warning(f"reconcile failed, retrying in {ERROR_RETRY_SECONDS:g}s: {exc}")
-                    requeue = ERROR_RETRY_SECONDS
-                if requeue is not None:
-                    self._schedule(namespace, name, requeue, logger)
-                if key not in self._again:
-                    break
+        self._loggers[(namespace, name)] = logger
+        await self.queue.trigger((namespace, name))
+
+    async def _run_once(self, key: tuple[str, str]) -> float | None:
+        namespace, name = key
+        logger = self._loggers.get(key) or logging.getLogger("kubemap.operator")
+        try:
+            return await self.reconcile(namespace, name, logger)
+        except (ApiException, OSError, HTTPError) as exc:
+            if (
+                isinstance(exc, ApiException)
+                and exc.status
+                and exc.status < 500
+                and exc.status not in (409, 429)
+            ):
+                raise  # refused for good (403, 422...): kopf logs it and backs off
+            # A hiccup of the API server: try again soon, not at kopf's 60 s error backoff.
+            logger.warning(f"reconcile failed, retrying in {ERROR_RETRY_SECONDS:g}s: {exc}")
+            return ERROR_RETRY_SECONDS
 
     def forget(self, namespace: str, name: str) -> None:
-        key = (namespace, name)
-        self._locks.pop(key, None)
-        handle = self._timers.pop(key, None)
-        if handle is not None:
-            handle.cancel()
+        self.queue.forget((namespace, name))
+        self._loggers.pop((namespace, name), None)
         metrics.observe_phase(namespace, name, None)
         if self.dispatcher is not None:
-            self.dispatcher.forget(key)
-
-    def _schedule(self, namespace: str, name: str, delay: float, logger: Any) -> None:
-        """A retry or TTL falls due before the next timer tick: wake up for it."""
-        if delay >= self.settings.reconcile_interval:
-            return
-        key = (namespace, name)
-        old = self._timers.pop(key, None)
-        if old is not None:
-            old.cancel()
-        loop = asyncio.get_running_loop()
-        self._timers[key] = loop.call_later(
-            max(0.05, delay), lambda: loop.create_task(self.trigger(namespace, name, logger))
-        )
+            self.dispatcher.forget((namespace, name))
 
     async def reconcile(self, namespace: str, name: str, logger: Any) -> float | None:
         started = time.monotonic()
@@ -211,6 +193,7 @@ class Reconciler:
     ) -> None:
         semaphore = asyncio.Semaphore(CREATE_CONCURRENCY)
         started: list[tuple[int, int]] = []
+        retried: list[int] = []
         stop: list[str] = []
 
         async def one(request: Any) -> None:
@@ -238,10 +221,16 @@ class Reconciler:
                 if outcome == "created":
                     metrics.PODS_CREATED.inc()
                     started.append((request.start, request.start + request.count))
+                    if request.attempt > 0:
+                        retried.append(request.start)
 
         # One reconcile creates at most a burst of pods, so it stays short and the status
         # fresh; the pods' own events (and a quick requeue) bring the next round.
         await asyncio.gather(*(one(r) for r in result.create[: self._batch]))
+        if retried:  # the status reports the retries spent: one write per round, not per pod
+            await self.api.patch_status(
+                task.namespace, task.name, {"retries": result.status.retries + len(retried)}
+            )
         if started:
             ranges = IndexRanges.from_spans(started)
             event = Event(
@@ -268,25 +257,37 @@ class Reconciler:
         exc: pydantic.ValidationError,
         logger: Any,
     ) -> None:
-        message = clip(
-            f"invalid spec: {exc.errors()[0].get('msg')} at {exc.errors()[0].get('loc')}; fix the MapTask and create it again"
-        )
+        message = clip(invalid_spec_message(exc))
         old = MapTaskStatus.model_validate(body.get("status") or {})
         if old.phase is Phase.FAILED and old.message == message:
             return
-        now = rfc3339(self.clock())
+        moment = self.clock()
+        now = rfc3339(moment)
         failed = MapTaskStatus(
             phase=Phase.FAILED,
             message=message,
             completion_time=now,
             start_time=old.start_time or now,
+            conditions=set_condition(
+                [], "Failed", reason=Reason.INVALID_SPEC.value, message=message, now=moment
+            ),
         )
         await self.api.patch_status(namespace, name, status_wire(failed))
         logger.error(message)
         self.post_event(body, Event("Warning", "InvalidSpec", message))
 
 
-async def release_orphan(api: KubeApi, pod: dict[str, Any]) -> bool:
+def invalid_spec_message(exc: pydantic.ValidationError) -> str:
+    """'invalid spec: spec.template.image: ...': the first error, with the field's path as
+    written in the MapTask (camelCase), so a YAML user finds it."""
+    first = exc.errors()[0]
+    path = ".".join(["spec", *(str(part) for part in first.get("loc") or ())])
+    reason = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid spec: {path}: {reason}{more}; fix the MapTask and apply it again"
+
+
+async def release_orphan(api: TaskApi, pod: dict[str, Any]) -> bool:
     """A pod with our finalizer whose task is gone or being deleted: drop the finalizer."""
     meta = pod.get("metadata") or {}
     namespace = str(meta.get("namespace", ""))

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubemap.core.policy import BACKOFF_BASE_SECONDS
 from kubemap.errors import ConfigError
-from kubemap.policy import BACKOFF_BASE_SECONDS
 
 # Restricted Pod Security Standard: what a worker pod runs with unless the template says otherwise.
 RESTRICTED_POD_DEFAULTS: dict[str, Any] = {

@@ -15,14 +15,12 @@ together stay under 3000 * 14 = 42,000 characters: see tests/unit/test_status_bo
 
 from __future__ import annotations
 
-import bisect
 from datetime import UTC, datetime
 
+from kubemap.core.plan import MAX_FAILED_RANGES, MAX_SUCCEEDED_RANGES
+from kubemap.core.ranges import describe, within
 from kubemap.models import Condition
-from kubemap.ranges import IndexRanges
 
-MAX_SUCCEEDED_RANGES = 2000
-MAX_FAILED_RANGES = 1000
 MAX_MESSAGE_LENGTH = 1024
 MAX_CONDITIONS = 8
 
@@ -33,16 +31,6 @@ def rfc3339(moment: datetime) -> str:
 
 def clip(text: str, limit: int = MAX_MESSAGE_LENGTH) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def describe(ranges: IndexRanges, limit: int = 80) -> str:
-    """Ranges for a human message, shortened: '0-3,7,12 (+40 more)'."""
-    text = str(ranges)
-    if len(text) <= limit:
-        return text
-    cut = text[:limit].rsplit(",", 1)[0]
-    shown = IndexRanges.parse(cut)
-    return f"{cut} (+{len(ranges) - len(shown)} more)"
 
 
 def set_condition(
@@ -71,9 +59,14 @@ def set_condition(
     return out[-MAX_CONDITIONS:]
 
 
-def within(ranges: IndexRanges, lo: int, hi: int) -> IndexRanges:
-    """ranges & [lo, hi) in O(log n): planning stays fast with thousands of pods."""
-    spans = ranges.intervals
-    first = max(0, bisect.bisect_right(spans, (lo, lo)) - 1)
-    last = bisect.bisect_left(spans, (hi, hi))
-    return IndexRanges(spans[first:last]) & IndexRanges.span(lo, hi)
+__all__ = [
+    "MAX_CONDITIONS",
+    "MAX_FAILED_RANGES",
+    "MAX_MESSAGE_LENGTH",
+    "MAX_SUCCEEDED_RANGES",
+    "clip",
+    "describe",
+    "rfc3339",
+    "set_condition",
+    "within",
+]

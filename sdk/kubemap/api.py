@@ -17,15 +17,11 @@ import warnings
 from collections.abc import Callable, Iterable, Sized
 from typing import Any
 
-from kubemap.backend import (
-    REASON_CANCELLED,
-    REASON_DEADLINE,
-    REASON_INFRASTRUCTURE,
-    RunHandle,
-    RunStatus,
-    get_backend,
-)
+from kubemap.backends import RunHandle, get_backend
+from kubemap.backends.base import still_running
 from kubemap.contract import META_KEY
+from kubemap.core.ranges import IndexRanges
+from kubemap.core.status import Phase, Reason, RunStatus, run_status
 from kubemap.errors import (
     CancelledError,
     ConfigError,
@@ -34,11 +30,10 @@ from kubemap.errors import (
     StoreError,
     TimeoutError,
 )
-from kubemap.models import Phase, RunOptions
+from kubemap.models import RunOptions
 from kubemap.options import task_name, validate_options
 from kubemap.progress import ProgressBar, want_progress
-from kubemap.ranges import IndexRanges
-from kubemap.store import Store, default_store_url, open_store
+from kubemap.stores import Store, default_store_url, open_store
 from kubemap.taskdata import (
     iter_results,
     read_errors,
@@ -47,6 +42,7 @@ from kubemap.taskdata import (
     write_inputs,
 )
 from kubemap.taskmeta import TaskMeta, read_total, write_meta
+from kubemap.taskstatus import read_status
 
 __all__ = ["MapRun", "map", "submit"]
 
@@ -93,35 +89,36 @@ class MapRun:
         """Block until the run finishes; return its final status (a failed run does not raise
         here: results() does). Raises kubemap.TimeoutError if `timeout` seconds pass first;
         the run goes on. progress: None shows a bar on a terminal for runs longer than ~1 s."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         if not want_progress(progress):
-            status = self._handle.wait(timeout)
-        else:
-            with ProgressBar(self._total, self._name, delay=0.0 if progress else 1.0) as bar:
-                while True:
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    step = POLL_SECONDS if left is None else min(POLL_SECONDS, left)
+            return self._handle.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with ProgressBar(self._total, self._name, delay=0.0 if progress else 1.0) as bar:
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                step = POLL_SECONDS if left is None else min(POLL_SECONDS, left)
+                with contextlib.suppress(TimeoutError):
                     status = self._handle.wait(step)
                     bar.show(status)
-                    if status.finished or left == 0.0:
-                        break
-        if not status.finished:
-            raise TimeoutError(
-                f"task {self._name} is still running after waiting {timeout:g}s "
-                f"({status.succeeded} of {status.total} inputs done); it goes on: call "
-                "wait() again, or cancel() it"
-            )
-        return status
+                    return status
+                status = self._handle.status()
+                bar.show(status)
+                if left == 0.0:
+                    return self._handle.wait(0)  # raises TimeoutError with the counts
 
-    def results(self, partial: bool | None = None) -> list[Any]:
-        """Every result in input order; waits for the run to finish first.
+    def done(self) -> bool:
+        """True once the run finished (succeeded, failed or cancelled)."""
+        return self._handle.done()
 
-        Raises MapTaskError if an index failed beyond its retries, kubemap.TimeoutError if
-        the run hit its timeout, CancelledError if it was cancelled. partial=True returns the
-        list anyway with None where there is no result; the default (None) does that only
-        when the run succeeded while tolerating failures (min_success_ratio < 1).
+    def results(self, partial: bool | None = None, *, timeout: float | None = None) -> list[Any]:
+        """Every result in input order; waits (up to `timeout` s) for the run to finish first.
+
+        Raises MapTaskError if an index failed beyond its retries or was never run,
+        kubemap.TimeoutError if the run hit its timeout, CancelledError if it was cancelled.
+        partial=True returns the list anyway with None where there is no result (failures()
+        and not_run() tell those apart); the default (None) does that only when the run
+        succeeded while tolerating failures (min_success_ratio < 1).
         """
-        status = self.wait(progress=False)
+        status = self.wait(timeout, progress=False)
         tolerated = status.phase is Phase.SUCCEEDED and status.failed > 0
         if not partial and not (partial is None and tolerated):
             self._raise_for(status)
@@ -131,6 +128,13 @@ class MapRun:
                 values[index] = value
         return values
 
+    def not_run(self) -> IndexRanges:
+        """The indices that were never run: no result and no failure record (for a finished
+        run; while it runs, what has not finished yet)."""
+        done = succeeded_indexes(self._task)
+        failed = IndexRanges.of(i for i in read_errors(self._task) if i not in done)
+        return IndexRanges.span(0, self._total) - done - failed
+
     def failures(self) -> dict[int, RemoteError]:
         """Index -> RemoteError for every index without a result whose last attempt failed
         (for a finished run, also indices whose result is missing for another reason)."""
@@ -138,52 +142,45 @@ class MapRun:
 
     def _failures(self, status: RunStatus) -> dict[int, RemoteError]:
         done = succeeded_indexes(self._task)
-        found = {i: err for i, err in read_errors(self._task).items() if i not in done}
-        # Every index accounted for, some failed without a record: say so, never hide it.
-        if status.finished and status.failed and status.succeeded + status.failed == self._total:
-            missing = IndexRanges.span(0, self._total) - done - IndexRanges.of(found)
-            for index in missing.first(10_000):
-                found[index] = RemoteError(
-                    index=index,
-                    type="MissingResult",
-                    message=f"no result and no error record for index {index}: its worker "
-                    "stopped before writing either",
-                    traceback="",
-                )
-        return dict(sorted(found.items()))
+        return {i: err for i, err in sorted(read_errors(self._task).items()) if i not in done}
 
-    def cancel(self) -> None:
-        """Stop the run; results that finished stay in the store."""
-        self._handle.cancel()
+    def cancel(self) -> bool:
+        """Stop the run; results that finished stay in the store. False if it had already
+        finished (nothing changes then)."""
+        return self._handle.cancel()
 
     def delete(self) -> int:
         """Delete the task's files from the store (after you have its results)."""
         return self._task.delete_prefix()
 
     def _raise_for(self, status: RunStatus) -> None:
-        where = f"finished results stay in {self._task.url}; read them with results(partial=True)"
         if status.phase is Phase.SUCCEEDED and status.failed == 0:
             return
-        if status.reason == REASON_DEADLINE:
-            raise TimeoutError(
-                f"{status.message or 'timeout'} ({status.succeeded} of {status.total} inputs "
-                f"done); {where}"
-            )
-        if status.reason == REASON_CANCELLED:
-            raise CancelledError(
-                f"task {self._name} was cancelled ({status.succeeded} of {status.total} inputs "
-                f"done); {where}"
-            )
-        if status.reason == REASON_INFRASTRUCTURE and not status.failed:
+        where = f"finished results stay in {self._task.url}; read them with results(partial=True)"
+        counts = status.counts()
+        if status.reason is Reason.DEADLINE:
+            raise TimeoutError(f"task {self._name} timed out: {status.message or counts}; {where}")
+        if status.reason is Reason.CANCELLED:
+            raise CancelledError(f"task {self._name} was cancelled ({counts}); {where}")
+        if status.reason is Reason.INVALID_SPEC:
+            raise ConfigError(f"task {self._name} was refused: {status.message}")
+        failures = self._failures(status)
+        if status.reason is Reason.INFRASTRUCTURE and not failures:
             raise StoreError(status.message or f"task {self._name} failed in the store")
-        # The status in hand, not a fresh one: for an attached task status() re-reads
-        # every result key and error record that _failures reads anyway.
-        error = MapTaskError(self._failures(status), total=self._total, name=self._name)
-        # Say where the partial results are, in the message itself (CLIs and logs print it).
+        not_run = self.not_run()
+        error = MapTaskError(
+            failures,
+            total=self._total,
+            name=self._name,
+            not_run=not_run,
+            succeeded=status.succeeded,
+            why=status.message,
+        )
         error.args = (
-            f"{error}\n\n{status.succeeded} of {status.total} inputs succeeded; their results "
-            f"stay in {self._task.url}: kubemap.MapRun.attach({self._name!r}, "
-            f"store={self._store_base()!r}).results(partial=True)",
+            f"{error}\n\nResults of the {status.succeeded} that succeeded stay in {self._task.url}: "
+            f"kubemap.MapRun.attach({self._name!r}, store={self._store_base()!r})"
+            ".results(partial=True); run the rest with min_success_ratio below 1, or rerun "
+            "only what is missing with .retry()",
         )
         raise error
 
@@ -191,35 +188,65 @@ class MapRun:
         return self._task.url.rsplit("/", 1)[0]
 
     @classmethod
-    def attach(cls, name: str, *, store: str | None = None) -> MapRun:
-        """A finished (or abandoned) task in the store, to read its results and failures."""
+    def attach(
+        cls,
+        name: str,
+        *,
+        store: str | None = None,
+        backend: str = "local",
+        namespace: str | None = None,
+    ) -> MapRun:
+        """A task submitted earlier (by this process or another), to follow it and read its
+        results. backend="kubernetes" follows the MapTask `name` in the cluster (its store is
+        the MapTask's, unless given); otherwise the status is what the store recorded."""
+        if backend == "kubernetes":
+            from kubemap.backends.kubernetes import attach_maptask
+
+            task, total, handle = attach_maptask(name, store=store, namespace=namespace)
+            return cls(name, task, total, handle, RunOptions(backend="kubernetes"))
         task = open_store(store or default_store_url()).child(name)
         total = read_total(task)
-        return cls(name, task, total, _StoredRun(task, total), RunOptions())
+        return cls(name, task, total, _StoredRun(name, task, total), RunOptions())
 
 
 class _StoredRun:
-    """A RunHandle for a task nobody is running: its status is what the store holds."""
+    """A RunHandle for a task read back from the store: its status.json when a local run
+    wrote one, else what the result objects say."""
 
-    def __init__(self, task: Store, total: int) -> None:
+    def __init__(self, name: str, task: Store, total: int) -> None:
+        self.name = name
         self._task = task
         self._total = total
 
     def status(self) -> RunStatus:
+        record = read_status(self._task)
+        if record is not None:
+            return run_status(record, total=self._total)
         done = succeeded_indexes(self._task) & IndexRanges.span(0, self._total)
         failed = [i for i in read_errors(self._task) if i not in done and i < self._total]
         return RunStatus(
             phase=Phase.SUCCEEDED if len(done) == self._total else Phase.FAILED,
             total=self._total,
             succeeded=len(done),
-            failed=len(failed),  # indices that never ran are neither
+            failed=len(failed),
+            reason=None if len(done) == self._total else Reason.FAILED_INDEXES,
         )
 
     def wait(self, timeout: float | None = None) -> RunStatus:
-        return self.status()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            current = self.status()
+            if current.finished:
+                return current
+            if deadline is not None and time.monotonic() >= deadline:
+                raise still_running(self.name, current, timeout)
+            time.sleep(POLL_SECONDS * 5)
 
-    def cancel(self) -> None:
-        return None
+    def done(self) -> bool:
+        return self.status().finished
+
+    def cancel(self) -> bool:
+        return False  # nobody here runs it: cancel it where it runs
 
 
 def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> MapRun:

@@ -9,15 +9,32 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from kubemap.contract import ANNOTATION_ATTEMPT, ANNOTATION_COUNT, LABEL_INDEX, LABEL_TASK
+from kubemap.contract import (
+    ANNOTATION_ATTEMPT,
+    ANNOTATION_COUNT,
+    LABEL_INDEX,
+    LABEL_TASK,
+    task_label,
+)
 from kubemap.crd import render_crd
 from kubemap.errors import KubemapError
-from kubemap.kube import Cluster
 from kubemap.models import MapTaskStatus
+
+if TYPE_CHECKING:
+    from kubemap.backends.kubeclient import Cluster
+
+
+def _connect(namespace: str | None) -> Cluster:
+    # The Kubernetes client takes ~1 s to import: only cluster commands pay for it, so
+    # `kubemap run` on the local backend never loads it.
+    from kubemap.backends.kubeclient import Cluster
+
+    return Cluster.connect(namespace)
+
 
 NAMESPACE = click.option(
     "-n", "--namespace", default=None, help="Namespace (default: the kubeconfig context's)."
@@ -40,23 +57,12 @@ def _task(cluster: Cluster, name: str) -> dict[str, Any]:
     return body
 
 
-def _label(name: str) -> str:
-    # The operator hashes task names over 63 characters into the label; mirror it.
-    from hashlib import sha256
-
-    return (
-        name
-        if len(name) <= 63
-        else f"{name[:54].rstrip('-.')}-{sha256(name.encode()).hexdigest()[:8]}"
-    )
-
-
 @click.command("get", short_help="Show one MapTask's progress.")
 @click.argument("name")
 @NAMESPACE
 def get_cmd(name: str, namespace: str | None) -> None:
     """Phase, counts and index ranges of the MapTask NAME."""
-    cluster = Cluster.connect(namespace)
+    cluster = _connect(namespace)
     body = _task(cluster, name)
     status = MapTaskStatus.model_validate(body.get("status") or {})
     spec = body.get("spec") or {}
@@ -89,7 +95,7 @@ def _short(text: str, limit: int = 200) -> str:
 @NAMESPACE
 def list_cmd(namespace: str | None) -> None:
     """Every MapTask in the namespace with its phase and counts."""
-    cluster = Cluster.connect(namespace)
+    cluster = _connect(namespace)
     rows = [("NAME", "MODE", "PHASE", "SUCCEEDED", "FAILED", "ACTIVE")]
     for item in cluster.list():
         st = MapTaskStatus.model_validate(item.get("status") or {})
@@ -118,13 +124,13 @@ def list_cmd(namespace: str | None) -> None:
 def logs_cmd(name: str, index: int | None, namespace: str | None) -> None:
     """Logs of the pods of MapTask NAME that still exist (running, and failed ones kept for
     their logs; succeeded pods are removed once recorded)."""
-    cluster = Cluster.connect(namespace)
+    cluster = _connect(namespace)
     _task(cluster, name)
     pods = cluster.call(
         "list pods",
         cluster.core.list_namespaced_pod,
         cluster.namespace,
-        label_selector=f"{LABEL_TASK}={_label(name)}",
+        label_selector=f"{LABEL_TASK}={task_label(name)}",
     ).items
     chosen = []
     for pod in pods:
@@ -158,7 +164,7 @@ def logs_cmd(name: str, index: int | None, namespace: str | None) -> None:
 @NAMESPACE
 def cancel_cmd(name: str, namespace: str | None) -> None:
     """Set spec.suspend on MapTask NAME: the operator deletes its pods and marks it Cancelled."""
-    cluster = Cluster.connect(namespace)
+    cluster = _connect(namespace)
     _task(cluster, name)
     cluster.suspend(name)
     click.echo(f"maptask {name} cancelled")
@@ -174,7 +180,7 @@ def results_cmd(name: str, namespace: str | None, store: str | None) -> None:
     from kubemap.api import MapRun
 
     if store is None:
-        cluster = Cluster.connect(namespace)
+        cluster = _connect(namespace)
         body = _task(cluster, name)
         store = ((body.get("spec") or {}).get("store") or {}).get("url")
         if not store:

@@ -55,9 +55,9 @@ def create_cmd(
 @pool_group.command("list")
 @click.option("--namespace", "-n", default=None, help="Namespace (default: the context's).")
 def list_cmd(namespace: str | None) -> None:
-    from kubemap.kube import Cluster
+    from kubemap.backends.kubeclient import Cluster
+    from kubemap.backends.poolclient import list_pools
     from kubemap.poolmodels import WorkerPoolStatus
-    from kubemap.workerpool import list_pools
 
     rows = [("NAME", "REPLICAS", "READY", "BUSY", "IDLE", "TASKS", "PYTHON")]
     for body in list_pools(Cluster.connect(namespace)):

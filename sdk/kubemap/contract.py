@@ -6,6 +6,7 @@ stores or clusters created by another version, so change it only with a migratio
 
 from __future__ import annotations
 
+from hashlib import sha256
 from typing import Final
 
 # --- Custom resource -------------------------------------------------------------
@@ -22,6 +23,8 @@ LABEL_TASK: Final = "kubemap.io/task"
 LABEL_INDEX: Final = "kubemap.io/index"
 ANNOTATION_COUNT: Final = "kubemap.io/count"
 ANNOTATION_ATTEMPT: Final = "kubemap.io/attempt"
+ANNOTATION_FAILURES: Final = "kubemap.io/failures"  # user failures of the slice before this pod
+ANNOTATION_INFRA: Final = "kubemap.io/infra-failures"  # infrastructure failures before it
 POD_FINALIZER: Final = "kubemap.io/tracking"
 
 # --- Environment of a worker pod -------------------------------------------------
@@ -51,6 +54,7 @@ FN_KEY: Final = "fn.pkl"
 INPUTS_KEY: Final = "inputs.bin"
 INDEX_KEY: Final = "inputs.idx"
 META_KEY: Final = "task.json"  # small JSON: total, created, fn name, kubemap version
+STATUS_KEY: Final = "status.json"  # how a run no API server records ended (local runs)
 RESULTS_PREFIX: Final = "results/"
 ERRORS_PREFIX: Final = "errors/"
 INDEX_ENTRY_SIZE: Final = 8  # little-endian uint64 offsets, N+1 of them
@@ -76,3 +80,18 @@ def parse_result_key(key: str) -> tuple[int, int]:
 def parse_error_key(key: str) -> int:
     name = key.rsplit("/", 1)[-1]
     return int(name.removesuffix(".json"))
+
+
+# --- Label values ------------------------------------------------------------------
+MAX_LABEL_VALUE: Final = 63
+
+
+def name_digest(text: str, length: int = 8) -> str:
+    return sha256(text.encode()).hexdigest()[:length]
+
+
+def task_label(task_name: str) -> str:
+    """The kubemap.io/task label value: the task name, hashed down if over 63 characters."""
+    if len(task_name) <= MAX_LABEL_VALUE:
+        return task_name
+    return f"{task_name[: MAX_LABEL_VALUE - 9].rstrip('-.')}-{name_digest(task_name)}"

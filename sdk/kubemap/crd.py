@@ -203,12 +203,14 @@ def build_crd() -> dict[str, Any]:
             "status": status,
         },
     }
-    columns = [
+    columns: list[tuple[str, str, str] | tuple[str, str, str, int]] = [
         ("Phase", "string", ".status.phase"),
         ("Succeeded", "integer", ".status.succeeded"),
         ("Total", "integer", ".status.total"),
         ("Failed", "integer", ".status.failed"),
         ("Active", "integer", ".status.active"),
+        ("Not-Run", "integer", ".status.notRun"),
+        ("Reason", "string", ".status.conditions[-1:].reason", 1),
         ("Age", "date", ".metadata.creationTimestamp"),
     ]
     return {
@@ -232,7 +234,9 @@ def build_crd() -> dict[str, Any]:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
-                        {"name": n, "type": t, "jsonPath": p} for n, t, p in columns
+                        {"name": c[0], "type": c[1], "jsonPath": c[2]}
+                        | ({"priority": c[3]} if len(c) > 3 else {})
+                        for c in columns
                     ],
                     "schema": {"openAPIV3Schema": root},
                 }

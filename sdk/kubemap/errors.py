@@ -43,6 +43,17 @@ class CancelledError(KubemapError):
     """The run was cancelled before every index finished."""
 
 
+def api_error_message(exc: Any) -> str:
+    """The API server's own message of a refused request (a kubernetes ApiException: its
+    JSON body's "message", else its reason). Duck-typed so this module stays import-free."""
+    import json
+
+    try:
+        return str(json.loads(getattr(exc, "body", None) or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError, TypeError):
+        return f"HTTP {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}".strip()
+
+
 @dataclass(frozen=True)
 class RemoteError:
     """One index's failure, as recorded by the worker that ran it."""
@@ -68,26 +79,42 @@ class RemoteError:
 
 
 class MapTaskError(KubemapError):
-    """Some indices failed beyond their retries. `failures` maps index -> RemoteError.
-
-    Results of the indices that succeeded stay reachable through `MapRun.results(partial=True)`
-    and in the store.
+    """The run did not produce every result. `failures` maps index -> RemoteError for the
+    indices that failed beyond their retries; `not_run` holds the indices never run (the
+    run stopped first). Results of the indices that succeeded stay reachable through
+    `MapRun.results(partial=True)` and in the store.
     """
 
-    def __init__(self, failures: dict[int, RemoteError], *, total: int, name: str = "") -> None:
+    def __init__(
+        self,
+        failures: dict[int, RemoteError],
+        *,
+        total: int,
+        name: str = "",
+        not_run: Any = (),
+        succeeded: int | None = None,
+        why: str | None = None,
+    ) -> None:
         self.failures = dict(sorted(failures.items()))
+        self.not_run = not_run  # kubemap.core.ranges.IndexRanges: iterate, len(), `in`
         self.total = total
         self.name = name
+        n_not_run = len(not_run)
+        self.succeeded = (
+            succeeded if succeeded is not None else total - len(self.failures) - n_not_run
+        )
+        self.why = why
         super().__init__(self._describe())
 
     def _describe(self) -> str:
-        if not self.failures:
-            return f"map task {self.name or '?'} failed"
-        first = next(iter(self.failures.values()))
-        head = (
-            f"{len(self.failures)} of {self.total} inputs failed"
-            + (f" in task {self.name}" if self.name else "")
-            + f"; first failure, {first}\n\nRemote traceback of index {first.index}:\n"
-            + first.traceback.rstrip()
+        task = f"task {self.name}" if self.name else "the task"
+        counts = (
+            f"{self.succeeded} succeeded, {len(self.failures)} failed, {len(self.not_run)} not run"
         )
-        return head
+        if not self.failures:
+            return f"{task} failed ({self.why or counts})"
+        first = next(iter(self.failures.values()))
+        head = f"{task} stopped after index {first.index} failed ({first.type}: {first.message})"
+        return f"{head}; {counts}\n\nRemote traceback of index {first.index}:\n" + (
+            first.traceback.rstrip() or "(none recorded)"
+        )

@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from kubemap.core.status import Phase
+
 MAX_INLINE_ITEMS = 1000
 MAX_ITEM_LENGTH = 4096
 MAX_COUNT = 100_000_000
@@ -32,18 +34,6 @@ class _Wire(BaseModel):
 class Mode(enum.StrEnum):
     FUNCTION = "Function"  # the kubemap image runs `python -m kubemap.worker`
     CONTAINER = "Container"  # any image; index and item in the environment
-
-
-class Phase(enum.StrEnum):
-    PENDING = "Pending"
-    RUNNING = "Running"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    CANCELLED = "Cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED)
 
 
 class StoreRef(_Wire):
@@ -160,6 +150,8 @@ class MapTaskStatus(_Wire):
     succeeded: int = 0
     failed: int = 0
     active: int = 0
+    not_run: int = 0  # total - succeeded - failed - active: never run (yet)
+    retries: int = 0  # attempts started beyond the first of their slice
     succeeded_indexes: str = ""
     failed_indexes: str = ""
     conditions: list[Condition] = Field(default_factory=list)

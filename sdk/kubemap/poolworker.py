@@ -29,10 +29,11 @@ import urllib3
 
 from kubemap import taskdata
 from kubemap.contract import RESULTS_PREFIX, parse_result_key
+from kubemap.core.ranges import IndexRanges
 from kubemap.errors import StoreError
 from kubemap.poolmodels import ENV_DISPATCHER, ENV_POOL, ENV_POOL_TOKEN, python_minor
-from kubemap.ranges import IndexRanges
-from kubemap.store import Store, open_store
+from kubemap.stores import open_store
+from kubemap.stores.base import Store
 from kubemap.worker import SliceOutcome, Terminated, run_slice
 
 EXIT_REFUSED = 2  # the dispatcher refused our credential: let the pod restart with a fresh one

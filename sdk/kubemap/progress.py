@@ -10,7 +10,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from kubemap.backend import RunStatus
+from kubemap.core.status import RunStatus
 
 AUTO_DELAY_SECONDS = 1.0
 

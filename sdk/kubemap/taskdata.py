@@ -58,6 +58,7 @@ from kubemap.contract import (
     parse_result_key,
     result_key,
 )
+from kubemap.core.ranges import IndexRanges
 from kubemap.errors import CorruptTaskError, RemoteError, SerializationError
 from kubemap.pickling import (
     PROTOCOL,
@@ -68,8 +69,7 @@ from kubemap.pickling import (
     loads,
     slow_dumps,
 )
-from kubemap.ranges import IndexRanges
-from kubemap.store import KeyNotFound, Store
+from kubemap.stores import KeyNotFound, Store
 from kubemap.taskmeta import TaskMeta, read_meta, read_total, write_meta
 
 __all__ = [

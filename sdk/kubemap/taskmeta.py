@@ -10,13 +10,18 @@ from typing import Any
 
 from kubemap.contract import INDEX_ENTRY_SIZE, INDEX_KEY, META_KEY
 from kubemap.errors import CorruptTaskError
-from kubemap.store import KeyNotFound, Store
+from kubemap.stores import KeyNotFound, Store
 
 
 def _kubemap_version() -> str:
-    import kubemap  # late: kubemap/__init__ imports modules that import this one
+    # The installed distribution's version: importing the kubemap package here would make
+    # the store layer depend on the SDK surface (kubemap/__init__ imports api).
+    from importlib.metadata import PackageNotFoundError, version
 
-    return str(getattr(kubemap, "__version__", "unknown"))
+    try:
+        return version("kubemap")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 @dataclass(frozen=True)

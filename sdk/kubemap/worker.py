@@ -43,9 +43,9 @@ from kubemap.contract import (
     EXIT_USER_ERROR,
     result_key,
 )
+from kubemap.core.ranges import IndexRanges
 from kubemap.errors import ConfigError, RemoteError, SerializationError, StoreError
-from kubemap.ranges import IndexRanges
-from kubemap.store import Store, open_store
+from kubemap.stores import Store, open_store
 
 SUMMARY_LIMIT = 4096
 _WRITE_RESULT_TRIES = 8
@@ -209,10 +209,33 @@ class WorkerEnv:
         return cls(task_url, start, count, total, attempt)
 
 
+def record_infra_failure(task: Store, start: int, count: int, exc: Exception, attempt: int) -> None:
+    """Best effort: an error record per index, so a failure that is not the user's function's
+    is still explained by failures(); a store that is down simply gets none."""
+    try:
+        for index in range(start, start + count):
+            taskdata.write_error(
+                task,
+                index,
+                {
+                    "type": type(exc).__name__,
+                    "message": str(exc)[:2000],
+                    "traceback": "",
+                    "attempt": attempt,
+                    "infrastructure": True,
+                },
+            )
+    except StoreError:
+        pass
+
+
 def summary_line(outcome: SliceOutcome) -> str:
     """`{"v":1,"succeeded":"0-2,4","failed":"3"}`, at most SUMMARY_LIMIT bytes."""
     done = outcome.succeeded | outcome.skipped
-    full = {"v": 1, "succeeded": str(done), "failed": str(outcome.failed)}
+    full: dict[str, Any] = {"v": 1, "succeeded": str(done), "failed": str(outcome.failed)}
+    first = next(iter(sorted(outcome.errors.items())), None)
+    if first is not None:  # the operator names it in the task's message: "ValueError: bad 3"
+        full["error"] = f"{first[1].type}: {first[1].message}"[:200]
     for candidate in (full, {"v": 1, "failed": str(outcome.failed)}, {"v": 1, "truncated": True}):
         line = json.dumps(candidate, separators=(",", ":"))
         if len(line.encode()) <= SUMMARY_LIMIT:
@@ -260,9 +283,16 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         return EXIT_INFRA_ERROR
     except StoreError as exc:
         _log(f"infrastructure failure for items {env.start}..{last} of {env.task_url}: {exc}")
+        cause = {
+            "kind": "store",
+            "code": str(getattr(exc, "code", "") or ""),
+            "message": str(exc)[:300],
+        }
         _write_termination_log(
-            env_map, json.dumps({"v": 1, "infra": str(exc)[:2000]}, separators=(",", ":"))
+            env_map,
+            json.dumps({"v": 1, "infra": str(exc)[:2000], "cause": cause}, separators=(",", ":")),
         )
+        record_infra_failure(task, env.start, env.count, exc, env.attempt)
         return EXIT_INFRA_ERROR
     except Exception as exc:  # a bug in kubemap itself: say so, let the operator retry
         _log(

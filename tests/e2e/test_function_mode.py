@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import kubemap
@@ -61,9 +62,17 @@ def test_map_runs_on_the_cluster_within_parallelism(
 
 
 def test_flaky_index_is_retried(
-    operator: Operator, unique: Callable[[str], str], custom: client.CustomObjectsApi
+    operator: Operator,
+    unique: Callable[[str], str],
+    custom: client.CustomObjectsApi,
+    tmp_path: Path,
 ) -> None:
+    tmp_path.chmod(0o777)  # the pods are processes on this machine: they count their calls here
+    calls = str(tmp_path)
+
     def flaky(x: int) -> int:
+        with open(os.path.join(calls, str(x)), "a") as out:
+            out.write("x")
         if x == 3 and os.environ.get("KUBEMAP_ATTEMPT") == "0":
             raise RuntimeError("first attempt of index 3 fails")
         return x + 100
@@ -71,8 +80,11 @@ def test_flaky_index_is_retried(
     name = unique("flaky")
     results = kubemap.map(flaky, range(5), **opts(name=name, retries=1, parallelism=5))
     assert results == [100, 101, 102, 103, 104]
+    counted = {x: len((tmp_path / str(x)).read_text()) for x in range(5)}
+    assert counted == {0: 1, 1: 1, 2: 1, 3: 2, 4: 1}  # index 3 really ran a second time
     body = get_task(custom, name)
     assert body is not None and body["status"]["failed"] == 0 and body["status"]["succeeded"] == 5
+    assert body["status"]["retries"] == 1
 
 
 def test_failing_index_reports_its_traceback(

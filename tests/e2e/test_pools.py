@@ -14,7 +14,7 @@ from typing import Any
 import kubemap
 import pytest
 from e2ekit import NAMESPACE, OPERATOR_NAMESPACE, OPERATOR_SELECTOR, Operator, get_task
-from kubemap.store import open_store
+from kubemap.stores import open_store
 from kubemap.taskdata import iter_results
 from kubemap.workerpool import WorkerPool
 from kubernetes import client, watch
@@ -307,7 +307,7 @@ def test_a_task_from_another_python_minor_is_refused_at_submit(
     ready(wp, 1)
     pool_python = wait_for("the pool advertises its Python", lambda: wp.status().python_version)
     # The pool's workers are real; the submitting process pretends to be another minor.
-    monkeypatch.setattr("kubemap.workerpool.python_minor", lambda: "3.99")
+    monkeypatch.setattr("kubemap.backends.poolclient.python_minor", lambda: "3.99")
     name = unique("py")
     with pytest.raises(kubemap.ConfigError) as info:
         kubemap.submit(abs, range(3), **opts(name=name, pool=wp.name))

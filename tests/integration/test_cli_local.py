@@ -121,3 +121,25 @@ def test_help() -> None:
     )
     assert result.returncode == 0
     assert "Usage: kubemap" in result.stdout and "run" in result.stdout
+
+
+def test_kubemap_run_on_the_local_backend_never_imports_the_kubernetes_client(
+    tmp_path: Path,
+) -> None:
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("1\n2\n3\n")
+    code = (
+        "import sys\n"
+        "from kubemap.cli import main\n"
+        "try:\n"
+        f"    main(['run', {str(SQUARE) + ':square'!r}, '--inputs', {str(inputs)!r},"
+        f" '--store', {str(tmp_path / 'store')!r}])\n"
+        "except SystemExit as done:\n"
+        "    assert not done.code, done.code\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'kubernetes', 'kopf'})\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY=\n" in done.stdout or done.stdout.rstrip().endswith("HEAVY=")
+    assert done.stdout.splitlines()[:3] == ["1", "4", "9"]

@@ -17,7 +17,7 @@ import kubemap
 import pytest
 from kubemap import taskdata
 from kubemap.models import Phase
-from kubemap.store import open_store
+from kubemap.stores import open_store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,6 +46,13 @@ def flaky(marker_dir: str, x: int) -> int:
             marker.write_text("1")
             raise ConnectionError(f"transient failure for {x}")
     return x + 100
+
+
+def counted_flaky(marker_dir: str, x: int) -> int:
+    """flaky(), counting every call of x in calls-<x> (one byte a call)."""
+    with open(Path(marker_dir) / f"calls-{x}", "a") as out:
+        out.write("x")
+    return flaky(marker_dir, x)
 
 
 def slow(x: int) -> int:
@@ -83,11 +90,12 @@ def test_generator_inputs_and_items_per_pod(store: str) -> None:
     assert len(keys) == 7  # 6 slices of 4, one of 1: exactly as pods would run them
 
 
-def test_empty_input_is_quick(store: str) -> None:
-    started = time.perf_counter()
-    assert kubemap.map(square, [], store=store) == []
-    assert kubemap.map(square, iter(()), store=store) == []
-    assert time.perf_counter() - started < 1.0
+def test_empty_input_starts_nothing(store: str) -> None:
+    assert kubemap.map(square, [], store=store) == []  # a sized empty input: no upload at all
+    assert list(open_store(store).list()) == []
+    run = kubemap.submit(square, iter(()), store=store)  # unsized: an empty task, no workers
+    assert run.results() == [] and run.status().phase is Phase.SUCCEEDED
+    assert list(open_store(run.store_url).list("results/")) == []
 
 
 def test_function_is_loaded_once_per_worker(store: str) -> None:
@@ -123,9 +131,12 @@ def test_worker_exception_is_map_task_error_with_traceback(store: str) -> None:
 
 
 def test_retries_rerun_failed_indices(store: str, tmp_path: Path) -> None:
-    fn = functools.partial(flaky, str(tmp_path))
-    assert kubemap.map(fn, range(8), store=store, retries=1) == [x + 100 for x in range(8)]
-    assert (tmp_path / "seen-3").exists() and (tmp_path / "seen-5").exists()
+    fn = functools.partial(counted_flaky, str(tmp_path))
+    run = kubemap.submit(fn, range(8), store=store, retries=1, items_per_pod=1)
+    assert run.results() == [x + 100 for x in range(8)]
+    calls = {x: len((tmp_path / f"calls-{x}").read_text()) for x in range(8)}
+    assert calls == {0: 1, 1: 1, 2: 1, 3: 2, 4: 1, 5: 2, 6: 1, 7: 1}  # 3 and 5 ran twice
+    assert run.status().retries == 2
 
 
 def test_without_retries_a_flaky_index_fails(store: str, tmp_path: Path) -> None:
@@ -157,11 +168,9 @@ def test_failure_budget_exceeded_fails_fast(store: str) -> None:
 
 
 def test_timeout_keeps_what_finished(store: str) -> None:
-    started = time.perf_counter()
     run = kubemap.submit(slow, range(40), store=store, parallelism=2, timeout=1.0)
     with pytest.raises(kubemap.TimeoutError, match="timeout=1s"):
         run.results()
-    assert time.perf_counter() - started < 5.0
     status = run.status()
     assert status.phase is Phase.FAILED and 1 <= status.succeeded < 40
     values = run.results(partial=True)
@@ -205,7 +214,7 @@ def test_interrupt_cancels_the_run(store: str) -> None:
     run = kubemap.MapRun.attach("interrupted", store=store)
     done = taskdata.succeeded_indexes(open_store(run.store_url))
     assert run.status().succeeded == len(done) < 40
-    assert run.status().phase is Phase.FAILED
+    assert run.status().phase is Phase.CANCELLED  # attach reports it as what it is
 
 
 def test_worker_crash_is_a_failure_not_a_hang(store: str) -> None:

@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 import urllib3
-from kubemap.models import MapTaskSpec, MapTaskStatus, Mode, Phase, StoreRef
+from kubemap.core.status import Phase
+from kubemap.models import MapTaskSpec, MapTaskStatus, Mode, StoreRef
 from kubemap.poolmodels import python_minor
 from kubemap.poolworker import PoolEnv, serve
-from kubemap.store import open_store
+from kubemap.stores import open_store
 from kubemap.taskdata import iter_results, write_function, write_inputs
 from kubemap.taskmeta import TaskMeta, write_meta
 from kubemap_operator.planner import Limits

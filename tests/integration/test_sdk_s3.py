@@ -11,7 +11,7 @@ import kubemap
 import pytest
 from kubemap import taskdata
 from kubemap.models import Phase
-from kubemap.store import open_store
+from kubemap.stores import open_store
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -25,8 +25,8 @@ from kubemap.contract import (
     INDEX_KEY,
     RESULTS_PREFIX,
 )
-from kubemap.ranges import IndexRanges
-from kubemap.store import Store, open_store
+from kubemap.core.ranges import IndexRanges
+from kubemap.stores import Store, open_store
 from kubemap.worker import SliceOutcome, run_slice, summary_line
 
 pytestmark = pytest.mark.timeout(180)

@@ -1,17 +1,18 @@
-"""Backend selection: local by default, kubemap.kube imported only for backend='kubernetes'."""
+"""Backend selection: local by default, kubemap.backends.kubernetes imported only for backend='kubernetes'."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import types
 from pathlib import Path
-from typing import Any
 
 import kubemap
 import pytest
-from kubemap.backend import Backend, RunStatus, get_backend
+from kubemap.backends import Backend, get_backend
+from kubemap.backends.local import LocalBackend
+from kubemap.core.status import RunStatus
 from kubemap.errors import ConfigError
-from kubemap.local import LocalBackend
 from kubemap.models import Phase
 
 
@@ -21,21 +22,35 @@ def test_local_is_the_default_backend() -> None:
     assert isinstance(backend, Backend)
 
 
-def test_kubernetes_backend_is_imported_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_local_run_never_imports_the_kubernetes_client(tmp_path: Path) -> None:
+    # A fresh interpreter: in this one, other tests may have imported kubernetes already.
+    code = (
+        "import sys, kubemap\n"
+        f"out = kubemap.map(abs, [-1, -2, 3], store={str(tmp_path)!r}, parallelism=2)\n"
+        "assert out == [1, 2, 3], out\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('kubernetes', 'kopf', 'boto3', 'botocore'))\n"
+        "print(','.join(bad))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
+
+
+def test_the_kubernetes_backend_module_is_chosen_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     class FakeKube:
         name = "kubernetes"
 
-        def start(self, task: Any, total: int, options: Any, name: str) -> Any:
-            raise NotImplementedError
-
-    module = types.ModuleType("kubemap.kube")
+    module = types.ModuleType("kubemap.backends.kubernetes")
     module.KubernetesBackend = FakeKube  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "kubemap.kube", module)
+    monkeypatch.setitem(sys.modules, "kubemap.backends.kubernetes", module)
     assert isinstance(get_backend("kubernetes"), FakeKube)
 
 
 def test_missing_kubernetes_backend_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "kubemap.kube", None)  # import raises ModuleNotFoundError
+    monkeypatch.setitem(
+        sys.modules, "kubemap.backends.kubernetes", None
+    )  # import raises ModuleNotFoundError
     with pytest.raises(ConfigError, match="backend='kubernetes' is not available"):
         get_backend("kubernetes")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from kubemap.backend import RunStatus
+from kubemap.core.status import RunStatus
 from kubemap.models import Phase
 from kubemap.progress import ProgressBar, want_progress
 

@@ -6,10 +6,10 @@ import json
 from typing import Any
 
 import pytest
-from kubemap.contract import LABEL_INDEX, LABEL_TASK, POD_FINALIZER
+from kubemap.contract import LABEL_INDEX, LABEL_TASK, POD_FINALIZER, task_label
 from kubemap.models import MapTaskSpec
 from kubemap.poolmodels import python_minor
-from kubemap_operator.builder import TaskRef, build_pod, pod_name, task_label
+from kubemap_operator.builder import TaskRef, build_pod, pod_name
 from kubemap_operator.observe import observe_pod
 from kubemap_operator.planner import PodRequest
 from kubemap_operator.settings import Settings
@@ -191,7 +191,7 @@ def test_observed_states(
 
 
 def test_sdk_builds_a_function_mode_maptask() -> None:
-    from kubemap.kube import build_maptask
+    from kubemap.backends.kubernetes import build_maptask
     from kubemap.models import RunOptions
 
     body = build_maptask(
@@ -238,7 +238,7 @@ def test_sdk_builds_a_function_mode_maptask() -> None:
     ("status", "phase", "reason"),
     [
         ({"phase": "Running", "succeeded": 3, "total": 9, "active": 2}, "Running", None),
-        ({"phase": "Succeeded", "succeeded": 9, "total": 9}, "Succeeded", None),
+        ({"phase": "Succeeded", "succeeded": 9, "total": 9}, "Succeeded", "Completed"),
         (
             {
                 "phase": "Failed",
@@ -263,7 +263,7 @@ def test_sdk_builds_a_function_mode_maptask() -> None:
                 "conditions": [{"type": "Suspended", "status": "True", "reason": "Suspended"}],
             },
             "Cancelled",
-            "Cancelled",
+            "Suspended",
         ),
         (
             {
@@ -271,15 +271,15 @@ def test_sdk_builds_a_function_mode_maptask() -> None:
                 "conditions": [{"type": "Failed", "status": "True", "reason": "UsageError"}],
             },
             "Failed",
-            "InfrastructureError",
+            "UsageError",
         ),
     ],
 )
 def test_sdk_reads_run_status_from_the_maptask(
     status: dict[str, Any], phase: str, reason: str | None
 ) -> None:
-    from kubemap.kube import run_status
+    from kubemap.core.status import run_status
 
-    got = run_status({"status": status}, total=9)
+    got = run_status(status, total=9)
     assert got.phase.value == phase and got.reason == reason and got.total == 9
     assert got.succeeded == status.get("succeeded", 0) and got.active == status.get("active", 0)

@@ -59,6 +59,8 @@ def test_rules_printer_columns_and_names() -> None:
         "Total",
         "Failed",
         "Active",
+        "Not-Run",
+        "Reason",
         "Age",
     ]
     rules = schema()["properties"]["spec"]["x-kubernetes-validations"]

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 
 import kmock
 import kopf
@@ -267,16 +267,18 @@ class FakeApi:
         self.calls: list[str] = []
         self.throttle_after = throttle_after
         self.created: list[str] = []
+        self.patches: list[dict[str, Any]] = []
 
     async def get_task(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.task
 
-    async def list_pods(self, namespace: str, label: str) -> list[dict[str, Any]]:
+    async def list_pods(self, namespace: str, task_label: str) -> list[dict[str, Any]]:
         return self.pods
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.calls.append(f"status {status['succeededIndexes']}")
-        self.task = {**self.task, "status": status}
+        self.calls.append(f"status {status.get('succeededIndexes')}")
+        self.patches.append(status)
+        self.task = {**self.task, "status": {**(self.task.get("status") or {}), **status}}
 
     async def remove_finalizer(self, namespace: str, pod: dict[str, Any]) -> None:
         self.calls.append(f"release {pod['metadata']['name']}")
@@ -284,7 +286,9 @@ class FakeApi:
     async def delete_pod(self, namespace: str, name: str) -> None:
         self.calls.append(f"delete {name}")
 
-    async def create_pod(self, namespace: str, body: dict[str, Any]) -> str:
+    async def create_pod(
+        self, namespace: str, body: dict[str, Any]
+    ) -> Literal["created", "exists"]:
         from kubemap_operator.kubeapi import Throttled
 
         if self.throttle_after is not None and len(self.created) >= self.throttle_after:
@@ -323,7 +327,7 @@ async def test_outcome_is_recorded_before_the_finalizer_goes_and_before_new_pods
     task = maptask("t", count=4, parallelism=2)
     task["metadata"]["uid"] = "uid-t"
     api = FakeApi(task, [_succeeded_pod("t-0-0", 0)])
-    reconciler = Reconciler(api, Settings(metrics_port=0))  # type: ignore[arg-type]
+    reconciler = Reconciler(api, Settings(metrics_port=0))
     await reconciler.reconcile(NS, "t", logging.getLogger("test"))
     assert api.calls == [
         "status 0",
@@ -346,7 +350,7 @@ async def test_http_429_pauses_creation_for_retry_after() -> None:
     api = FakeApi(task, [], throttle_after=2)
     now = [100.0]
     bucket = TokenBucket(rate=5, burst=3, clock=lambda: now[0])
-    reconciler = Reconciler(api, Settings(metrics_port=0), limiter=bucket)  # type: ignore[arg-type]
+    reconciler = Reconciler(api, Settings(metrics_port=0), limiter=bucket)
     await reconciler.reconcile(NS, "t", logging.getLogger("test"))
     assert len(api.created) == 2  # the third create got 429: the round stops there
     assert bucket.delay() == pytest.approx(7.0)  # nobody creates until Retry-After has passed
@@ -365,3 +369,25 @@ def test_token_bucket_rate_and_burst() -> None:
     assert bucket.try_acquire() and not bucket.try_acquire()
     now[0] += 100
     assert sum(bucket.try_acquire() for _ in range(10)) == 3  # never more than the burst
+
+
+@pytest.mark.asyncio
+async def test_an_invalid_spec_fails_with_a_condition_naming_the_field() -> None:
+    import logging
+
+    from kubemap_operator.reconciler import Reconciler
+
+    task = maptask("t", count=4, parallelism=2)
+    task["metadata"]["uid"] = "uid-t"
+    task["spec"]["template"] = {}  # container mode without an image: only the model refuses it
+    api = FakeApi(task, [])
+    await Reconciler(api, Settings(metrics_port=0)).reconcile(NS, "t", logging.getLogger("t"))
+    assert api.created == []
+    (status,) = api.patches
+    assert status["phase"] == "Failed"
+    assert status["conditions"][-1]["reason"] == "InvalidSpec"
+    assert status["message"].startswith("invalid spec: spec: container mode needs template.image")
+    from kubemap.core.status import Reason, run_status
+
+    seen = run_status(status, total=4)
+    assert seen.reason is Reason.INVALID_SPEC  # the SDK sees the reason, not a generic failure

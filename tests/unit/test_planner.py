@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from kubemap.core.ranges import IndexRanges
 from kubemap.models import MapTaskSpec, MapTaskStatus, Phase
-from kubemap.ranges import IndexRanges
 from kubemap_operator.observe import ObservedPod, PodState, WorkerReport
 from kubemap_operator.planner import Limits, PodRequest, plan
 
@@ -187,7 +187,7 @@ def test_min_success_ratio_tolerates_failures() -> None:
     assert step.create == (PodRequest(3, 1),)
     done = plan(s, step.status, [bad(2), ok(3)], NOW)
     assert done.status.phase is Phase.SUCCEEDED
-    assert "1 failed indices tolerated" in (done.status.message or "")
+    assert "1 failures tolerated" in (done.status.message or "")
 
 
 def test_max_failed_indexes_fails_early() -> None:
@@ -261,7 +261,7 @@ def test_usage_error_fails_the_task() -> None:
     result = plan(spec(backoff_limit_per_index=5), running(), [bad(0, code=5), pod(1)], NOW)
     assert result.status.phase is Phase.FAILED
     assert result.status.conditions[-1].reason == "UsageError"
-    assert "kubectl logs t-0-0" in (result.status.message or "")
+    assert "t-0-0 exited with code 5 (usage error)" in (result.status.message or "")
 
 
 def test_suspend_cancels_and_deletes_active_pods() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from kubemap.contract import EXIT_INFRA_ERROR, EXIT_OK, EXIT_USAGE_ERROR, EXIT_USER_ERROR
-from kubemap.policy import (
+from kubemap.core.policy import (
     BACKOFF_MAX_SECONDS,
     FailureBudget,
     classify_exit,

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 from kubemap.core.batching import MAX_ITEMS_PER_POD, auto_items_per_pod
-from kubemap.models import MapTaskSpec, MapTaskStatus, Mode, Phase, StoreRef
+from kubemap.core.ranges import IndexRanges
+from kubemap.core.status import Phase
+from kubemap.models import MapTaskSpec, MapTaskStatus, Mode, StoreRef
 from kubemap.poolcrd import render_pool_crd
 from kubemap.poolmodels import WorkerPoolSpec
-from kubemap.ranges import IndexRanges
 from kubemap_operator.observe import PodState, WorkerReport
 from kubemap_operator.planner import Limits
 from kubemap_operator.pools.builder import deployment, token_secret
@@ -66,7 +67,7 @@ def test_the_sdk_batches_items_per_pod(total: int, parallelism: int, per_pod: in
 
 
 def test_sdk_maptask_batches_unless_told_and_a_pool_task_leases() -> None:
-    from kubemap.kube import build_maptask
+    from kubemap.backends.kubernetes import build_maptask
     from kubemap.models import RunOptions
 
     auto = build_maptask("t", "s3://b/p/t", 10_000, RunOptions(parallelism=8))["spec"]

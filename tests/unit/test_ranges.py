@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from kubemap.ranges import IndexRanges, RangesSyntaxError
+from kubemap.core.ranges import IndexRanges, RangesSyntaxError
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kubemap.core.ranges import IndexRanges
 from kubemap.models import Condition, MapTaskSpec, MapTaskStatus, Phase
-from kubemap.ranges import IndexRanges
 from kubemap_operator.observe import ObservedPod, PodState, WorkerReport
 from kubemap_operator.planner import plan
 from kubemap_operator.status import (

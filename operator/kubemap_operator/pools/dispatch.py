@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from kubemap.models import MapTaskSpec, MapTaskStatus, Phase
+from kubemap.core.status import Phase
+from kubemap.models import MapTaskSpec, MapTaskStatus
 
 from kubemap_operator.observe import PodState, WorkerReport
 from kubemap_operator.planner import Event, Limits, plan

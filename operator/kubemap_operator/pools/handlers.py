@@ -49,7 +49,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, holder: dict[s
         )
         key = dispatcher_key()
         reconciler.dispatcher = dispatcher
-        holder["pools"] = PoolReconciler(PoolApi(reconciler.api), dispatcher, settings, key)
+        holder["pools"] = PoolReconciler(PoolApi(KubeApi()), dispatcher, settings, key)
         app = DispatcherApp(dispatcher, key)
         await app.start(settings.listen_address, settings.dispatcher_port)
         holder["dispatcher_app"] = app
@@ -74,6 +74,3 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, holder: dict[s
     )  # fmt: skip
     async def pool_timer(*, name: str, namespace: str | None, **_: Any) -> None:
         await holder["pools"].trigger(namespace or "", name)
-
-
-__all__ = ["KubeApi", "register"]

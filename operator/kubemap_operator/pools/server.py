@@ -18,7 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
-from kubemap.ranges import IndexRanges, RangesSyntaxError
+from kubemap.core.ranges import IndexRanges, RangesSyntaxError
 
 from kubemap_operator.observe import WorkerReport
 from kubemap_operator.pools.dispatch import Dispatcher, PoolKey

@@ -1,6 +1,6 @@
-"""Object storage behind one small interface, with two real implementations.
+"""The store contract: a prefix in an object store, behind one small interface.
 
-`open_store(url)` returns a `Store` rooted at a prefix: `s3://bucket/prefix` (boto3; endpoint
+`kubemap.stores.open_store(url)` returns a `Store` rooted at a prefix: `s3://bucket/prefix` (boto3; endpoint
 and credentials from the standard AWS variables, e.g. AWS_ENDPOINT_URL_S3,
 AWS_ACCESS_KEY_ID) or `file:///abs/path` / a plain path (the local filesystem, same layout).
 Keys are relative to the prefix and use "/" separators.
@@ -40,12 +40,13 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import unquote, urlsplit
 
 from kubemap.contract import ENV_STORE
-from kubemap.errors import ConfigError, StoreError
+from kubemap.errors import StoreError
 
-ACCEPTED_FORMS = "s3://bucket/prefix, file:///absolute/path or a local directory path"
+ACCEPTED_FORMS = (
+    "s3://bucket/prefix, file:///absolute/path, memory://name or a local directory path"
+)
 
 
 class KeyNotFound(StoreError, KeyError):
@@ -140,42 +141,12 @@ def default_store_url() -> str:
     return (user_cache_dir() / "kubemap" / "store").resolve().as_uri()
 
 
-def open_store(url: str) -> Store:
-    """A Store for s3://bucket/prefix, file:///abs/path or a plain local path."""
-    text = url.strip()
-    if not text:
-        raise ConfigError(f"empty store URL: use {ACCEPTED_FORMS}")
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme == "s3":
-        bucket = parts.netloc
-        if len(bucket) < 3 or "/" in bucket or parts.query or parts.fragment:
-            raise ConfigError(
-                f"bad S3 store URL {url!r}: expected s3://bucket/prefix with a bucket name of "
-                "3 to 63 characters (lowercase letters, digits, '-' and '.')"
-            )
-        return S3Store(bucket, parts.path.strip("/"))
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise ConfigError(
-                f"bad file store URL {url!r}: file URLs need an absolute path, e.g. "
-                f"file:///tmp/kubemap (three slashes), or give the plain path instead"
-            )
-        return FileStore(Path(unquote(parts.path)))
-    if scheme and len(scheme) > 1:  # one letter: a Windows drive such as C:\data
-        raise ConfigError(f"unsupported store URL {url!r}: use {ACCEPTED_FORMS}")
-    return FileStore(Path(os.path.expanduser(text)))
-
-
-# The implementations live in their own modules; importing them here keeps one import path.
-from kubemap.filestore import FileStore  # noqa: E402
-from kubemap.s3store import S3Store  # noqa: E402
-
 __all__ = [
-    "FileStore",
+    "ACCEPTED_FORMS",
     "KeyNotFound",
-    "S3Store",
     "Store",
+    "check_key",
+    "check_prefix",
     "default_store_url",
-    "open_store",
+    "user_cache_dir",
 ]

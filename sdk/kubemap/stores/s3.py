@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from kubemap.errors import StoreError
-from kubemap.store import KeyNotFound, Store, check_key, check_prefix
+from kubemap.stores.base import KeyNotFound, Store, check_key, check_prefix
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client  # pragma: no cover

@@ -160,3 +160,21 @@ class IndexRanges:
                     return out
                 out.append(i)
         return out
+
+
+def describe(ranges: IndexRanges, limit: int = 80) -> str:
+    """Ranges for a human message, shortened: '0-3,7,12 (+40 more)'."""
+    text = str(ranges)
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(",", 1)[0]
+    shown = IndexRanges.parse(cut)
+    return f"{cut} (+{len(ranges) - len(shown)} more)"
+
+
+def within(ranges: IndexRanges, lo: int, hi: int) -> IndexRanges:
+    """ranges & [lo, hi) in O(log n): planning stays fast with thousands of attempts."""
+    spans = ranges.intervals
+    first = max(0, bisect.bisect_right(spans, (lo, lo)) - 1)
+    last = bisect.bisect_left(spans, (hi, hi))
+    return IndexRanges(spans[first:last]) & IndexRanges.span(lo, hi)

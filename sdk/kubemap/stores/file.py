@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from kubemap.errors import StoreError
-from kubemap.store import KeyNotFound, Store, check_key, check_prefix
+from kubemap.stores.base import KeyNotFound, Store, check_key, check_prefix
 
 TMP_PREFIX = ".kubemap-tmp-"
 _CHUNK = 1 << 20

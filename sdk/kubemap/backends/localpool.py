@@ -29,20 +29,22 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 # Imported in the parent, before any fork, so that no worker pays for the imports again.
-from kubemap.ranges import IndexRanges
-from kubemap.store import open_store
+from kubemap.core.ranges import IndexRanges
+from kubemap.stores import open_store
 from kubemap.taskdata import read_function
 from kubemap.worker import run_slice
 
 
 @dataclass(frozen=True)
 class Job:
-    """One slice of a task to run: indices [start, start+count), its attempt number."""
+    """One slice of a task to run: indices [start, start+count), its attempt number, and
+    the name of the attempt it is in the run engine's plan."""
 
     task_url: str
     start: int
     count: int
     attempt: int = 0
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Done:
     failed: IndexRanges
     skipped: IndexRanges
     seconds: float
+    error: str | None = None  # the first user error, "Type: message"
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Broken:
     job: Job
     message: str
     exitcode: int | None = None
+    code: str = ""  # the store's error code (e.g. InvalidAccessKeyId), when it gave one
 
 
 Event = Done | Broken
@@ -91,16 +95,18 @@ def _serve(conn: Connection) -> None:
             outcome = run_slice(
                 store, job.start, job.count, fn=fn, attempt=job.attempt, skip_done=job.attempt > 0
             )
+            first = next(iter(outcome.errors.values()), None)
             reply: tuple[Any, ...] = (
                 "done",
                 outcome.succeeded,
                 outcome.failed,
                 outcome.skipped,
                 time.perf_counter() - began,
+                f"{first.type}: {first.message}"[:300] if first is not None else None,
             )
         except Exception as exc:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            reply = ("broken", detail)
+            reply = ("broken", detail, str(getattr(exc, "code", "") or ""))
         try:
             conn.send(reply)
         except (BrokenPipeError, OSError):
@@ -116,7 +122,7 @@ class _Worker:
 
 
 @dataclass
-class WorkerPool:
+class ProcessPool:
     """`size` forked worker processes; send jobs to idle ones, poll for events."""
 
     size: int
@@ -170,9 +176,9 @@ class WorkerPool:
                 if reply is not None:
                     worker.job = None
                     if reply[0] == "done":
-                        events.append(Done(job, reply[1], reply[2], reply[3], reply[4]))
+                        events.append(Done(job, *reply[1:]))
                     else:
-                        events.append(Broken(job, reply[1]))
+                        events.append(Broken(job, reply[1], code=reply[2]))
                     continue
             if worker.process.sentinel in ready or not worker.process.is_alive():
                 worker.process.join(0.1)

@@ -1,8 +1,10 @@
-"""Store and task data against a real S3 server (SeaweedFS) and the local filesystem."""
+"""The store contract, one suite for every store: a real S3 server (SeaweedFS), the local
+filesystem and the in-process memory store; plus S3- and file-specific checks."""
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,16 +13,18 @@ import pytest
 from kubemap import taskdata
 from kubemap.contract import INDEX_KEY, INPUTS_KEY
 from kubemap.errors import ConfigError, CorruptTaskError, SerializationError, StoreError
-from kubemap.s3store import PART_SIZE, S3Store
-from kubemap.store import FileStore, KeyNotFound, Store, default_store_url, open_store
+from kubemap.stores import FileStore, KeyNotFound, Store, default_store_url, open_store
+from kubemap.stores.s3 import PART_SIZE, S3Store
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", "s3", "memory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "file":
         yield open_store(str(tmp_path / "store"))
+    elif request.param == "memory":
+        yield open_store(f"memory://contract-{uuid.uuid4().hex}/store")
     else:
         yield open_store(request.getfixturevalue("s3_store_url"))
 
@@ -259,7 +263,7 @@ def test_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 MEMORY_PROBE = """
 import resource, sys, time
 from kubemap import taskdata
-from kubemap.store import open_store
+from kubemap.stores import open_store
 store = open_store(sys.argv[1])
 began = time.perf_counter()
 n = taskdata.write_inputs(store, (f"item-{i}" for i in range(int(sys.argv[2]))))

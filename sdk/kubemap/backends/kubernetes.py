@@ -1,0 +1,179 @@
+"""The Kubernetes backend: a run is a MapTask custom resource, reconciled by the operator.
+
+The SDK has already written fn.pkl, the inputs and task.json to the task's prefix in S3;
+this module creates the MapTask (function mode, spec.store.url = the store prefix, name =
+MapRun.name), follows its status, and cancels by setting spec.suspend. Results and error
+records are read from the store by MapRun, exactly as for the local backend.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from kubemap.backends.base import wait_by_polling
+from kubemap.backends.kubeclient import Cluster, ClusterClient, message_of
+from kubemap.contract import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from kubemap.core.batching import auto_items_per_pod
+from kubemap.core.status import Phase, RunStatus, run_status
+from kubemap.errors import ClusterError, ConfigError
+from kubemap.models import MapTaskSpec, Mode, PodTemplate, RunOptions, StoreRef
+from kubemap.poolmodels import ANNOTATION_PYTHON, python_minor
+from kubemap.stores import open_store
+from kubemap.stores.base import Store
+
+POLL_SECONDS = 0.5
+MIN_FETCH_SECONDS = 0.25
+
+
+def _require_s3(store_url: str) -> None:
+    if not store_url.startswith("s3://"):
+        raise ConfigError(
+            f"backend='kubernetes' needs an S3 store that pods can reach, got {store_url!r}: "
+            "pass store='s3://bucket/prefix' or set KUBEMAP_STORE"
+        )
+
+
+def build_maptask(name: str, store_url: str, total: int, options: RunOptions) -> dict[str, Any]:
+    """The MapTask the SDK creates for a function-mode run (validated by the shared model)."""
+    _require_s3(store_url)
+    base = store_url.rstrip("/").rsplit("/", 1)[0]
+    template = PodTemplate(
+        image=options.image,
+        env=[{"name": k, "value": v} for k, v in (options.env or {}).items()] or None,
+        resources=options.resources,
+        node_selector=options.node_selector,
+        service_account_name=options.service_account,
+    )
+    # On a pool the pool's size bounds a task, not parallelism (unless the user sets one).
+    parallelism = options.parallelism or (10_000 if options.pool else 10)
+    # A pool leases guided chunks itself; pods get a batch size chosen for them (batching.py).
+    batch = options.items_per_pod or (1 if options.pool else auto_items_per_pod(total, parallelism))
+    spec = MapTaskSpec(
+        mode=Mode.FUNCTION,
+        count=total,
+        items_per_pod=batch,
+        parallelism=parallelism,
+        pool=options.pool,
+        backoff_limit_per_index=options.retries,
+        min_success_ratio=options.min_success_ratio,
+        active_deadline_seconds=math.ceil(options.timeout) if options.timeout else None,
+        store=StoreRef(url=base),
+        template=template,
+    )
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "annotations": {ANNOTATION_PYTHON: python_minor()}},
+        "spec": spec.to_wire(),
+    }
+
+
+class KubeRunHandle:
+    """A MapTask being run by the operator; status is read from the API (polled)."""
+
+    def __init__(self, cluster: ClusterClient, name: str, total: int, task: Store) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.total = total
+        self.task = task
+        self._last = RunStatus(phase=Phase.PENDING, total=total)
+        self._fetched = -1e9
+        self._lock = threading.Lock()
+
+    def status(self) -> RunStatus:
+        with self._lock:
+            if time.monotonic() - self._fetched < MIN_FETCH_SECONDS:
+                return self._last  # a progress bar polls often: spare the API server
+        body = self.cluster.get(self.name)
+        if body is None and self._last.finished:
+            return self._last  # deleted after it finished (ttlSecondsAfterFinished)
+        if body is None:
+            raise ClusterError(
+                f"MapTask {self.name} disappeared from namespace {self.cluster.namespace} before it "
+                f"finished; results that finished stay in {self.task.url}"
+            )
+        with self._lock:
+            self._last = run_status(body.get("status"), total=self.total)
+            self._fetched = time.monotonic()
+            return self._last
+
+    def wait(self, timeout: float | None = None) -> RunStatus:
+        return wait_by_polling(self, timeout, every=POLL_SECONDS)
+
+    def done(self) -> bool:
+        return self.status().finished
+
+    def cancel(self) -> bool:
+        body = self.cluster.get(self.name)
+        if body is None or run_status(body.get("status"), total=self.total).finished:
+            return False
+        self.cluster.suspend(self.name)
+        with self._lock:
+            self._fetched = -1e9  # the next status() reads the cancellation
+        return True
+
+
+def attach_maptask(
+    name: str, *, store: str | None, namespace: str | None
+) -> tuple[Store, int, KubeRunHandle]:
+    """The store prefix, size and a live handle of the existing MapTask `name`."""
+    cluster = Cluster.connect(namespace)
+    body = cluster.get(name)
+    if body is None:
+        raise ClusterError(
+            f"no MapTask {name!r} in namespace {cluster.namespace}: see `kubemap list -n "
+            f"{cluster.namespace}`"
+        )
+    spec = body.get("spec") or {}
+    base = store or ((spec.get("store") or {}).get("url"))
+    if not base:
+        raise ConfigError(
+            f"MapTask {name} keeps no results in a store (container mode): read its pods' "
+            "output with `kubemap logs`"
+        )
+    task = open_store(base).child(name)
+    total = int((body.get("status") or {}).get("total") or spec.get("count") or 0)
+    return task, total, KubeRunHandle(cluster, name, total, task)
+
+
+class KubernetesBackend:
+    name = "kubernetes"
+
+    def preflight(self, store_url: str, options: RunOptions) -> None:
+        """Before uploading anything: an S3 store, a reachable API, the MapTask CRD installed."""
+        _require_s3(store_url)
+        cluster = Cluster.connect(options.namespace)
+        try:
+            cluster.call(
+                "list MapTasks",
+                cluster.custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                cluster.namespace,
+                PLURAL,
+                limit=1,
+            )
+        except ApiException as exc:
+            raise ClusterError(
+                f"cannot list MapTasks in namespace {cluster.namespace} at {cluster.host}: "
+                f"{message_of(exc)}; check your RBAC or pick another namespace"
+            ) from None
+        if options.pool:
+            from kubemap.backends.poolclient import check_pool_python
+
+            check_pool_python(cluster, options.pool)
+
+    def start(self, task: Store, total: int, options: RunOptions, name: str) -> KubeRunHandle:
+        body = build_maptask(name, task.url, total, options)
+        cluster = Cluster.connect(options.namespace)
+        if options.pool:
+            from kubemap.backends.poolclient import ensure_pool
+
+            ensure_pool(cluster, options.pool, replicas=options.parallelism)
+        cluster.create(body)
+        return KubeRunHandle(cluster, name, total, task)

@@ -1,0 +1,70 @@
+"""status.json: how a run that no API server records (a local run) ended, or that it runs.
+
+The record has the MapTask status's wire shape (phase, counts, conditions with a reason,
+message), so `kubemap.core.status.run_status` reads it exactly as it reads a MapTask, and
+`MapRun.attach` reports a running, cancelled or failed local task as what it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+from kubemap.contract import STATUS_KEY
+from kubemap.core.status import CONDITION_OF_PHASE, Phase, RunStatus
+from kubemap.stores.base import KeyNotFound, Store
+
+
+def write_status(task: Store, status: RunStatus, *, running: bool) -> None:
+    record: dict[str, Any] = {
+        "phase": status.phase.value,
+        "total": status.total,
+        "succeeded": status.succeeded,
+        "failed": status.failed,
+        "active": status.active,
+        "notRun": status.not_run,
+        "retries": status.retries,
+        "message": status.message,
+        "conditions": [],
+    }
+    if status.phase in CONDITION_OF_PHASE and status.reason is not None:
+        record["conditions"] = [
+            {"type": CONDITION_OF_PHASE[status.phase], "status": "True", "reason": status.reason}
+        ]
+    if running:  # who runs it: attach tells a live run from one whose process is gone
+        record["runner"] = {"host": socket.gethostname(), "pid": os.getpid()}
+    task.put(STATUS_KEY, json.dumps(record).encode())
+
+
+def read_status(task: Store) -> dict[str, Any] | None:
+    """The recorded status, with a run whose process is gone on this host shown as such."""
+    try:
+        record: dict[str, Any] = json.loads(task.get(STATUS_KEY))
+    except (KeyNotFound, ValueError):
+        return None
+    runner = record.get("runner") or {}
+    if (
+        record.get("phase") in (Phase.RUNNING, Phase.PENDING)
+        and runner.get("host") == socket.gethostname()
+        and not _alive(int(runner.get("pid") or 0))
+    ):
+        record["phase"] = Phase.CANCELLED.value
+        record["message"] = (
+            f"interrupted: the process that ran it (pid {runner.get('pid')}) exited before "
+            "it finished"
+        )
+    return record
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
