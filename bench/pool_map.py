@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine they take minutes per hundred items",
     )  # fmt: skip
     parser.add_argument("--tiny", type=int, default=100_000)
+    parser.add_argument("--skip-fast", action="store_true", help="leave out the --items rows")
     parser.add_argument(
         "--skip-slow", action="store_true", help="leave out one pod per index and the Indexed Job"
     )
