@@ -23,6 +23,7 @@ from kubemap.contract import (
 )
 from kubemap.core.attempts import Attempt, AttemptState, Report
 from kubemap.core.policy import Cause
+from kubemap.core.ranges import IndexRanges
 
 # A pod that cannot be scheduled for this long is failed (for infrastructure) and replaced.
 UNSCHEDULABLE_SECONDS = 120.0
@@ -144,9 +145,11 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
     report = Report.parse(terminated.get("message")) if terminated else None
     if terminated.get("reason") == "OOMKilled" and report is None:
         # The user's code ran out of memory on its slice: a user failure, named as such.
+        start, count = _int(labels, LABEL_INDEX, 0), max(1, _int(annotations, ANNOTATION_COUNT, 1))
         report = Report(
+            failed=IndexRanges.span(start, start + count),
             error="OOMKilled: the container exceeded its memory limit; raise "
-            "resources.limits.memory or lower itemsPerPod"
+            "resources.limits.memory or lower itemsPerPod",
         )
     if state is PodState.FAILED and cause is None:
         reason = status.get("reason") or terminated.get("reason")

@@ -95,7 +95,13 @@ def plan(
         failed_indexes=str(decision.failed),
     )
     if decision.infra_note and any(p.state is PodState.FAILED for p in pods):
-        # An infrastructure cause is worth a condition even while the task goes on.
+        # An infrastructure cause is worth a condition (and, when new, an Event) even while
+        # the task goes on: `kubectl describe mt` shows it before the task gives up.
+        before = next(
+            (c.message for c in status.conditions if c.type == "InfrastructureTrouble"), None
+        )
+        if before != clip(decision.infra_note, 512):
+            events.append(Event("Warning", "InfrastructureError", clip(decision.infra_note, 1000)))
         status_out = _upd(
             status_out,
             conditions=set_condition(

@@ -221,15 +221,7 @@ class LocalRun:
                 worker,
                 Job(self.task.url, request.start, request.count, request.attempt, name),
             )
-            self._attempts[name] = Attempt(
-                name=name,
-                start=request.start,
-                count=request.count,
-                attempt=request.attempt,
-                failures=request.failures,
-                infra_failures=request.infra_failures,
-                state=AttemptState.ACTIVE,
-            )
+            self._attempts[name] = Attempt.started(request, name)
             if request.attempt == 0:
                 self._chunks.next_start = max(
                     self._chunks.next_start, request.start + request.count

@@ -87,6 +87,19 @@ class Attempt:
     def span(self) -> IndexRanges:
         return IndexRanges.span(self.start, self.start + self.count)
 
+    @classmethod
+    def started(cls, request: SliceRequest, name: str) -> Attempt:
+        """The attempt a backend just started for one of the plan's slice requests."""
+        return cls(
+            name=name,
+            start=request.start,
+            count=request.count,
+            attempt=request.attempt,
+            failures=request.failures,
+            infra_failures=request.infra_failures,
+            state=AttemptState.ACTIVE,
+        )
+
     def kind(self) -> ExitKind:
         """Whose fault the end of this attempt was (OK for a success)."""
         if self.state is AttemptState.SUCCEEDED:

@@ -1,0 +1,104 @@
+"""What the operator reads from a pod that will never run, or that ran out of memory."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from kubemap.core.attempts import AttemptState
+from kubemap.core.plan import Recorded, Rules, plan
+from kubemap.core.policy import ExitKind
+from kubemap.core.status import Phase, Reason
+from kubemap_operator.observe import observe_pod
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def pod(name: str, status: dict[str, Any], created: datetime = NOW) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {"kubemap.io/index": name.split("-")[1]},
+            "annotations": {"kubemap.io/count": "1"},
+            "creationTimestamp": created.isoformat(),
+        },
+        "status": status,
+    }
+
+
+def waiting(reason: str, message: str = "") -> dict[str, Any]:
+    return {
+        "phase": "Pending",
+        "containerStatuses": [
+            {
+                "image": "ghcr.io/x/missing:1",
+                "state": {"waiting": {"reason": reason, "message": message}},
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "code"),
+    [
+        (waiting("ImagePullBackOff", "back-off pulling"), "image", "ImagePullBackOff"),
+        (waiting("ErrImagePull", "not found"), "image", "ErrImagePull"),
+        (
+            waiting("CreateContainerConfigError", 'secret "s3" not found'),
+            "secret",
+            "CreateContainerConfigError",
+        ),
+    ],
+)
+def test_a_pod_that_cannot_start_fails_with_its_cause(
+    status: dict[str, Any], kind: str, code: str
+) -> None:
+    seen = observe_pod(pod("t-0-0", status), NOW)
+    assert seen is not None and seen.state is AttemptState.FAILED and seen.stuck
+    assert seen.kind() is ExitKind.INFRA
+    assert seen.cause is not None and (seen.cause.kind, seen.cause.code) == (kind, code)
+    if kind == "image":
+        assert "ghcr.io/x/missing:1" in seen.cause.message
+
+
+def test_unschedulable_fails_only_after_a_while() -> None:
+    status = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes are available: insufficient memory",
+                "lastTransitionTime": (NOW - timedelta(seconds=30)).isoformat(),
+            }
+        ],
+    }
+    early = observe_pod(pod("t-0-0", status), NOW)
+    assert early is not None and early.state is AttemptState.ACTIVE
+    late = observe_pod(pod("t-0-0", status), NOW + timedelta(seconds=200))
+    assert late is not None and late.state is AttemptState.FAILED
+    assert late.cause is not None and "insufficient memory" in late.cause.message
+
+
+def test_oom_killed_is_a_user_failure_named_as_such() -> None:
+    status = {
+        "phase": "Failed",
+        "containerStatuses": [{"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}],
+    }
+    seen = observe_pod(pod("t-4-0", status), NOW)
+    assert seen is not None and seen.kind() is ExitKind.USER
+    decision = plan(Rules(total=5, parallelism=1), Recorded(), [seen], NOW)
+    assert decision.verdict is not None and decision.verdict.phase is Phase.FAILED
+    assert decision.verdict.reason is Reason.FAILED_INDEXES
+    assert "index 4 failed (OOMKilled" in decision.verdict.message
+
+
+def test_the_same_image_failure_on_the_first_wave_stops_the_task() -> None:
+    pods = [observe_pod(pod(f"t-{i}-0", waiting("ImagePullBackOff")), NOW) for i in range(4)]
+    decision = plan(Rules(total=20, parallelism=4), Recorded(), [p for p in pods if p], NOW)
+    assert decision.verdict is not None and decision.verdict.reason is Reason.SYSTEMATIC
+    assert "ghcr.io/x/missing:1" in decision.verdict.message
+    assert "check the image name" in decision.verdict.message
+    assert "0 succeeded, 0 failed, 20 not run" in decision.verdict.message
