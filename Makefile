@@ -22,8 +22,8 @@ KIND_KUBECONFIG := .kubemap/kind-$(KIND_CLUSTER).kubeconfig
 kind-up:  ## create the kind cluster (context kind-$(KIND_CLUSTER))
 	kind create cluster --name $(KIND_CLUSTER) --wait 120s
 
-image:  ## build the one image (operator and worker)
-	docker build -t $(IMAGE) .
+image:  ## build the one image (operator and worker): docker where a daemon runs, else scripts/image (buildah, then its checks)
+	if docker info >/dev/null 2>&1; then docker build -t $(IMAGE) .; else IMAGE=$(IMAGE) scripts/image; fi
 
 kind-load:  ## copy the image into the kind node (no registry needed)
 	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -44,7 +45,13 @@ from kubemap.contract import (
     result_key,
 )
 from kubemap.core.ranges import IndexRanges
-from kubemap.errors import ConfigError, RemoteError, SerializationError, StoreError
+from kubemap.errors import (
+    ConfigError,
+    CorruptTaskError,
+    RemoteError,
+    SerializationError,
+    StoreError,
+)
 from kubemap.stores import Store, open_store
 
 SUMMARY_LIMIT = 4096
@@ -209,6 +216,16 @@ class WorkerEnv:
         return cls(task_url, start, count, total, attempt)
 
 
+def store_error_code(exc: Exception) -> str:
+    """The S3 error code of a store failure ("InvalidAccessKeyId"), from the exception or,
+    failing that, from the "(Code: message)" the store puts in its message."""
+    code = str(getattr(exc, "code", "") or "")
+    if not code:
+        found = re.search(r"\(([A-Z][A-Za-z]+):", str(exc))
+        code = found.group(1) if found else ""
+    return code
+
+
 def record_infra_failure(task: Store, start: int, count: int, exc: Exception, attempt: int) -> None:
     """Best effort: an error record per index, so a failure that is not the user's function's
     is still explained by failures(); a store that is down simply gets none."""
@@ -284,8 +301,8 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     except StoreError as exc:
         _log(f"infrastructure failure for items {env.start}..{last} of {env.task_url}: {exc}")
         cause = {
-            "kind": "store",
-            "code": str(getattr(exc, "code", "") or ""),
+            "kind": "corrupt" if isinstance(exc, CorruptTaskError) else "store",
+            "code": store_error_code(exc),
             "message": str(exc)[:300],
         }
         _write_termination_log(

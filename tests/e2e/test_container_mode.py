@@ -97,7 +97,7 @@ def test_container_failure_is_retried_then_reported(
     status = body["status"]
     assert status["failedIndexes"] == "1" and status["succeeded"] == 2, status
     assert status["phase"] == "Succeeded"  # 2 of 3 >= minSuccessRatio 0.5
-    assert "1 failed indices tolerated" in status["message"]
+    assert "1 failures tolerated" in status["message"]
     kept = {p.metadata.name: p.status.phase for p in task_pods(core, name)}
     assert kept == {
         f"{name}-1-0": "Failed",

@@ -121,7 +121,12 @@ def test_raising_function_exits_3_with_traceback(store_url: str, tmp_path: Path)
     task = submit(store_url, fail_on_five, list(range(8)))
     run = run_worker(tmp_path, slice_env(task, 4, 4, 8))
     assert run.code == EXIT_USER_ERROR, run.stderr
-    assert run.summary == {"v": 1, "succeeded": "4,6-7", "failed": "5"}
+    assert run.summary == {
+        "v": 1,
+        "succeeded": "4,6-7",
+        "failed": "5",
+        "error": "ValueError: five is not allowed (got 5)",  # the first failure, for the status
+    }
     assert dict(taskdata.iter_results(task)) == {4: 104, 6: 106, 7: 107}
     errors = taskdata.read_errors(task)
     assert list(errors) == [5]
@@ -203,7 +208,12 @@ def test_retry_runs_only_what_failed(store_url: str, tmp_path: Path) -> None:
     task = submit(store_url, fail_when_told, list(range(10)))
     first = run_worker(tmp_path, {**slice_env(task, 0, 10, 10), "KUBEMAP_TEST_FAIL": "2,7"})
     assert first.code == EXIT_USER_ERROR
-    assert first.summary == {"v": 1, "succeeded": "0-1,3-6,8-9", "failed": "2,7"}
+    assert first.summary == {
+        "v": 1,
+        "succeeded": "0-1,3-6,8-9",
+        "failed": "2,7",
+        "error": "RuntimeError: told to fail on 2",
+    }
     second = run_worker(tmp_path, {**slice_env(task, 0, 10, 10, attempt=1)})
     assert second.code == EXIT_OK, second.stderr
     assert second.summary == {"v": 1, "succeeded": "0-9", "failed": ""}

@@ -259,7 +259,7 @@ class LocalRun:
             )
             return
         if event.exitcode is None:  # the store or the task broke, not the user's function
-            cause = Cause("store", event.code, event.message[:300])
+            cause = Cause(event.kind, event.code, event.message[:300])
             record_infra_failure(
                 self.task, job.start, job.count, StoreError(event.message), job.attempt
             )

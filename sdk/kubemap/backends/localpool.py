@@ -30,9 +30,10 @@ from typing import Any
 
 # Imported in the parent, before any fork, so that no worker pays for the imports again.
 from kubemap.core.ranges import IndexRanges
+from kubemap.errors import CorruptTaskError
 from kubemap.stores import open_store
 from kubemap.taskdata import read_function
-from kubemap.worker import run_slice
+from kubemap.worker import run_slice, store_error_code
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Broken:
     message: str
     exitcode: int | None = None
     code: str = ""  # the store's error code (e.g. InvalidAccessKeyId), when it gave one
+    kind: str = "store"  # "corrupt": the task's data cannot be loaded (no retry cures it)
 
 
 Event = Done | Broken
@@ -106,7 +108,8 @@ def _serve(conn: Connection) -> None:
             )
         except Exception as exc:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            reply = ("broken", detail, str(getattr(exc, "code", "") or ""))
+            kind = "corrupt" if isinstance(exc, CorruptTaskError) else "store"
+            reply = ("broken", detail, store_error_code(exc), kind)
         try:
             conn.send(reply)
         except (BrokenPipeError, OSError):
@@ -178,7 +181,7 @@ class ProcessPool:
                     if reply[0] == "done":
                         events.append(Done(job, *reply[1:]))
                     else:
-                        events.append(Broken(job, reply[1], code=reply[2]))
+                        events.append(Broken(job, reply[1], code=reply[2], kind=reply[3]))
                     continue
             if worker.process.sentinel in ready or not worker.process.is_alive():
                 worker.process.join(0.1)

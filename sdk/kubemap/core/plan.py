@@ -178,14 +178,27 @@ def _judge(
             if cause is not None:
                 out.causes.append(cause)
             infra = one.infra_failures + 1
-            if infra > INFRA_RETRY_LIMIT:
+            if cause is not None and cause.kind == "corrupt":
+                # The slice's own data cannot be loaded: no retry can cure that.
+                final.append(rest)
+                out.notes.append(f"indices {describe(rest)} cannot run: {cause}")
+                if out.first_error is None:
+                    out.first_error = (rest.intervals[0][0], str(cause))
+            elif infra > INFRA_RETRY_LIMIT:
                 final.append(rest)
                 out.notes.append(
                     f"indices {describe(rest)} lost {infra} attempts to infrastructure failures "
                     f"(last: {cause or f'exit code {one.exit_code}'})"
                 )
             else:
-                out.retries.append(_Retry(rest, one.attempt + 1, one.failures, infra, finished))
+                # A lost pod (deleted, evicted, node gone) is replaced at once; any other cause
+                # waits the base backoff (10 s on a cluster): a store that is down gets time to
+                # come back, and a systematic cause shows on the whole first wave before the
+                # retries are spent on it.
+                lost = cause is None or cause.kind == "lost"
+                wait = 0.0 if lost else rules.backoff_base_seconds
+                due = finished + timedelta(seconds=wait)
+                out.retries.append(_Retry(rest, one.attempt + 1, one.failures, infra, due))
                 out.waiting.add(one.name)
     out.failed = IndexRanges.from_spans(
         [*recorded.failed.intervals, *(iv for r in final for iv in r.intervals)]

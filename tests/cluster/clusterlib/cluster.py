@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from . import components, helm, kube, procs, s3
+from . import components, helm, kube, procs, realnode, s3
 from .components import Ports
 from .pki import make_pki
 from .state import CLUSTER_DIR, NAMESPACE, NODE_NAME, REPO, ClusterState, state_dir
@@ -179,6 +179,11 @@ def up() -> ClusterState:
             say(
                 f"warning: {EMULATOR.relative_to(REPO)} does not exist yet: no node, pods stay Pending"
             )
+        if realnode.wanted():  # after the emulator: kubemap-system's pods stay on the emulator
+            try:
+                realnode.start(go.start, state, pki, d)
+            except realnode.RealNodeError as exc:
+                raise UpError(f"real node: {exc}") from exc
         if helm.install(admin, state.s3_endpoint, d, d / "logs" / "helm.log"):
             wait_for_operator(go, state, admin)
     except BaseException as exc:
@@ -196,8 +201,14 @@ def up() -> ClusterState:
 def stop_all(state: ClusterState) -> dict[str, set[int]]:
     """Stop every recorded component (dependents first); return any PIDs that survived."""
     survivors: dict[str, set[int]] = {}
+    if any(p.name in realnode.NODE_PROCS for p in state.procs):  # first: its pods need it
+        node_survivors, host_left = realnode.stop(state, state_dir())
+        survivors.update(node_survivors)
+        if host_left:
+            survivors["(host changes left by the real node: " + "; ".join(host_left) + ")"] = set()
     ordered = sorted(
-        state.procs, key=lambda p: STOP_ORDER.index(p.name) if p.name in STOP_ORDER else -1
+        (p for p in state.procs if p.name not in realnode.NODE_PROCS),
+        key=lambda p: STOP_ORDER.index(p.name) if p.name in STOP_ORDER else -1,
     )
     for proc in ordered:
         left = procs.stop(proc, state.cluster_id)

@@ -84,6 +84,8 @@ def kube_apiserver(bin_dir: Path, pki: Pki, ports: Ports) -> list[str]:
         "--requestheader-extra-headers-prefix=X-Remote-Extra-",
         f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
         f"--proxy-client-key-file={pki.front_proxy_client.key}",
+        # Nodes' IPs before their hostnames, which nothing here resolves (logs, exec).
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
         "--profiling=false",
         "--v=1",
     ]
