@@ -142,7 +142,7 @@ def check(scenario: Scenario, backend_options: dict[str, Any], counter: Path) ->
     """Run one scenario and assert its whole answer; return the run for backend checks."""
     counter.mkdir(parents=True, exist_ok=True)
     items = [(str(counter), x) for x in scenario.inputs]
-    run = kubemap.submit(work, iter(items), **scenario.options, **backend_options)
+    run = kubemap.submit(work, iter(items), **{**backend_options, **scenario.options})
     status = run.wait(timeout=300)
     assert (status.phase, status.reason) == (scenario.phase, scenario.reason), status
     failed = IndexRanges.of(run.failures())

@@ -20,6 +20,7 @@ from kubemap.core.status import Phase
 
 from kubemap_operator.kubeapi import KubeApi
 from kubemap_operator.planner import Event
+from kubemap_operator.pools.handlers import register as register_pools
 from kubemap_operator.reconciler import Reconciler, release_orphan
 from kubemap_operator.settings import Settings
 
@@ -143,4 +144,5 @@ def build_registry(
         if owner is not None and owner.get("kind") == "MapTask":
             await reconciler.trigger(namespace or "", str(owner.get("name")), logger)
 
+    register_pools(registry, settings, cast(dict[str, Any], holder))
     return registry, lambda: holder.get("reconciler")

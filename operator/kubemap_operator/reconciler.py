@@ -29,6 +29,8 @@ from kubemap_operator.builder import TaskRef, build_pod, pod_name
 from kubemap_operator.kubeapi import CreateFailed, TaskApi, Throttled
 from kubemap_operator.observe import observe_pod
 from kubemap_operator.planner import Event, Limits, Plan, plan
+from kubemap_operator.pools.dispatch import Dispatcher
+from kubemap_operator.pools.taskrun import reconcile_pool_task
 from kubemap_operator.ratelimit import TokenBucket
 from kubemap_operator.settings import Settings
 from kubemap_operator.status import clip, describe, rfc3339, set_condition
@@ -76,6 +78,7 @@ class Reconciler:
         self.queue: WorkQueue[tuple[str, str]] = WorkQueue(
             self._run_once, longest_delay=settings.reconcile_interval
         )
+        self.dispatcher: Dispatcher | None = None  # set when warm pools are on
 
     async def trigger(
         self, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter[Any]
@@ -105,6 +108,8 @@ class Reconciler:
         self.queue.forget((namespace, name))
         self._loggers.pop((namespace, name), None)
         metrics.observe_phase(namespace, name, None)
+        if self.dispatcher is not None:
+            self.dispatcher.forget((namespace, name))
 
     async def reconcile(self, namespace: str, name: str, logger: Any) -> float | None:
         started = time.monotonic()
@@ -132,6 +137,8 @@ class Reconciler:
             await self._reject(namespace, name, body, exc, logger)
             return None
         status = MapTaskStatus.model_validate(body.get("status") or {})
+        if spec.pool is not None and self.dispatcher is not None and not status.phase.finished:
+            return await reconcile_pool_task(self, body, spec, status, logger)
         now = self.clock()
         observed = [o for o in (observe_pod(p, now) for p in pods) if o is not None]
         result = plan(

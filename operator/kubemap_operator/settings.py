@@ -44,6 +44,10 @@ class Settings:
     listen_address: str = "0.0.0.0"
     log_level: str = "INFO"
     backoff_base_seconds: float = BACKOFF_BASE_SECONDS
+    # Warm pools: where the dispatcher listens (0: off) and the URL pool workers reach it at.
+    dispatcher_port: int = 8787
+    dispatcher_url: str = ""
+    lease_seconds: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -94,4 +98,7 @@ class Settings:
             listen_address=get("LISTEN_ADDRESS", "0.0.0.0"),
             log_level=get("LOG_LEVEL", "INFO").upper(),
             backoff_base_seconds=number("BACKOFF_BASE_SECONDS", BACKOFF_BASE_SECONDS),
+            dispatcher_port=int(number("DISPATCHER_PORT", 8787)),
+            dispatcher_url=get("DISPATCHER_URL", ""),
+            lease_seconds=number("LEASE_SECONDS", 15.0),
         )

@@ -25,6 +25,16 @@ from kubemap.models import RunOptions
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # kubemap.WorkerPool needs the Kubernetes client: import it only when asked for.
+    if name == "WorkerPool":
+        from kubemap.workerpool import WorkerPool
+
+        return WorkerPool
+    raise AttributeError(f"module 'kubemap' has no attribute {name!r}")
+
+
 __all__ = [
     "CancelledError",
     "ClusterError",
@@ -41,6 +51,7 @@ __all__ = [
     "SerializationError",
     "StoreError",
     "TimeoutError",
+    "WorkerPool",
     "__version__",
     "files",
     "imap",

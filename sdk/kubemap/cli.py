@@ -93,6 +93,7 @@ def main() -> None:
 @click.option("--name", help="Task name (DNS-1123) [default: <function>-<random>].")
 @click.option("--image", help="Kubernetes: worker image.")
 @click.option("--namespace", help="Kubernetes: namespace of the MapTask.")
+@click.option("--pool", help="Kubernetes: run on this WorkerPool's warm workers (made if missing).")
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar [default: on a terminal]."
 )
@@ -450,6 +451,7 @@ def _register_cluster_commands() -> None:
             raise
         return
     cli_cluster.register(main)
+    importlib.import_module("kubemap.cli_pool").register(main)  # kubemap pool ...
 
 
 _register_cluster_commands()

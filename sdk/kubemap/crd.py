@@ -144,7 +144,7 @@ def _rule(rule: str, message: str, **extra: str) -> dict[str, str]:
     return {"rule": rule, "message": message, **extra}
 
 
-IMMUTABLE = ("mode", "count", "items", "itemsPerPod", "store", "template")
+IMMUTABLE = ("mode", "count", "items", "itemsPerPod", "store", "template", "pool")
 
 SPEC_RULES = [
     _rule(

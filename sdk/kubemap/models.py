@@ -100,6 +100,12 @@ class MapTaskSpec(_Wire):
     suspend: bool = False
     store: StoreRef | None = None
     template: PodTemplate = Field(default_factory=PodTemplate)
+    pool: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Run on the warm workers of this WorkerPool (same namespace) instead of pods.",
+    )
 
     @model_validator(mode="after")
     def _check_shape(self) -> MapTaskSpec:
@@ -120,6 +126,8 @@ class MapTaskSpec(_Wire):
             )
         if self.mode is Mode.CONTAINER and not self.template.image:
             raise ValueError("container mode needs template.image")
+        if self.pool is not None and self.mode is not Mode.FUNCTION:
+            raise ValueError("pool is for function mode: pool workers run the task's fn.pkl")
         return self
 
     @property
@@ -187,3 +195,6 @@ class RunOptions(BaseModel):
     env: dict[str, str] | None = None
     node_selector: dict[str, str] | None = None
     service_account: str | None = None
+    pool: str | None = Field(
+        default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+    )

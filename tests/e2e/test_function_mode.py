@@ -157,7 +157,7 @@ def test_operator_restart_mid_run_counts_every_index_once(
 
     name = unique("restart")
     with PodWatch(core, name) as pods:
-        run = kubemap.submit(steady, range(16), **opts(name=name, parallelism=4))
+        run = kubemap.submit(steady, range(16), **opts(name=name, parallelism=4, items_per_pod=1))
         deadline = time.monotonic() + 120
         while run.status().succeeded < 4:
             assert time.monotonic() < deadline, "no progress before the restart"
@@ -193,7 +193,9 @@ def test_repeated_operator_kills_during_retries_lose_and_repeat_nothing(
     name = unique("chaos")
     with PodWatch(core, name) as pods:
         run = kubemap.submit(
-            every_fifth_flaky, range(20), **opts(name=name, parallelism=5, retries=1)
+            every_fifth_flaky,
+            range(20),
+            **opts(name=name, parallelism=5, retries=1, items_per_pod=1),
         )
         for _ in range(3):
             time.sleep(4)

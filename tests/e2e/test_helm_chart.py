@@ -253,7 +253,14 @@ def access(
         ("delete", "maptasks", "kubemap.io", "", True),
         ("create", "maptasks", "kubemap.io", "", False),
         ("create", "customresourcedefinitions", "apiextensions.k8s.io", "", False),
-        ("create", "deployments", "apps", "", False),
+        # Warm pools (pools.enabled, the default): each pool's workers are a Deployment, and
+        # its token Secret is written but never read back.
+        ("create", "deployments", "apps", "", True),
+        ("delete", "deployments", "apps", "", False),
+        ("create", "secrets", "", "", True),
+        ("watch", "secrets", "", "", False),
+        ("patch", "workerpools", "kubemap.io", "status", True),
+        ("create", "workerpools", "kubemap.io", "", False),
     ],
 )
 def test_subject_access_review_of_the_operator(

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from kubemap.contract import LABEL_INDEX, LABEL_TASK, POD_FINALIZER, task_label
 from kubemap.models import MapTaskSpec
+from kubemap.poolmodels import python_minor
 from kubemap_operator.builder import TaskRef, build_pod, pod_name
 from kubemap_operator.observe import observe_pod
 from kubemap_operator.planner import PodRequest
@@ -212,7 +213,9 @@ def test_sdk_builds_a_function_mode_maptask() -> None:
         ),
     )
     spec = body["spec"]
-    assert body["metadata"] == {"name": "sq-1"} and body["kind"] == "MapTask"
+    assert body["kind"] == "MapTask" and body["metadata"]["name"] == "sq-1"
+    # The Python that pickled the function: a pool never hands it to another minor.
+    assert body["metadata"]["annotations"] == {"kubemap.io/python": python_minor()}
     assert (
         spec["mode"] == "Function"
         and spec["count"] == 100

@@ -140,6 +140,37 @@ replica). pods/log and configmaps only to keep a failed pod's log tail after del
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.pools.enabled }}
+# Warm pools: watch WorkerPools, write their small status.
+- apiGroups: ["kubemap.io"]
+  resources: ["workerpools"]
+  verbs: ["get", "list", "watch", "patch"]
+# The pools' small status (ready, busy, idle workers).
+- apiGroups: ["kubemap.io"]
+  resources: ["workerpools/status"]
+  verbs: ["get", "patch"]
+# Owner references with blockOwnerDeletion from a pool's Deployment and Secret.
+- apiGroups: ["kubemap.io"]
+  resources: ["workerpools/finalizers"]
+  verbs: ["update"]
+# Each pool's workers are a Deployment the operator creates and scales.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "create", "patch"]
+# Each pool's token Secret: written, never read (the dispatcher derives tokens from its key).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "patch"]
+{{- end }}
+{{- end }}
+
+{{/* The URL pool workers reach the dispatcher at. */}}
+{{- define "kubemap.dispatcherUrl" -}}
+{{- if .Values.pools.advertiseUrl }}
+{{- .Values.pools.advertiseUrl }}
+{{- else }}
+{{- printf "http://%s-dispatcher.%s.svc:%d" (include "kubemap.fullname" .) .Release.Namespace (int .Values.pools.port) }}
+{{- end }}
 {{- end }}
 
 {{/* Fail early, naming the value and the fix, on combinations the schema cannot express. */}}

@@ -18,10 +18,12 @@ from kubernetes.client.exceptions import ApiException
 from kubemap.backends.base import wait_by_polling
 from kubemap.backends.kubeclient import Cluster, ClusterClient, message_of
 from kubemap.contract import ANNOTATION_RETRY, API_VERSION, GROUP, KIND, PLURAL, VERSION
+from kubemap.core.batching import auto_items_per_pod
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase, RunStatus, run_status
 from kubemap.errors import ClusterError, ConfigError
 from kubemap.models import MapTaskSpec, Mode, PodTemplate, RunOptions, StoreRef
+from kubemap.poolmodels import ANNOTATION_PYTHON, python_minor
 from kubemap.stores import open_store
 from kubemap.stores.base import Store
 
@@ -48,11 +50,16 @@ def build_maptask(name: str, store_url: str, total: int, options: RunOptions) ->
         node_selector=options.node_selector,
         service_account_name=options.service_account,
     )
+    # On a pool the pool's size bounds a task, not parallelism (unless the user sets one).
+    parallelism = options.parallelism or (10_000 if options.pool else 10)
+    # A pool leases guided chunks itself; pods get a batch size chosen for them (batching.py).
+    batch = options.items_per_pod or (1 if options.pool else auto_items_per_pod(total, parallelism))
     spec = MapTaskSpec(
         mode=Mode.FUNCTION,
         count=total,
-        items_per_pod=options.items_per_pod or 1,
-        parallelism=options.parallelism or 10,
+        items_per_pod=batch,
+        parallelism=parallelism,
+        pool=options.pool,
         backoff_limit_per_index=options.retries,
         min_success_ratio=options.min_success_ratio,
         active_deadline_seconds=math.ceil(options.timeout) if options.timeout else None,
@@ -62,7 +69,7 @@ def build_maptask(name: str, store_url: str, total: int, options: RunOptions) ->
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {"name": name},
+        "metadata": {"name": name, "annotations": {ANNOTATION_PYTHON: python_minor()}},
         "spec": spec.to_wire(),
     }
 
@@ -174,10 +181,18 @@ class KubernetesBackend:
                 f"cannot list MapTasks in namespace {cluster.namespace} at {cluster.host}: "
                 f"{message_of(exc)}; check your RBAC or pick another namespace"
             ) from None
+        if options.pool:
+            from kubemap.backends.poolclient import check_pool_python
+
+            check_pool_python(cluster, options.pool)
 
     def start(self, task: Store, total: int, options: RunOptions, name: str) -> KubeRunHandle:
         body = build_maptask(name, task.url, total, options)
         cluster = Cluster.connect(options.namespace)
+        if options.pool:
+            from kubemap.backends.poolclient import ensure_pool
+
+            ensure_pool(cluster, options.pool, replicas=options.parallelism)
         cluster.create(body)
         return KubeRunHandle(cluster, name, total, task)
 

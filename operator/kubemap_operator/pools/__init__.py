@@ -1,0 +1,1 @@
+"""Warm worker pools: the WorkerPool reconcile, its pod builder, and the lease dispatcher."""

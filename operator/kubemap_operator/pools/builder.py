@@ -1,0 +1,155 @@
+"""Pure builders for a WorkerPool's children: its token Secret and its worker Deployment.
+
+A Deployment (not pods the operator makes one by one) keeps the workers: the platform's own
+controller replaces a deleted or crashed worker, and scaling is one field. Its pods carry
+`kubemap.io/pool=<name>` (what the chart's NetworkPolicy admits to the dispatcher) and meet
+the restricted Pod Security Standard through the operator's worker pod defaults.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+from typing import Any
+
+from kubemap.contract import API_VERSION, ENV_TASK_URL
+from kubemap.poolmodels import (
+    ENV_DISPATCHER,
+    ENV_POOL,
+    ENV_POOL_TOKEN,
+    LABEL_POOL,
+    POOL_KIND,
+    POOL_WORKER_COMMAND,
+    TOKEN_KEY,
+    WorkerPoolSpec,
+    pool_resource_name,
+)
+
+from kubemap_operator.settings import Settings
+
+ANNOTATION_TEMPLATE_HASH = "kubemap.io/template-hash"
+POOL_MANAGED_BY = {
+    "app.kubernetes.io/managed-by": "kubemap",
+    "app.kubernetes.io/name": "kubemap-pool-worker",
+}
+
+
+def owner(pool_name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": POOL_KIND,
+        "name": pool_name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def token_secret(namespace: str, pool_name: str, uid: str, token: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": pool_resource_name(pool_name),
+            "namespace": namespace,
+            "labels": {**POOL_MANAGED_BY, LABEL_POOL: pool_name},
+            "ownerReferences": [owner(pool_name, uid)],
+        },
+        "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+    }
+
+
+def _s3_env(settings: Settings) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    if settings.s3_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": settings.s3_endpoint})
+    env.append({"name": "AWS_REGION", "value": settings.s3_region})
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        ref = {"name": settings.s3_secret, "key": key, "optional": True}
+        env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def worker_template(
+    namespace: str, pool_name: str, spec: WorkerPoolSpec, settings: Settings
+) -> dict[str, Any]:
+    """The pod template of the pool's workers (everything but the replica count)."""
+    defaults = settings.worker_pod_defaults
+    token_ref = {"name": pool_resource_name(pool_name), "key": TOKEN_KEY}
+    env: list[dict[str, Any]] = [
+        {"name": ENV_DISPATCHER, "value": settings.dispatcher_url},
+        {"name": ENV_POOL, "value": f"{namespace}/{pool_name}"},
+        {"name": ENV_POOL_TOKEN, "valueFrom": {"secretKeyRef": token_ref}},
+        *_s3_env(settings),
+        *copy.deepcopy(spec.env or []),
+    ]
+    env = [e for e in env if e["name"] != ENV_TASK_URL]  # a pool serves many tasks
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": spec.image or settings.worker_image,
+        "command": list(POOL_WORKER_COMMAND),
+        "env": env,
+    }
+    pull = spec.image_pull_policy or defaults.get("imagePullPolicy")
+    if pull:
+        container["imagePullPolicy"] = pull
+    resources = spec.resources if spec.resources is not None else defaults.get("resources")
+    if resources:
+        container["resources"] = copy.deepcopy(dict(resources))
+    if defaults.get("securityContext"):
+        container["securityContext"] = copy.deepcopy(dict(defaults["securityContext"]))
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "restartPolicy": "Always",
+        # A worker finishes (or hands back) its chunk on SIGTERM: give it time for that.
+        "terminationGracePeriodSeconds": 30,
+    }
+    if defaults.get("podSecurityContext"):
+        pod_spec["securityContext"] = copy.deepcopy(dict(defaults["podSecurityContext"]))
+    pod_spec["automountServiceAccountToken"] = bool(
+        defaults.get("automountServiceAccountToken", False)
+    )
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = copy.deepcopy(spec.tolerations)
+    return {
+        "metadata": {"labels": {**POOL_MANAGED_BY, LABEL_POOL: pool_name}},
+        "spec": pod_spec,
+    }
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def deployment(
+    namespace: str,
+    pool_name: str,
+    uid: str,
+    spec: WorkerPoolSpec,
+    replicas: int,
+    settings: Settings,
+) -> dict[str, Any]:
+    template = worker_template(namespace, pool_name, spec, settings)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": pool_resource_name(pool_name),
+            "namespace": namespace,
+            "labels": {**POOL_MANAGED_BY, LABEL_POOL: pool_name},
+            "annotations": {ANNOTATION_TEMPLATE_HASH: template_hash(template)},
+            "ownerReferences": [owner(pool_name, uid)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {LABEL_POOL: pool_name}},
+            "template": template,
+        },
+    }

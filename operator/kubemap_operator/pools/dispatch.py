@@ -1,0 +1,363 @@
+"""The dispatcher: hands out leases on the chunks of pool tasks, another adapter of plan().
+
+State lives in memory and is rebuilt, after a restart, from what outlives the process: the
+MapTask status (indices recorded as succeeded or failed) and the store (result objects are
+write-once, and a re-leased slice of a recovered task skips indices that have results). So
+a restart loses nothing but the leases in flight, whose chunks are simply offered again.
+
+Progress reaches the API only through `sync`, which the reconciler calls and which hands
+back a status at most once per FLUSH_SECONDS (and at once when the task finishes): no
+Kubernetes write per item or per chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from kubemap.core.status import Phase
+from kubemap.models import MapTaskSpec, MapTaskStatus
+
+from kubemap_operator.observe import PodState, WorkerReport
+from kubemap_operator.planner import Event, Limits, plan
+from kubemap_operator.plantypes import Plan
+from kubemap_operator.pools.leases import Lease, Leases, chunk_floor, guided_chunk
+from kubemap_operator.status import rfc3339, set_condition
+
+FLUSH_SECONDS = 1.0
+WORKER_GONE_SECONDS = 60.0  # a worker not heard from this long is no longer counted
+TaskKey = tuple[str, str]  # namespace, MapTask name
+PoolKey = tuple[str, str]  # namespace, WorkerPool name
+
+
+@dataclass
+class PoolTask:
+    key: TaskKey
+    uid: str
+    pool: PoolKey
+    spec: MapTaskSpec
+    status: MapTaskStatus
+    task_url: str
+    python: str | None
+    recovered: bool  # known to an earlier operator: results may exist that the status lacks
+    leases: Leases = field(default_factory=Leases)
+    flushed: MapTaskStatus | None = None
+    flushed_at: datetime | None = None
+    events: list[Event] = field(default_factory=list)
+    served_by: set[str] = field(default_factory=set)
+    seconds_per_item: float | None = None  # measured from finished leases (moving average)
+
+
+@dataclass
+class Worker:
+    name: str
+    python: str
+    seen: datetime
+    busy: bool = False
+
+
+@dataclass
+class PoolState:
+    key: PoolKey
+    uid: str = ""
+    workers: dict[str, Worker] = field(default_factory=dict)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    last_work: datetime | None = None
+    tasks_done: set[str] = field(default_factory=set)
+    replicas: int = 0  # workers the pool reconcile wants: sizes chunks before they are all up
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A lease as the worker gets it."""
+
+    lease_id: str
+    task: str
+    task_url: str
+    start: int
+    count: int
+    total: int
+    attempt: int
+    lease_seconds: float
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        lease_seconds: float = 15.0,
+        limits: Limits | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_change: Callable[[TaskKey], None] | None = None,
+        on_pool_work: Callable[[PoolKey], None] | None = None,
+    ) -> None:
+        self.lease_seconds = lease_seconds
+        self.limits = limits or Limits()
+        self.clock = clock
+        self.on_change = on_change or (lambda key: None)
+        self.on_pool_work = on_pool_work or (lambda key: None)
+        self.tasks: dict[TaskKey, PoolTask] = {}
+        self.pools: dict[PoolKey, PoolState] = {}
+        self._turn = itertools.count()
+
+    # -- pools ----------------------------------------------------------------------
+    def pool(self, key: PoolKey) -> PoolState:
+        if key not in self.pools:
+            self.pools[key] = PoolState(key)
+        return self.pools[key]
+
+    def pool_uid(self, key: PoolKey) -> str | None:
+        state = self.pools.get(key)
+        return state.uid if state and state.uid else None
+
+    def live_workers(self, key: PoolKey) -> list[Worker]:
+        now = self.clock()
+        horizon = now - timedelta(seconds=WORKER_GONE_SECONDS)
+        state = self.pools.get(key)
+        return [w for w in (state.workers.values() if state else ()) if w.seen >= horizon]
+
+    def pool_tasks(self, key: PoolKey) -> list[PoolTask]:
+        return [t for t in self.tasks.values() if t.pool == key]
+
+    def has_work(self, key: PoolKey) -> bool:
+        return any(not t.status.phase.finished for t in self.pool_tasks(key))
+
+    # -- tasks (called by the reconciler) -------------------------------------------
+    def sync(
+        self,
+        key: TaskKey,
+        uid: str,
+        spec: MapTaskSpec,
+        status: MapTaskStatus,
+        task_url: str,
+        python: str | None,
+        generation: int | None,
+    ) -> tuple[MapTaskStatus | None, list[Event], float | None]:
+        """Register or refresh a task; return (status to write or None, events, requeue)."""
+        assert spec.pool is not None
+        task = self.tasks.get(key)
+        if task is None or task.uid != uid:
+            task = PoolTask(
+                key=key,
+                uid=uid,
+                pool=(key[0], spec.pool),
+                spec=spec,
+                status=status,
+                task_url=task_url,
+                python=python,
+                recovered=status.start_time is not None,
+                flushed=status,
+            )
+            self.tasks[key] = task
+            self.on_pool_work(task.pool)
+            self.pool(task.pool).wakeup.set()  # idle workers long-polling: here is work
+        task.spec = spec
+        if status.phase.finished and not task.status.phase.finished:
+            task.status = status  # finished elsewhere (an older operator): follow the API
+        self._replan(task, generation=generation)
+        events, task.events = task.events, []
+        now = self.clock()
+        if task.flushed is not None and task.status == task.flushed:
+            return None, events, None if task.status.phase.finished else FLUSH_SECONDS
+        due = task.flushed_at is None or (now - task.flushed_at).total_seconds() >= FLUSH_SECONDS
+        if due or task.status.phase.finished:
+            task.flushed, task.flushed_at = task.status, now
+            return task.status, events, None if task.status.phase.finished else FLUSH_SECONDS
+        wait = FLUSH_SECONDS - (now - (task.flushed_at or now)).total_seconds()
+        return None, events, max(0.05, wait)
+
+    def forget(self, key: TaskKey) -> None:
+        task = self.tasks.pop(key, None)
+        if task is not None:
+            self.pool(task.pool).wakeup.set()
+
+    # -- workers (called by the HTTP server) ----------------------------------------
+    def seen(self, pool: PoolKey, worker: str, python: str) -> None:
+        state = self.pool(pool)
+        known = state.workers.get(worker)
+        if known is None:
+            state.workers[worker] = Worker(worker, python, self.clock())
+        else:
+            known.seen, known.python = self.clock(), python
+
+    async def lease(
+        self, pool: PoolKey, worker: str, python: str, wait_seconds: float
+    ) -> Grant | None:
+        """A chunk for this worker, waiting up to wait_seconds for one (long poll)."""
+        state = self.pool(pool)
+        deadline = asyncio.get_running_loop().time() + wait_seconds
+        while True:
+            self.seen(pool, worker, python)
+            grant = self._offer(pool, worker, python)
+            state.workers[worker].busy = grant is not None
+            if grant is not None:
+                return grant
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return None
+            state.wakeup.clear()
+            # Wake on new work, or after a second for retries whose backoff ran out.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.wakeup.wait(), timeout=min(1.0, left))
+
+    def heartbeat(self, pool: PoolKey, worker: str, lease_ids: list[str]) -> list[str]:
+        """Renew the worker's leases; return the ids it no longer holds (task gone, expired)."""
+        lost = []
+        now = self.clock()
+        for lease_id in lease_ids:
+            found = self._find(pool, lease_id)
+            if found is None or found[1].state is not PodState.ACTIVE:
+                lost.append(lease_id)
+            else:
+                found[1].renew(now, self.lease_seconds)
+        return lost
+
+    def report(
+        self, pool: PoolKey, lease_id: str, kind: str, report: WorkerReport | None, why: str = ""
+    ) -> bool:
+        """The worker finished (or gave up) its lease; False if the lease is unknown."""
+        found = self._find(pool, lease_id)
+        if found is None:
+            return False
+        task, lease = found
+        if lease.state is PodState.ACTIVE:
+            now = self.clock()
+            lease.finish(kind, report, now, why)
+            if kind == "ok":
+                took = (now - (lease.leased_at or now)).total_seconds() / lease.count
+                old = task.seconds_per_item
+                task.seconds_per_item = took if old is None else 0.7 * old + 0.3 * took
+        worker = self.pool(pool).workers.get(lease.worker)
+        if worker is not None:
+            worker.busy = False
+        before = task.status.phase
+        self._replan(task)
+        self.pool(pool).wakeup.set()
+        if task.status.phase.finished and not before.finished:
+            self.pool(pool).tasks_done.add(task.uid)
+            self.on_change(task.key)
+            self.on_pool_work(pool)  # refresh the pool's status: tasks served, idle since
+        return True
+
+    # -- the plan adapter -------------------------------------------------------------
+    def _find(self, pool: PoolKey, lease_id: str) -> tuple[PoolTask, Lease] | None:
+        task_name, _, lease_name = lease_id.partition("/")
+        task = self.tasks.get((pool[0], task_name))
+        if task is None or task.pool != pool:
+            return None
+        lease = task.leases.by_name.get(lease_name)
+        return (task, lease) if lease is not None else None
+
+    def _plan(self, task: PoolTask, chunk: int, generation: int | None = None) -> Plan:
+        spec = task.spec.model_copy(update={"items_per_pod": chunk})
+        now = self.clock()
+        if task.leases.expire(now):
+            self.pool(task.pool).wakeup.set()
+        return plan(
+            spec,
+            task.status,
+            task.leases.observed(),
+            now,
+            generation=generation,
+            limits=self.limits,
+        )
+
+    def _apply(self, task: PoolTask, result: Plan) -> None:
+        task.status = result.status
+        task.events.extend(result.events)
+        finished = [
+            n for n in (*result.release, *result.delete)
+            if (lease := task.leases.by_name.get(n)) is not None and lease.state is not PodState.ACTIVE
+        ]  # fmt: skip
+        task.leases.drop(finished)
+        if task.status.phase.finished:
+            task.leases.drop(list(task.leases.by_name))  # their reports will get 410 Gone
+
+    def _replan(self, task: PoolTask, generation: int | None = None) -> None:
+        if task.status.phase.finished:
+            return
+        self._apply(task, self._plan(task, self._chunk(task), generation))
+        if not task.status.phase.finished:
+            self.pool(task.pool).last_work = self.clock()
+
+    def _chunk(self, task: PoolTask) -> int:
+        if task.leases.expire(self.clock()):  # a lost lease is remaining work again
+            self.pool(task.pool).wakeup.set()
+        done = task.status.succeeded + task.status.failed
+        leased = sum(lease.count for lease in task.leases.active())
+        remaining = max(0, task.spec.total - done - leased)
+        live = max(len(self.live_workers(task.pool)), self.pool(task.pool).replicas)
+        workers = max(1, min(task.spec.parallelism, live))
+        return guided_chunk(remaining, workers, floor=chunk_floor(task.seconds_per_item))
+
+    def _offer(self, pool: PoolKey, worker: str, python: str) -> Grant | None:
+        tasks = [t for t in self.pool_tasks(pool) if not t.status.phase.finished]
+        if not tasks:
+            return None
+        turn = next(self._turn)  # round robin: no task starves another on a shared pool
+        for task in tasks[turn % len(tasks) :] + tasks[: turn % len(tasks)]:
+            if task.python and task.python != python:
+                self._refuse_python(task, python)
+                continue
+            result = self._plan(task, self._chunk(task))
+            self._apply(task, result)
+            if not result.create:
+                continue
+            request = result.create[0]
+            attempt = request.attempt + (1 if task.recovered and request.attempt == 0 else 0)
+            lease = Lease(
+                start=request.start,
+                count=request.count,
+                attempt=attempt,
+                failures=request.failures,
+                infra_failures=request.infra_failures,
+                worker=worker,
+                expires=self.clock() + timedelta(seconds=self.lease_seconds),
+                leased_at=self.clock(),
+            )
+            task.leases.by_name[lease.name] = lease
+            task.served_by.add(worker)
+            self.pool(pool).last_work = self.clock()
+            return Grant(
+                lease_id=f"{task.key[1]}/{lease.name}",
+                task=task.key[1],
+                task_url=task.task_url,
+                start=lease.start,
+                count=lease.count,
+                total=task.spec.total,
+                attempt=lease.attempt,
+                lease_seconds=self.lease_seconds,
+            )
+        return None
+
+    def _refuse_python(self, task: PoolTask, python: str) -> None:
+        """Every live worker runs another Python minor: the task can never run here."""
+        if any(w.python == task.python for w in self.live_workers(task.pool)):
+            return
+        now = self.clock()
+        message = (
+            f"the function was pickled by Python {task.python}, but the workers of pool "
+            f"{task.pool[1]} run Python {python}; submit from Python {python} or use a pool "
+            f"whose image has Python {task.python}"
+        )
+        task.status = task.status.model_copy(
+            update={
+                "phase": Phase.FAILED,
+                "message": message,
+                "completion_time": rfc3339(now),
+                "conditions": set_condition(
+                    list(task.status.conditions),
+                    "Failed",
+                    reason="PythonMismatch",
+                    message=message,
+                    now=now,
+                ),
+            }
+        )
+        task.events.append(Event("Warning", "PythonMismatch", message))
+        task.leases.drop(list(task.leases.by_name))
+        self.on_change(task.key)

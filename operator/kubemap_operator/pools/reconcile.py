@@ -1,0 +1,174 @@
+"""Reconcile one WorkerPool: its token Secret, its worker Deployment, its small status.
+
+Level-based like the MapTask reconcile: every event or timer tick looks at the pool, the
+Deployment and the dispatcher's view of the workers, and writes only what differs. The
+replica count is `replicas` while the pool has work (or was busy within idleTTLSeconds),
+else `minReplicas`; a task arriving on an idle pool triggers a reconcile at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+from kubemap.poolmodels import WorkerPoolSpec, WorkerPoolStatus, pool_resource_name
+from kubernetes.client.exceptions import ApiException
+
+from kubemap_operator.observe import parse_time
+from kubemap_operator.pools.builder import (
+    ANNOTATION_TEMPLATE_HASH,
+    deployment,
+    token_secret,
+)
+from kubemap_operator.pools.dispatch import Dispatcher, PoolKey
+from kubemap_operator.pools.poolapi import PoolApi
+from kubemap_operator.pools.tokens import pool_token
+from kubemap_operator.settings import Settings
+from kubemap_operator.status import clip, rfc3339
+
+log = logging.getLogger("kubemap.pools")
+
+
+class PoolReconciler:
+    def __init__(
+        self,
+        api: PoolApi,
+        dispatcher: Dispatcher,
+        settings: Settings,
+        key: bytes,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.api = api
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.key = key
+        self.clock = clock
+        self._secrets: set[tuple[str, str, str]] = set()  # written by this process
+        self._served_base: dict[PoolKey, int] = {}
+        self._locks: dict[PoolKey, asyncio.Lock] = {}
+        self._again: set[PoolKey] = set()
+        self._timers: dict[PoolKey, asyncio.TimerHandle] = {}
+
+    async def trigger(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        if lock.locked():
+            self._again.add(key)
+            return
+        async with lock:
+            while True:
+                self._again.discard(key)
+                try:
+                    requeue = await self.reconcile(namespace, name)
+                except (ApiException, OSError) as exc:
+                    log.warning(f"pool {namespace}/{name}: reconcile failed, retrying: {exc}")
+                    requeue = 2.0
+                if requeue is not None:
+                    self._schedule(key, requeue)
+                if key not in self._again:
+                    break
+
+    def _schedule(self, key: PoolKey, delay: float) -> None:
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(
+            max(0.05, delay), lambda: loop.create_task(self.trigger(*key))
+        )
+
+    def forget(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        handle = self._timers.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+        self.dispatcher.pools.pop(key, None)
+
+    async def reconcile(self, namespace: str, name: str) -> float | None:
+        body = await self.api.get_pool(namespace, name)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            self.forget(namespace, name)
+            return None  # the garbage collector removes the Deployment and the Secret
+        meta = body["metadata"]
+        uid = str(meta.get("uid", ""))
+        key = (namespace, name)
+        old = WorkerPoolStatus.model_validate(body.get("status") or {})
+        try:
+            spec = WorkerPoolSpec.model_validate(body.get("spec") or {})
+        except pydantic.ValidationError as exc:
+            invalid = clip(f"invalid spec: {exc.errors()[0].get('msg')}; fix the WorkerPool")
+            if old.message != invalid:
+                await self.api.patch_pool_status(namespace, name, {"message": invalid})
+            return None
+        state = self.dispatcher.pool(key)
+        state.uid = uid
+        if (namespace, name, uid) not in self._secrets:
+            token = pool_token(self.key, namespace, name, uid)
+            await self.api.put_secret(namespace, token_secret(namespace, name, uid, token))
+            self._secrets.add((namespace, name, uid))
+        now = self.clock()
+        busy_at = (
+            state.last_work
+            or parse_time(old.idle_since)
+            or parse_time(meta.get("creationTimestamp"))
+            or now
+        )
+        has_work = self.dispatcher.has_work(key)
+        idle_for = 0.0 if has_work else (now - busy_at).total_seconds()
+        ttl = spec.idle_ttl_seconds
+        scaled_down = ttl > 0 and idle_for >= ttl
+        replicas = spec.min_replicas if scaled_down else spec.replicas
+        state.replicas = replicas
+        ready = await self._ensure_deployment(namespace, name, uid, spec, replicas)
+        workers = self.dispatcher.live_workers(key)
+        busy = sum(1 for w in workers if w.busy)
+        pythons = sorted({w.python for w in workers if w.python})
+        base = self._served_base.setdefault(key, old.tasks_served)
+        message: str | None = None
+        if spec.packages:
+            message = "spec.packages is not supported yet: bake the packages into spec.image"
+        status = WorkerPoolStatus(
+            replicas=replicas,
+            ready=ready,
+            busy=min(busy, ready),
+            idle=max(0, ready - busy),
+            tasks_served=max(old.tasks_served, base + len(state.tasks_done)),
+            python_version=",".join(pythons) or old.python_version,
+            idle_since=None if has_work else rfc3339(busy_at),
+            message=message,
+        )
+        if status != old:
+            wire = status.model_dump(by_alias=True, mode="json")
+            await self.api.patch_pool_status(namespace, name, wire)
+        if not has_work and ttl > 0 and not scaled_down:
+            return ttl - idle_for + 0.5  # wake up to scale down
+        if ready != replicas:
+            return 2.0  # follow the workers coming up or going away
+        return None
+
+    async def _ensure_deployment(
+        self, namespace: str, name: str, uid: str, spec: WorkerPoolSpec, replicas: int
+    ) -> int:
+        """Create or correct the Deployment; return how many workers are ready."""
+        wanted = deployment(namespace, name, uid, spec, replicas, self.settings)
+        current = await self.api.get_deployment(namespace, pool_resource_name(name))
+        if current is None:
+            await self.api.create_deployment(namespace, wanted)
+            return 0
+        patch: dict[str, Any] = {}
+        if (current.get("spec") or {}).get("replicas") != replicas:
+            patch["spec"] = {"replicas": replicas}
+        want_hash = wanted["metadata"]["annotations"][ANNOTATION_TEMPLATE_HASH]
+        have_hash = ((current.get("metadata") or {}).get("annotations") or {}).get(
+            ANNOTATION_TEMPLATE_HASH
+        )
+        if have_hash != want_hash:
+            patch.setdefault("spec", {})["template"] = wanted["spec"]["template"]
+            patch["metadata"] = {"annotations": {ANNOTATION_TEMPLATE_HASH: want_hash}}
+        if patch:
+            await self.api.patch_deployment(namespace, pool_resource_name(name), patch)
+        return int((current.get("status") or {}).get("readyReplicas") or 0)

@@ -1,0 +1,288 @@
+"""The warm worker of a WorkerPool: `python -m kubemap.poolworker`.
+
+Loop: long-poll the dispatcher for a lease, run the leased slice with the same code path
+as a pod worker (`run_slice`: two ranged GETs, write-once results, error records), report
+which indices succeeded or failed, ask again. Each task's function is loaded once and kept
+while the worker serves that task. A heartbeat thread renews the lease while a long slice
+runs; on SIGTERM the worker hands its lease back (an infrastructure failure: no user retry
+spent) and exits, so a deleted worker's chunk runs elsewhere at once.
+
+Environment: KUBEMAP_DISPATCHER_URL, KUBEMAP_POOL (<namespace>/<pool>), KUBEMAP_POOL_TOKEN,
+HOSTNAME (the worker's name), and the S3 settings of the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import urllib3
+
+from kubemap import taskdata
+from kubemap.contract import RESULTS_PREFIX, parse_result_key
+from kubemap.core.ranges import IndexRanges
+from kubemap.errors import StoreError
+from kubemap.poolmodels import ENV_DISPATCHER, ENV_POOL, ENV_POOL_TOKEN, python_minor
+from kubemap.stores import open_store
+from kubemap.stores.base import Store
+from kubemap.worker import SliceOutcome, Terminated, run_slice
+
+EXIT_REFUSED = 2  # the dispatcher refused our credential: let the pod restart with a fresh one
+FUNCTIONS_KEPT = 4
+REFUSALS_BEFORE_EXIT = 3
+
+
+def _log(message: str) -> None:
+    print(f"kubemap poolworker: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class PoolEnv:
+    url: str
+    pool: str
+    token: str
+    worker: str
+
+    @classmethod
+    def parse(cls, environ: Mapping[str, str]) -> PoolEnv:
+        missing = [k for k in (ENV_DISPATCHER, ENV_POOL, ENV_POOL_TOKEN) if not environ.get(k)]
+        if missing:
+            raise SystemExit(
+                f"kubemap poolworker: {', '.join(missing)} not set; this program runs in the "
+                "pods of a WorkerPool, which the kubemap operator creates"
+            )
+        worker = environ.get("HOSTNAME") or os.uname().nodename
+        return cls(
+            environ[ENV_DISPATCHER].rstrip("/"), environ[ENV_POOL], environ[ENV_POOL_TOKEN], worker
+        )
+
+
+class Refused(Exception):
+    """401/403 from the dispatcher."""
+
+
+class DispatcherClient:
+    def __init__(self, env: PoolEnv) -> None:
+        self.env = env
+        self.http = urllib3.PoolManager(num_pools=2, maxsize=4, retries=False)
+        self.headers = {
+            "Authorization": f"Bearer {env.token}",
+            "X-Kubemap-Pool": env.pool,
+            "X-Kubemap-Worker": env.worker,
+            "Content-Type": "application/json",
+        }
+
+    def post(self, path: str, body: dict[str, Any], timeout: float) -> tuple[int, Any]:
+        response = self.http.request(
+            "POST",
+            f"{self.env.url}{path}",
+            body=json.dumps(body).encode(),
+            headers=self.headers,
+            timeout=urllib3.Timeout(connect=5.0, read=timeout),
+        )
+        if response.status in (401, 403):
+            raise Refused(response.data.decode(errors="replace")[:300])
+        data = json.loads(response.data) if response.data else None
+        return response.status, data
+
+
+class Heartbeat:
+    """Renews the current lease every third of its duration, in a daemon thread."""
+
+    def __init__(self, client: DispatcherClient) -> None:
+        self.client = client
+        self.lease: str | None = None
+        self.period = 5.0
+        self._wake = threading.Event()
+        threading.Thread(target=self._run, daemon=True, name="heartbeat").start()
+
+    def hold(self, lease: str | None, seconds: float = 15.0) -> None:
+        self.lease, self.period = lease, max(0.5, seconds / 3)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.period)
+            lease = self.lease
+            if lease is None:
+                continue
+            try:
+                self.client.post("/v1/heartbeat", {"leases": [lease], "python": python_minor()}, 10)
+            except (Refused, urllib3.exceptions.HTTPError, ValueError, OSError) as exc:
+                _log(f"heartbeat failed ({type(exc).__name__}); retrying")
+
+
+class FunctionCache:
+    """task URL -> its function, loaded once; the few most recent tasks are kept."""
+
+    def __init__(self) -> None:
+        self._fns: OrderedDict[str, Callable[..., Any]] = OrderedDict()
+        self.loads = 0
+
+    def get(self, task_url: str) -> Callable[..., Any]:
+        if task_url in self._fns:
+            self._fns.move_to_end(task_url)
+            return self._fns[task_url]
+        fn = taskdata.read_function(open_store(task_url))
+        self.loads += 1
+        self._fns[task_url] = fn
+        while len(self._fns) > FUNCTIONS_KEPT:
+            self._fns.popitem(last=False)
+        return fn
+
+
+def done_in_span(task: Store, start: int, count: int) -> IndexRanges:
+    """Indices of [start, start+count) that have a result, whatever chunk wrote them.
+
+    Pool chunks change size as the task goes (guided), so an earlier result object may start
+    before this slice: the key names each object's span, so one LIST finds the overlapping
+    ones and only their headers are read."""
+    end, found = start + count, IndexRanges()
+    for key in task.list(RESULTS_PREFIX):
+        try:
+            first, span = parse_result_key(key)
+        except ValueError:
+            continue
+        if first < end and first + span > start:
+            found = found | taskdata.indices_of(task, key)
+    return found & IndexRanges.span(start, end)
+
+
+def _run_span(
+    task: Store, start: int, count: int, fn: Callable[..., Any], attempt: int
+) -> SliceOutcome:
+    """run_slice, skipping (on a re-run) indices that already have results."""
+    if attempt == 0:
+        return run_slice(task, start, count, fn=fn, attempt=attempt, skip_done=False)
+    done = done_in_span(task, start, count)
+    outcomes = [
+        run_slice(task, lo, hi - lo, fn=fn, attempt=attempt, skip_done=False)
+        for lo, hi in (IndexRanges.span(start, start + count) - done).intervals
+    ]
+    succeeded, failed = IndexRanges(), IndexRanges()
+    errors: dict[int, Any] = {}
+    for outcome in outcomes:
+        succeeded, failed = succeeded | outcome.succeeded, failed | outcome.failed
+        errors.update(outcome.errors)
+    return SliceOutcome(succeeded=succeeded, failed=failed, skipped=done, errors=errors)
+
+
+def run_lease(grant: dict[str, Any], functions: FunctionCache) -> dict[str, Any]:
+    """Run one leased slice; the report body to send back."""
+    task_url = str(grant["task_url"])
+    start, count, attempt = int(grant["start"]), int(grant["count"]), int(grant["attempt"])
+    report: dict[str, Any] = {"lease": grant["lease_id"]}
+    try:
+        task = open_store(task_url)
+        fn = functions.get(task_url)
+        outcome = _run_span(task, start, count, fn, attempt)
+    except StoreError as exc:
+        _log(f"infrastructure failure on items {start}..{start + count - 1} of {task_url}: {exc}")
+        return {**report, "kind": "infra", "why": str(exc)[:400]}
+    except Terminated:
+        raise
+    except Exception as exc:  # kubemap's own bug, or the function could not be unpickled
+        _log(f"internal error on items {start}..{start + count - 1}: {type(exc).__name__}: {exc}")
+        return {**report, "kind": "infra", "why": f"{type(exc).__name__}: {exc}"[:400]}
+    for index, error in sorted(outcome.errors.items())[:3]:
+        _log(f"index {index} failed: {error.type}: {error.message}")
+    return {
+        **report,
+        "kind": "user" if outcome.failed else "ok",
+        "succeeded": str(outcome.succeeded | outcome.skipped),
+        "failed": str(outcome.failed),
+    }
+
+
+def _send_report(client: DispatcherClient, body: dict[str, Any]) -> None:
+    """Report, retrying while the dispatcher restarts; a lease it forgot is dropped (410)."""
+    for delay in (0.2, 0.5, 1, 2, 4, 8):
+        try:
+            status, _ = client.post("/v1/report", body, 10)
+            if status in (200, 410):
+                return
+        except (urllib3.exceptions.HTTPError, OSError, ValueError):
+            pass
+        time.sleep(delay)
+    _log(f"could not report lease {body['lease']}; the dispatcher re-runs it when it expires")
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def serve(env: PoolEnv, *, stop: Callable[[], bool] = lambda: False, wait: float = 20.0) -> int:
+    """Lease, run, report until SIGTERM (or stop() says so: tests run workers in threads)."""
+    client = DispatcherClient(env)
+    heartbeat = Heartbeat(client)
+    functions = FunctionCache()
+    refusals, backoff = 0, 0.5
+    pending: dict[str, Any] | None = None  # the last lease's report, sent with the next ask
+    _log(f"serving pool {env.pool} as {env.worker} (Python {python_minor()}) from {env.url}")
+    while not stop():
+        try:
+            ask: dict[str, Any] = {"python": python_minor(), "wait": wait}
+            if pending is not None:
+                ask["report"] = pending
+            status, grant = client.post("/v1/lease", ask, wait + 20)
+        except Terminated:
+            if pending is not None:
+                _send_report(client, pending)  # idle, but the last chunk's news still counts
+            raise
+        except Refused as exc:
+            refusals += 1
+            _log(f"the dispatcher refused this worker's credential: {exc}")
+            if refusals >= REFUSALS_BEFORE_EXIT:
+                return EXIT_REFUSED
+            time.sleep(2)
+            continue
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            _log(f"dispatcher unreachable ({type(exc).__name__}); retrying in {backoff:g}s")
+            time.sleep(backoff)
+            backoff = min(5.0, backoff * 2)
+            continue
+        refusals, backoff, pending = 0, 0.5, None  # the dispatcher answered: report delivered
+        if status != 200 or not grant:
+            continue  # 204: no work within the long poll
+        heartbeat.hold(str(grant["lease_id"]), float(grant.get("lease_seconds", 15)))
+        try:
+            body = run_lease(grant, functions)
+        except Terminated:
+            heartbeat.hold(None)
+            _send_report(
+                client,
+                {
+                    "lease": grant["lease_id"],
+                    "kind": "infra",
+                    "why": f"worker {env.worker} stopped (SIGTERM)",
+                },
+            )
+            _log("terminated (SIGTERM): lease handed back")
+            return 0
+        heartbeat.hold(None)
+        pending = body
+    if pending is not None:
+        _send_report(client, pending)
+    return 0
+
+
+def main() -> int:
+    env = PoolEnv.parse(os.environ)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return serve(env)
+    except Terminated:
+        _log("terminated (SIGTERM) while idle")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

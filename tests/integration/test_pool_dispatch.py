@@ -1,0 +1,267 @@
+"""The warm-pool loop without a cluster: the real dispatcher (aiohttp on loopback) and real
+pool workers (threads running kubemap.poolworker.serve) on a real store (file:// and S3).
+
+Counts what happened: executions per index (each call appends a line to a file), leases,
+refused requests. The cluster e2e suite (tests/e2e/test_pools.py) runs the same loop with
+the operator, the Deployment and the chart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import urllib3
+from kubemap.core.status import Phase
+from kubemap.models import MapTaskSpec, MapTaskStatus, Mode, StoreRef
+from kubemap.poolmodels import python_minor
+from kubemap.poolworker import PoolEnv, serve
+from kubemap.stores import open_store
+from kubemap.taskdata import iter_results, write_function, write_inputs
+from kubemap.taskmeta import TaskMeta, write_meta
+from kubemap_operator.planner import Limits
+from kubemap_operator.pools.dispatch import Dispatcher
+from kubemap_operator.pools.server import DispatcherApp
+from kubemap_operator.pools.tokens import pool_token
+
+KEY = b"test-key"
+POOL = ("ns", "p")
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Harness:
+    dispatcher: Dispatcher
+    app: DispatcherApp
+    loop: asyncio.AbstractEventLoop
+    url: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        async def run() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def submit(self, name: str, base: str, spec: MapTaskSpec) -> tuple[str, str]:
+        key = ("ns", name)
+        self.call(
+            lambda: self.dispatcher.sync(
+                key, f"uid-{name}", spec, MapTaskStatus(), f"{base}/{name}", python_minor(), 1
+            )
+        )
+        return key
+
+    def status(self, key: tuple[str, str]) -> MapTaskStatus:
+        return self.call(lambda: self.dispatcher.tasks[key].status)  # type: ignore[no-any-return]
+
+    def wait_finished(self, key: tuple[str, str], timeout: float = 60) -> MapTaskStatus:
+        done = threading.Event()
+
+        def check() -> None:
+            while not self.status(key).phase.finished and not done.wait(0.05):
+                pass
+
+        thread = threading.Thread(target=check, daemon=True)
+        thread.start()
+        thread.join(timeout)
+        done.set()
+        status = self.status(key)
+        assert status.phase.finished, f"task {key} did not finish in {timeout}s: {status}"
+        return status
+
+    def worker(self, name: str, token: str | None = None) -> None:
+        env = PoolEnv(self.url, "ns/p", token or pool_token(KEY, "ns", "p", "pool-uid"), name)
+        thread = threading.Thread(
+            target=serve, args=(env,), kwargs={"stop": self.stop.is_set, "wait": 0.5}, daemon=True
+        )
+        thread.start()
+        self.threads.append(thread)
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    port = _port()
+
+    async def start() -> tuple[Dispatcher, DispatcherApp]:
+        dispatcher = Dispatcher(lease_seconds=1.0, limits=Limits(backoff_base_seconds=0.01))
+        dispatcher.pool(POOL).uid = "pool-uid"
+        app = DispatcherApp(dispatcher, KEY)
+        await app.start("127.0.0.1", port)
+        return dispatcher, app
+
+    dispatcher, app = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    h = Harness(dispatcher, app, loop, f"http://127.0.0.1:{port}")
+    yield h
+    h.stop.set()
+    for worker in h.threads:
+        worker.join(10)
+    asyncio.run_coroutine_threadsafe(app.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+def counted(log: Path, fail: set[int] | None = None) -> Callable[[int], int]:
+    def fn(x: int) -> int:
+        with open(log, "a") as out:
+            out.write(f"{x}\n")
+        if fail and x in fail:
+            raise ValueError(f"bad input {x}")
+        return 2 * x
+
+    return fn
+
+
+def upload(base: str, name: str, fn: Callable[..., Any], n: int) -> None:
+    task = open_store(base).child(name)
+    write_function(task, fn)
+    write_inputs(task, range(n))
+    write_meta(task, TaskMeta.new(n, "fn"))
+
+
+def spec_for(base: str, n: int, **kw: Any) -> MapTaskSpec:
+    return MapTaskSpec(mode=Mode.FUNCTION, count=n, store=StoreRef(url=base), pool="p", **kw)
+
+
+def executions(log: Path) -> list[int]:
+    return sorted(int(x) for x in log.read_text().split()) if log.exists() else []
+
+
+def test_workers_run_every_index_once_in_guided_chunks(harness: Harness, tmp_path: Path) -> None:
+    base = f"file://{tmp_path}/store"
+    log = tmp_path / "calls.log"
+    upload(base, "t1", counted(log), 500)
+    for i in range(3):
+        harness.worker(f"w{i}")
+    key = harness.submit("t1", base, spec_for(base, 500))
+    status = harness.wait_finished(key)
+    assert status.phase is Phase.SUCCEEDED and status.succeeded_indexes == "0-499"
+    assert executions(log) == list(range(500))  # every index exactly once
+    values = dict(iter_results(open_store(base).child("t1")))
+    assert values == {i: 2 * i for i in range(500)}
+
+
+def test_second_task_reuses_the_workers_and_tasks_share_the_pool(
+    harness: Harness, tmp_path: Path
+) -> None:
+    base = f"file://{tmp_path}/store"
+    logs = [tmp_path / f"calls{i}.log" for i in range(2)]
+    for i, log in enumerate(logs):
+        upload(base, f"t{i}", counted(log), 200)
+    harness.worker("w0")
+    harness.worker("w1")
+    keys = [harness.submit(f"t{i}", base, spec_for(base, 200)) for i in range(2)]
+    for key in keys:
+        assert harness.wait_finished(key).phase is Phase.SUCCEEDED
+    assert [executions(log) for log in logs] == [list(range(200))] * 2
+    served = {
+        w for key in keys for w in harness.call(lambda k=key: harness.dispatcher.tasks[k].served_by)
+    }
+    assert served == {"w0", "w1"}
+
+
+def test_a_lease_that_is_never_reported_expires_and_runs_elsewhere(
+    harness: Harness, tmp_path: Path
+) -> None:
+    base = f"file://{tmp_path}/store"
+    log = tmp_path / "calls.log"
+    upload(base, "t1", counted(log), 100)
+    key = harness.submit("t1", base, spec_for(base, 100))
+    http = urllib3.PoolManager()
+    token = pool_token(KEY, "ns", "p", "pool-uid")
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "X-Kubemap-Pool": "ns/p",
+        "X-Kubemap-Worker": "ghost",
+    }
+    lost = http.request(
+        "POST", f"{harness.url}/v1/lease", json={"python": python_minor()}, headers=headers
+    )
+    assert lost.status == 200
+    grant = lost.json()  # a worker that took a chunk and vanished
+    harness.worker("w0")
+    status = harness.wait_finished(key)
+    assert status.phase is Phase.SUCCEEDED and status.succeeded == 100 and status.failed == 0
+    assert executions(log) == list(range(100))  # the ghost ran nothing; w0 ran all once
+    late = http.request(
+        "POST", f"{harness.url}/v1/report", headers=headers,
+        json={"lease": grant["lease_id"], "kind": "ok", "succeeded": "0-99", "failed": ""},
+    )  # fmt: skip
+    assert late.status == 410  # its lease is gone; the task's record is unchanged
+
+
+def test_user_failures_spend_retries_like_pods_do(harness: Harness, tmp_path: Path) -> None:
+    base = f"file://{tmp_path}/store"
+    log = tmp_path / "calls.log"
+    upload(base, "t1", counted(log, fail={7}), 50)
+    harness.worker("w0")
+    key = harness.submit("t1", base, spec_for(base, 50, backoff_limit_per_index=1))
+    status = harness.wait_finished(key)
+    assert status.phase is Phase.FAILED and status.failed_indexes == "7"
+    calls = executions(log)
+    assert calls.count(7) == 2  # the first run and one retry, then the budget is spent
+    assert all(calls.count(i) <= 1 for i in range(50) if i != 7)
+    assert "failed after 2 attempt(s)" in (status.message or "")
+
+
+def test_foreign_credentials_are_refused(harness: Harness, tmp_path: Path) -> None:
+    base = f"file://{tmp_path}/store"
+    upload(base, "t1", counted(tmp_path / "calls.log"), 10)
+    key = harness.submit("t1", base, spec_for(base, 10))
+    http = urllib3.PoolManager()
+    attempts = [
+        {},  # no credential at all
+        {"Authorization": "Bearer nope", "X-Kubemap-Pool": "ns/p", "X-Kubemap-Worker": "x"},
+        {  # the token of another pool
+            "Authorization": f"Bearer {pool_token(KEY, 'ns', 'other', 'pool-uid')}",
+            "X-Kubemap-Pool": "ns/p",
+            "X-Kubemap-Worker": "x",
+        },
+    ]
+    for headers in attempts:
+        answer = http.request(
+            "POST", f"{harness.url}/v1/lease", json={"python": python_minor()}, headers=headers
+        )
+        assert answer.status == 401
+    assert harness.app.refused == 3
+    assert harness.status(key).active == 0 and not harness.dispatcher.tasks[key].leases.by_name
+
+
+def test_a_recovered_task_skips_what_the_store_already_holds(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """After an operator restart the status may lag the store: nothing runs twice."""
+    base = f"file://{tmp_path}/store"
+    log = tmp_path / "calls.log"
+    upload(base, "t1", counted(log), 40)
+    task = open_store(base).child("t1")
+    from kubemap.worker import run_slice
+
+    run_slice(task, 0, 25, fn=counted(log))  # results a previous dispatcher never recorded
+    before = executions(log)
+    key = ("ns", "t1")
+    started = MapTaskStatus(phase=Phase.RUNNING, start_time="2026-01-01T00:00:00Z", total=40)
+    harness.call(
+        lambda: harness.dispatcher.sync(
+            key, "uid", spec_for(base, 40), started, f"{base}/t1", python_minor(), 1
+        )
+    )
+    harness.worker("w0")
+    status = harness.wait_finished(key)
+    assert status.phase is Phase.SUCCEEDED and status.succeeded == 40
+    assert executions(log) == sorted(before + list(range(25, 40)))  # 0-24 not run again
