@@ -18,6 +18,7 @@ import functools
 import itertools
 import pickle
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
@@ -166,8 +167,12 @@ class Executor(futures.Executor):
                 if not self._pending and self._shutdown:
                     return
             if self._batch_delay and not self._shutdown:
+                # Let the calls submitted with it join: every submit notifies the condition,
+                # so wait out the whole delay, not just until the next submit.
+                deadline = time.monotonic() + self._batch_delay
                 with self._lock:
-                    self._lock.wait(self._batch_delay)  # let the calls submitted with it join
+                    while not self._shutdown and (left := deadline - time.monotonic()) > 0:
+                        self._lock.wait(left)
             with self._lock:
                 batch, self._pending = self._pending, []
             groups: dict[int, list[_Call]] = {}
