@@ -72,8 +72,14 @@ def get_cmd(name: str, namespace: str | None) -> None:
     )
     click.echo(f"phase:       {status.phase.value}")
     click.echo(
-        f"progress:    {status.succeeded}/{status.total} succeeded, {status.failed} failed, {status.active} pods active"
+        f"progress:    {status.succeeded}/{status.total} succeeded, {status.failed} failed, "
+        f"{status.not_run} not run, {status.active} pods active"
     )
+    if status.retries:
+        click.echo(f"retries:     {status.retries} spent")
+    reason = status.conditions[-1].reason if status.conditions else None
+    if reason and status.phase.finished:
+        click.echo(f"reason:      {reason}")
     if status.succeeded_indexes:
         click.echo(f"succeeded:   {_short(status.succeeded_indexes)}")
     if status.failed_indexes:
@@ -99,13 +105,13 @@ def _short(text: str, limit: int = 200) -> str:
     "--output",
     type=click.Choice(["wide"]),
     default=None,
-    help="wide: also the pods that exist, retries per index, age and store.",
+    help="wide: also the pods that exist, the retries spent, age and store.",
 )
 def list_cmd(namespace: str | None, output: str | None) -> None:
     """Every MapTask in the namespace with its phase and counts."""
     cluster = _connect(namespace)
     wide = output == "wide"
-    header = ("NAME", "MODE", "PHASE", "SUCCEEDED", "FAILED", "ACTIVE")
+    header = ("NAME", "MODE", "PHASE", "SUCCEEDED", "FAILED", "NOT-RUN", "ACTIVE")
     rows: list[tuple[str, ...]] = [(*header, "PODS", "RETRIES", "AGE", "STORE") if wide else header]
     tasks = cluster.list()
     pods = _pods_per_task(cluster) if wide and tasks else {}
@@ -121,6 +127,7 @@ def list_cmd(namespace: str | None, output: str | None) -> None:
             st.phase.value,
             f"{st.succeeded}/{total}",
             str(st.failed),
+            str(st.not_run),
             str(st.active),
         )
         if wide:
@@ -128,7 +135,7 @@ def list_cmd(namespace: str | None, output: str | None) -> None:
             row = (
                 *row,
                 str(pods.get(task_label(name), 0)),
-                str(spec.get("backoffLimitPerIndex", 0)),
+                str(st.retries),  # attempts spent beyond the first of their slice
                 _age(item["metadata"].get("creationTimestamp"), now),
                 f"{store.rstrip('/')}/{name}" if store else "-",
             )

@@ -48,13 +48,14 @@ def test_get_list_results_logs_cancel(operator: Operator, unique: Callable[[str]
     assert (
         code == 0
         and "phase:       Succeeded" in out
-        and "4/5 succeeded, 1 failed" in out
+        and "4/5 succeeded, 1 failed, 0 not run" in out  # the same three counts everywhere
         and "failed:      3" in out
+        and "reason:      Completed" in out
     )
 
     code, out, _ = cli("list", "-n", NAMESPACE)
     row = next(line for line in out.splitlines() if line.startswith(name))
-    assert row.split()[1:4] == ["Function", "Succeeded", "4/5"]
+    assert row.split()[1:6] == ["Function", "Succeeded", "4/5", "1", "0"]  # ..., FAILED, NOT-RUN
 
     code, out, err = cli("results", name, "-n", NAMESPACE)
     assert code == 1  # an index failed

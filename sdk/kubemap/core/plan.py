@@ -149,7 +149,9 @@ def _judge(
             ok, user = IndexRanges(), IndexRanges()
         rest = mine - ok - user  # indices the attempt never reported: not the user's fault
         if kind is ExitKind.USAGE and out.usage_error is None:
-            detail = report.error if report is not None and report.error else None
+            detail = None
+            if report is not None:  # the worker's own words: "Python 3.12 here, 3.11 in the SDK"
+                detail = report.error or (report.cause.message if report.cause else None)
             out.usage_error = f"{one.name} exited with code {one.exit_code} (usage error): " + (
                 detail or "the worker's environment breaks the kubemap contract"
             )
