@@ -18,11 +18,8 @@ from typing import Any
 import pytest
 from kubemap import taskdata
 from kubemap.contract import ENV_COUNT, ENV_INDEX, ENV_TASK_URL, ENV_TOTAL
-
-try:  # the store modules are moving to kubemap.stores; accept either layout
-    from kubemap.stores import open_store  # type: ignore[attr-defined]
-except ImportError:
-    from kubemap.store import open_store
+from kubemap.stores import open_store
+from kubemap.taskmeta import TaskMeta, write_meta
 
 IMAGE = os.environ.get("IMAGE", "kubemap:dev")
 REQUIRED = os.environ.get("KUBEMAP_IMAGE_REQUIRED") == "1"
@@ -61,6 +58,8 @@ def _submit(root: Path, fn: Any, items: list[Any]) -> str:
     store = open_store(url)
     taskdata.write_function(store, fn)
     assert taskdata.write_inputs(store, items) == len(items)
+    # task.json records the SDK's Python: the worker refuses a task pickled by another minor.
+    write_meta(store, TaskMeta.new(len(items), getattr(fn, "__qualname__", "fn")))
     for dirpath, _, _ in os.walk(root):  # results/ and errors/ are created by uid 10001
         Path(dirpath).chmod(0o777)
     return url
