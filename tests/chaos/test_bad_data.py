@@ -12,9 +12,9 @@ from typing import Any
 import kubemap
 import pytest
 from chaoskit import NAMESPACE, get_task, task_pods, wait_finished
-from kubemap.kube import build_maptask
+from kubemap.backends.kubernetes import build_maptask
 from kubemap.models import RunOptions
-from kubemap.store import Store, open_store
+from kubemap.stores import Store, open_store
 from kubemap.taskdata import write_function, write_inputs
 from kubemap.taskmeta import TaskMeta, write_meta
 from kubernetes import client
