@@ -151,7 +151,7 @@ def test_retry_after_a_fix_reruns_exactly_the_missing(
         open_store(where).delete_prefix("ran-")
         return sorted(int(k.split("-")[1]) for k in keys)
 
-    run = kubemap.submit(fragile, range(12), **opts(name=name, parallelism=2))
+    run = kubemap.submit(fragile, range(12), **opts(name=name, parallelism=2, items_per_pod=1))
     status = run.wait(timeout=300)
     assert status.phase.value == "Failed"
     ran()
