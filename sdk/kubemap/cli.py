@@ -234,6 +234,13 @@ def gc(days: float | None, store: str | None) -> None:
 @click.option("--namespace", "-n", help="Kubernetes: namespace of the MapTask.")
 @click.option("--retries", type=int, default=0, show_default=True, help="Local: retries per input.")
 @click.option("--parallelism", "-p", type=int, help="Local: workers at once [default: CPUs].")
+@click.option(
+    "--min-success-ratio",
+    type=click.FloatRange(0, 1),
+    default=1.0,
+    show_default=True,
+    help="Local: stop the rerun once more than this share of it failed (0: try every index).",
+)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the rerun.")
 def retry(
     name: str,
@@ -242,6 +249,7 @@ def retry(
     namespace: str | None,
     retries: int,
     parallelism: int | None,
+    min_success_ratio: float,
     wait: bool,
 ) -> None:
     """Rerun the indices of task NAME that have no result (failed or never ran), into the
@@ -253,7 +261,13 @@ def retry(
         else:
             from kubemap.api import MapRun
 
-            run = MapRun.attach(name, store=store, retries=retries, parallelism=parallelism)
+            run = MapRun.attach(
+                name,
+                store=store,
+                retries=retries,
+                parallelism=parallelism,
+                min_success_ratio=min_success_ratio,
+            )
             before = run.status()
             run.retry()
             click.echo(
