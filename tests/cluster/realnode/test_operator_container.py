@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import kubemap
 import pytest
 import yaml
 from clusterlib import helm
@@ -147,3 +148,35 @@ def test_the_operator_container_runs_a_task_through_the_kubernetes_service(
 
     status = wait_for(f"MapTask {name} to finish", done, 240)
     assert status["phase"] == "Succeeded" and status["succeeded"] == 3, status
+
+
+def squares_and_host(x: int) -> tuple[int, str]:
+    import socket
+
+    return x * x, socket.gethostname()
+
+
+def test_the_chart_installed_operator_runs_a_function_in_real_containers(
+    core: client.CoreV1Api, release: str
+) -> None:
+    """The whole user path on real containers: the chart's operator (a container), the SDK's
+    pickled function, worker pods of the image reading S3 at the chart's s3.endpoint."""
+    wait_for("the operator pod to be ready", lambda: _operator_pod(core), 300)
+    run = kubemap.submit(
+        squares_and_host,
+        range(10),
+        backend="kubernetes",
+        namespace=NAMESPACE,
+        store=os.environ["KUBEMAP_STORE"],
+        image=IMAGE,
+        items_per_pod=5,
+        node_selector=ON_REAL_NODE["nodeSelector"],
+        tolerations=ON_REAL_NODE["tolerations"],
+    )
+    results = run.results(timeout=300)
+    assert [r[0] for r in results] == [x * x for x in range(10)]
+    hosts = {r[1] for r in results}  # a container's hostname is its pod's name
+    assert len(hosts) == 2 and all(h.startswith(f"{run.name}-") for h in hosts), hosts
+    pods = core.list_namespaced_pod(NAMESPACE, label_selector=f"kubemap.io/task={run.name}")
+    assert all(p.spec.node_name == REAL_NODE_NAME for p in pods.items)
+    run.delete()
