@@ -148,7 +148,7 @@ def build_pod(
         ANNOTATION_FAILURES: str(request.failures),
         ANNOTATION_INFRA: str(request.infra_failures),
     }
-    return {
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -170,3 +170,8 @@ def build_pod(
         },
         "spec": pod_spec,
     }
+    if spec.files is not None:  # fetch -> the user's program -> upload (kubemap_operator.filepods)
+        from kubemap_operator.filepods import with_files  # it builds on this module
+
+        return with_files(pod, task, spec, settings)
+    return pod

@@ -24,6 +24,7 @@ from kubemap.contract import (
 from kubemap.core.attempts import Attempt, AttemptState, Report
 from kubemap.core.policy import Cause
 from kubemap.core.ranges import IndexRanges
+from kubemap.filetask import program_failure
 
 # A pod that cannot be scheduled for this long is failed (for infrastructure) and replaced.
 UNSCHEDULABLE_SECONDS = 120.0
@@ -133,6 +134,12 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
         )
         if terminated:
             break
+    if not terminated:  # a files pod runs the user's program as an init container
+        for cs in status.get("initContainerStatuses") or []:
+            found = (cs.get("state") or {}).get("terminated") or {}
+            if found.get("exitCode") not in (None, 0):
+                terminated = found
+                break
     exit_code = terminated.get("exitCode") if terminated else None
     created = parse_time(meta.get("creationTimestamp"))
     state = PodState.ACTIVE
@@ -156,6 +163,10 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
             error="OOMKilled: the container exceeded its memory limit; raise "
             "resources.limits.memory or lower itemsPerPod",
         )
+    failure = program_failure(status) if report is None else None
+    if failure is not None:  # name the file, not only the index, as the pod's error
+        start, count = _int(labels, LABEL_INDEX, 0), max(1, _int(annotations, ANNOTATION_COUNT, 1))
+        report = Report(failed=IndexRanges.span(start, start + count), error=failure)
     if state is PodState.FAILED and cause is None:
         reason = status.get("reason") or terminated.get("reason")
         disrupted = any(

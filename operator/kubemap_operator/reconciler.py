@@ -26,6 +26,7 @@ from urllib3.exceptions import HTTPError
 
 from kubemap_operator import logkeeper, metrics
 from kubemap_operator.builder import TaskRef, build_pod, pod_name
+from kubemap_operator.filepods import reconcile_listing
 from kubemap_operator.kubeapi import CreateFailed, TaskApi, Throttled
 from kubemap_operator.observe import observe_pod
 from kubemap_operator.planner import Event, Limits, Plan, plan
@@ -137,6 +138,15 @@ class Reconciler:
             await self._reject(namespace, name, body, exc, logger)
             return None
         status = MapTaskStatus.model_validate(body.get("status") or {})
+        if spec.files is not None:  # the files are listed (in a pod) before anything runs
+            ref = TaskRef(name, namespace, uid)
+            now = self.clock()
+            listed = await reconcile_listing(
+                self.api, self.settings, ref, spec, status, pods, now, logger
+            )
+            if listed is None:
+                return None
+            spec, status = listed
         if spec.pool is not None and self.dispatcher is not None and not status.phase.finished:
             return await reconcile_pool_task(self, body, spec, status, logger)
         now = self.clock()

@@ -56,6 +56,13 @@ DOCS: dict[str, str] = {
     "spec.ttlSecondsAfterFinished": "Delete the MapTask (and its pods) this long after it finished.",
     "spec.suspend": "Set to true to cancel: running pods are deleted and the task ends as Cancelled.",
     "spec.store": "Where the task's data lives (function mode: required, the SDK sets it).",
+    "spec.files": "Container mode over files: every object below input matching glob is an item. "
+    "Each pod finds its file at $KUBEMAP_INPUT_PATH (downloaded by an init container using the "
+    "kubemap image) and whatever it writes under $KUBEMAP_OUTPUT_DIR is uploaded, once, to "
+    "<output>/<the file's key below input>/. The listing is paged and kept in spec.store, never "
+    "in this object; status.listed and status.skipped count the files.",
+    "status.listed": "spec.files: how many objects matched input and glob.",
+    "status.skipped": "spec.files with skipExisting: matched files already processed, not run.",
     "spec.template": "The worker pod: image, command, args, env, resources and scheduling.",
     "spec.template.image": "Image of the worker container; function mode defaults to the kubemap image.",
     "spec.template.command": "Container entrypoint; function mode defaults to `python -m kubemap.worker`.",
@@ -144,12 +151,24 @@ def _rule(rule: str, message: str, **extra: str) -> dict[str, str]:
     return {"rule": rule, "message": message, **extra}
 
 
-IMMUTABLE = ("mode", "count", "items", "itemsPerPod", "store", "template", "pool")
+IMMUTABLE = ("mode", "count", "items", "itemsPerPod", "store", "template", "pool", "files")
 
 SPEC_RULES = [
     _rule(
-        "has(self.count) || has(self.items)",
-        "give spec.count (number of indices) or spec.items (an inline list)",
+        "has(self.count) || has(self.items) || has(self.files)",
+        "give spec.count (number of indices), spec.items (an inline list) or spec.files",
+    ),
+    _rule(
+        "!has(self.files) || (!has(self.count) && !has(self.items))",
+        "spec.files makes one item per matching file: remove spec.count and spec.items",
+    ),
+    _rule(
+        "!has(self.files) || self.mode == 'Container'",
+        "spec.files is for Container mode: your image runs once per file",
+    ),
+    _rule(
+        "!has(self.files) || !has(self.itemsPerPod) || self.itemsPerPod == 1",
+        "spec.files runs one file per pod: remove spec.itemsPerPod",
     ),
     _rule(
         "!has(self.items) || !has(self.count) || self.count == size(self.items)",

@@ -62,6 +62,43 @@ class StoreRef(_Wire):
     )
 
 
+class FilesSpec(_Wire):
+    """Container mode over files: one item per object matching input + glob; each pod gets its
+    file at $KUBEMAP_INPUT_PATH and its $KUBEMAP_OUTPUT_DIR is uploaded to output/<name>/."""
+
+    input: str = Field(
+        description="Prefix URL of the input files, s3://bucket/prefix/ (or file:///dir/).",
+        min_length=1,
+        max_length=1024,
+        pattern=STORE_URL_PATTERN,
+    )
+    glob: str = Field(
+        default="**",
+        min_length=1,
+        max_length=1024,
+        description="Which keys below input are items: `*` and `?` within a path segment, "
+        "`**` across segments, `[abc]` a class; default every object.",
+    )
+    output: str = Field(
+        description="Prefix URL the outputs go to: what a pod writes under $KUBEMAP_OUTPUT_DIR "
+        "lands at <output>/<the file's name below input>/..., each object written once.",
+        min_length=1,
+        max_length=1024,
+        pattern=STORE_URL_PATTERN,
+    )
+    skip_existing: bool = Field(
+        default=False,
+        description="Skip files this program already processed (a cache in the store keyed by "
+        "image, command, args, env, input, glob, output and version, and each file's size and "
+        "ETag): adding 10 files to 1,000 runs 10.",
+    )
+    version: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Bump to reprocess every file with skipExisting (part of the cache key).",
+    )
+
+
 class PodTemplate(_Wire):
     """The parts of a pod a MapTask lets users set. Kubernetes types are passed through."""
 
@@ -106,9 +143,13 @@ class MapTaskSpec(_Wire):
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description="Run on the warm workers of this WorkerPool (same namespace) instead of pods.",
     )
+    files: FilesSpec | None = None
 
     @model_validator(mode="after")
     def _check_shape(self) -> MapTaskSpec:
+        if self.files is not None:
+            _check_files(self)
+            return self
         if self.items is not None:
             if self.mode is Mode.FUNCTION:
                 raise ValueError(
@@ -133,6 +174,25 @@ class MapTaskSpec(_Wire):
     @property
     def total(self) -> int:
         return len(self.items) if self.items is not None else int(self.count or 0)
+
+
+def _check_files(spec: MapTaskSpec) -> None:
+    """spec.files: the items come from the listing, one file per pod, your image runs it."""
+    if spec.mode is not Mode.CONTAINER:
+        raise ValueError("files is for Container mode: your image runs once per file")
+    if spec.items is not None:
+        raise ValueError(
+            "give files or items, not both: with files every matching object is an item"
+        )
+    if spec.count is not None:
+        raise ValueError("give files or count, not both: the listing of files gives the count")
+    if spec.items_per_pod != 1:
+        raise ValueError("files runs one file per pod: remove itemsPerPod (or set it to 1)")
+    if not spec.template.image or not spec.template.command:
+        raise ValueError(
+            "files needs template.image and template.command: the program that reads "
+            "$KUBEMAP_INPUT_PATH and writes under $KUBEMAP_OUTPUT_DIR"
+        )
 
 
 class Condition(_Wire):
@@ -168,6 +228,10 @@ class MapTaskStatus(_Wire):
     # pods of earlier rounds (attempt below it) are no part of the rerun's plan.
     retry_token: str | None = Field(default=None, max_length=128)
     attempt_base: int = Field(default=0, ge=0)
+    # spec.files: how many objects matched and how many of those were skipped (already
+    # processed); None until the listing pod finished. total = listed - skipped.
+    listed: int | None = Field(default=None, ge=0)
+    skipped: int | None = Field(default=None, ge=0)
 
 
 class RunOptions(BaseModel):

@@ -32,7 +32,10 @@ What it is NOT - read this before trusting a result from it:
   container without `command` fails with reason ContainerCannotRun: the emulator cannot
   run an image's entrypoint. `workingDir` is ignored; the cwd is the pod's directory.
 * Volumes are not mounted, except the ServiceAccount token, which is written as files
-  under <pod dir>/serviceaccount/ (not at /var/run/secrets/...) plus <pod dir>/kubeconfig.
+  under <pod dir>/serviceaccount/ (not at /var/run/secrets/...) plus <pod dir>/kubeconfig,
+  and emptyDir volumes: each is <pod dir>/volumes/<name>, shared by the pod's containers;
+  env values and args naming a path under its mountPath are rewritten to that directory
+  (a path the program builds itself from the mountPath is not).
 * No isolation: no network namespace (podIP = hostIP = 127.0.0.1, so two pods listening
   on one port collide), no cgroups (resource limits are not enforced; requests only
   count for scheduling), same user as the emulator. Probes are not run: a running

@@ -104,4 +104,30 @@ def prepare_launch(
     if kubeconfig is not None:
         env["KUBECONFIG"] = str(kubeconfig)
     env.update(defined)
-    return Launch(container_argv(container, defined), env)
+    mounts = empty_dir_mounts(pod, container, paths.pod_dir)
+    argv = [rebase_path(arg, mounts) for arg in container_argv(container, defined)]
+    return Launch(argv, {k: rebase_path(v, mounts) for k, v in env.items()})
+
+
+def empty_dir_mounts(
+    pod: Mapping[str, Any], container: Mapping[str, Any], pod_dir: Path
+) -> dict[str, Path]:
+    """emptyDir volumes as directories under the pod's dir: {mountPath: host dir}. There is
+    no mount namespace here, so the paths the container is told (env, argv) are rewritten."""
+    empty = {
+        v.get("name"): v for v in (pod.get("spec") or {}).get("volumes") or [] if "emptyDir" in v
+    }
+    mounts: dict[str, Path] = {}
+    for mount in container.get("volumeMounts") or []:
+        if mount.get("name") in empty and mount.get("mountPath"):
+            host = pod_dir / "volumes" / str(mount["name"])
+            host.mkdir(parents=True, exist_ok=True)
+            mounts[str(mount["mountPath"]).rstrip("/")] = host
+    return mounts
+
+
+def rebase_path(value: str, mounts: Mapping[str, Path]) -> str:
+    for mount_path, host in mounts.items():
+        if value == mount_path or value.startswith(mount_path + "/"):
+            return str(host) + value[len(mount_path) :]
+    return value

@@ -1,0 +1,159 @@
+"""Container mode over files, from YAML: a shell program over files in S3, skipExisting, and
+a failing file named in the task's status. The S3 server is the test cluster's SeaweedFS."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from e2ekit import NAMESPACE, REPO, Operator, PodWatch, get_task, kubectl, wait_phase
+from kubemap.stores import Store, open_store
+from kubernetes import client
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(900),
+    pytest.mark.usefixtures("kubemap_installed"),
+]
+
+BUCKET = "s3://kubemap"
+UPPER = 'tr a-z A-Z < "$KUBEMAP_INPUT_PATH" > "$KUBEMAP_OUTPUT_DIR/upper.txt"'
+
+
+def manifest(name: str, root: str, command: str, **files: Any) -> dict[str, Any]:
+    """examples/files-uppercase.yaml, pointed at this test's prefix."""
+    body = yaml.safe_load((REPO / "examples" / "files-uppercase.yaml").read_text())
+    body["metadata"]["name"] = name
+    body["spec"]["files"].update(
+        {"input": f"{BUCKET}/{root}/in/", "output": f"{BUCKET}/{root}/out/", **files}
+    )
+    body["spec"]["template"]["command"] = ["sh", "-c", command]
+    return dict(body)
+
+
+def apply(body: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / f"{body['metadata']['name']}.yaml"
+    path.write_text(yaml.safe_dump(body))
+    subprocess.run(
+        [kubectl(), "apply", "-n", NAMESPACE, "-f", str(path)], check=True, capture_output=True
+    )
+
+
+def delete_and_wait(custom: client.CustomObjectsApi, name: str) -> None:
+    subprocess.run(
+        [kubectl(), "delete", "mt", name, "-n", NAMESPACE, "--wait=true"],
+        check=True,
+        capture_output=True,
+    )
+    deadline = time.monotonic() + 120
+    while get_task(custom, name) is not None:
+        assert time.monotonic() < deadline, f"MapTask {name} still there after 120 s"
+        time.sleep(0.5)
+
+
+def put_inputs(store: Store, names: list[str]) -> None:
+    for name in names:
+        store.put(name, f"hello from {name}\n".encode())
+
+
+def workers(seen: set[str], task: str) -> set[str]:
+    """The per-file pods the watch saw (not the listing pod)."""
+    return {name for name in seen if name != f"{task}-list"}
+
+
+def run_once(
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    body: dict[str, Any],
+    tmp_path: Path,
+    phases: set[str] = frozenset({"Succeeded", "Failed"}),  # type: ignore[assignment]
+) -> tuple[dict[str, Any], set[str]]:
+    name = body["metadata"]["name"]
+    with PodWatch(core, name) as pods:
+        apply(body, tmp_path)
+        done = wait_phase(custom, name, set(phases), timeout=400)
+        time.sleep(1)  # the watch sees the last pods' events
+    return done, workers(pods.seen, name)
+
+
+def test_yaml_over_20_files_uploads_20_then_3_new_files_run_3(
+    operator: Operator,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    root = unique("files")
+    inputs = open_store(f"{BUCKET}/{root}/in")
+    outputs = open_store(f"{BUCKET}/{root}/out")
+    first = [f"f{i:02d}.txt" for i in range(18)] + ["deep/a.txt", "deep/er/b.txt"]
+    put_inputs(inputs, [*first, "ignored.jpg"])  # the glob keeps .txt only
+    name = unique("upper")
+    body = manifest(name, root, UPPER)
+
+    done, pods = run_once(core, custom, body, tmp_path)
+    status = done["status"]
+    assert status["phase"] == "Succeeded", status
+    assert (status["listed"], status["skipped"], status["total"]) == (20, 0, 20)
+    assert status["succeeded"] == 20 and len(pods) == 20, sorted(pods)
+    keys = sorted(outputs.list())
+    assert keys == sorted(f"{n}/upper.txt" for n in first)
+    assert outputs.get("deep/er/b.txt/upper.txt") == b"HELLO FROM DEEP/ER/B.TXT\n"
+    # the MapTask stays small: no list of files in it
+    assert len(yaml.safe_dump(done)) < 8192
+
+    put_inputs(inputs, ["new1.txt", "new2.txt", "deep/new3.txt"])
+    delete_and_wait(custom, name)
+    done, pods = run_once(core, custom, body, tmp_path)
+    status = done["status"]
+    assert status["phase"] == "Succeeded", status
+    assert (status["listed"], status["skipped"], status["total"]) == (23, 20, 3)
+    assert len(pods) == 3, sorted(pods)
+    assert len(list(outputs.list())) == 23
+    assert outputs.get("deep/new3.txt/upper.txt") == b"HELLO FROM DEEP/NEW3.TXT\n"
+
+
+def test_a_program_failing_on_one_file_reports_its_index_and_name(
+    operator: Operator,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    root = unique("files-bad")
+    inputs = open_store(f"{BUCKET}/{root}/in")
+    outputs = open_store(f"{BUCKET}/{root}/out")
+    put_inputs(inputs, ["a.txt", "b.txt", "c.txt", "d.txt"])
+    inputs.put("c.txt", b"this one is bad\n")
+    program = (
+        'if grep -q bad "$KUBEMAP_INPUT_PATH"; then echo "refusing a bad file" >&2; exit 2; fi; '
+        + UPPER
+    )
+    name = unique("upper-bad")
+    body = manifest(name, root, program)
+    body["spec"]["minSuccessRatio"] = 0.5  # every file runs; one failure is tolerated
+    done, pods = run_once(core, custom, body, tmp_path)
+    status = done["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["succeeded"] == 3 and status["failed"] == 1, status
+    # c.txt is index 2: the listing is in key order
+    assert status["failedIndexes"] == "2", status
+    # The task's IndexFailed event names the index and the file, with the program's words.
+    deadline = time.monotonic() + 30
+    notes: list[str] = []
+    while time.monotonic() < deadline and not notes:
+        events = core.list_namespaced_event(
+            NAMESPACE, field_selector=f"involvedObject.name={name}"
+        ).items
+        notes = [e.message for e in events if e.reason == "IndexFailed"]
+        time.sleep(0.5)
+    assert len(notes) == 1, notes
+    assert notes[0].startswith("indices 2 failed"), notes
+    assert "file c.txt: exit code 2: refusing a bad file" in notes[0], notes
+    assert sorted(outputs.list()) == ["a.txt/upper.txt", "b.txt/upper.txt", "d.txt/upper.txt"]
+    assert len(pods) == 4, sorted(pods)
