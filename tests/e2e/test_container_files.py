@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +157,47 @@ def test_a_program_failing_on_one_file_reports_its_index_and_name(
     assert "file c.txt: exit code 2: refusing a bad file" in notes[0], notes
     assert sorted(outputs.list()) == ["a.txt/upper.txt", "b.txt/upper.txt", "d.txt/upper.txt"]
     assert len(pods) == 4, sorted(pods)
+
+
+@pytest.fixture
+def restricted_namespace(core: client.CoreV1Api, unique: Callable[[str], str]) -> Iterator[str]:
+    """A namespace enforcing the restricted Pod Security Standard, with the S3 Secret."""
+    name = unique("files-pss")
+    labels = {f"pod-security.kubernetes.io/{m}": "restricted" for m in ("enforce", "warn")}
+    core.create_namespace({"metadata": {"name": name, "labels": labels}})
+    secret = core.read_namespaced_secret("kubemap-s3", NAMESPACE)
+    core.create_namespaced_secret(
+        name, {"metadata": {"name": "kubemap-s3"}, "type": secret.type, "data": secret.data}
+    )
+    yield name
+    core.delete_namespace(name)
+
+
+def test_files_pods_pass_the_restricted_pod_security_standard(
+    operator: Operator,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    restricted_namespace: str,
+    unique: Callable[[str], str],
+) -> None:
+    root = unique("files-pss")
+    put_inputs(open_store(f"{BUCKET}/{root}/in"), ["a.txt", "b.txt"])
+    body = manifest(unique("upper-pss"), root, UPPER)
+    custom.create_namespaced_custom_object(
+        "kubemap.io", "v1alpha1", restricted_namespace, "maptasks", body
+    )
+    name = body["metadata"]["name"]
+    deadline = time.monotonic() + 240
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline and status.get("phase") not in ("Succeeded", "Failed"):
+        time.sleep(0.5)
+        got = custom.get_namespaced_custom_object(
+            "kubemap.io", "v1alpha1", restricted_namespace, "maptasks", name
+        )
+        status = dict(got.get("status") or {})
+    # Admission refuses a pod that breaks the standard: the task would never get its pods.
+    assert status.get("phase") == "Succeeded" and status.get("succeeded") == 2, status
+    assert sorted(open_store(f"{BUCKET}/{root}/out").list()) == [
+        "a.txt/upper.txt",
+        "b.txt/upper.txt",
+    ]
