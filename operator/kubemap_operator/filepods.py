@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from kubemap import filetask
-from kubemap.contract import LABEL_TASK, task_label
+from kubemap.contract import ANNOTATION_ATTEMPT, LABEL_TASK, name_digest, task_label
 from kubemap.core.status import Phase, Reason
 from kubemap.models import MapTaskSpec, MapTaskStatus
 
@@ -30,13 +30,12 @@ from kubemap_operator.builder import (
     TaskRef,
     _env,
     _store_env,
-    pod_name,
 )
 from kubemap_operator.kubeapi import TaskApi
 from kubemap_operator.settings import Settings
 from kubemap_operator.status import clip, rfc3339, set_condition
 
-LIST_SUFFIX = "list"
+LISTING_ATTEMPTS = 3  # a listing failed by the store or the node is tried this many times
 ROLE_LABEL = "kubemap.io/role"
 LISTER_ROLE = "list-files"
 FILEPOD_COMMAND = ["python", "-m", "kubemap.filepod"]
@@ -108,12 +107,18 @@ def _is_user_env(entry: dict[str, Any], spec: MapTaskSpec) -> bool:
     return any(entry is user or entry == user for user in spec.template.env or [])
 
 
-def lister_name(task_name: str) -> str:
-    name = f"{task_name}-{LIST_SUFFIX}"
-    return name if len(name) <= MAX_NAME else pod_name(task_name, 0, 0)[:-4] + "-list"
+def lister_name(task_name: str, attempt: int = 0) -> str:
+    """`<task>-list-<attempt>`, cut with a hash like the worker pods' names when long."""
+    suffix = f"-list-{attempt}"
+    if len(task_name) + len(suffix) <= MAX_NAME:
+        return task_name + suffix
+    keep = MAX_NAME - len(suffix) - 9
+    return f"{task_name[:keep].rstrip('-.')}-{name_digest(task_name)}{suffix}"
 
 
-def build_lister_pod(task: TaskRef, spec: MapTaskSpec, settings: Settings) -> dict[str, Any]:
+def build_lister_pod(
+    task: TaskRef, spec: MapTaskSpec, settings: Settings, attempt: int = 0
+) -> dict[str, Any]:
     """The pod that lists spec.files into the task's store (inputs.bin / inputs.idx)."""
     env = [*_store_env(spec, task, settings), *_files_env(spec, settings)]
     container = _kubemap_container(filetask.LIST_CONTAINER, "list", env, settings)
@@ -133,8 +138,9 @@ def build_lister_pod(task: TaskRef, spec: MapTaskSpec, settings: Settings) -> di
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": lister_name(task.name),
+            "name": lister_name(task.name, attempt),
             "namespace": task.namespace,
+            "annotations": {ANNOTATION_ATTEMPT: str(attempt)},
             # No kubemap.io/index: the plan does not see it as an attempt of any index.
             "labels": {**MANAGED_BY, LABEL_TASK: task_label(task.name), ROLE_LABEL: LISTER_ROLE},
             "ownerReferences": [
@@ -180,6 +186,8 @@ def listing_outcome(
     term = _terminated(pod)
     counts = filetask.parse_listing_line(term.get("message")) if phase == "Succeeded" else None
     moment = rfc3339(now)
+    if counts is None and term.get("exitCode") != 5 and attempt_of(pod) + 1 < LISTING_ATTEMPTS:
+        return "retry", None  # the store or the node failed it: list again (a usage error stays)
     if counts is not None:
         listed, skipped = counts
         return "record", {
@@ -215,9 +223,21 @@ def failed_patch(
     }
 
 
+def attempt_of(pod: dict[str, Any]) -> int:
+    try:
+        return int(((pod.get("metadata") or {}).get("annotations") or {})[ANNOTATION_ATTEMPT])
+    except (KeyError, ValueError, TypeError):
+        return 0
+
+
 def lister_of(pods: list[dict[str, Any]], task_name: str) -> dict[str, Any] | None:
-    name = lister_name(task_name)
-    return next((p for p in pods if (p.get("metadata") or {}).get("name") == name), None)
+    """The task's latest listing pod, if any."""
+    mine = [
+        p
+        for p in pods
+        if (p.get("metadata") or {}).get("labels", {}).get(ROLE_LABEL) == LISTER_ROLE
+    ]
+    return max(mine, key=attempt_of, default=None)
 
 
 async def reconcile_listing(
@@ -241,6 +261,14 @@ async def reconcile_listing(
     pod = lister_of(pods, task.name)
     action, patch = listing_outcome(pod, status, now)
     if action == "wait":
+        return None
+    if action == "retry" and pod is not None:
+        attempt = attempt_of(pod) + 1
+        logger.warning(
+            f"listing pod {pod['metadata']['name']} failed; listing again ({attempt + 1} of {LISTING_ATTEMPTS})"
+        )
+        await api.delete_pod(task.namespace, str(pod["metadata"]["name"]))
+        await api.create_pod(task.namespace, build_lister_pod(task, spec, settings, attempt))
         return None
     if action == "create":
         if store_url(spec, settings):

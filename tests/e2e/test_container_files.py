@@ -63,7 +63,7 @@ def put_inputs(store: Store, names: list[str]) -> None:
 
 def workers(seen: set[str], task: str) -> set[str]:
     """The per-file pods the watch saw (not the listing pod)."""
-    return {name for name in seen if name != f"{task}-list"}
+    return {name for name in seen if not name.startswith(f"{task}-list-")}
 
 
 def run_once(
@@ -201,3 +201,22 @@ def test_files_pods_pass_the_restricted_pod_security_standard(
         "a.txt/upper.txt",
         "b.txt/upper.txt",
     ]
+
+
+def test_a_listing_that_cannot_read_its_input_fails_the_task_with_the_cause(
+    operator: Operator,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    name = unique("no-bucket")
+    body = manifest(name, "x", UPPER)
+    body["spec"]["files"]["input"] = f"s3://{unique('missing-bucket')}/in/"
+    done, pods = run_once(core, custom, body, tmp_path)
+    status = done["status"]
+    assert status["phase"] == "Failed", status
+    assert "listing spec.files failed" in status["message"], status
+    assert "missing-bucket" in status["message"], status
+    assert not pods  # no file pod ran
+    assert status.get("listed") is None

@@ -123,7 +123,10 @@ def test_files_pod_is_fetch_program_upload_sharing_an_empty_dir() -> None:
 
 def test_lister_pod_is_no_attempt_of_any_index() -> None:
     pod = build_lister_pod(TASK, spec(), SETTINGS)
-    assert pod["metadata"]["name"] == "upper-list"
+    assert pod["metadata"]["name"] == "upper-list-0"
+    assert build_lister_pod(TASK, spec(), SETTINGS, 2)["metadata"]["name"] == "upper-list-2"
+    long = build_lister_pod(TaskRef("x" * 63, "default", "u"), spec(), SETTINGS, 1)
+    assert len(long["metadata"]["name"]) <= 63 and long["metadata"]["name"].endswith("-list-1")
     assert "kubemap.io/index" not in pod["metadata"]["labels"]
     assert pod["metadata"]["labels"]["kubemap.io/task"] == "upper"
     assert observe_pod(pod, NOW) is None
@@ -134,7 +137,7 @@ def test_lister_pod_is_no_attempt_of_any_index() -> None:
     assert "KUBEMAP_FILES_CACHE_URL" not in env  # skipExisting off
 
 
-def _pod(phase: str | None, message: str = "", code: int = 0) -> dict[str, Any]:
+def _pod(phase: str | None, message: str = "", code: int = 0, attempt: int = 0) -> dict[str, Any]:
     status: dict[str, Any] = {"phase": phase} if phase else {}
     if phase in ("Succeeded", "Failed"):
         status["containerStatuses"] = [
@@ -143,7 +146,8 @@ def _pod(phase: str | None, message: str = "", code: int = 0) -> dict[str, Any]:
                 "state": {"terminated": {"exitCode": code, "message": message}},
             }
         ]
-    return {"metadata": {"name": "upper-list"}, "status": status}
+    meta = {"name": f"upper-list-{attempt}", "annotations": {"kubemap.io/attempt": str(attempt)}}
+    return {"metadata": meta, "status": status}
 
 
 def test_listing_outcomes() -> None:
@@ -153,10 +157,17 @@ def test_listing_outcomes() -> None:
     action, patch = listing_outcome(_pod("Succeeded", filetask.listing_line(20, 3)), empty, NOW)
     assert action == "record" and patch is not None
     assert (patch["listed"], patch["skipped"], patch["total"]) == (20, 3, 17)
-    action, patch = listing_outcome(_pod("Failed", "AccessDenied on kubemap", 4), empty, NOW)
-    assert patch is not None and patch["phase"] == "Failed"
+    # the store failed it: listed again, twice; then the task fails with the last words
+    assert listing_outcome(_pod("Failed", "timeout", 4), empty, NOW) == ("retry", None)
+    assert listing_outcome(_pod("Failed", "timeout", 4, attempt=1), empty, NOW) == ("retry", None)
+    last = _pod("Failed", "AccessDenied on kubemap", 4, attempt=2)
+    action, patch = listing_outcome(last, empty, NOW)
+    assert action == "record" and patch is not None and patch["phase"] == "Failed"
     assert "AccessDenied" in patch["message"] and "exit code 4" in patch["message"]
     assert patch["conditions"][0]["reason"] == "InfrastructureError"
+    # a usage error (exit code 5: a bad input URL) is not retried
+    action, patch = listing_outcome(_pod("Failed", "bad pattern", 5), empty, NOW)
+    assert patch is not None and patch["conditions"][0]["reason"] == "UsageError"
 
 
 def test_a_failed_program_names_its_file() -> None:
