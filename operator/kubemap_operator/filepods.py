@@ -35,6 +35,15 @@ from kubemap_operator.kubeapi import TaskApi
 from kubemap_operator.settings import Settings
 from kubemap_operator.status import clip, rfc3339, set_condition
 
+STORE_ENV = frozenset(
+    {
+        "KUBEMAP_TASK_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    }
+)
 LISTING_ATTEMPTS = 3  # a listing failed by the store or the node is tried this many times
 ROLE_LABEL = "kubemap.io/role"
 LISTER_ROLE = "list-files"
@@ -88,10 +97,12 @@ def with_files(
     program = pod["spec"]["containers"][0]
     kubemap_env = [e for e in program["env"] if not _is_user_env(e, spec)]
     kubemap_env.extend(_files_env(spec, settings))
+    # The program reads and writes local files only: the store's credentials stay with the
+    # kubemap containers (give the program env of its own in spec.template.env if it needs any).
     program["env"] = [
         _env(filetask.ENV_INPUT_PATH, filetask.input_path()),
         _env(filetask.ENV_OUTPUT_DIR, filetask.output_dir()),
-        *program["env"],
+        *(e for e in program["env"] if _is_user_env(e, spec) or e["name"] not in STORE_ENV),
     ]
     program["name"] = filetask.PROGRAM_CONTAINER
     program["volumeMounts"] = [{"name": filetask.VOLUME, "mountPath": filetask.WORK_DIR}]

@@ -114,6 +114,7 @@ def test_files_pod_is_fetch_program_upload_sharing_an_empty_dir() -> None:
     assert program_env["KUBEMAP_INPUT_PATH"] == "/kubemap/input/file"
     assert program_env["KUBEMAP_OUTPUT_DIR"] == "/kubemap/output"
     assert program_env["KUBEMAP_INDEX"] == "7"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KUBEMAP_TASK_URL"} & set(program_env)
     upload_env = {e["name"]: e.get("value", e.get("valueFrom")) for e in mains[0]["env"]}
     assert upload_env["KUBEMAP_TASK_URL"] == "s3://kubemap/tasks/upper"
     assert upload_env["KUBEMAP_FILES_OUTPUT"] == "s3://kubemap/out/"
