@@ -147,12 +147,10 @@ def run_fetch(environ: Mapping[str, str]) -> int:
     target = Path(filetask.input_path(str(work)))
     target.parent.mkdir(parents=True, exist_ok=True)
     Path(filetask.output_dir(str(work))).mkdir(parents=True, exist_ok=True)
+    # The object as it is now, not as listed: a rerun after the file was fixed reads the fix.
+    size = open_store(record["root"]).size(record["key"])
     source = File(
-        url=record["url"],
-        key=record["key"],
-        size=int(record["size"]),
-        tag=str(record.get("tag", "")),
-        root=record["root"],
+        url=record["url"], key=record["key"], size=size, tag="", root=record["root"]
     )
     with source.open() as src, open(target, "wb") as out:
         shutil.copyfileobj(src, out, READ_BUFFER)

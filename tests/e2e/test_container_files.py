@@ -220,3 +220,40 @@ def test_a_listing_that_cannot_read_its_input_fails_the_task_with_the_cause(
     assert "missing-bucket" in status["message"], status
     assert not pods  # no file pod ran
     assert status.get("listed") is None
+
+
+def test_kubectl_annotate_reruns_the_failed_file_after_the_file_is_fixed(
+    operator: Operator,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    root = unique("files-fix")
+    inputs = open_store(f"{BUCKET}/{root}/in")
+    outputs = open_store(f"{BUCKET}/{root}/out")
+    put_inputs(inputs, ["a.txt"])
+    inputs.put("b.txt", b"bad\n")
+    program = 'if grep -q bad "$KUBEMAP_INPUT_PATH"; then exit 2; fi; ' + UPPER
+    name = unique("upper-fix")
+    done, _ = run_once(core, custom, manifest(name, root, program), tmp_path)
+    assert done["status"]["phase"] == "Failed" and "1" in done["status"]["failedIndexes"]
+    inputs.put("b.txt", b"now it is fine, and longer than before\n")  # the fix
+    with PodWatch(core, name) as pods:
+        subprocess.run(
+            [kubectl(), "annotate", "mt", name, "-n", NAMESPACE, "kubemap.io/retry=1"],
+            check=True,
+            capture_output=True,
+        )
+        deadline = time.monotonic() + 240
+        while True:
+            status = (get_task(custom, name) or {}).get("status") or {}
+            if status.get("retryToken") == "1" and status.get("phase") in ("Succeeded", "Failed"):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+    assert status["phase"] == "Succeeded" and status["succeeded"] == 2, status
+    assert status["listed"] == 2  # the rerun keeps the listing: nothing listed again
+    assert f"{name}-1-1" in pods.seen and not any(p.startswith(f"{name}-list-") for p in pods.seen)
+    assert outputs.get("b.txt/upper.txt") == b"NOW IT IS FINE, AND LONGER THAN BEFORE\n"
+    assert sorted(outputs.list()) == ["a.txt/upper.txt", "b.txt/upper.txt"]
