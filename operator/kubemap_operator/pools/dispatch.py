@@ -83,6 +83,7 @@ class Grant:
     total: int
     attempt: int
     lease_seconds: float
+    packages: tuple[str, ...] = ()  # the task's own runtime packages (the pool's are in env)
 
 
 class Dispatcher:
@@ -331,6 +332,7 @@ class Dispatcher:
                 total=task.spec.total,
                 attempt=lease.attempt,
                 lease_seconds=self.lease_seconds,
+                packages=tuple(task.spec.packages or ()),
             )
         return None
 
