@@ -25,7 +25,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from kubemap.backends.base import still_running
-from kubemap.backends.localpool import Broken, Done, Job, ProcessPool
+from kubemap.backends.localpool import WARM, Broken, Done, Job, ProcessPool
 from kubemap.chunking import ChunkPlanner, worker_count
 from kubemap.contract import EXIT_INFRA_ERROR, EXIT_OK, EXIT_USER_ERROR
 from kubemap.core.attempts import Attempt, AttemptState, Report
@@ -138,8 +138,8 @@ class LocalRun:
             self._conclude(Verdict(Phase.SUCCEEDED, Reason.COMPLETED, "0 succeeded"))
             self._finished.set()
             return
-        # Fork the workers here, in the caller's thread, before this run starts a thread.
-        self._pool = ProcessPool(
+        # Fork (or take warm) workers here, in the caller's thread, before this run starts one.
+        self._pool = WARM.acquire(
             worker_count(self.total, self.parallelism, self.options.items_per_pod)
         )
         self._wake_r, self._wake_w = os.pipe()
@@ -212,7 +212,8 @@ class LocalRun:
             decision = plan(self._rules(), self._recorded, list(self._attempts.values()), now)
             self._record(decision)
             if decision.verdict is not None:
-                pool.kill() if decision.verdict.phase is not Phase.SUCCEEDED else pool.close()
+                # A success leaves idle workers: the next run in this process takes them.
+                pool.kill() if decision.verdict.phase is not Phase.SUCCEEDED else WARM.release(pool)
                 return decision.verdict
             self._start(pool, decision)
             self._publish()
