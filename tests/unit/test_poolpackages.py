@@ -194,3 +194,21 @@ def test_pool_packages_reach_the_workers_env_and_the_cache_is_an_empty_dir() -> 
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env["KUBEMAP_PACKAGE_CACHE"]["value"] == "here"
     assert "valueFrom" in env["KUBEMAP_POOL_TOKEN"]  # the pool's env cannot replace the token
+
+
+def test_the_operators_package_index_reaches_the_workers_unless_the_pool_sets_one() -> None:
+    settings = Settings.from_env(
+        {"PIP_INDEX_URL": "http://cluster-index/simple", "PIP_TRUSTED_HOST": "cluster-index"}
+    )
+    assert dict(settings.pip_env) == {
+        "PIP_INDEX_URL": "http://cluster-index/simple",
+        "PIP_TRUSTED_HOST": "cluster-index",
+    }
+    plain = WorkerPoolSpec(packages=["six"])
+    pod = deployment("ns", "p", "uid", plain, 1, settings)["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["PIP_INDEX_URL"] == "http://cluster-index/simple"
+    own = WorkerPoolSpec(env=[{"name": "PIP_INDEX_URL", "value": "http://mine/simple"}])
+    pod = deployment("ns", "p", "uid", own, 1, settings)["spec"]["template"]["spec"]
+    env_list = pod["containers"][0]["env"]
+    assert [e["value"] for e in env_list if e["name"] == "PIP_INDEX_URL"] == ["http://mine/simple"]

@@ -107,7 +107,11 @@ def worker_template(
         {"name": ENV_POOL, "value": f"{namespace}/{pool_name}"},
         {"name": ENV_POOL_TOKEN, "valueFrom": {"secretKeyRef": token_ref}},
     ]
-    kubemap_env = [*_s3_env(settings), *_package_env(spec)]
+    kubemap_env = [
+        *_s3_env(settings),
+        *_package_env(spec),
+        *({"name": k, "value": v} for k, v in sorted(settings.pip_env.items())),
+    ]
     user = [e for e in copy.deepcopy(spec.env or []) if e.get("name") not in _FIXED_NAMES]
     env = [*fixed, *_override(kubemap_env, user)]
     env = [e for e in env if e["name"] != ENV_TASK_URL]  # a pool serves many tasks
