@@ -28,6 +28,10 @@ ENV_PACKAGE_CACHE = "KUBEMAP_PACKAGE_CACHE"  # where the environments go (an emp
 MAX_PACKAGES = 64
 MAX_REQUIREMENT = 200
 INSTALL_TIMEOUT_SECONDS = 900.0
+# A failed set is not tried again for this long: the task that asked has failed by then, and
+# tasks queued behind it with the same set fail at once instead of each running pip; later
+# ones try again (the index may have been down).
+FAILURE_KEPT_SECONDS = 60.0
 COMPLETE_MARKER = ".kubemap-complete"
 # A requirement as pip takes it ("pandas==2.2.*", "tomli_w", "foo[bar]>=1; python_version>'3'"),
 # never an option: "--index-url ..." in a spec must not steer pip somewhere else.
@@ -114,22 +118,23 @@ class Environments:
     def __init__(self, cache: Path, *, log: object = None) -> None:
         self.cache = cache
         self.installs = 0  # pip runs that succeeded (tests and the log count them)
-        self._failed: dict[tuple[str, ...], str] = {}
+        self._failed: dict[tuple[str, ...], tuple[float, str]] = {}
         self._log = log if callable(log) else (lambda message: None)
 
     def path(self, packages: tuple[str, ...]) -> Path | None:
         """The directory holding the package set, installing it the first time."""
         if not packages:
             return None
-        if packages in self._failed:  # the same answer for every lease of this set
-            raise PackageInstallError(self._failed[packages])
+        failed = self._failed.get(packages)
+        if failed is not None and time.monotonic() - failed[0] < FAILURE_KEPT_SECONDS:
+            raise PackageInstallError(failed[1])  # the same answer, without running pip again
         target = self.cache / set_hash(packages)
         if (target / COMPLETE_MARKER).is_file():
             return target
         try:
             self._install(packages, target)
         except PackageInstallError as exc:
-            self._failed[packages] = str(exc)
+            self._failed[packages] = (time.monotonic(), str(exc))
             raise
         return target
 

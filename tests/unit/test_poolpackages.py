@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubemap import poolpackages
 from kubemap.core.status import Phase
 from kubemap.models import MapTaskSpec, MapTaskStatus, Mode, RunOptions, StoreRef
 from kubemap.poolmodels import WorkerPoolSpec
@@ -107,6 +108,10 @@ def test_a_failed_install_says_what_pip_said_and_is_not_retried(
         )
     assert len(pip.runs) == 1
     assert list(tmp_path.iterdir()) == []  # no half environment left behind
+    monkeypatch.setattr(poolpackages, "FAILURE_KEPT_SECONDS", 0.0)  # later: pip is asked again
+    with pytest.raises(PackageInstallError):
+        envs.path(("pandas==9.9",))
+    assert len(pip.runs) == 2
 
 
 def test_the_active_environment_is_on_sys_path_and_its_modules_go_on_a_switch(
