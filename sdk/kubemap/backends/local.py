@@ -45,6 +45,7 @@ IDLE_TICK = 0.5  # the driver wakes at least this often (deadline, retries)
 MAX_CRASH_SPLITS = 64  # a crashed worker's automatic slice size is halved at most this often
 
 _active_runs: weakref.WeakSet[LocalRun] = weakref.WeakSet()
+_run_ids = itertools.count()
 
 
 def default_parallelism() -> int:
@@ -101,6 +102,7 @@ class LocalRun:
         self._recorded = Recorded()
         self._attempts: dict[str, Attempt] = {}
         self._names = itertools.count()
+        self._run_id = f"{os.getpid()}-{next(_run_ids)}"  # new per run: warm workers reload fn
         self._retries = 0
         self._status = RunStatus(phase=Phase.PENDING, total=total)
         self._pool: ProcessPool | None = None
@@ -238,7 +240,14 @@ class LocalRun:
             name = f"{request.start}-{request.attempt}-{next(self._names)}"
             pool.send(
                 worker,
-                Job(self.task.url, request.start, request.count, request.attempt, name),
+                Job(
+                    self.task.url,
+                    request.start,
+                    request.count,
+                    request.attempt,
+                    name,
+                    run=self._run_id,
+                ),
             )
             self._attempts[name] = Attempt.started(request, name)
             if request.attempt == 0:

@@ -58,6 +58,9 @@ class Job:
     count: int
     attempt: int = 0
     name: str = ""
+    # The run it belongs to: a warm worker reloads fn.pkl for a new run of the same task,
+    # whose function MapRun.retry(fn=...) may have replaced.
+    run: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ Event = Done | Broken
 def _serve(conn: Connection) -> None:
     """Worker process main loop: receive a Job, run it, send back a small reply."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cached_url: str | None = None
+    cached_key: tuple[str, str] | None = None
     cached: tuple[Any, Callable[..., Any]] | None = None
     while True:
         try:
@@ -102,9 +105,9 @@ def _serve(conn: Connection) -> None:
             return
         began = time.perf_counter()
         try:
-            if cached is None or cached_url != job.task_url:
+            if cached is None or cached_key != (job.task_url, job.run):
                 store = open_store(job.task_url)
-                cached, cached_url = (store, read_function(store)), job.task_url
+                cached, cached_key = (store, read_function(store)), (job.task_url, job.run)
             store, fn = cached
             outcome = run_slice(
                 store, job.start, job.count, fn=fn, attempt=job.attempt, skip_done=job.attempt > 0
