@@ -135,13 +135,15 @@ class FunctionCache:
         self._fns: OrderedDict[str, Callable[..., Any]] = OrderedDict()
         self.loads = 0
 
-    def get(self, task_url: str) -> Callable[..., Any]:
-        if task_url in self._fns:
-            self._fns.move_to_end(task_url)
-            return self._fns[task_url]
+    def get(self, task_url: str, version: str = "") -> Callable[..., Any]:
+        """`version` is the task's rerun round: MapRun.retry(fn=...) rewrites fn.pkl."""
+        key = f"{task_url}#{version}"
+        if key in self._fns:
+            self._fns.move_to_end(key)
+            return self._fns[key]
         fn = taskdata.read_function(open_store(task_url))
         self.loads += 1
-        self._fns[task_url] = fn
+        self._fns[key] = fn
         while len(self._fns) > FUNCTIONS_KEPT:
             self._fns.popitem(last=False)
         return fn
@@ -218,7 +220,7 @@ def run_lease(
         return _usage_failure(report, start, count, str(exc))
     try:
         task = open_store(task_url)
-        fn = functions.get(task_url)
+        fn = functions.get(task_url, str(grant.get("version") or ""))
         outcome = _run_span(task, start, count, fn, attempt)
     except StoreError as exc:
         _log(f"infrastructure failure on items {start}..{start + count - 1} of {task_url}: {exc}")

@@ -236,6 +236,35 @@ def test_the_retry_budget_holds_across_an_operator_restart(
     assert not body["status"].get("poolFailures")  # nothing left in play once finished
 
 
+def test_retry_with_a_new_function_runs_on_the_pool_without_a_pod(
+    core: client.CoreV1Api,
+    operator: Operator,
+    pool: Callable[..., WorkerPool],
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """MapRun.retry(fn=...) on a pool task: the warm workers run the new function (not the
+    one they kept) on the indices without a result; no pod is made for the rerun."""
+    wp = pool(replicas=2, idle_ttl_seconds=0)
+    ready(wp, 2)
+    first_log, second_log, bad = tmp_path / "first.log", tmp_path / "second.log", {4, 9}
+    run = kubemap.submit(
+        counted_failing(first_log, frozenset(bad)),
+        range(12),
+        **opts(name=unique("prr"), pool=wp.name, min_success_ratio=0),
+    )
+    run.wait(timeout=300)
+    assert run.status().failed == 2
+    rerun = run.retry(fn=counted(second_log))
+    rerun.wait(timeout=300)
+    assert rerun.results() == [3 * x for x in range(12)]
+    assert executions(second_log) == sorted(bad)  # only the missing ones, by the new fn
+    assert executions(first_log) == list(range(12))
+    assert not core.list_namespaced_pod(
+        NAMESPACE, label_selector=f"kubemap.io/task={run.name}"
+    ).items
+
+
 def test_an_idle_pool_scales_to_min_and_back_up(
     core: client.CoreV1Api,
     operator: Operator,

@@ -122,3 +122,26 @@ def test_counts_follow_the_highest_attempt_and_skip_recorded_indices() -> None:
     assert encode(counts) == "2:2-4;1:5-14"
     assert decode("2:2-4;1:5-14") == counts
     assert decode("x:1;2:oops;3:7") == {3: IndexRanges.span(7, 8)}  # damaged parts skipped
+
+
+def test_a_rerun_round_is_served_by_the_same_dispatcher_with_a_new_function_version() -> None:
+    from kubemap_operator import rerun
+
+    clock, runs = Clock(), Counter[int]()
+    d = new_dispatcher(clock)
+    task_spec = spec(4, 0).model_copy(update={"min_success_ratio": 0.0})
+    d.sync(KEY, "u", task_spec, MapTaskStatus(), URL, "3.11", 1)
+    grant = lease(d)
+    assert grant is not None and grant.version == ""
+    span = IndexRanges.span(0, 4)
+    ok, bad = span - IndexRanges.span(2, 3), IndexRanges.span(2, 3)
+    assert d.report(POOL, grant.lease_id, "user", WorkerReport(ok, bad))
+    done = d.tasks[KEY].status
+    assert done.phase is Phase.SUCCEEDED and done.failed == 1  # tolerated
+    # kubemap.io/retry=r1 on the finished task (the dispatcher still holds it)
+    again, _ = rerun.honour(task_spec, done, [], "r1", clock())
+    d.sync(KEY, "u", task_spec, again, URL, "3.11", 1)
+    retry = lease(d)
+    assert retry is not None and (retry.start, retry.count, retry.version) == (2, 1, "r1")
+    fail(d, retry, runs)  # fails again: the new round's own budget (0 retries) decides
+    assert d.tasks[KEY].status.phase.finished and runs == Counter({2: 1})

@@ -86,6 +86,9 @@ class Grant:
     attempt: int
     lease_seconds: float
     packages: tuple[str, ...] = ()  # the task's own runtime packages (the pool's are in env)
+    # Changes with each rerun round (kubemap.io/retry): MapRun.retry(fn=...) may have
+    # replaced fn.pkl under the same URL, so a worker must not keep the old function.
+    version: str = ""
 
 
 class Dispatcher:
@@ -161,6 +164,9 @@ class Dispatcher:
             self.on_pool_work(task.pool)
             self.pool(task.pool).wakeup.set()  # idle workers long-polling: here is work
         task.spec = spec
+        if status.retry_token != task.status.retry_token and not status.phase.finished:
+            # A rerun round (kubemap.io/retry) of a task this dispatcher saw finish.
+            task.status, task.leases, task.recovered, task.flushed = status, Leases(), True, status
         if status.phase.finished and not task.status.phase.finished:
             task.status = status  # finished elsewhere (an older operator): follow the API
         self._replan(task, generation=generation)
@@ -338,6 +344,7 @@ class Dispatcher:
                 attempt=lease.attempt,
                 lease_seconds=self.lease_seconds,
                 packages=tuple(task.spec.packages or ()),
+                version=task.status.retry_token or "",
             )
         return None
 
