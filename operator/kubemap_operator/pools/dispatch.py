@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase
 from kubemap.models import MapTaskSpec, MapTaskStatus
 
@@ -27,7 +26,7 @@ from kubemap_operator.observe import PodState, WorkerReport
 from kubemap_operator.planner import Event, Limits, plan
 from kubemap_operator.plantypes import Plan
 from kubemap_operator.pools.leases import Lease, Leases, chunk_floor, guided_chunk
-from kubemap_operator.pools.retrystate import counts_in_play, decode, encode, recovered_leases
+from kubemap_operator.pools.retrystate import restore_counts, with_counts
 from kubemap_operator.status import rfc3339, set_condition
 
 FLUSH_SECONDS = 1.0
@@ -160,7 +159,7 @@ class Dispatcher:
             )
             self.tasks[key] = task
             if task.recovered:
-                _restore_failure_counts(task, self.clock())
+                restore_counts(task.status, task.leases, self.clock())
             self.on_pool_work(task.pool)
             self.pool(task.pool).wakeup.set()  # idle workers long-polling: here is work
         task.spec = spec
@@ -287,7 +286,7 @@ class Dispatcher:
         task.leases.drop(finished)
         if task.status.phase.finished:
             task.leases.drop(list(task.leases.by_name))  # their reports will get 410 Gone
-        task.status = _with_failure_counts(task)
+        task.status = with_counts(task.status, task.leases)
 
     def _replan(self, task: PoolTask, generation: int | None = None) -> None:
         if task.status.phase.finished:
@@ -375,30 +374,3 @@ class Dispatcher:
         task.events.append(Event("Warning", "PythonMismatch", message))
         task.leases.drop(list(task.leases.by_name))
         self.on_change(task.key)
-
-
-def _recorded(status: MapTaskStatus) -> IndexRanges:
-    return IndexRanges.parse(status.succeeded_indexes) | IndexRanges.parse(status.failed_indexes)
-
-
-def _with_failure_counts(task: PoolTask) -> MapTaskStatus:
-    """The status with the user failure counts of indices still in play (retrystate.py), so
-    that a restarted dispatcher grants exactly the retries that were left."""
-    status = task.status
-    in_play = not status.phase.finished and any(
-        lease.failures or lease.state is PodState.FAILED for lease in task.leases.by_name.values()
-    )
-    text = encode(counts_in_play(task.leases, _recorded(status))) if in_play else None
-    if text == status.pool_failures:
-        return status
-    return status.model_copy(update={"pool_failures": text})
-
-
-def _restore_failure_counts(task: PoolTask, now: datetime) -> None:
-    """After a restart: the counts in the status become failed attempts plan() reads."""
-    counts = decode(task.status.pool_failures)
-    if not counts or task.status.phase.finished:
-        return
-    done = _recorded(task.status)
-    for lease in recovered_leases(counts, done, task.status.attempt_base, now):
-        task.leases.by_name[lease.name] = lease

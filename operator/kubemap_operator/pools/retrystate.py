@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from kubemap.contract import EXIT_USER_ERROR
 from kubemap.core.ranges import IndexRanges, RangesSyntaxError
+from kubemap.models import MapTaskStatus
 
 from kubemap_operator.observe import PodState, WorkerReport
 from kubemap_operator.pools.leases import Lease, Leases
@@ -108,3 +109,27 @@ def recovered_leases(
             lease.finish("user", WorkerReport(IndexRanges(), IndexRanges.span(lo, hi)), now)
             out.append(lease)
     return out
+
+
+def _recorded(status: MapTaskStatus) -> IndexRanges:
+    return IndexRanges.parse(status.succeeded_indexes) | IndexRanges.parse(status.failed_indexes)
+
+
+def with_counts(status: MapTaskStatus, leases: Leases) -> MapTaskStatus:
+    """The status with the user failure counts of the indices still in play."""
+    in_play = not status.phase.finished and any(
+        lease.failures or lease.state is PodState.FAILED for lease in leases.by_name.values()
+    )
+    text = encode(counts_in_play(leases, _recorded(status))) if in_play else None
+    if text == status.pool_failures:
+        return status
+    return status.model_copy(update={"pool_failures": text})
+
+
+def restore_counts(status: MapTaskStatus, leases: Leases, now: datetime) -> None:
+    """After a restart: the counts in the status become failed attempts plan() reads."""
+    counts = decode(status.pool_failures)
+    if not counts or status.phase.finished:
+        return
+    for lease in recovered_leases(counts, _recorded(status), status.attempt_base, now):
+        leases.by_name[lease.name] = lease
