@@ -30,9 +30,9 @@ RELEASE = NAMESPACE = "kubemap-real"
 CHART = Path(__file__).resolve().parents[3] / "charts" / "kubemap"
 
 
-def _probe_successes(api: client.ApiClient, pod: str) -> int:
-    """Successful liveness probes of ``pod``, from the kubelet's /metrics/probes (through the
-    API server's node proxy)."""
+def _probe_successes(api: client.ApiClient, pod: str, kind: str = "Liveness") -> int:
+    """Successful probes of ``pod`` (Liveness or Readiness), from the kubelet's
+    /metrics/probes (through the API server's node proxy)."""
     data = api.call_api(
         f"/api/v1/nodes/{REAL_NODE_NAME}/proxy/metrics/probes", "GET",
         auth_settings=["BearerToken"], _preload_content=False,
@@ -41,7 +41,7 @@ def _probe_successes(api: client.ApiClient, pod: str) -> int:
     for line in data.splitlines():
         if (
             line.startswith("prober_probe_total{")
-            and 'probe_type="Liveness"' in line
+            and f'probe_type="{kind}"' in line
             and f'pod="{pod}"' in line
             and 'result="successful"' in line
         ):
@@ -178,6 +178,8 @@ def test_the_operator_container_becomes_available_and_stays_live(
         lambda: _probe_successes(real_api, pod.metadata.name) >= 2,
         240,
     )
+    # Readiness asks the dispatcher (pools are on by default): its Service needs it.
+    assert _probe_successes(real_api, pod.metadata.name, "Readiness") >= 2
     again = core.read_namespaced_pod(pod.metadata.name, NAMESPACE)
     assert again.status.container_statuses[0].restart_count == 0
     assert again.status.container_statuses[0].ready
