@@ -168,7 +168,9 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
             infra_reason = f"pod ended by the platform ({reason or 'DisruptionTarget'})"
     finished = parse_time(terminated.get("finishedAt")) if terminated else None
     if finished is None and state is not PodState.ACTIVE:
-        finished = deletion or now
+        # A stuck pod never finishes: date it from its creation, or "now" at each look would
+        # push its retry's backoff forever into the future (seen on a real kubelet).
+        finished = deletion or (created if cause is not None else None) or now
     return ObservedPod(
         name=str(meta.get("name", "")),
         start=_int(labels, LABEL_INDEX, 0),

@@ -206,7 +206,11 @@ class RunOptions(BaseModel):
     resources: dict[str, Any] | None = None
     env: dict[str, str] | None = None
     node_selector: dict[str, str] | None = None
+    tolerations: list[dict[str, Any]] | None = Field(default=None, max_length=64)
     service_account: str | None = None
+    # The S3 endpoint as the pods reach it, when it is not the operator's default (a MinIO
+    # the SDK reaches through a port-forward, a node network of its own).
+    store_endpoint: str | None = Field(default=None, max_length=1024, pattern=r"^https?://")
     pool: str | None = Field(
         default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
     )

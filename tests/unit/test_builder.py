@@ -209,7 +209,9 @@ def test_sdk_builds_a_function_mode_maptask() -> None:
             env={"A": "1"},
             resources={"limits": {"cpu": "1"}},
             node_selector={"n": "x"},
+            tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
             service_account="sa",
+            store_endpoint="http://minio.data:9000",
         ),
     )
     spec = body["spec"]
@@ -219,7 +221,7 @@ def test_sdk_builds_a_function_mode_maptask() -> None:
     assert (
         spec["mode"] == "Function"
         and spec["count"] == 100
-        and spec["store"] == {"url": "s3://bucket/runs"}
+        and spec["store"] == {"url": "s3://bucket/runs", "endpoint": "http://minio.data:9000"}
     )
     assert (spec["parallelism"], spec["itemsPerPod"], spec["backoffLimitPerIndex"]) == (7, 5, 2)
     assert spec["minSuccessRatio"] == 0.9 and spec["activeDeadlineSeconds"] == 31
@@ -228,6 +230,7 @@ def test_sdk_builds_a_function_mode_maptask() -> None:
         "env": [{"name": "A", "value": "1"}],
         "resources": {"limits": {"cpu": "1"}},
         "nodeSelector": {"n": "x"},
+        "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
         "serviceAccountName": "sa",
     }
     with pytest.raises(ValueError, match="needs an S3 store"):

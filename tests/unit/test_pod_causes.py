@@ -102,3 +102,31 @@ def test_the_same_image_failure_on_the_first_wave_stops_the_task() -> None:
     assert "ghcr.io/x/missing:1" in decision.verdict.message
     assert "check the image name" in decision.verdict.message
     assert "0 succeeded, 0 failed, 20 not run" in decision.verdict.message
+
+
+def test_a_stuck_pods_retry_comes_due_while_it_stays_stuck() -> None:
+    """A pod stuck on a pull is dated from its creation: seen again later, still stuck, its
+    backoff has run out and a retry is started (before the fix, each look restarted it)."""
+    body = pod("t-0-1", waiting("ImagePullBackOff", "back-off"))
+    body["metadata"]["annotations"].update(
+        {"kubemap.io/infra-failures": "1", "kubemap.io/attempt": "1"}
+    )
+    rules = Rules(total=1, parallelism=1)
+    first = observe_pod(body, NOW + timedelta(seconds=2))
+    assert first is not None and first.finished_at == NOW
+    early = plan(rules, Recorded(), [first], NOW + timedelta(seconds=2))
+    assert early.start == () and early.next_due is not None and early.next_due > 0
+    later = NOW + timedelta(seconds=60)
+    again = observe_pod(body, later)
+    assert again is not None
+    due = plan(rules, Recorded(), [again], later)
+    assert [(r.start, r.attempt) for r in due.start] == [(0, 2)], due
+
+
+@pytest.mark.parametrize("reason", ["InvalidImageName", "ErrImageNeverPull"])
+def test_an_image_no_retry_can_fetch_fails_the_task_at_once(reason: str) -> None:
+    seen = observe_pod(pod("t-0-0", waiting(reason, "not present")), NOW)
+    assert seen is not None
+    decision = plan(Rules(total=20, parallelism=4), Recorded(), [seen], NOW)
+    assert decision.verdict is not None and decision.verdict.reason is Reason.SYSTEMATIC
+    assert "ghcr.io/x/missing:1" in decision.verdict.message

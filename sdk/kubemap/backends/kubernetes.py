@@ -48,6 +48,7 @@ def build_maptask(name: str, store_url: str, total: int, options: RunOptions) ->
         env=[{"name": k, "value": v} for k, v in (options.env or {}).items()] or None,
         resources=options.resources,
         node_selector=options.node_selector,
+        tolerations=options.tolerations,
         service_account_name=options.service_account,
     )
     # On a pool the pool's size bounds a task, not parallelism (unless the user sets one).
@@ -64,7 +65,7 @@ def build_maptask(name: str, store_url: str, total: int, options: RunOptions) ->
         backoff_limit_per_index=options.retries,
         min_success_ratio=options.min_success_ratio,
         active_deadline_seconds=math.ceil(options.timeout) if options.timeout else None,
-        store=StoreRef(url=base),
+        store=StoreRef(url=base, endpoint=options.store_endpoint),
         template=template,
     )
     return {

@@ -61,6 +61,9 @@ PERMANENT_CAUSES = frozenset(
         ("store", "SignatureDoesNotMatch"),
         ("store", "NoSuchBucket"),
         ("store", "AccessDenied"),
+        # The name cannot be parsed, or the node must not pull and does not have it.
+        ("image", "InvalidImageName"),
+        ("image", "ErrImageNeverPull"),
         ("version", ""),
     }
 )

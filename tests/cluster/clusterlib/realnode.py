@@ -40,6 +40,7 @@ APT_PACKAGES = {
     "ip": "iproute2",
     "buildah": "buildah",
     "podman": "podman",
+    "catatonit": "catatonit",  # the pause image's only binary (see _images)
 }
 
 
