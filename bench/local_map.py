@@ -4,7 +4,9 @@
     python bench/local_map.py --quick    # fewer items, for a smoke test
 
 Cases: 100,000 tiny items (x -> 2*x) and 2,000 items of 1 ms busy work (a spin loop, not
-sleep), each timed best-of-3; plus the peak memory (ru_maxrss) of submitting 1,000,000
+sleep), each timed best-of-3; the per-call overhead of many small kubemap.map calls in one
+process, with the warm worker pool (kept between calls) and cold (a pool forked per call, as
+before the pool was kept); plus the peak memory (ru_maxrss) of submitting 1,000,000
 small inputs to the local store, measured in a fresh subprocess. Pool.map is timed with
 the pool's start-up, as kubemap.map's includes its own. Targets (2 cores): 1 ms case within
 15 % of Pool.map; tiny case under 1 s and within 10x of Pool.map; submit peak < 500 MB.
@@ -85,6 +87,19 @@ def submit_peak_mb(n: int) -> tuple[float, float]:
     return float(out[0]), float(out[1])
 
 
+def per_call_seconds(calls: int, cores: int, *, warm: bool) -> float:
+    """Mean wall time of kubemap.map(double, range(8)): mostly fixed per-call costs."""
+    from kubemap.backends.localpool import WARM
+
+    kubemap.map(double, range(8), parallelism=cores)  # imports, first pool
+    started = time.perf_counter()
+    for _ in range(calls):
+        if not warm:
+            WARM.shutdown()  # the next call forks its workers anew
+        assert kubemap.map(double, range(8), parallelism=cores) == [2 * x for x in range(8)]
+    return (time.perf_counter() - started) / calls
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the items")
@@ -114,6 +129,14 @@ def main() -> int:
                 f"{label:<12} {len(items):>8,} {loop_s:>8.3f} {pool_s:>10.3f} {km_s:>10.3f} "
                 f"{km_s / pool_s:>7.2f}x {km_s / loop_s:>7.2f}x"
             )
+        calls = 50 // scale
+        cold = per_call_seconds(calls, cores, warm=False)
+        warm = per_call_seconds(calls, cores, warm=True)
+        print(
+            f"\n{calls} calls of kubemap.map(x -> 2*x, range(8)): {1000 * cold:.1f} ms a call "
+            f"with a pool forked per call, {1000 * warm:.1f} ms with the warm pool "
+            f"({cold / warm:.1f}x)"
+        )
         leftovers = [os.path.join(d, f) for d, _, files in os.walk(store) for f in files]
     n_submit = 1_000_000 // scale
     before_mb, peak_mb = submit_peak_mb(n_submit)

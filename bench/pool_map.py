@@ -2,6 +2,7 @@
 
     eval "$(tests/cluster/testcluster env)"      # or any KUBECONFIG with kubemap installed
     .venv/bin/python bench/pool_map.py [--items 10000] [--workers 8] [--small 1000] [--tiny 100000]
+    .venv/bin/python bench/pool_map.py --idle-cpu 60 --workers 4   # idle workers' CPU only
 
 Rows (the same 10 ms sleep per item unless said otherwise):
   warm pool        second task on a pool whose workers are already up
@@ -204,6 +205,45 @@ def indexed_job(batch: client.BatchV1Api, items: int, parallelism: int) -> Calla
     return run
 
 
+def idle_cpu(core: client.CoreV1Api, replicas: int, seconds: float) -> int:
+    """CPU of idle warm workers: utime+stime from /proc over `seconds` of no work.
+
+    Needs pods that are local processes (the test cluster's node emulator: containerID
+    emulator://<pid>); on a real node read the container's cgroup cpu.stat instead."""
+    name = f"bench-idle-{uuid.uuid4().hex[:4]}"
+    wp = warm(name, replicas)
+    try:
+        time.sleep(5)  # the warm-up task's last report and lease are over
+        pods = core.list_namespaced_pod(NAMESPACE, label_selector=f"kubemap.io/pool={name}")
+        pids = []
+        for pod in pods.items:
+            for cs in pod.status.container_statuses or []:
+                if (cs.container_id or "").startswith("emulator://"):
+                    pids.append(int(cs.container_id.removeprefix("emulator://")))
+        if not pids:
+            raise SystemExit("no worker pids: --idle-cpu needs the test cluster's node emulator")
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def cpu(pid: int) -> float:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+        before = {pid: cpu(pid) for pid in pids}
+        started = time.monotonic()
+        time.sleep(seconds)
+        wall = time.monotonic() - started
+        for pid in pids:
+            used = cpu(pid) - before[pid]
+            print(
+                f"idle worker pid {pid}: {used:.2f} s CPU in {wall:.0f} s = "
+                f"{100 * used / wall:.2f} % of a core (target < 1 %)"
+            )
+    finally:
+        wp.delete()
+    return 0
+
+
 def table(rows: list[Row]) -> str:
     lines = [
         "| run | items | workers | wall (s) | ideal (s) | x ideal | pods created | API writes |",
@@ -233,10 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-slow", action="store_true", help="leave out one pod per index and the Indexed Job"
     )
+    parser.add_argument(
+        "--idle-cpu", type=float, default=None, metavar="SECONDS",
+        help="only measure the CPU of idle warm workers over SECONDS (test cluster)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     config.load_kube_config()
     api = client.ApiClient()
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    if args.idle_cpu is not None:
+        return idle_cpu(core, args.workers, args.idle_cpu)
     tag = uuid.uuid4().hex[:4]
     n, w = args.items, args.workers
     pools: list[WorkerPool] = []

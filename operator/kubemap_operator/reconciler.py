@@ -147,8 +147,11 @@ class Reconciler:
             if listed is None:
                 return None
             spec, status = listed
-        if spec.pool is not None and self.dispatcher is not None and not status.phase.finished:
-            return await reconcile_pool_task(self, body, spec, status, logger)
+        token = (meta.get("annotations") or {}).get(ANNOTATION_RETRY)
+        rerun_asked = bool(token) and token != status.retry_token  # a pool task reruns on leases
+        pooled = spec.pool is not None and self.dispatcher is not None
+        if pooled and (not status.phase.finished or rerun_asked):
+            return await reconcile_pool_task(self, body, spec, status, logger, token)
         now = self.clock()
         observed = [o for o in (observe_pod(p, now) for p in pods) if o is not None]
         result = plan(

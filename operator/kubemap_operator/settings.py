@@ -24,6 +24,9 @@ RESTRICTED_POD_DEFAULTS: dict[str, Any] = {
 }
 
 
+PIP_ENV = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of the operator. Defaults are what the chart documents."""
@@ -48,6 +51,10 @@ class Settings:
     dispatcher_port: int = 8787
     dispatcher_url: str = ""
     lease_seconds: float = 15.0
+    # The package index pool workers pip-install runtime packages from: the operator's own
+    # PIP_INDEX_URL, PIP_EXTRA_INDEX_URL and PIP_TRUSTED_HOST (chart: operator.extraEnv),
+    # passed to every pool's workers unless the pool's env sets them.
+    pip_env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -101,4 +108,5 @@ class Settings:
             dispatcher_port=int(number("DISPATCHER_PORT", 8787)),
             dispatcher_url=get("DISPATCHER_URL", ""),
             lease_seconds=number("LEASE_SECONDS", 15.0),
+            pip_env={k: env[k] for k in PIP_ENV if env.get(k, "").strip()},
         )

@@ -34,6 +34,12 @@ def pool_group() -> None:
     help="Seconds idle before scaling to --min; 0 = never.",
 )
 @click.option("--image", default=None, help="Worker image (default: the operator's kubemap image).")
+@click.option(
+    "--package",
+    "packages",
+    multiple=True,
+    help="A pip requirement every worker installs once (repeat for more), e.g. 'pandas==2.2.*'.",
+)
 @click.option("--namespace", "-n", default=None, help="Namespace (default: the context's).")
 def create_cmd(
     name: str,
@@ -41,13 +47,14 @@ def create_cmd(
     min_replicas: int,
     idle_ttl: int,
     image: str | None,
+    packages: tuple[str, ...],
     namespace: str | None,
 ) -> None:
     from kubemap.workerpool import WorkerPool
 
     pool = WorkerPool(
         name, namespace=namespace, replicas=replicas, min_replicas=min_replicas,
-        idle_ttl_seconds=idle_ttl, image=image,
+        idle_ttl_seconds=idle_ttl, image=image, packages=list(packages) or None,
     ).create()  # fmt: skip
     click.echo(f"workerpool {pool.name} created in {pool.cluster.namespace} ({replicas} workers)")
 

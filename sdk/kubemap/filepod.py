@@ -149,9 +149,7 @@ def run_fetch(environ: Mapping[str, str]) -> int:
     Path(filetask.output_dir(str(work))).mkdir(parents=True, exist_ok=True)
     # The object as it is now, not as listed: a rerun after the file was fixed reads the fix.
     size = open_store(record["root"]).size(record["key"])
-    source = File(
-        url=record["url"], key=record["key"], size=size, tag="", root=record["root"]
-    )
+    source = File(url=record["url"], key=record["key"], size=size, tag="", root=record["root"])
     with source.open() as src, open(target, "wb") as out:
         shutil.copyfileobj(src, out, READ_BUFFER)
     (work / filetask.INPUT_KEY_FILE).write_text(record["name"], encoding="utf-8")

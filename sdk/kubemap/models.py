@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from kubemap.core.status import Phase
+from kubemap.poolpackages import check_packages
 
 MAX_INLINE_ITEMS = 1000
 MAX_ITEM_LENGTH = 4096
@@ -143,12 +144,21 @@ class MapTaskSpec(_Wire):
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description="Run on the warm workers of this WorkerPool (same namespace) instead of pods.",
     )
+    packages: list[str] | None = Field(
+        default=None,
+        max_length=64,
+        description="Pool tasks: pip requirements the workers install (once each) for this task.",
+    )
     files: FilesSpec | None = None
 
     @model_validator(mode="after")
     def _check_shape(self) -> MapTaskSpec:
         if self.files is not None:
             _check_files(self)
+            if self.pool is not None:
+                raise ValueError("files runs pods of your image; pool is for function mode")
+            if self.packages:
+                _check_task_packages(self.packages, self.pool)
             return self
         if self.items is not None:
             if self.mode is Mode.FUNCTION:
@@ -169,6 +179,8 @@ class MapTaskSpec(_Wire):
             raise ValueError("container mode needs template.image")
         if self.pool is not None and self.mode is not Mode.FUNCTION:
             raise ValueError("pool is for function mode: pool workers run the task's fn.pkl")
+        if self.packages:
+            _check_task_packages(self.packages, self.pool)
         return self
 
     @property
@@ -228,6 +240,10 @@ class MapTaskStatus(_Wire):
     # pods of earlier rounds (attempt below it) are no part of the rerun's plan.
     retry_token: str | None = Field(default=None, max_length=128)
     attempt_base: int = Field(default=0, ge=0)
+    # Warm pools only: user failures so far of indices still to be retried, as
+    # "failures:ranges;..." ("1:3-5,9;2:7"), so a restarted dispatcher grants no extra retry
+    # (in pod mode the pods' annotations carry these counts).
+    pool_failures: str | None = Field(default=None, max_length=16384)
     # spec.files: how many objects matched and how many of those were skipped (already
     # processed); None until the listing pod finished. total = listed - skipped.
     listed: int | None = Field(default=None, ge=0)
@@ -266,3 +282,20 @@ class RunOptions(BaseModel):
     pool: str | None = Field(
         default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
     )
+    packages: list[str] | None = Field(default=None, max_length=64)  # pool tasks only
+
+    @model_validator(mode="after")
+    def _check_packages(self) -> RunOptions:
+        if self.packages:
+            _check_task_packages(self.packages, self.pool if self.backend == "kubernetes" else None)
+        return self
+
+
+def _check_task_packages(packages: list[str], pool: str | None) -> None:
+    """Runtime packages are installed by warm pool workers; pods and local runs do not."""
+    if pool is None:
+        raise ValueError(
+            "packages= is installed by warm pool workers: run with backend='kubernetes', "
+            "pool=<name>, or bake the packages into image= (locally: pip install them)"
+        )
+    check_packages(packages)

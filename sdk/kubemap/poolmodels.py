@@ -14,6 +14,7 @@ from pydantic import ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from kubemap.models import _Wire
+from kubemap.poolpackages import check_packages
 
 POOL_KIND: Final = "WorkerPool"
 POOL_PLURAL: Final = "workerpools"
@@ -67,11 +68,13 @@ class WorkerPoolSpec(_Wire):
     packages: list[str] | None = Field(
         default=None,
         max_length=64,
-        description="Runtime pip packages (not implemented yet: a pool that names any is refused).",
+        description="pip requirements every worker installs once (PIP_INDEX_URL etc. from env).",
     )
 
     @model_validator(mode="after")
     def _check(self) -> WorkerPoolSpec:
+        if self.packages:
+            check_packages(self.packages, where="spec.packages")
         if self.min_replicas > self.replicas:
             raise ValueError(
                 f"minReplicas ({self.min_replicas}) is above replicas ({self.replicas}): lower it"

@@ -32,6 +32,14 @@ from kubemap.contract import RESULTS_PREFIX, parse_result_key
 from kubemap.core.ranges import IndexRanges
 from kubemap.errors import StoreError
 from kubemap.poolmodels import ENV_DISPATCHER, ENV_POOL, ENV_POOL_TOKEN, python_minor
+from kubemap.poolpackages import (
+    ActiveEnvironment,
+    Environments,
+    PackageInstallError,
+    default_cache,
+    package_set,
+    pool_packages,
+)
 from kubemap.stores import open_store
 from kubemap.stores.base import Store
 from kubemap.worker import SliceOutcome, Terminated, run_slice
@@ -127,13 +135,15 @@ class FunctionCache:
         self._fns: OrderedDict[str, Callable[..., Any]] = OrderedDict()
         self.loads = 0
 
-    def get(self, task_url: str) -> Callable[..., Any]:
-        if task_url in self._fns:
-            self._fns.move_to_end(task_url)
-            return self._fns[task_url]
+    def get(self, task_url: str, version: str = "") -> Callable[..., Any]:
+        """`version` is the task's rerun round: MapRun.retry(fn=...) rewrites fn.pkl."""
+        key = f"{task_url}#{version}"
+        if key in self._fns:
+            self._fns.move_to_end(key)
+            return self._fns[key]
         fn = taskdata.read_function(open_store(task_url))
         self.loads += 1
-        self._fns[task_url] = fn
+        self._fns[key] = fn
         while len(self._fns) > FUNCTIONS_KEPT:
             self._fns.popitem(last=False)
         return fn
@@ -175,14 +185,42 @@ def _run_span(
     return SliceOutcome(succeeded=succeeded, failed=failed, skipped=done, errors=errors)
 
 
-def run_lease(grant: dict[str, Any], functions: FunctionCache) -> dict[str, Any]:
+class Runtime:
+    """The worker's runtime packages: the pool's (from its env) plus each task's own."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.envs: Environments | None = None
+        self.active = ActiveEnvironment()
+
+    def prepare(self, grant: Mapping[str, Any]) -> None:
+        """Install (once) and activate the task's package set; PackageInstallError if pip fails."""
+        packages = package_set(pool_packages(self.environ), grant.get("packages") or ())
+        if packages and self.envs is None:
+            self.envs = Environments(default_cache(self.environ), log=_log)
+        self.active.switch(self.envs.path(packages) if self.envs and packages else None)
+
+
+def _usage_failure(report: dict[str, Any], start: int, count: int, why: str) -> dict[str, Any]:
+    """A failure no retry can cure (pip cannot install the packages): the task fails at once."""
+    _log(f"cannot run items {start}..{start + count - 1}: {why}")
+    return {**report, "kind": "usage", "why": why[:400]}
+
+
+def run_lease(
+    grant: dict[str, Any], functions: FunctionCache, runtime: Runtime | None = None
+) -> dict[str, Any]:
     """Run one leased slice; the report body to send back."""
     task_url = str(grant["task_url"])
     start, count, attempt = int(grant["start"]), int(grant["count"]), int(grant["attempt"])
     report: dict[str, Any] = {"lease": grant["lease_id"]}
     try:
+        (runtime or Runtime(os.environ)).prepare(grant)
+    except PackageInstallError as exc:
+        return _usage_failure(report, start, count, str(exc))
+    try:
         task = open_store(task_url)
-        fn = functions.get(task_url)
+        fn = functions.get(task_url, str(grant.get("version") or ""))
         outcome = _run_span(task, start, count, fn, attempt)
     except StoreError as exc:
         _log(f"infrastructure failure on items {start}..{start + count - 1} of {task_url}: {exc}")
@@ -224,6 +262,7 @@ def serve(env: PoolEnv, *, stop: Callable[[], bool] = lambda: False, wait: float
     client = DispatcherClient(env)
     heartbeat = Heartbeat(client)
     functions = FunctionCache()
+    runtime = Runtime(os.environ)
     refusals, backoff = 0, 0.5
     pending: dict[str, Any] | None = None  # the last lease's report, sent with the next ask
     _log(f"serving pool {env.pool} as {env.worker} (Python {python_minor()}) from {env.url}")
@@ -254,7 +293,7 @@ def serve(env: PoolEnv, *, stop: Callable[[], bool] = lambda: False, wait: float
             continue  # 204: no work within the long poll
         heartbeat.hold(str(grant["lease_id"]), float(grant.get("lease_seconds", 15)))
         try:
-            body = run_lease(grant, functions)
+            body = run_lease(grant, functions, runtime)
         except Terminated:
             heartbeat.hold(None)
             _send_report(

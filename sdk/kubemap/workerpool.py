@@ -3,6 +3,7 @@
     pool = kubemap.WorkerPool("scorers", replicas=8, idle_ttl_seconds=600)
     pool.create()                   # or kubemap.map(fn, xs, backend="kubernetes", pool="scorers")
     pool.scale(16); pool.status(); pool.delete()
+    kubemap.WorkerPool("frames", packages=["pandas==2.2.*"])   # pip-installed once per worker
 A MapTask names its pool in spec.pool; `kubemap.map(..., pool=name)` creates the pool with
 these defaults when it does not exist yet.
 """
@@ -49,6 +50,7 @@ class WorkerPool:
         resources: dict[str, Any] | None = None,
         node_selector: dict[str, str] | None = None,
         service_account: str | None = None,
+        packages: list[str] | None = None,
         cluster: Cluster | None = None,
     ) -> None:
         self.name = name
@@ -64,6 +66,7 @@ class WorkerPool:
                 resources=resources,
                 node_selector=node_selector,
                 service_account_name=service_account,
+                packages=list(packages) if packages else None,
             )
         except ValueError as exc:
             raise ConfigError(f"WorkerPool {name}: {exc}") from None

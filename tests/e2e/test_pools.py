@@ -192,6 +192,79 @@ def test_the_operator_killed_mid_task_loses_nothing(
     assert run.status().succeeded == 80
 
 
+def counted_failing(log: Path, bad: frozenset[int]) -> Callable[[int], int]:
+    def fn(x: int) -> int:
+        with open(log, "a") as out:
+            out.write(f"{x}\n")
+        if x in bad:
+            raise ValueError(f"bad input {x}")
+        return 3 * x
+
+    return fn
+
+
+def test_the_retry_budget_holds_across_an_operator_restart(
+    custom: client.CustomObjectsApi,
+    operator: Operator,
+    pool: Callable[..., WorkerPool],
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """retries=1: each bad index runs twice, however the operator restarts in between (the
+    retry waits its 10 s backoff; the operator is killed while it waits)."""
+    wp = pool(replicas=2, idle_ttl_seconds=0)
+    ready(wp, 2)
+    log, bad = tmp_path / "calls.log", frozenset({3, 17})
+    name = unique("pr")
+    run = kubemap.submit(
+        counted_failing(log, bad), range(20), **opts(name=name, pool=wp.name, retries=1)
+    )
+
+    def counts_recorded() -> bool:
+        body = get_task(custom, name) or {}
+        return bool((body.get("status") or {}).get("poolFailures"))
+
+    wait_for("the first failures in status.poolFailures", counts_recorded, timeout=120)
+    operator.kill_and_restart()
+    with pytest.raises(kubemap.MapTaskError) as err:
+        run.results()
+    assert set(err.value.failures) == bad
+    runs = executions(log)
+    for index in range(20):
+        assert runs.count(index) == (2 if index in bad else 1), (index, runs)
+    body = get_task(custom, name) or {}
+    assert not body["status"].get("poolFailures")  # nothing left in play once finished
+
+
+def test_retry_with_a_new_function_runs_on_the_pool_without_a_pod(
+    core: client.CoreV1Api,
+    operator: Operator,
+    pool: Callable[..., WorkerPool],
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """MapRun.retry(fn=...) on a pool task: the warm workers run the new function (not the
+    one they kept) on the indices without a result; no pod is made for the rerun."""
+    wp = pool(replicas=2, idle_ttl_seconds=0)
+    ready(wp, 2)
+    first_log, second_log, bad = tmp_path / "first.log", tmp_path / "second.log", {4, 9}
+    run = kubemap.submit(
+        counted_failing(first_log, frozenset(bad)),
+        range(12),
+        **opts(name=unique("prr"), pool=wp.name, min_success_ratio=0),
+    )
+    run.wait(timeout=300)
+    assert run.status().failed == 2
+    rerun = run.retry(fn=counted(second_log))
+    rerun.wait(timeout=300)
+    assert rerun.results() == [3 * x for x in range(12)]
+    assert executions(second_log) == sorted(bad)  # only the missing ones, by the new fn
+    assert executions(first_log) == list(range(12))
+    assert not core.list_namespaced_pod(
+        NAMESPACE, label_selector=f"kubemap.io/task={run.name}"
+    ).items
+
+
 def test_an_idle_pool_scales_to_min_and_back_up(
     core: client.CoreV1Api,
     operator: Operator,
@@ -201,7 +274,9 @@ def test_an_idle_pool_scales_to_min_and_back_up(
 ) -> None:
     wp = pool(replicas=2, min_replicas=1, idle_ttl_seconds=3)
     with PoolPods(core, wp.name) as pods:
-        ready(wp, 2)
+        # Both pods made; not "both ready": on a loaded machine the 3 s idle TTL can scale
+        # the pool down before the second worker is up (seen failing so).
+        wait_for("two workers created", lambda: len(pods.seen) >= 2)
         wait_for("scale-down to minReplicas", lambda: wp.status().replicas == 1, timeout=120)
         wait_for("one worker left", lambda: len(pods.live) == 1 and wp.status().ready == 1)
         run = kubemap.submit(

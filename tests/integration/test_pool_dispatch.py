@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,12 @@ def test_second_task_reuses_the_workers_and_tasks_share_the_pool(
         upload(base, f"t{i}", counted(log), 200)
     harness.worker("w0")
     harness.worker("w1")
+    # Both long-polling before the tasks arrive: else, under load, the first worker up can
+    # lease every chunk (sized for one live worker) before the second is seen (seen so).
+    deadline = time.monotonic() + 30
+    while len(harness.call(lambda: harness.dispatcher.live_workers(("ns", "p")))) < 2:
+        assert time.monotonic() < deadline, "two workers did not reach the dispatcher"
+        time.sleep(0.05)
     keys = [harness.submit(f"t{i}", base, spec_for(base, 200)) for i in range(2)]
     for key in keys:
         assert harness.wait_finished(key).phase is Phase.SUCCEEDED

@@ -198,6 +198,23 @@ def test_liveness_probe_hits_kopf_healthz_on_the_liveness_port(default_objs: lis
     assert ports[probe["port"]] == int(ck.container_env(dep)["KUBEMAP_LIVENESS_PORT"]) == 8080
 
 
+def test_readiness_probe_asks_the_dispatcher_when_pools_are_on() -> None:
+    """The dispatcher's Service routes pool workers to ready pods only: readiness is the
+    dispatcher answering; without pools it is kopf's health endpoint."""
+    for values, port_name, env in (
+        ({}, "dispatcher", "KUBEMAP_DISPATCHER_PORT"),
+        ({"pools.enabled": "false"}, "liveness", "KUBEMAP_LIVENESS_PORT"),
+    ):
+        dep = deployment(ck.render(values))
+        container = dep["spec"]["template"]["spec"]["containers"][0]
+        probe = container["readinessProbe"]["httpGet"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert probe["path"] == "/healthz" and probe["port"] == port_name, values
+        assert ports[port_name] == int(ck.container_env(dep)[env]), values
+    off = deployment(ck.render({"operator.readinessProbe.enabled": "false"}))
+    assert "readinessProbe" not in off["spec"]["template"]["spec"]["containers"][0]
+
+
 def test_liveness_port_value_moves_probe_and_env_together() -> None:
     dep = deployment(
         ck.render({"operator.livenessPort": "18181", "operator.listenAddress": "127.0.0.1"})

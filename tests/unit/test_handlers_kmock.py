@@ -69,7 +69,7 @@ class Cluster:
         )
 
 
-async def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+async def until(check: Callable[[], Any], timeout: float = 30.0) -> Any:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = await check()

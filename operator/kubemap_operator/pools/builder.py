@@ -26,6 +26,7 @@ from kubemap.poolmodels import (
     WorkerPoolSpec,
     pool_resource_name,
 )
+from kubemap.poolpackages import ENV_PACKAGE_CACHE, ENV_POOL_PACKAGES
 
 from kubemap_operator.settings import Settings
 
@@ -62,6 +63,9 @@ def token_secret(namespace: str, pool_name: str, uid: str, token: str) -> dict[s
     }
 
 
+_FIXED_NAMES = {ENV_DISPATCHER, ENV_POOL, ENV_POOL_TOKEN}  # the pool's env cannot steer these
+
+
 def _s3_env(settings: Settings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = []
     if settings.s3_endpoint:
@@ -73,25 +77,50 @@ def _s3_env(settings: Settings) -> list[dict[str, Any]]:
     return env
 
 
+PACKAGE_CACHE_VOLUME = "packages"
+PACKAGE_CACHE_PATH = "/var/cache/kubemap-packages"
+
+
+def _package_env(spec: WorkerPoolSpec) -> list[dict[str, Any]]:
+    """Where workers install runtime packages (an emptyDir: a read-only root still works),
+    and the pool's own packages; a task's packages come with its lease."""
+    env = [{"name": ENV_PACKAGE_CACHE, "value": PACKAGE_CACHE_PATH}]
+    if spec.packages:
+        env.append({"name": ENV_POOL_PACKAGES, "value": json.dumps(sorted(spec.packages))})
+    return env
+
+
+def _override(base: list[dict[str, Any]], user: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pool's env wins over kubemap's defaults of the same name (one entry per name)."""
+    names = {e.get("name") for e in user}
+    return [e for e in base if e["name"] not in names] + user
+
+
 def worker_template(
     namespace: str, pool_name: str, spec: WorkerPoolSpec, settings: Settings
 ) -> dict[str, Any]:
     """The pod template of the pool's workers (everything but the replica count)."""
     defaults = settings.worker_pod_defaults
     token_ref = {"name": pool_resource_name(pool_name), "key": TOKEN_KEY}
-    env: list[dict[str, Any]] = [
+    fixed: list[dict[str, Any]] = [
         {"name": ENV_DISPATCHER, "value": settings.dispatcher_url},
         {"name": ENV_POOL, "value": f"{namespace}/{pool_name}"},
         {"name": ENV_POOL_TOKEN, "valueFrom": {"secretKeyRef": token_ref}},
-        *_s3_env(settings),
-        *copy.deepcopy(spec.env or []),
     ]
+    kubemap_env = [
+        *_s3_env(settings),
+        *_package_env(spec),
+        *({"name": k, "value": v} for k, v in sorted(settings.pip_env.items())),
+    ]
+    user = [e for e in copy.deepcopy(spec.env or []) if e.get("name") not in _FIXED_NAMES]
+    env = [*fixed, *_override(kubemap_env, user)]
     env = [e for e in env if e["name"] != ENV_TASK_URL]  # a pool serves many tasks
     container: dict[str, Any] = {
         "name": "worker",
         "image": spec.image or settings.worker_image,
         "command": list(POOL_WORKER_COMMAND),
         "env": env,
+        "volumeMounts": [{"name": PACKAGE_CACHE_VOLUME, "mountPath": PACKAGE_CACHE_PATH}],
     }
     pull = spec.image_pull_policy or defaults.get("imagePullPolicy")
     if pull:
@@ -103,6 +132,7 @@ def worker_template(
         container["securityContext"] = copy.deepcopy(dict(defaults["securityContext"]))
     pod_spec: dict[str, Any] = {
         "containers": [container],
+        "volumes": [{"name": PACKAGE_CACHE_VOLUME, "emptyDir": {}}],
         "restartPolicy": "Always",
         # A worker finishes (or hands back) its chunk on SIGTERM: give it time for that.
         "terminationGracePeriodSeconds": 30,

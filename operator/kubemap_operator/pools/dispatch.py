@@ -26,6 +26,7 @@ from kubemap_operator.observe import PodState, WorkerReport
 from kubemap_operator.planner import Event, Limits, plan
 from kubemap_operator.plantypes import Plan
 from kubemap_operator.pools.leases import Lease, Leases, chunk_floor, guided_chunk
+from kubemap_operator.pools.retrystate import restore_counts, with_counts
 from kubemap_operator.status import rfc3339, set_condition
 
 FLUSH_SECONDS = 1.0
@@ -83,6 +84,10 @@ class Grant:
     total: int
     attempt: int
     lease_seconds: float
+    packages: tuple[str, ...] = ()  # the task's own runtime packages (the pool's are in env)
+    # Changes with each rerun round (kubemap.io/retry): MapRun.retry(fn=...) may have
+    # replaced fn.pkl under the same URL, so a worker must not keep the old function.
+    version: str = ""
 
 
 class Dispatcher:
@@ -153,9 +158,14 @@ class Dispatcher:
                 flushed=status,
             )
             self.tasks[key] = task
+            if task.recovered:
+                restore_counts(task.status, task.leases, self.clock())
             self.on_pool_work(task.pool)
             self.pool(task.pool).wakeup.set()  # idle workers long-polling: here is work
         task.spec = spec
+        if status.retry_token != task.status.retry_token and not status.phase.finished:
+            # A rerun round (kubemap.io/retry) of a task this dispatcher saw finish.
+            task.status, task.leases, task.recovered, task.flushed = status, Leases(), True, status
         if status.phase.finished and not task.status.phase.finished:
             task.status = status  # finished elsewhere (an older operator): follow the API
         self._replan(task, generation=generation)
@@ -276,6 +286,7 @@ class Dispatcher:
         task.leases.drop(finished)
         if task.status.phase.finished:
             task.leases.drop(list(task.leases.by_name))  # their reports will get 410 Gone
+        task.status = with_counts(task.status, task.leases)
 
     def _replan(self, task: PoolTask, generation: int | None = None) -> None:
         if task.status.phase.finished:
@@ -331,6 +342,8 @@ class Dispatcher:
                 total=task.spec.total,
                 attempt=lease.attempt,
                 lease_seconds=self.lease_seconds,
+                packages=tuple(task.spec.packages or ()),
+                version=task.status.retry_token or "",
             )
         return None
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from kubemap.contract import EXIT_INFRA_ERROR, EXIT_OK, EXIT_USER_ERROR
+from kubemap.contract import EXIT_INFRA_ERROR, EXIT_OK, EXIT_USAGE_ERROR, EXIT_USER_ERROR
 
 from kubemap_operator.observe import ObservedPod, PodState, WorkerReport
 
@@ -58,9 +58,13 @@ class Lease:
         )
 
     def finish(self, kind: str, report: WorkerReport | None, now: datetime, why: str = "") -> None:
-        """The worker's outcome: kind is 'ok', 'user' or 'infra' (as classify_exit says)."""
+        """The worker's outcome: 'ok', 'user', 'infra' or 'usage' (as classify_exit says).
+
+        'usage' is what no retry cures (pip cannot install the task's packages): the plan
+        fails the task at once with the worker's words, as for a pod's usage error."""
         self.state = PodState.SUCCEEDED if kind == "ok" else PodState.FAILED
-        self.exit_code = {"ok": EXIT_OK, "user": EXIT_USER_ERROR}.get(kind, EXIT_INFRA_ERROR)
+        codes = {"ok": EXIT_OK, "user": EXIT_USER_ERROR, "usage": EXIT_USAGE_ERROR}
+        self.exit_code = codes.get(kind, EXIT_INFRA_ERROR)
         self.report = report
         self.finished_at = now
         if kind == "infra":

@@ -128,9 +128,6 @@ class PoolReconciler:
         busy = sum(1 for w in workers if w.busy)
         pythons = sorted({w.python for w in workers if w.python})
         base = self._served_base.setdefault(key, old.tasks_served)
-        message: str | None = None
-        if spec.packages:
-            message = "spec.packages is not supported yet: bake the packages into spec.image"
         status = WorkerPoolStatus(
             replicas=replicas,
             ready=ready,
@@ -139,7 +136,7 @@ class PoolReconciler:
             tasks_served=max(old.tasks_served, base + len(state.tasks_done)),
             python_version=",".join(pythons) or old.python_version,
             idle_since=None if has_work else rfc3339(busy_at),
-            message=message,
+            message=None,
         )
         if status != old:
             wire = status.model_dump(by_alias=True, mode="json")

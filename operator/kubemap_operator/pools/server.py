@@ -2,7 +2,7 @@
 
     POST /v1/lease      {"python": "3.11", "report": {...}?}     -> 200 lease | 204 no work
     POST /v1/heartbeat  {"leases": [id, ...]}                    -> 200 {"lost": [...]}
-    POST /v1/report     {"lease": id, "kind": ok|user|infra,
+    POST /v1/report     {"lease": id, "kind": ok|user|infra|usage,
                          "succeeded": "0-9", "failed": "", "why"} -> 200 | 410 lease gone
 Every request carries `X-Kubemap-Pool: <namespace>/<pool>`, `X-Kubemap-Worker: <pod>` and
 `Authorization: Bearer <pool token>`; anything else gets 401 before it touches any state.
@@ -130,10 +130,12 @@ class DispatcherApp:
 
     def _record(self, pool: PoolKey, body: dict[str, Any]) -> web.Response:
         kind = str(body.get("kind", "infra"))
-        if kind not in ("ok", "user", "infra"):
-            return _refuse(400, f"kind must be ok, user or infra, not {kind!r}")
+        if kind not in ("ok", "user", "infra", "usage"):
+            return _refuse(400, f"kind must be ok, user, infra or usage, not {kind!r}")
         report: WorkerReport | None = None
-        if "succeeded" in body or "failed" in body:
+        if kind == "usage":  # the worker's own words become the task's failure message
+            report = WorkerReport(error=str(body.get("why", ""))[:300] or None)
+        elif "succeeded" in body or "failed" in body:
             try:
                 report = WorkerReport(
                     IndexRanges.parse(body.get("succeeded")), IndexRanges.parse(body.get("failed"))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kubemap.models import MapTaskSpec, MapTaskStatus
 from kubemap.poolmodels import ANNOTATION_PYTHON
 
-from kubemap_operator import metrics
+from kubemap_operator import metrics, rerun
 
 if TYPE_CHECKING:
     from kubemap_operator.reconciler import Reconciler
@@ -24,6 +24,7 @@ async def reconcile_pool_task(
     spec: MapTaskSpec,
     status: MapTaskStatus,
     logger: Any,
+    retry_token: str | None = None,
 ) -> float | None:
     from kubemap_operator.reconciler import status_wire  # the reconciler imports this module
 
@@ -31,6 +32,15 @@ async def reconcile_pool_task(
     assert dispatcher is not None
     meta = body.get("metadata") or {}
     namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+    if status.phase.finished:
+        # kubemap.io/retry on a finished pool task: the same new round as in pod mode
+        # (rerun.honour), served by the pool's workers; no pod is made for it.
+        status, note = rerun.honour(spec, status, [], retry_token, reconciler.clock())
+        if note is not None:
+            reconciler.post_event(body, note)
+        if status.phase.finished:  # nothing to rerun (or suspended): record the token only
+            await reconciler.api.patch_status(namespace, name, status_wire(status))
+            return None
     base = spec.store.url if spec.store is not None else reconciler.settings.default_store
     python = (meta.get("annotations") or {}).get(ANNOTATION_PYTHON)
     new, events, requeue = dispatcher.sync(

@@ -61,6 +61,7 @@ def build_maptask(name: str, store_url: str, total: int, options: RunOptions) ->
         items_per_pod=batch,
         parallelism=parallelism,
         pool=options.pool,
+        packages=options.packages,
         backoff_limit_per_index=options.retries,
         min_success_ratio=options.min_success_ratio,
         active_deadline_seconds=math.ceil(options.timeout) if options.timeout else None,

@@ -25,7 +25,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from kubemap.backends.base import still_running
-from kubemap.backends.localpool import Broken, Done, Job, ProcessPool
+from kubemap.backends.localpool import WARM, Broken, Done, Job, ProcessPool
 from kubemap.chunking import ChunkPlanner, worker_count
 from kubemap.contract import EXIT_INFRA_ERROR, EXIT_OK, EXIT_USER_ERROR
 from kubemap.core.attempts import Attempt, AttemptState, Report
@@ -45,6 +45,7 @@ IDLE_TICK = 0.5  # the driver wakes at least this often (deadline, retries)
 MAX_CRASH_SPLITS = 64  # a crashed worker's automatic slice size is halved at most this often
 
 _active_runs: weakref.WeakSet[LocalRun] = weakref.WeakSet()
+_run_ids = itertools.count()
 
 
 def default_parallelism() -> int:
@@ -101,6 +102,7 @@ class LocalRun:
         self._recorded = Recorded()
         self._attempts: dict[str, Attempt] = {}
         self._names = itertools.count()
+        self._run_id = f"{os.getpid()}-{next(_run_ids)}"  # new per run: warm workers reload fn
         self._retries = 0
         self._status = RunStatus(phase=Phase.PENDING, total=total)
         self._pool: ProcessPool | None = None
@@ -138,8 +140,8 @@ class LocalRun:
             self._conclude(Verdict(Phase.SUCCEEDED, Reason.COMPLETED, "0 succeeded"))
             self._finished.set()
             return
-        # Fork the workers here, in the caller's thread, before this run starts a thread.
-        self._pool = ProcessPool(
+        # Fork (or take warm) workers here, in the caller's thread, before this run starts one.
+        self._pool = WARM.acquire(
             worker_count(self.total, self.parallelism, self.options.items_per_pod)
         )
         self._wake_r, self._wake_w = os.pipe()
@@ -212,7 +214,8 @@ class LocalRun:
             decision = plan(self._rules(), self._recorded, list(self._attempts.values()), now)
             self._record(decision)
             if decision.verdict is not None:
-                pool.kill() if decision.verdict.phase is not Phase.SUCCEEDED else pool.close()
+                # A success leaves idle workers: the next run in this process takes them.
+                pool.kill() if decision.verdict.phase is not Phase.SUCCEEDED else WARM.release(pool)
                 return decision.verdict
             self._start(pool, decision)
             self._publish()
@@ -237,7 +240,14 @@ class LocalRun:
             name = f"{request.start}-{request.attempt}-{next(self._names)}"
             pool.send(
                 worker,
-                Job(self.task.url, request.start, request.count, request.attempt, name),
+                Job(
+                    self.task.url,
+                    request.start,
+                    request.count,
+                    request.attempt,
+                    name,
+                    run=self._run_id,
+                ),
             )
             self._attempts[name] = Attempt.started(request, name)
             if request.attempt == 0:

@@ -12,14 +12,26 @@ ignore SIGINT so Ctrl-C reaches only the parent, which cancels. Elsewhere they a
 and a script needs the usual `if __name__ == "__main__":` guard.
 Each worker keeps the task's function loaded across slices: fn.pkl is read once per
 worker process, not once per slice.
+
+Between runs the pool stays warm (WarmPool): the next `kubemap.map` in this process takes
+the same worker processes instead of forking new ones, as a warm WorkerPool does on a
+cluster. So, as on a cluster, a worker runs the function as pickled (by value from
+__main__, by reference from modules imported in the worker): module globals the caller
+changes after the workers started are not seen by them. A pool is not reused when sys.path
+changed since its workers were forked (they could not import what the caller now can), nor
+when os.environ (credentials) or the working directory changed, nor in a forked child of its
+owner, nor after a run killed its workers (cancel, failure, timeout).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing
+import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -46,6 +58,9 @@ class Job:
     count: int
     attempt: int = 0
     name: str = ""
+    # The run it belongs to: a warm worker reloads fn.pkl for a new run of the same task,
+    # whose function MapRun.retry(fn=...) may have replaced.
+    run: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,7 +94,7 @@ Event = Done | Broken
 def _serve(conn: Connection) -> None:
     """Worker process main loop: receive a Job, run it, send back a small reply."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cached_url: str | None = None
+    cached_key: tuple[str, str] | None = None
     cached: tuple[Any, Callable[..., Any]] | None = None
     while True:
         try:
@@ -90,9 +105,9 @@ def _serve(conn: Connection) -> None:
             return
         began = time.perf_counter()
         try:
-            if cached is None or cached_url != job.task_url:
+            if cached is None or cached_key != (job.task_url, job.run):
                 store = open_store(job.task_url)
-                cached, cached_url = (store, read_function(store)), job.task_url
+                cached, cached_key = (store, read_function(store)), (job.task_url, job.run)
             store, fn = cached
             outcome = run_slice(
                 store, job.start, job.count, fn=fn, attempt=job.attempt, skip_done=job.attempt > 0
@@ -116,6 +131,12 @@ def _serve(conn: Connection) -> None:
             return
 
 
+def _fingerprint() -> tuple[object, ...]:
+    """What forked workers inherit and a later run may have changed: the environment (S3
+    credentials set after the first call), sys.path and the working directory."""
+    return (tuple(sorted(os.environ.items())), tuple(sys.path), os.getcwd())
+
+
 @dataclass
 class _Worker:
     process: BaseProcess
@@ -136,7 +157,43 @@ class ProcessPool:
         # system libraries) or missing, and spawn needs the script's __main__ guard.
         method = "fork" if sys.platform.startswith("linux") else "spawn"
         self._ctx: Any = multiprocessing.get_context(method)
+        self._owner = os.getpid()
+        self._fingerprint = _fingerprint()
+        self.stopped = False
         self._workers = [self._spawn() for _ in range(self.size)]
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
+
+    def reusable(self) -> bool:
+        """Fit for another run: not stopped, ours (not a forked child's), same environment."""
+        return (
+            not self.stopped
+            and self._owner == os.getpid()
+            and self._fingerprint == _fingerprint()
+            and self.busy == 0
+        )
+
+    def refit(self, size: int) -> None:
+        """Replace workers that died while idle, then grow or shrink to `size`."""
+        for i, worker in enumerate(self._workers):
+            if not worker.process.is_alive():
+                worker.process.join(0.1)
+                worker.conn.close()
+                self._workers[i] = self._spawn()
+        while len(self._workers) < size:
+            self._workers.append(self._spawn())
+        surplus, self._workers = self._workers[size:], self._workers[:size]
+        self.size = size
+        for worker in surplus:
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        for worker in surplus:
+            worker.process.join(1.0)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(1.0)
+            worker.conn.close()
 
     def _spawn(self) -> _Worker:
         parent_end, child_end = self._ctx.Pipe(duplex=True)
@@ -206,6 +263,7 @@ class ProcessPool:
 
     def kill(self) -> None:
         """Stop every worker now (running jobs are lost; their results were never written)."""
+        self.stopped = True
         for worker in self._workers:
             if worker.process.is_alive():
                 worker.process.terminate()
@@ -216,3 +274,46 @@ class ProcessPool:
                 worker.process.join(1.0)
             worker.conn.close()
             worker.job = None
+
+
+class WarmPool:
+    """The process pool kept between local runs of this process: one idle pool at most.
+
+    A run takes it (growing or shrinking it to its size) or, when another run holds it or
+    it is unfit, gets a new one; a run that succeeded hands its pool back, a run that ended
+    otherwise kills its workers (they may still run its slices). Closed at exit."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: ProcessPool | None = None
+        self.created = 0  # pools forked (tests count them)
+
+    def acquire(self, size: int) -> ProcessPool:
+        with self._lock:
+            pool, self._idle = self._idle, None
+        if pool is not None and pool.reusable():
+            pool.refit(size)
+            return pool
+        if pool is not None and pool._owner == os.getpid():
+            pool.kill()
+        self.created += 1
+        return ProcessPool(size)
+
+    def release(self, pool: ProcessPool) -> None:
+        if not pool.reusable():
+            pool.kill()
+            return
+        with self._lock:
+            old, self._idle = self._idle, pool
+        if old is not None:
+            old.close()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            pool, self._idle = self._idle, None
+        if pool is not None and pool._owner == os.getpid():
+            pool.close(grace=1.0)
+
+
+WARM = WarmPool()
+atexit.register(WARM.shutdown)
