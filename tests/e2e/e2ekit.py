@@ -92,6 +92,16 @@ class Operator:
         raise AssertionError("the operator Deployment did not bring a new pod up within 120 s")
 
 
+def opts(**kw: Any) -> dict[str, Any]:
+    """The SDK options of a run on the test cluster (``kubemap.map(fn, xs, **opts(...))``)."""
+    return {
+        "backend": "kubernetes",
+        "namespace": NAMESPACE,
+        "store": os.environ.get("KUBEMAP_STORE"),
+        **kw,
+    }
+
+
 def get_task(custom: client.CustomObjectsApi, name: str) -> dict[str, Any] | None:
     try:
         return dict(

@@ -6,11 +6,10 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import kubemap
 import pytest
-from e2ekit import NAMESPACE, Operator, PodWatch, get_task, task_pods
+from e2ekit import NAMESPACE, Operator, PodWatch, get_task, opts, task_pods
 from kubernetes import client
 
 pytestmark = [
@@ -18,15 +17,6 @@ pytestmark = [
     pytest.mark.timeout(600),
     pytest.mark.usefixtures("kubemap_installed"),
 ]
-
-
-def opts(**kw: Any) -> dict[str, Any]:
-    return {
-        "backend": "kubernetes",
-        "namespace": NAMESPACE,
-        "store": os.environ.get("KUBEMAP_STORE"),
-        **kw,
-    }
 
 
 def test_map_runs_on_the_cluster_within_parallelism(

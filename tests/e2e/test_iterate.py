@@ -14,7 +14,7 @@ from typing import Any
 
 import kubemap
 import pytest
-from e2ekit import NAMESPACE, Operator, PodWatch, task_pods
+from e2ekit import NAMESPACE, Operator, PodWatch, opts, task_pods
 from kubemap import taskdata
 from kubemap.stores import open_store
 from kubernetes import client
@@ -24,15 +24,6 @@ pytestmark = [
     pytest.mark.timeout(600),
     pytest.mark.usefixtures("kubemap_installed"),
 ]
-
-
-def opts(**kw: Any) -> dict[str, Any]:
-    return {
-        "backend": "kubernetes",
-        "namespace": NAMESPACE,
-        "store": os.environ.get("KUBEMAP_STORE"),
-        **kw,
-    }
 
 
 def markers(name: str) -> str:

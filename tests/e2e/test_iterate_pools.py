@@ -4,16 +4,14 @@ pods are host processes); pods with a watch on kubemap.io/pool: none may start."
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import kubemap
 import pytest
-from e2ekit import NAMESPACE, Operator
+from e2ekit import NAMESPACE, Operator, opts
 from kubemap.workerpool import WorkerPool
 from kubernetes import client
 from test_pools import PoolPods, executions, ready
@@ -23,15 +21,6 @@ pytestmark = [
     pytest.mark.timeout(600),
     pytest.mark.usefixtures("kubemap_installed"),
 ]
-
-
-def opts(**kw: Any) -> dict[str, Any]:
-    return {
-        "backend": "kubernetes",
-        "namespace": NAMESPACE,
-        "store": os.environ.get("KUBEMAP_STORE"),
-        **kw,
-    }
 
 
 @pytest.fixture

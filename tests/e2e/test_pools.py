@@ -13,7 +13,7 @@ from typing import Any
 
 import kubemap
 import pytest
-from e2ekit import NAMESPACE, OPERATOR_NAMESPACE, OPERATOR_SELECTOR, Operator, get_task
+from e2ekit import NAMESPACE, OPERATOR_NAMESPACE, OPERATOR_SELECTOR, Operator, get_task, opts
 from kubemap.stores import open_store
 from kubemap.taskdata import iter_results
 from kubemap.workerpool import WorkerPool
@@ -24,15 +24,6 @@ pytestmark = [
     pytest.mark.timeout(600),
     pytest.mark.usefixtures("kubemap_installed"),
 ]
-
-
-def opts(**kw: Any) -> dict[str, Any]:
-    return {
-        "backend": "kubernetes",
-        "namespace": NAMESPACE,
-        "store": os.environ.get("KUBEMAP_STORE"),
-        **kw,
-    }
 
 
 class PoolPods:
