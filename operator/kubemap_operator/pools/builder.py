@@ -26,6 +26,7 @@ from kubemap.poolmodels import (
     WorkerPoolSpec,
     pool_resource_name,
 )
+from kubemap.signing import POOL_KEY_ENV, key_env, pool_secret_name
 
 from kubemap_operator.settings import Settings
 
@@ -83,6 +84,8 @@ def worker_template(
         {"name": ENV_DISPATCHER, "value": settings.dispatcher_url},
         {"name": ENV_POOL, "value": f"{namespace}/{pool_name}"},
         {"name": ENV_POOL_TOKEN, "valueFrom": {"secretKeyRef": token_ref}},
+        # The pool's signing key, from the Secret the SDK makes (kubemap.signing): named only.
+        key_env(pool_secret_name(pool_resource_name(pool_name)), POOL_KEY_ENV),
         *_s3_env(settings),
         *copy.deepcopy(spec.env or []),
     ]
