@@ -24,6 +24,7 @@ from kubemap.backends.kubernetes import KubernetesBackend, build_maptask
 from kubemap.models import RunOptions
 from kubemap.stores import Store, open_store
 from kubemap.taskmeta import TaskMeta, write_meta
+from kubemap.workerpool import WorkerPool
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -150,3 +151,33 @@ def test_a_planted_result_object_is_refused_by_the_sdk(
     wait_until("the key Secret is deleted with its MapTask", secret_gone, 60)
     print("\nCHAOS planted result objects refused by results() and as_completed() (submitter "
           "and attach); markers created 0; key Secret deleted with its MapTask")  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+def test_a_planted_fn_pkl_on_a_warm_pool_fails_the_task_and_never_runs(
+    custom: client.CustomObjectsApi, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Pool tasks are signed with the pool's key (its workers mount it): a signed task runs,
+    a planted fn.pkl stops its task at the first lease, and the workers live on."""
+    wp = WorkerPool(unique("signpool"), namespace=NAMESPACE, replicas=2, idle_ttl_seconds=0)
+    wp.create()
+    try:
+        wait_until("2 pool workers ready", lambda: wp.status().ready == 2, 120)
+        good = kubemap.submit(double, range(20), **opts(name=unique("pool-ok"), pool=wp.name))
+        assert good.results(timeout=120) == [2 * x for x in range(20)]
+        options = RunOptions(backend="kubernetes", namespace=NAMESPACE, pool=wp.name)
+        name = unique("pool-planted")
+        task, backend = stage(name, options, signed=True)
+        task.put("fn.pkl", pickle.dumps(Planted(tmp_path / "marker-pool")))
+        backend.start(task, 8, options, name)
+        status = wait_finished(custom, name, 120)
+        assert status["phase"] == "Failed" and status["succeeded"] == 0, status
+        assert status["conditions"][-1]["reason"] == "SystematicFailure", status["conditions"]
+        assert f"fn.pkl of task {name} does not match its signature" in status["message"]
+        assert markers(tmp_path) == 0, "the planted fn.pkl was unpickled in a pool worker"
+        after = kubemap.submit(double, range(5), **opts(name=unique("pool-after"), pool=wp.name))
+        assert after.results(timeout=120) == [0, 2, 4, 6, 8]  # the pool still serves
+        print(f"\nCHAOS planted fn.pkl on pool {wp.name}: Failed ({status['message'][:120]}); "
+              "markers created 0; the pool served the next task")  # fmt: skip
+    finally:
+        wp.delete()
