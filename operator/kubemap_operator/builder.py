@@ -30,6 +30,7 @@ from kubemap.contract import (
     task_label,
 )
 from kubemap.models import MapTaskSpec, Mode
+from kubemap.signing import key_env, secret_name
 
 from kubemap_operator.planner import PodRequest
 from kubemap_operator.settings import Settings
@@ -96,6 +97,9 @@ def build_pod(
             _env(ENV_ITEMS, json.dumps(spec.items[request.start : request.start + request.count]))
         )
     env.extend(_store_env(spec, task, settings))
+    if spec.mode is Mode.FUNCTION and not spec.pool:
+        # The task's key, from the Secret the SDK made (kubemap.signing): named, never read.
+        env.append(key_env(secret_name(task.name)))
     env.extend(copy.deepcopy(template.env or []))  # the user's env wins: it comes last
 
     container: dict[str, Any] = {

@@ -18,13 +18,10 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any
 
-from kubemap import retention
-from kubemap.backends import Backend, RunHandle, get_backend
+from kubemap.backends import RunHandle, get_backend
 from kubemap.backends.base import still_running
-from kubemap.contract import META_KEY
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase, Reason, RunStatus, run_status
-from kubemap.discovery import prepare_kubernetes_submit
 from kubemap.errors import (
     CancelledError,
     ConfigError,
@@ -34,8 +31,9 @@ from kubemap.errors import (
     TimeoutError,
 )
 from kubemap.models import RunOptions
-from kubemap.options import task_name, validate_options
+from kubemap.options import validate_options
 from kubemap.progress import ProgressBar, want_progress
+from kubemap.signing import Signer
 from kubemap.stores import Store, default_store_url, open_store
 from kubemap.streaming import as_completed, fill_missing, imap
 from kubemap.taskdata import (
@@ -43,12 +41,12 @@ from kubemap.taskdata import (
     read_errors,
     succeeded_indexes,
     write_function,
-    write_inputs,
 )
-from kubemap.taskmeta import TaskMeta, read_total, write_meta
+from kubemap.taskmeta import read_total
 from kubemap.taskstatus import read_status
+from kubemap.upload import forget, upload  # forget: streaming.imap uses it too
 
-__all__ = ["MapRun", "imap", "map", "submit"]
+__all__ = ["MapRun", "forget", "imap", "map", "submit", "upload"]
 
 POLL_SECONDS = 0.1  # how often a progress bar refreshes
 
@@ -64,6 +62,9 @@ class MapRun:
         self._total = total
         self._handle = handle
         self._options = options
+        # A signed task's result objects are checked with it (kubemap.signing); handles of
+        # unsigned runs (local) have none.
+        self._signer: Signer | None = getattr(handle, "signer", None)
 
     def __repr__(self) -> str:
         status = self.status()
@@ -135,7 +136,7 @@ class MapRun:
         if not partial and not return_exceptions and not (partial is None and tolerated):
             self._raise_for(status)
         values: list[Any] = [None] * self._total
-        for index, value in iter_results(self._task):
+        for index, value in iter_results(self._task, self._signer):
             if 0 <= index < self._total:
                 values[index] = value
         if return_exceptions:
@@ -194,7 +195,7 @@ class MapRun:
         if fn is not None:
             if not callable(fn):
                 raise ConfigError(f"fn must be callable, got {type(fn).__name__}: pass a function")
-            write_function(self._task, fn)
+            write_function(self._task, fn, self._signer)
         backend = get_backend(self._options.backend)
         self._handle = backend.retry(self._task, self._total, self._options, self._name, done)
         return self
@@ -311,49 +312,6 @@ def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> 
     return MapRun(name, task, total, handle, opts)
 
 
-def upload(
-    fn: Callable[..., Any], inputs: Iterable[Any], opts: RunOptions
-) -> tuple[Backend, Store, str, int]:
-    """Check the arguments, write the task's files; (backend, task, name, number of inputs)."""
-    if not callable(fn):
-        raise ConfigError(f"fn must be callable, got {type(fn).__name__}: pass a function")
-    if isinstance(inputs, (str, bytes)):
-        raise ConfigError(
-            "inputs is a single string: pass a list of inputs, e.g. [text] or text.split()"
-        )
-    try:
-        iter(inputs)
-    except TypeError:
-        raise ConfigError(
-            f"inputs must be iterable (a list, range, generator...), got {type(inputs).__name__}"
-        ) from None
-    backend = get_backend(opts.backend)
-    name = opts.name or task_name(fn)
-    # Kubernetes: the chart's default store (kubemap-defaults ConfigMap), its image's Python.
-    found = (
-        prepare_kubernetes_submit(opts.store, opts.image, opts.namespace)
-        if opts.backend == "kubernetes"
-        else None
-    )
-    store_url = opts.store or found or default_store_url()
-    retention.sweep_quietly(store_url)  # failed local runs' data expires (kubemap gc)
-    backend.preflight(store_url, opts)
-    task = open_store(store_url).child(name)
-    if opts.name and task.exists(META_KEY):
-        raise ConfigError(
-            f"a task named {name!r} already exists in {task.url}: pick another name, or delete "
-            "it with MapRun.attach(name, store=...).delete()"
-        )
-    try:
-        write_function(task, fn)
-        total = write_inputs(task, inputs)
-        write_meta(task, TaskMeta.new(total, _qualname(fn)))
-    except BaseException:
-        _forget(task)
-        raise
-    return backend, task, name, total
-
-
 def map(
     fn: Callable[..., Any],
     inputs: Iterable[Any],
@@ -396,16 +354,5 @@ def map(
             stacklevel=2,
         )
     elif opts.store is None and run.store_url.startswith("file://"):
-        _forget(run._task)  # results returned, nothing lost; keep the default store small
+        forget(run._task)  # results returned, nothing lost; keep the default store small
     return values
-
-
-def _forget(task: Store) -> None:
-    with contextlib.suppress(StoreError):
-        task.delete_prefix()
-
-
-def _qualname(fn: Any) -> str:
-    module = getattr(fn, "__module__", None) or ""
-    qual = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
-    return f"{module}:{qual}" if module else str(qual)

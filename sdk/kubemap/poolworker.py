@@ -8,7 +8,8 @@ runs; on SIGTERM the worker hands its lease back (an infrastructure failure: no 
 spent) and exits, so a deleted worker's chunk runs elsewhere at once.
 
 Environment: KUBEMAP_DISPATCHER_URL, KUBEMAP_POOL (<namespace>/<pool>), KUBEMAP_POOL_TOKEN,
-HOSTNAME (the worker's name), and the S3 settings of the store.
+KUBEMAP_POOL_KEY (the pool's signing key: kubemap.signing), HOSTNAME (the worker's name), and
+the S3 settings of the store.
 """
 
 from __future__ import annotations
@@ -40,11 +41,14 @@ from kubemap.poolpackages import (
     package_set,
     pool_packages,
 )
+from kubemap.signing import FN_MAC, POOL_KEY_ENV, Signer, key_from_env
 from kubemap.stores import open_store
 from kubemap.stores.base import Store
+from kubemap.termination import infra_cause
 from kubemap.worker import SliceOutcome, Terminated, run_slice
 
 EXIT_REFUSED = 2  # the dispatcher refused our credential: let the pod restart with a fresh one
+EXIT_NO_KEY = 6  # a signed task, but no pool key yet: the restarted container gets the Secret
 FUNCTIONS_KEPT = 4
 REFUSALS_BEFORE_EXIT = 3
 
@@ -59,6 +63,7 @@ class PoolEnv:
     pool: str
     token: str
     worker: str
+    key: bytes | None = None  # None: the pool key Secret did not exist when the pod started
 
     @classmethod
     def parse(cls, environ: Mapping[str, str]) -> PoolEnv:
@@ -70,8 +75,16 @@ class PoolEnv:
             )
         worker = environ.get("HOSTNAME") or os.uname().nodename
         return cls(
-            environ[ENV_DISPATCHER].rstrip("/"), environ[ENV_POOL], environ[ENV_POOL_TOKEN], worker
+            environ[ENV_DISPATCHER].rstrip("/"),
+            environ[ENV_POOL],
+            environ[ENV_POOL_TOKEN],
+            worker,
+            key_from_env(environ, POOL_KEY_ENV),
         )
+
+
+class NoPoolKey(Exception):
+    """A signed task reached a worker started before the pool's key Secret existed."""
 
 
 class Refused(Exception):
@@ -135,13 +148,15 @@ class FunctionCache:
         self._fns: OrderedDict[str, Callable[..., Any]] = OrderedDict()
         self.loads = 0
 
-    def get(self, task_url: str, version: str = "") -> Callable[..., Any]:
+    def get(
+        self, task_url: str, version: str = "", signer: Signer | None = None
+    ) -> Callable[..., Any]:
         """`version` is the task's rerun round: MapRun.retry(fn=...) rewrites fn.pkl."""
         key = f"{task_url}#{version}"
         if key in self._fns:
             self._fns.move_to_end(key)
             return self._fns[key]
-        fn = taskdata.read_function(open_store(task_url))
+        fn = taskdata.read_function(open_store(task_url), signer)
         self.loads += 1
         self._fns[key] = fn
         while len(self._fns) > FUNCTIONS_KEPT:
@@ -167,14 +182,19 @@ def done_in_span(task: Store, start: int, count: int) -> IndexRanges:
 
 
 def _run_span(
-    task: Store, start: int, count: int, fn: Callable[..., Any], attempt: int
+    task: Store,
+    start: int,
+    count: int,
+    fn: Callable[..., Any],
+    attempt: int,
+    signer: Signer | None = None,
 ) -> SliceOutcome:
     """run_slice, skipping (on a re-run) indices that already have results."""
     if attempt == 0:
-        return run_slice(task, start, count, fn=fn, attempt=attempt, skip_done=False)
+        return run_slice(task, start, count, fn=fn, attempt=attempt, skip_done=False, signer=signer)
     done = done_in_span(task, start, count)
     outcomes = [
-        run_slice(task, lo, hi - lo, fn=fn, attempt=attempt, skip_done=False)
+        run_slice(task, lo, hi - lo, fn=fn, attempt=attempt, skip_done=False, signer=signer)
         for lo, hi in (IndexRanges.span(start, start + count) - done).intervals
     ]
     succeeded, failed = IndexRanges(), IndexRanges()
@@ -208,24 +228,32 @@ def _usage_failure(report: dict[str, Any], start: int, count: int, why: str) -> 
 
 
 def run_lease(
-    grant: dict[str, Any], functions: FunctionCache, runtime: Runtime | None = None
+    grant: dict[str, Any],
+    functions: FunctionCache,
+    key: bytes | None = None,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
-    """Run one leased slice; the report body to send back."""
+    """Run one leased slice; the report body to send back. With the pool's key, the task's
+    files are checked before unpickling (the MACs bind the task's name, from the grant)."""
     task_url = str(grant["task_url"])
     start, count, attempt = int(grant["start"]), int(grant["count"]), int(grant["attempt"])
     report: dict[str, Any] = {"lease": grant["lease_id"]}
+    signer = Signer(str(grant["task"]), key) if key is not None else None
     try:
         (runtime or Runtime(os.environ)).prepare(grant)
     except PackageInstallError as exc:
         return _usage_failure(report, start, count, str(exc))
     try:
         task = open_store(task_url)
-        fn = functions.get(task_url, str(grant.get("version") or ""))
-        outcome = _run_span(task, start, count, fn, attempt)
+        if signer is None and task.exists(FN_MAC):
+            raise NoPoolKey(f"task {grant['task']} is signed, but this worker has no pool key")
+        fn = functions.get(task_url, str(grant.get("version") or ""), signer)
+        outcome = _run_span(task, start, count, fn, attempt, signer)
     except StoreError as exc:
         _log(f"infrastructure failure on items {start}..{start + count - 1} of {task_url}: {exc}")
-        return {**report, "kind": "infra", "why": str(exc)[:400]}
-    except Terminated:
+        # the cause says whether a retry can help ("tampered": never; core.policy)
+        return {**report, "kind": "infra", "why": str(exc)[:400], "cause": infra_cause(exc)}
+    except (Terminated, NoPoolKey):
         raise
     except Exception as exc:  # kubemap's own bug, or the function could not be unpickled
         _log(f"internal error on items {start}..{start + count - 1}: {type(exc).__name__}: {exc}")
@@ -293,7 +321,13 @@ def serve(env: PoolEnv, *, stop: Callable[[], bool] = lambda: False, wait: float
             continue  # 204: no work within the long poll
         heartbeat.hold(str(grant["lease_id"]), float(grant.get("lease_seconds", 15)))
         try:
-            body = run_lease(grant, functions, runtime)
+            body = run_lease(grant, functions, env.key, runtime)
+        except NoPoolKey as exc:
+            heartbeat.hold(None)
+            why = f"{exc}: restarting to load it"
+            _send_report(client, {"lease": grant["lease_id"], "kind": "infra", "why": why})
+            _log(why)
+            return EXIT_NO_KEY
         except Terminated:
             heartbeat.hold(None)
             _send_report(

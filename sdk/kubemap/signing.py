@@ -3,24 +3,38 @@
 Unpickling runs code, so a worker must not unpickle bytes that only the bucket vouches for:
 anyone who can write to the bucket could otherwise run code in the cluster. The SDK makes a
 random 32-byte key per task, keeps it in a Kubernetes Secret ``<task>-key`` in the task's
-namespace (owned by the MapTask, so it goes with it) and signs with HMAC-SHA256:
+namespace and signs with HMAC-SHA256:
 
 * ``fn.mac``       the MAC of fn.pkl;
 * ``inputs.mac``   one 32-byte MAC per input, in index order, so a pod checks its own slice
                    with one more ranged GET, whatever N is (like inputs.idx);
-* result objects   carry the MAC of their body as a 32-byte trailer, so the SDK refuses a
-                   result that a bucket writer replaced.
+* result objects   (magic ``KMS1``) carry the MAC of their bytes as a 32-byte trailer, so
+                   the SDK refuses a result that a bucket writer replaced.
 
 Every MAC binds the task name and the object's role (``fn``, ``input/<i>``,
 ``result/<start>-<count>``): a MAC cannot be replayed onto another task, index or slice.
-Worker pods get the key as ``KUBEMAP_TASK_KEY`` through ``secretKeyRef``; the operator never
-reads it (its RBAC has no Secrets), it only names the Secret in the pod it builds.
 
-Hooks this needs (not wired yet; see the issue-12 report): api.submit makes the key and passes
-it to taskdata.write_function/write_inputs (which write fn.mac/inputs.mac); the kubernetes
-backend creates the Secret after the MapTask and adds ``key_env(task)`` to the template's env;
-worker.run_slice calls ``verify`` / ``verify_slice`` before unpickling and ``seal`` on results;
-taskdata.decode_results calls ``unseal`` when a key is at hand.
+Who holds the key. The SDK creates the Secret *before* the MapTask (so no pod can start
+without it) and then hands it to the MapTask as owner, so it goes with the task. The
+operator's pod builder adds ``key_env(task)`` (a ``secretKeyRef``) to every function-mode
+pod: it names the Secret, it never reads it (its RBAC has no Secrets). A worker that has a
+key verifies fn.pkl and its slice before unpickling anything and seals its results; a
+mismatch, or an object without its MAC, is a TamperedError: the worker exits with cause
+kind ``tampered``, which core.policy counts as permanent, so the task stops at once.
+A function-mode MapTask made by hand (no SDK, no Secret: the reference is ``optional``)
+has no key and is not authenticated; the worker says so in its log.
+
+Warm pools. A pool worker serves many tasks and cannot mount a Secret per task, so pool
+tasks are signed with a per-pool key in the Secret ``kubemap-pool-<pool>-key``, which the
+SDK creates (never the operator: its token Secret is rewritten on every reconcile, and the
+operator must not hold keys) and owns to the WorkerPool; the pool's Deployment mounts it as
+``KUBEMAP_POOL_KEY``. The MACs still bind the task name, so one task's files cannot be
+swapped into another task on the same pool. A pool worker started before the key existed
+finds a signed task it cannot check: it hands the lease back and exits, and its container
+restarts with the key.
+
+The local backend does not sign: it runs the function in the submitter's own processes,
+and the worker there is the submitter.
 """
 
 from __future__ import annotations
@@ -29,16 +43,19 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubemap.errors import CorruptTaskError
 
 KEY_ENV = "KUBEMAP_TASK_KEY"
+POOL_KEY_ENV = "KUBEMAP_POOL_KEY"
 KEY_FIELD = "key"
 MAC_SIZE = 32
 FN_MAC = "fn.mac"
 INPUTS_MAC = "inputs.mac"
 _DOMAIN = b"kubemap/v1\0"
+_AGAIN = "nothing was loaded; check who can write to the bucket, then submit the task again"
 
 
 class TamperedError(CorruptTaskError):
@@ -49,10 +66,16 @@ def new_key() -> bytes:
     return secrets.token_bytes(32)
 
 
+def _base(key: bytes, task: str) -> Any:
+    return hmac.new(key, _DOMAIN + task.encode() + b"\0", hashlib.sha256)
+
+
 def mac(key: bytes, task: str, role: str, data: bytes | memoryview) -> bytes:
-    h = hmac.new(key, _DOMAIN + task.encode() + b"\0" + role.encode() + b"\0", hashlib.sha256)
+    h = _base(key, task)
+    h.update(role.encode() + b"\0")
     h.update(data)
-    return h.digest()
+    digest: bytes = h.digest()
+    return digest
 
 
 def input_role(index: int) -> str:
@@ -63,13 +86,23 @@ def result_role(start: int, count: int) -> str:
     return f"result/{start}-{count}"
 
 
-def verify(key: bytes, task: str, role: str, data: bytes | memoryview, expected: bytes) -> None:
+def verify(
+    key: bytes,
+    task: str,
+    role: str,
+    data: bytes | memoryview,
+    expected: bytes,
+    what: str | None = None,
+) -> None:
     if not hmac.compare_digest(mac(key, task, role, data), expected):
         raise TamperedError(
-            f"{role} of task {task} does not match the submitter's signature: it was changed "
-            "after submission (by a writer to the bucket, or the task was partly re-uploaded). "
-            "Nothing was loaded; submit the task again and check who can write to the bucket"
+            f"{what or role} of task {task} does not match its signature: it was changed after "
+            f"submission (by a writer to the bucket, or a partial re-upload); {_AGAIN}"
         )
+
+
+def unsigned(what: str, task: str, missing: str) -> TamperedError:
+    return TamperedError(f"{what} of task {task} is not signed ({missing} is missing); {_AGAIN}")
 
 
 def sign_items(key: bytes, task: str, blobs: Iterable[bytes | memoryview], start: int = 0) -> bytes:
@@ -88,10 +121,17 @@ def verify_slice(
     if len(macs) != len(blobs) * MAC_SIZE:
         raise TamperedError(
             f"{INPUTS_MAC} of task {task} is too short for items {start}..{start + len(blobs) - 1}"
-            f" ({len(macs)} of {len(blobs) * MAC_SIZE} bytes): submit the task again"
+            f" ({len(macs)} of {len(blobs) * MAC_SIZE} bytes); {_AGAIN}"
         )
     for i, blob in enumerate(blobs):
-        verify(key, task, input_role(start + i), blob, macs[i * MAC_SIZE : (i + 1) * MAC_SIZE])
+        verify(
+            key,
+            task,
+            input_role(start + i),
+            blob,
+            macs[i * MAC_SIZE : (i + 1) * MAC_SIZE],
+            what=f"input {start + i} (inputs.bin)",
+        )
 
 
 def seal(key: bytes, task: str, start: int, count: int, body: bytes) -> bytes:
@@ -99,26 +139,63 @@ def seal(key: bytes, task: str, start: int, count: int, body: bytes) -> bytes:
     return body + mac(key, task, result_role(start, count), body)
 
 
-def unseal(key: bytes, task: str, start: int, count: int, sealed: bytes) -> bytes:
+def unseal(key: bytes, task: str, start: int, count: int, sealed: bytes | memoryview) -> bytes:
+    what = f"result object results/{start}-{count} (role {result_role(start, count)})"
     if len(sealed) < MAC_SIZE:
-        raise TamperedError(f"result/{start}-{count} of task {task} is too short to be signed")
-    body, tag = sealed[:-MAC_SIZE], sealed[-MAC_SIZE:]
-    verify(key, task, result_role(start, count), body, tag)
+        raise TamperedError(f"{what} of task {task} is too short to be signed; {_AGAIN}")
+    body, tag = bytes(sealed[:-MAC_SIZE]), bytes(sealed[-MAC_SIZE:])
+    verify(key, task, result_role(start, count), body, tag, what=what)
     return body
 
 
-def key_from_env(environ: Mapping[str, str]) -> bytes | None:
-    text = environ.get(KEY_ENV, "").strip()
+@dataclass(frozen=True)
+class Signer:
+    """One task's key and name: what every MAC of that task binds."""
+
+    task: str
+    key: bytes = field(repr=False)
+
+    def mac(self, role: str, data: bytes | memoryview) -> bytes:
+        return mac(self.key, self.task, role, data)
+
+    def item_macs(self) -> ItemMacs:
+        return ItemMacs(self)
+
+
+class ItemMacs:
+    """inputs.mac built item by item while inputs stream. HMAC by hand over hashlib (RFC
+    2104: H(K^opad || H(K^ipad || m))): the padded states are hashed once and copied per
+    item, a third of the cost of copying an hmac object (a million inputs, ~5 s less)."""
+
+    def __init__(self, signer: Signer) -> None:
+        key = signer.key if len(signer.key) <= 64 else hashlib.sha256(signer.key).digest()
+        padded = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
+        self._inner.update(_DOMAIN + signer.task.encode() + b"\0")
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
+        self.data = bytearray()
+
+    def add(self, index: int, blob: bytes | memoryview) -> None:
+        inner = self._inner.copy()
+        inner.update(b"input/%d\0" % index)
+        inner.update(blob)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        self.data += outer.digest()
+
+
+def key_from_env(environ: Mapping[str, str], name: str = KEY_ENV) -> bytes | None:
+    text = environ.get(name, "").strip()
     if not text:
         return None
     try:
         key = bytes.fromhex(text)
     except ValueError:
         raise CorruptTaskError(
-            f"{KEY_ENV} is not hex: the task's key Secret was edited; submit the task again"
+            f"{name} is not hex: the key Secret was edited; submit the task again"
         ) from None
     if len(key) != 32:
-        raise CorruptTaskError(f"{KEY_ENV} holds {len(key)} bytes, not 32: submit the task again")
+        raise CorruptTaskError(f"{name} holds {len(key)} bytes, not 32: submit the task again")
     return key
 
 
@@ -126,32 +203,42 @@ def secret_name(task: str) -> str:
     return f"{task}-key"
 
 
-def key_secret(task: str, key: bytes, owner_uid: str) -> dict[str, Any]:
-    """The Secret holding a task's key, owned by its MapTask (deleted with it)."""
+def pool_secret_name(pool_resource: str) -> str:
+    """The Secret with a pool's signing key; pool_resource is poolmodels.pool_resource_name."""
+    return f"{pool_resource}-key"
+
+
+def key_secret(
+    name: str, key: bytes, labels: Mapping[str, str], owner: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A Secret holding a signing key; owned (deleted with its MapTask or WorkerPool) when
+    `owner` is given."""
+    metadata: dict[str, Any] = {"name": name, "labels": dict(labels)}
+    if owner is not None:
+        metadata["ownerReferences"] = [dict(owner)]
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": {
-            "name": secret_name(task),
-            "labels": {"kubemap.io/task": task},
-            "ownerReferences": [
-                {
-                    "apiVersion": "kubemap.io/v1alpha1",
-                    "kind": "MapTask",
-                    "name": task,
-                    "uid": owner_uid,
-                    "blockOwnerDeletion": False,
-                }
-            ],
-        },
+        "metadata": metadata,
         "stringData": {KEY_FIELD: key.hex()},
     }
 
 
-def key_env(task: str) -> dict[str, Any]:
-    """The worker container's env entry that brings the key in (never a plain value)."""
+def owner_ref(kind: str, name: str, uid: str) -> dict[str, Any]:
     return {
-        "name": KEY_ENV,
-        "valueFrom": {"secretKeyRef": {"name": secret_name(task), "key": KEY_FIELD}},
+        "apiVersion": "kubemap.io/v1alpha1",
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "blockOwnerDeletion": False,
+    }
+
+
+def key_env(secret: str, env_name: str = KEY_ENV) -> dict[str, Any]:
+    """The worker container's env entry that brings a key in (never a plain value). Optional:
+    a function-mode MapTask made without the SDK has no Secret, and runs unauthenticated."""
+    return {
+        "name": env_name,
+        "valueFrom": {"secretKeyRef": {"name": secret, "key": KEY_FIELD, "optional": True}},
     }

@@ -24,6 +24,7 @@ from kubemap.contract import RESULTS_PREFIX, parse_result_key, result_key
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase
 from kubemap.errors import RemoteError, TimeoutError
+from kubemap.signing import Signer
 from kubemap.stores import KeyNotFound, Store
 from kubemap.taskdata import decode_results
 
@@ -40,8 +41,9 @@ MAX_POLL = 1.0  # ... growing to this while nothing does
 class ResultFeed:
     """New (index, value) pairs of a task's result objects, each index once."""
 
-    def __init__(self, task: Store, total: int) -> None:
+    def __init__(self, task: Store, total: int, signer: Signer | None = None) -> None:
         self.task = task
+        self.signer = signer  # a signed task's objects are checked before unpickling
         self.total = total
         self.delivered = IndexRanges()
         self._read: set[str] = set()  # objects read that still cover undelivered indices
@@ -70,7 +72,9 @@ class ResultFeed:
                 data = self.task.get(obj.key)
             except KeyNotFound:
                 continue  # deleted meanwhile
-            ranges, values = decode_results(data, f"{self.task.url}/{obj.key}")
+            ranges, values = decode_results(
+                data, f"{self.task.url}/{obj.key}", self.signer, obj.key
+            )
             new = ranges - self.delivered
             if new:
                 for index, value in zip(ranges, values, strict=True):
@@ -120,7 +124,7 @@ def as_completed(
     TimeoutError, CancelledError) or, with return_exceptions=True, are yielded with their
     RemoteError. `timeout` bounds the whole wait (kubemap.TimeoutError; the run goes on).
     """
-    feed = ResultFeed(run._task, run.total)
+    feed = ResultFeed(run._task, run.total, run._signer)
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = FIRST_POLL
     while True:
@@ -193,4 +197,4 @@ def imap(
             with contextlib.suppress(Exception):
                 run.cancel()
         if finished and options.get("store") is None and run.store_url.startswith("file://"):
-            api._forget(run._task)  # everything was handed out: keep the default store small
+            api.forget(run._task)  # everything was handed out: keep the default store small

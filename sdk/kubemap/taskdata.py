@@ -40,10 +40,9 @@ from __future__ import annotations
 
 import json
 import pickle
-import struct
 import sys
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kubemap.contract import (
@@ -52,35 +51,47 @@ from kubemap.contract import (
     INDEX_ENTRY_SIZE,
     INDEX_KEY,
     INPUTS_KEY,
-    RESULTS_PREFIX,
     error_key,
     parse_error_key,
-    parse_result_key,
-    result_key,
 )
-from kubemap.core.ranges import IndexRanges
 from kubemap.errors import CorruptTaskError, RemoteError, SerializationError
 from kubemap.pickling import (
     PROTOCOL,
     by_value_markers,
     describe,
-    dumps,
     dumps_function,
     loads,
     slow_dumps,
 )
+from kubemap.signing import FN_MAC, INPUTS_MAC, Signer, macs_range, unsigned, verify, verify_slice
 from kubemap.stores import KeyNotFound, Store
 from kubemap.taskmeta import TaskMeta, read_meta, read_total, write_meta
+from kubemap.taskresults import (
+    decode_results,
+    done_in_slice,
+    encode_results,
+    indices_of,
+    iter_results,
+    seal_result,
+    slice_result_keys,
+    succeeded_indexes,
+    write_results,
+)
 
 __all__ = [
     "TaskMeta",
+    "decode_results",
     "done_in_slice",
+    "encode_results",
+    "indices_of",
     "iter_results",
     "read_errors",
     "read_function",
     "read_meta",
     "read_slice",
     "read_total",
+    "seal_result",
+    "slice_result_keys",
     "succeeded_indexes",
     "write_error",
     "write_function",
@@ -90,19 +101,20 @@ __all__ = [
 ]
 
 WRITE_CHUNK = 4 * 1024 * 1024
-RESULT_MAGIC = b"KMR1"
-_HEADER = struct.Struct("<4sI")
-_HEAD_READ = 64 * 1024
 _LITTLE = sys.byteorder == "little"
 _MAX_OFFSET = 1 << 50  # 1 PiB: an inputs.bin offset past this is garbage
 
 
 # -- function ----------------------------------------------------------------------------
-def write_function(store: Store, fn: Callable[..., Any]) -> None:
-    store.put(FN_KEY, dumps_function(fn))
+def write_function(store: Store, fn: Callable[..., Any], signer: Signer | None = None) -> None:
+    data = dumps_function(fn)
+    store.put(FN_KEY, data)
+    if signer is not None:
+        store.put(FN_MAC, signer.mac("fn", data))
 
 
-def read_function(store: Store) -> Callable[..., Any]:
+def read_function(store: Store, signer: Signer | None = None) -> Callable[..., Any]:
+    """fn.pkl, unpickled only once its MAC matches when the task is signed."""
     try:
         data = store.get(FN_KEY)
     except KeyNotFound:
@@ -110,6 +122,12 @@ def read_function(store: Store) -> Callable[..., Any]:
             f"task {store.url} has no {FN_KEY}: it was not submitted in function mode, or "
             "its files were deleted; submit it again"
         ) from None
+    if signer is not None:
+        try:
+            tag = store.get(FN_MAC)
+        except KeyNotFound:
+            raise unsigned(FN_KEY, signer.task, FN_MAC) from None
+        verify(signer.key, signer.task, "fn", data, tag, what=FN_KEY)
     fn = loads(data, what=f"the function in {store.url}/{FN_KEY}")
     if not callable(fn):
         raise CorruptTaskError(f"{store.url}/{FN_KEY} holds a {type(fn).__name__}, not a function")
@@ -117,9 +135,9 @@ def read_function(store: Store) -> Callable[..., Any]:
 
 
 # -- inputs ------------------------------------------------------------------------------
-def write_inputs(store: Store, items: Iterable[Any]) -> int:
-    """Stream every input to inputs.bin, then the offsets to inputs.idx (written last: a
-    task without inputs.idx was not submitted completely)."""
+def write_inputs(store: Store, items: Iterable[Any], signer: Signer | None = None) -> int:
+    """Stream every input to inputs.bin, then (signed) their MACs to inputs.mac, then the
+    offsets to inputs.idx (written last: a task without it was not submitted completely)."""
     offsets = array("Q", [0])
     assert offsets.itemsize == INDEX_ENTRY_SIZE
     # The loop is inlined (no per-item helper calls): it runs once per input, 10^6 times.
@@ -128,6 +146,7 @@ def write_inputs(store: Store, items: Iterable[Any]) -> int:
     markers = by_value_markers()
     position = 0
     pending = bytearray()
+    macs = signer.item_macs() if signer is not None else None
     with store.open_writer(INPUTS_KEY) as out:
         for item in items:
             try:
@@ -139,6 +158,8 @@ def write_inputs(store: Store, items: Iterable[Any]) -> int:
                     if marker in data:
                         data = _slow_input(item, len(offsets) - 1)
                         break
+            if macs is not None:
+                macs.add(len(offsets) - 1, data)
             pending += data
             position += len(data)
             append(position)
@@ -147,6 +168,8 @@ def write_inputs(store: Store, items: Iterable[Any]) -> int:
                 pending.clear()
         if pending:
             out.write(pending)
+    if macs is not None:
+        store.put(INPUTS_MAC, bytes(macs.data))
     if not _LITTLE:
         offsets.byteswap()
     store.put(INDEX_KEY, offsets.tobytes())
@@ -164,8 +187,11 @@ def _slow_input(item: Any, index: int) -> bytes:
         ) from exc
 
 
-def read_slice(store: Store, start: int, count: int, total: int | None = None) -> list[Any]:
-    """Items [start, start+count): one ranged GET of their offsets, one of their bytes."""
+def read_slice(
+    store: Store, start: int, count: int, total: int | None = None, signer: Signer | None = None
+) -> list[Any]:
+    """Items [start, start+count): one ranged GET of their offsets, one of their bytes (and,
+    signed, one of their MACs, checked before anything is unpickled)."""
     if start < 0 or count < 0:
         raise ValueError(f"bad slice start={start} count={count}: both must be >= 0")
     if total is not None and start + count > total:
@@ -218,134 +244,19 @@ def read_slice(store: Store, start: int, count: int, total: int | None = None) -
             f"(bytes {low}..{high} wanted, {len(blob)} read); submit the task again"
         )
     view = memoryview(blob)
-    return [
-        loads(
-            view[offsets[i] - low : offsets[i + 1] - low],
-            what=f"input {start + i} of {store.url}",
-        )
-        for i in range(count)
-    ]
+    blobs = [view[offsets[i] - low : offsets[i + 1] - low] for i in range(count)]
+    if signer is not None:
+        _verify_items(store, signer, start, blobs)
+    return [loads(blobs[i], what=f"input {start + i} of {store.url}") for i in range(count)]
 
 
-# -- results -----------------------------------------------------------------------------
-def encode_results(values: dict[int, Any]) -> bytes:
-    """One result object: header with the index ranges, then the values in index order."""
-    indices = sorted(values)
-    ranges = str(IndexRanges.of(indices)).encode("ascii")
-    ordered = [values[i] for i in indices]
+def _verify_items(store: Store, signer: Signer, start: int, blobs: list[memoryview]) -> None:
+    lo, hi = macs_range(start, len(blobs))
     try:
-        body = dumps(ordered)
-    except Exception:
-        for index in indices:  # name the first value that fails on its own
-            try:
-                dumps(values[index])
-            except Exception as exc:
-                raise SerializationError(
-                    f"the result of input {index} ({describe(values[index])}) cannot be "
-                    f"pickled: {exc}; return something picklable",
-                    index=index,
-                ) from exc
-        raise
-    return _HEADER.pack(RESULT_MAGIC, len(ranges)) + ranges + body
-
-
-def _decode_header(data: bytes | memoryview, where: str) -> tuple[IndexRanges, int]:
-    if len(data) < _HEADER.size:
-        raise CorruptTaskError(f"result object {where} is truncated; delete it and rerun")
-    magic, length = _HEADER.unpack_from(data)
-    if magic != RESULT_MAGIC:
-        raise CorruptTaskError(
-            f"{where} is not a kubemap result object (bad header {magic!r}); delete it and rerun"
-        )
-    end = _HEADER.size + length
-    if len(data) < end:
-        raise CorruptTaskError(f"result object {where} is truncated; delete it and rerun")
-    return IndexRanges.parse(bytes(data[_HEADER.size : end]).decode("ascii")), end
-
-
-def decode_results(data: bytes, where: str = "result") -> tuple[IndexRanges, list[Any]]:
-    ranges, end = _decode_header(data, where)
-    values = loads(memoryview(data)[end:], what=f"result object {where}")
-    if not isinstance(values, list) or len(values) != len(ranges):
-        raise CorruptTaskError(
-            f"result object {where} holds {len(values) if isinstance(values, list) else '?'} "
-            f"values for {len(ranges)} indices; delete it and rerun"
-        )
-    return ranges, values
-
-
-def write_results(store: Store, start: int, count: int, values: dict[int, Any]) -> bool:
-    outside = [i for i in values if not start <= i < start + count]
-    if outside:
-        raise ValueError(
-            f"results for {outside[:5]} are outside the slice [{start}, {start + count})"
-        )
-    return store.put_if_absent(result_key(start, count), encode_results(values))
-
-
-def _result_keys(store: Store, prefix: str = "") -> list[str]:
-    return [k for k in store.list(RESULTS_PREFIX + prefix) if "/" not in k[len(RESULTS_PREFIX) :]]
-
-
-def indices_of(store: Store, key: str) -> IndexRanges:
-    head = store.get_range(key, 0, _HEAD_READ)
-    if len(head) >= _HEADER.size:
-        _, length = _HEADER.unpack_from(head)
-        if _HEADER.size + length > len(head):
-            head = store.get_range(key, 0, _HEADER.size + length)
-    return _decode_header(head, f"{store.url}/{key}")[0]
-
-
-def iter_results(store: Store) -> Iterator[tuple[int, Any]]:
-    seen = IndexRanges()
-    for key in _result_keys(store):
-        ranges, values = decode_results(store.get(key), f"{store.url}/{key}")
-        overlap = ranges & seen
-        if not overlap:
-            yield from zip(ranges, values, strict=True)
-        else:  # overlapping objects (a rerun in other slices): the lowest key wins
-            for index, value in zip(ranges, values, strict=True):
-                if index not in overlap:
-                    yield index, value
-        seen = seen | ranges
-
-
-def succeeded_indexes(store: Store) -> IndexRanges:
-    spans: list[tuple[int, int]] = []
-    for key in _result_keys(store):
-        spans.extend(indices_of(store, key).intervals)
-    return IndexRanges.from_spans(spans)
-
-
-def _common_prefix(a: str, b: str) -> str:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return a[:n]
-
-
-def slice_result_keys(store: Store, start: int, count: int) -> list[str]:
-    """Keys of result objects that start inside [start, start+count), listed narrowly:
-    only keys sharing the zero-padded digits of start and start+count-1."""
-    first = result_key(start, 1).rsplit("-", 1)[0][len(RESULTS_PREFIX) :]
-    last = result_key(start + max(count, 1) - 1, 1).rsplit("-", 1)[0][len(RESULTS_PREFIX) :]
-    keys = []
-    for key in _result_keys(store, _common_prefix(first, last)):
-        try:
-            key_start, _ = parse_result_key(key)
-        except ValueError:
-            continue
-        if start <= key_start < start + count:
-            keys.append(key)
-    return keys
-
-
-def done_in_slice(store: Store, start: int, count: int) -> IndexRanges:
-    """Indices of [start, start+count) that already have a result."""
-    found = IndexRanges()
-    for key in slice_result_keys(store, start, count):
-        found = found | indices_of(store, key)
-    return found & IndexRanges.span(start, start + count)
+        macs = store.get_range(INPUTS_MAC, lo, hi)
+    except KeyNotFound:
+        raise unsigned(f"input {start}", signer.task, INPUTS_MAC) from None
+    verify_slice(signer.key, signer.task, start, list(blobs), macs)
 
 
 # -- errors ------------------------------------------------------------------------------

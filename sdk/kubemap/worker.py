@@ -21,10 +21,8 @@ infrastructure failure the line says why instead, for the operator to surface:
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import re
 import signal
 import socket
 import sys
@@ -34,7 +32,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from kubemap import taskdata
+from kubemap import signing, taskdata
 from kubemap.contract import (
     DEFAULT_TERMINATION_LOG,
     ENV_ATTEMPT,
@@ -52,16 +50,33 @@ from kubemap.contract import (
 from kubemap.core.ranges import IndexRanges
 from kubemap.errors import (
     ConfigError,
-    CorruptTaskError,
     RemoteError,
     SerializationError,
     StoreError,
 )
+from kubemap.signing import Signer
 from kubemap.stores import Store, open_store
 from kubemap.taskmeta import read_meta, version_mismatch
+from kubemap.termination import (
+    infra_cause,
+    infra_line,
+    refused_line,
+    store_error_code,
+    summary_line,
+)
 
-SUMMARY_LIMIT = 4096
-CAUSE_MESSAGE_LIMIT = 300
+__all__ = [  # the termination-line helpers moved to kubemap.termination; importable here too
+    "SliceOutcome",
+    "Terminated",
+    "WorkerEnv",
+    "infra_cause",
+    "main",
+    "record_infra_failure",
+    "run_slice",
+    "store_error_code",
+    "summary_line",
+]
+
 _WRITE_RESULT_TRIES = 8
 _TRACEBACKS_LOGGED = 3
 
@@ -108,12 +123,15 @@ def run_slice(
     fn: Callable[..., Any] | None = None,
     attempt: int = 0,
     skip_done: bool = True,
+    signer: Signer | None = None,
 ) -> SliceOutcome:
     """Run fn over items [start, start+count) of the task and record what happened.
 
     User exceptions become error records and `failed`; infrastructure failures (store,
     corrupt task, the function's module missing here) raise StoreError/CorruptTaskError.
     With skip_done on a retry (attempt > 0), indices that already have a result are skipped.
+    With a signer, fn.pkl and the slice are checked before unpickling (TamperedError) and the
+    result object is sealed.
     """
     span = IndexRanges.span(start, start + count)
     done = (
@@ -123,8 +141,8 @@ def run_slice(
     if not todo:
         return SliceOutcome(skipped=done)
     if fn is None:
-        fn = taskdata.read_function(task)
-    items = taskdata.read_slice(task, start, count)
+        fn = taskdata.read_function(task, signer)
+    items = taskdata.read_slice(task, start, count, signer=signer)
     values: dict[int, Any] = {}
     records: dict[int, dict[str, Any]] = {}
     for index in todo:
@@ -132,11 +150,11 @@ def run_slice(
             values[index] = fn(items[index - start])
         except Exception as exc:
             records[index] = error_record(index, exc, attempt)
-    blob = _encode(values, records, attempt)
+    blob = _encode(values, records, attempt, sealed=signer is not None)
     for index, record in records.items():
         taskdata.write_error(task, index, record)
     if values:
-        _save_results(task, start, count, values, blob)
+        _save_results(task, start, count, values, blob, signer)
         _fill_cache(task, start, count, values)
     return SliceOutcome(
         succeeded=IndexRanges.of(values),
@@ -157,11 +175,13 @@ def _fill_cache(task: Store, start: int, count: int, values: dict[int, Any]) -> 
         _log(f"could not fill the cache for items {start}..{start + count - 1}: {exc}")
 
 
-def _encode(values: dict[int, Any], records: dict[int, dict[str, Any]], attempt: int) -> bytes:
+def _encode(
+    values: dict[int, Any], records: dict[int, dict[str, Any]], attempt: int, sealed: bool
+) -> bytes:
     """Encode the results; a value that cannot be pickled fails its index instead."""
     while True:
         try:
-            return taskdata.encode_results(values)
+            return taskdata.encode_results(values, sealed=sealed)
         except SerializationError as exc:
             if exc.index is None or exc.index not in values:
                 raise
@@ -172,10 +192,19 @@ def _encode(values: dict[int, Any], records: dict[int, dict[str, Any]], attempt:
             records[exc.index] = record
 
 
-def _save_results(task: Store, start: int, count: int, values: dict[int, Any], blob: bytes) -> None:
+def _save_results(
+    task: Store,
+    start: int,
+    count: int,
+    values: dict[int, Any],
+    blob: bytes,
+    signer: Signer | None = None,
+) -> None:
     """Write the slice's result object once. If it exists already (a duplicate pod, or a
     retry after a partial success), add only the indices still missing, under a free key."""
-    if task.put_if_absent(result_key(start, count), blob):
+    if task.put_if_absent(
+        result_key(start, count), taskdata.seal_result(blob, signer, start, count)
+    ):
         return
     for _ in range(_WRITE_RESULT_TRIES):
         keys = taskdata.slice_result_keys(task, start, count)
@@ -190,7 +219,7 @@ def _save_results(task: Store, start: int, count: int, values: dict[int, Any], b
         span = last - first + 1
         while result_key(first, span) in taken:
             span += 1  # the key only names the object; its header lists the indices
-        if taskdata.write_results(task, first, span, missing):
+        if taskdata.write_results(task, first, span, missing, signer):
             return
     raise StoreError(
         f"could not record the results of items {start}..{start + count - 1} in {task.url}: "
@@ -238,14 +267,14 @@ class WorkerEnv:
         return cls(task_url, start, count, total, attempt)
 
 
-def store_error_code(exc: Exception) -> str:
-    """The S3 error code of a store failure ("InvalidAccessKeyId"), from the exception or,
-    failing that, from the "(Code: message)" the store puts in its message."""
-    code = str(getattr(exc, "code", "") or "")
-    if not code:
-        found = re.search(r"\(([A-Z][A-Za-z]+):", str(exc))
-        code = found.group(1) if found else ""
-    return code
+def task_signer(env: WorkerEnv, environ: Mapping[str, str]) -> Signer | None:
+    """The task's signer from KUBEMAP_TASK_KEY (its Secret); the task's name is the last part
+    of its URL, as the operator builds it. No key: a MapTask made without the SDK."""
+    key = signing.key_from_env(environ)
+    if key is None:
+        _log(f"{signing.KEY_ENV} is not set: the task's files are loaded unauthenticated")
+        return None
+    return Signer(env.task_url.rstrip("/").rsplit("/", 1)[-1], key)
 
 
 def record_infra_failure(task: Store, start: int, count: int, exc: Exception, attempt: int) -> None:
@@ -266,49 +295,6 @@ def record_infra_failure(task: Store, start: int, count: int, exc: Exception, at
             )
     except StoreError:
         pass
-
-
-def summary_line(outcome: SliceOutcome) -> str:
-    """`{"v":1,"succeeded":"0-2,4","failed":"3"}`, at most SUMMARY_LIMIT bytes."""
-    done = outcome.succeeded | outcome.skipped
-    full: dict[str, Any] = {"v": 1, "succeeded": str(done), "failed": str(outcome.failed)}
-    first = next(iter(sorted(outcome.errors.items())), None)
-    if first is not None:  # the operator names it in the task's message: "ValueError: bad 3"
-        full["error"] = f"{first[1].type}: {first[1].message}"[:200]
-    for candidate in (full, {"v": 1, "failed": str(outcome.failed)}, {"v": 1, "truncated": True}):
-        line = json.dumps(candidate, separators=(",", ":"))
-        if len(line.encode()) <= SUMMARY_LIMIT:
-            return line
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def infra_cause(exc: StoreError) -> dict[str, str]:
-    """The machine-readable why of an infrastructure failure, for the termination message."""
-    first_line = (str(exc).splitlines() or [""])[0]
-    cause = {
-        # "corrupt": no retry cures it (core.plan fails those indices at once)
-        "kind": "corrupt" if isinstance(exc, CorruptTaskError) else "store",
-        "code": exc.code or store_error_code(exc) or type(exc).__name__,
-        "bucket": exc.bucket,
-        "message": first_line[:CAUSE_MESSAGE_LIMIT],
-    }
-    return {key: value for key, value in cause.items() if value}
-
-
-def infra_line(exc: StoreError) -> str:
-    line = {"v": 1, "infra": str(exc)[:2000], "cause": infra_cause(exc)}
-    return json.dumps(line, separators=(",", ":"))
-
-
-def refused_line(reason: str, submitted: str, worker: str) -> str:
-    cause = {
-        "kind": "version",
-        "code": "PythonVersionMismatch",
-        "python": submitted,
-        "worker": worker,
-        "message": reason[:CAUSE_MESSAGE_LIMIT],
-    }
-    return json.dumps({"v": 1, "refused": reason, "cause": cause}, separators=(",", ":"))
 
 
 def _write_termination_log(environ: Mapping[str, str], line: str) -> None:
@@ -354,7 +340,9 @@ def main(environ: Mapping[str, str] | None = None) -> int:
             )
             record_infra_failure(task, env.start, env.count, ConfigError(refusal), env.attempt)
             return EXIT_USAGE_ERROR
-        outcome = run_slice(task, env.start, env.count, attempt=env.attempt)
+        outcome = run_slice(
+            task, env.start, env.count, attempt=env.attempt, signer=task_signer(env, env_map)
+        )
     except Terminated:
         _log(f"terminated (SIGTERM) while running items {env.start}..{last}; nothing recorded")
         return EXIT_INFRA_ERROR

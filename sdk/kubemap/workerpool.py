@@ -14,6 +14,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from kubemap.backends import keys
 from kubemap.backends.kubeclient import Cluster
 from kubemap.backends.kubeclient import message_of as _message
 from kubemap.backends.poolclient import (  # noqa: F401  (part of this module's API)
@@ -84,8 +85,10 @@ class WorkerPool:
             "metadata": {"name": self.name},
             "spec": self.spec.to_wire(),
         }
+        # The pool's signing key first, so its workers start with it (kubemap.signing).
+        keys.pool_key(self.cluster, self.name)
         try:
-            self.cluster.call(
+            created = self.cluster.call(
                 f"create WorkerPool {self.name}",
                 self._custom().create_namespaced_custom_object,
                 GROUP, VERSION, self.cluster.namespace, POOL_PLURAL, body,
@@ -100,6 +103,7 @@ class WorkerPool:
             raise ClusterError(
                 f"creating WorkerPool {self.name} was refused: {_message(exc)}"
             ) from None
+        keys.adopt_pool_key(self.cluster, self.name, str(created["metadata"]["uid"]))
         return self
 
     def scale(self, replicas: int) -> None:

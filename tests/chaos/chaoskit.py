@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import boto3
 from kubemap.contract import ANNOTATION_ATTEMPT, POD_FINALIZER, parse_result_key
+from kubemap.core.attempts import Report
 from kubernetes import client, watch
 
 NAMESPACE = os.environ.get("KUBEMAP_E2E_NAMESPACE", "default")
@@ -44,6 +45,7 @@ class PodLedger:
         self.core, self.task = core, task
         self.attempts: dict[str, int] = {}
         self.running: dict[str, bool] = {}
+        self.messages: dict[str, str] = {}  # each pod's termination message, once it ended
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -61,6 +63,10 @@ class PodLedger:
         annotations = pod.metadata.annotations or {}
         self.attempts[name] = int(annotations.get(ANNOTATION_ATTEMPT, "0"))
         self.running[name] = self.running.get(name, False) or pod.status.phase == "Running"
+        for cs in pod.status.container_statuses or []:
+            done = cs.state.terminated if cs.state else None
+            if done is not None and done.message:
+                self.messages[name] = done.message
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -88,6 +94,12 @@ class PodLedger:
             for p in task_pods(self.core, self.task)
             if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
         ]
+
+    def finished_work(self, pod: str) -> bool:
+        """The pod's worker reported its whole slice done (its summary line), even if the pod
+        was deleted before Kubernetes marked it Succeeded."""
+        report = Report.parse(self.messages.get(pod))
+        return report is not None and bool(report.succeeded) and not report.failed
 
     @property
     def retries(self) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 import kubemap
 import pytest
 from chaoskit import NAMESPACE, get_task, task_pods, wait_finished
-from kubemap.backends.kubernetes import build_maptask
+from kubemap.backends.kubernetes import KubernetesBackend
 from kubemap.contract import EXIT_INFRA_ERROR
 from kubemap.models import RunOptions
 from kubemap.stores import Store, open_store
@@ -27,26 +27,32 @@ def double(x: int) -> int:
     return 2 * x
 
 
+BACKEND = KubernetesBackend()
+OPTIONS = RunOptions(backend="kubernetes", parallelism=4, namespace=NAMESPACE)
+
+
 def staged(name: str, items: list[Any]) -> tuple[str, Store]:
-    """Task data uploaded as the SDK does, with no MapTask yet (so a test can damage it)."""
+    """Task data uploaded and signed as the SDK does, with no MapTask yet (so a test can
+    damage it); start() then creates its key Secret and MapTask as the SDK does."""
     url = f"{os.environ['KUBEMAP_STORE'].rstrip('/')}/{name}"
     task = open_store(url)
-    write_function(task, double)
-    total = write_inputs(task, items)
+    signer = BACKEND.task_signer(name, OPTIONS)
+    write_function(task, double, signer)
+    total = write_inputs(task, items, signer)
     write_meta(task, TaskMeta.new(total, "double"))
     return url, task
 
 
-def start(custom: client.CustomObjectsApi, name: str, url: str, total: int) -> None:
-    body = build_maptask(name, url, total, RunOptions(backend="kubernetes", parallelism=4))
-    custom.create_namespaced_custom_object("kubemap.io", "v1alpha1", NAMESPACE, "maptasks", body)
+def start(name: str, url: str) -> None:
+    BACKEND.start(open_store(url), 8, OPTIONS, name)
 
 
 DAMAGE: list[tuple[str, Callable[[Store], None], str]] = [
     ("inputs.idx truncated", lambda t: t.put("inputs.idx", t.get("inputs.idx")[:20]), "inputs.idx"),
     ("inputs.bin truncated", lambda t: t.put("inputs.bin", t.get("inputs.bin")[:10]), "inputs.bin"),
     ("inputs.idx scrambled", lambda t: t.put("inputs.idx", bytes(reversed(t.get("inputs.idx")))), "inputs.idx"),
-    ("inputs.bin garbage", lambda t: t.put("inputs.bin", os.urandom(len(t.get("inputs.bin")))), "input"),
+    # signed inputs: the garbage is caught by its MAC before any unpickling, and stops the task
+    ("inputs.bin garbage", lambda t: t.put("inputs.bin", os.urandom(len(t.get("inputs.bin")))), "(inputs.bin) of task"),
 ]  # fmt: skip
 
 
@@ -62,7 +68,7 @@ def test_damaged_inputs_fail_the_task_naming_the_object(
         name = unique("damaged")
         url, task = staged(name, list(range(8)))
         damage(task)
-        start(custom, name, url, 8)
+        start(name, url)
         staged_tasks.append((what, name, named))
     for what, name, named in staged_tasks:
         status = wait_finished(custom, name, 360)

@@ -86,8 +86,14 @@ def test_deleted_worker_pods_are_replaced_without_spending_retries(
         verdict = check_outcome(core, custom, name, 100, ledger)
     assert run.results() == [x + 7 for x in range(100)]
     # retries=0 and still Succeeded: a pod taken away is the platform's doing, not a failure.
-    assert verdict.retries == len(deleted), (verdict.retries, sorted(deleted))
-    report(f"{verdict.line()}; {len(deleted)} running pods deleted from outside, 0 user retries")
+    # A pod listed as Running may finish its slice before the delete lands (a loaded machine):
+    # its summary says so, and nothing replaces it. Every other deleted pod is replaced once.
+    lost = sorted(p for p in deleted if not ledger.finished_work(p))
+    assert verdict.retries == len(lost), (verdict.retries, lost, sorted(deleted))
+    report(
+        f"{verdict.line()}; {len(deleted)} running pods deleted from outside "
+        f"({len(deleted) - len(lost)} had just finished), 0 user retries"
+    )
 
 
 @pytest.mark.timeout(300)

@@ -8,6 +8,7 @@ by talking about the wrong user.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -167,18 +168,34 @@ def artefacts(cluster: LiveCluster, api: client.ApiClient) -> Iterator[tuple[str
                 yield f"s3 {obj['Key']}", body.decode(errors="replace")
 
 
+def signing_keys(api: client.ApiClient) -> list[str]:
+    """The task and pool signing keys (kubemap.signing) of the Secrets the SDK left."""
+    found = []
+    for selector in ("kubemap.io/task", "kubemap.io/pool"):
+        for secret in (
+            client.CoreV1Api(api).list_secret_for_all_namespaces(label_selector=selector).items
+        ):
+            text = (secret.data or {}).get("key")
+            if text:
+                found.append(base64.b64decode(text).decode())
+    return found
+
+
 def test_s3_credentials_appear_in_no_artefact(cluster: LiveCluster, api: client.ApiClient) -> None:
     """Run last in this module: by now the chaos suite has left tasks, events, logs and
     error records behind. Secrets are read from the Secret only, never written elsewhere."""
-    secrets = [cluster.state.secret_key, cluster.state.access_key]
+    secrets = [cluster.state.secret_key, cluster.state.access_key, *signing_keys(api)]
     checked = 0
     leaks = []
     for where, text in artefacts(cluster, api):
         checked += 1
         leaks += [where for s in secrets if s in text]
     assert checked > 10, f"only {checked} artefacts found: the scan looked in the wrong places"
-    assert not leaks, f"S3 credentials found in: {sorted(set(leaks))}"
-    print(f"\nCHAOS S3 credentials searched in {checked} artefacts: found in none")
+    assert not leaks, f"S3 credentials or signing keys found in: {sorted(set(leaks))}"
+    print(
+        f"\nCHAOS S3 credentials and {len(secrets) - 2} signing keys searched in {checked} "
+        "artefacts: found in none"
+    )
 
 
 def test_operator_cannot_read_the_s3_secret(cluster: LiveCluster, core: client.CoreV1Api) -> None:

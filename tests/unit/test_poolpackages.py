@@ -154,7 +154,7 @@ def test_an_install_failure_is_a_usage_report_that_fails_the_task_at_once(
         "attempt": 0,
         "packages": ["pandas==9.9"],
     }
-    body = run_lease(grant, FunctionCache(), runtime)
+    body = run_lease(grant, FunctionCache(), runtime=runtime)
     assert body["kind"] == "usage" and "pip could not install pandas==9.9" in body["why"]
     # The dispatcher fails the task with the worker's words, whatever the retry budget.
     dispatcher = Dispatcher()

@@ -27,6 +27,7 @@ from kubemap.poolmodels import (
     pool_resource_name,
 )
 from kubemap.poolpackages import ENV_PACKAGE_CACHE, ENV_POOL_PACKAGES
+from kubemap.signing import POOL_KEY_ENV, key_env, pool_secret_name
 
 from kubemap_operator.settings import Settings
 
@@ -63,7 +64,12 @@ def token_secret(namespace: str, pool_name: str, uid: str, token: str) -> dict[s
     }
 
 
-_FIXED_NAMES = {ENV_DISPATCHER, ENV_POOL, ENV_POOL_TOKEN}  # the pool's env cannot steer these
+_FIXED_NAMES = {
+    ENV_DISPATCHER,
+    ENV_POOL,
+    ENV_POOL_TOKEN,
+    POOL_KEY_ENV,
+}  # the pool's env cannot steer these
 
 
 def _s3_env(settings: Settings) -> list[dict[str, Any]]:
@@ -106,6 +112,8 @@ def worker_template(
         {"name": ENV_DISPATCHER, "value": settings.dispatcher_url},
         {"name": ENV_POOL, "value": f"{namespace}/{pool_name}"},
         {"name": ENV_POOL_TOKEN, "valueFrom": {"secretKeyRef": token_ref}},
+        # The pool's signing key, from the Secret the SDK makes (kubemap.signing): named only.
+        key_env(pool_secret_name(pool_resource_name(pool_name)), POOL_KEY_ENV),
     ]
     kubemap_env = [
         *_s3_env(settings),

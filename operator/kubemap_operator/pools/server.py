@@ -18,6 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
+from kubemap.core.policy import Cause
 from kubemap.core.ranges import IndexRanges, RangesSyntaxError
 
 from kubemap_operator.observe import WorkerReport
@@ -142,6 +143,11 @@ class DispatcherApp:
                 )
             except (RangesSyntaxError, TypeError) as exc:
                 return _refuse(400, f"bad index ranges: {exc}")
+        raw = body.get("cause")
+        if isinstance(raw, dict) and kind == "infra":  # e.g. "tampered": the plan stops the task
+            cause = Cause(str(raw.get("kind") or "store"), str(raw.get("code") or ""),
+                          str(raw.get("message") or "")[:300])  # fmt: skip
+            report = WorkerReport(cause=cause)
         known = self.dispatcher.report(
             pool, str(body.get("lease", "")), kind, report, str(body.get("why", ""))[:500]
         )

@@ -4,6 +4,10 @@ The SDK has already written fn.pkl, the inputs and task.json to the task's prefi
 this module creates the MapTask (function mode, spec.store.url = the store prefix, name =
 MapRun.name), follows its status, and cancels by setting spec.suspend. Results and error
 records are read from the store by MapRun, exactly as for the local backend.
+
+Signing (kubemap.signing): `task_signer` makes the task's key before the upload (or reads
+its pool's); `start` puts it in a Secret before the MapTask exists, then gives the Secret
+the MapTask as owner (backends/keys.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from kubemap.backends import keys
 from kubemap.backends.base import wait_by_polling
 from kubemap.backends.kubeclient import Cluster, ClusterClient, message_of
 from kubemap.contract import ANNOTATION_RETRY, API_VERSION, GROUP, KIND, PLURAL, VERSION
@@ -24,6 +29,7 @@ from kubemap.core.status import Phase, RunStatus, run_status
 from kubemap.errors import ClusterError, ConfigError
 from kubemap.models import MapTaskSpec, Mode, PodTemplate, RunOptions, StoreRef
 from kubemap.poolmodels import ANNOTATION_PYTHON, python_minor
+from kubemap.signing import Signer, new_key
 from kubemap.stores import open_store
 from kubemap.stores.base import Store
 
@@ -91,8 +97,10 @@ class KubeRunHandle:
         task: Store,
         *,
         retry_token: str | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.cluster = cluster
+        self.signer = signer  # MapRun checks result objects with it
         self.name = name
         self.total = total
         self.task = task
@@ -158,11 +166,27 @@ def attach_maptask(
         )
     task = open_store(base).child(name)
     total = int((body.get("status") or {}).get("total") or spec.get("count") or 0)
-    return task, total, KubeRunHandle(cluster, name, total, task)
+    # No key Secret (a MapTask made without the SDK): its results are read unchecked.
+    signer = keys.task_signer(cluster, name, spec.get("pool"))
+    return task, total, KubeRunHandle(cluster, name, total, task, signer=signer)
 
 
 class KubernetesBackend:
     name = "kubernetes"
+
+    def __init__(self) -> None:
+        self._signers: dict[str, Signer] = {}
+
+    def task_signer(self, name: str, options: RunOptions) -> Signer:
+        """The signer of task `name`, before its files are uploaded: a fresh key, or on a
+        pool the pool's key (read or created now: its workers cannot mount one per task)."""
+        if options.pool:
+            key = keys.pool_key(Cluster.connect(options.namespace), options.pool).key
+        else:
+            key = new_key()
+        signer = Signer(name, key)
+        self._signers[name] = signer
+        return signer
 
     def preflight(self, store_url: str, options: RunOptions) -> None:
         """Before uploading anything: an S3 store, a reachable API, the MapTask CRD installed."""
@@ -191,12 +215,28 @@ class KubernetesBackend:
     def start(self, task: Store, total: int, options: RunOptions, name: str) -> KubeRunHandle:
         body = build_maptask(name, task.url, total, options)
         cluster = Cluster.connect(options.namespace)
+        signer = self._signers.pop(name, None)
         if options.pool:
-            from kubemap.backends.poolclient import ensure_pool
+            from kubemap.backends.poolclient import ensure_pool, get_pool
 
             ensure_pool(cluster, options.pool, replicas=options.parallelism)
-        cluster.create(body)
-        return KubeRunHandle(cluster, name, total, task)
+            pool = get_pool(cluster, options.pool) or {}
+            uid = (pool.get("metadata") or {}).get("uid")
+            if signer is not None and uid:
+                keys.adopt_pool_key(cluster, options.pool, str(uid))
+            cluster.create(body)
+            return KubeRunHandle(cluster, name, total, task, signer=signer)
+        if signer is not None:
+            keys.create_task_key(cluster, signer)  # first: no pod may start without it
+        try:
+            created = cluster.create(body)
+        except BaseException:
+            if signer is not None:
+                keys.delete_task_key(cluster, name)
+            raise
+        if signer is not None:
+            keys.adopt_task_key(cluster, name, str((created.get("metadata") or {})["uid"]))
+        return KubeRunHandle(cluster, name, total, task, signer=signer)
 
     def retry(
         self, task: Store, total: int, options: RunOptions, name: str, succeeded: IndexRanges

@@ -65,6 +65,9 @@ PERMANENT_CAUSES = frozenset(
         ("image", "InvalidImageName"),
         ("image", "ErrImageNeverPull"),
         ("version", ""),
+        # fn.pkl, an input or inputs.mac does not match the submitter's MAC (signing.py):
+        # whoever changed it may change more, so no other slice of the task runs either
+        ("tampered", ""),
     }
 )
 
@@ -76,6 +79,8 @@ HINTS = {
     "oom": "raise the memory limit (resources) or lower items_per_pod",
     "unschedulable": "check the resource requests, node selector and tolerations",
     "version": "run the SDK with the same Python minor version as the worker image",
+    "tampered": "the task's files in the bucket were changed after submission: check who can "
+    "write to the bucket, then submit the task again",
 }
 
 

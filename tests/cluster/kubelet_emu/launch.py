@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from .api import Api, ClusterInfo
 from .containers import Backoff
@@ -57,6 +58,13 @@ def api_lookup(api: Api) -> Lookup:
             except ApiException as exc:
                 raise EnvConfigError(
                     f"reading {kind} {namespace}/{name}: {exc.status} {exc.reason}"
+                ) from exc
+            except (HTTPError, OSError) as exc:
+                # The API server is unreachable (restarting): kubelet reports the same
+                # CreateContainerConfigError and retries; it never gives the pod up.
+                raise EnvConfigError(
+                    f"reading {kind} {namespace}/{name}: API server unreachable "
+                    f"({type(exc).__name__})"
                 ) from exc
             if obj is None:
                 cache[key] = None
