@@ -114,7 +114,10 @@ def prepare_launch(
     env.update(defined)
     mounts = empty_dir_mounts(pod, container, paths.pod_dir)
     argv = [rebase_path(arg, mounts) for arg in container_argv(container, defined)]
-    return Launch(argv, {k: rebase_path(v, mounts) for k, v in env.items()})
+    # Only what the pod itself defines is rebased: the host's own env (PATH to the venv, which
+    # may well live under /tmp, an emptyDir's usual mountPath) must reach the process as is.
+    env.update({k: rebase_path(v, mounts) for k, v in defined.items()})
+    return Launch(argv, env)
 
 
 def empty_dir_mounts(

@@ -21,7 +21,8 @@ from clusterlib.realnode_config import GATEWAY, REAL_NODE_NAME
 from kubernetes import client
 from realnodekit import IMAGE, NAMESPACE, ON_REAL_NODE
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
+# real_api skips (or fails, with KUBEMAP_REAL_NODE_REQUIRED) when there is no real node.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420), pytest.mark.usefixtures("real_api")]
 
 
 def real_node_options(**extra: Any) -> dict[str, Any]:
