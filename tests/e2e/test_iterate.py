@@ -46,7 +46,9 @@ def test_as_completed_first_result_before_the_last_item_starts(
             time.sleep(0.1)
         return x * 10
 
-    run = kubemap.submit(gated, range(6), **opts(name=name, parallelism=1))
+    # One pod per item: with the SDK's batch of 3, item 0's result waited for items 1 and 2,
+    # which wait for "go" (120 s): the test passed only by timing out its gate.
+    run = kubemap.submit(gated, range(6), **opts(name=name, parallelism=1, items_per_pod=1))
     stream = run.as_completed()
     assert next(stream) == (0, 0)
     started = open_store(where)
