@@ -212,6 +212,11 @@ def wait_progress(
         time.sleep(0.3)
 
 
+def report(line: str) -> None:
+    """One figure line per fault test, found with `grep CHAOS` in the CI log."""
+    print(f"\nCHAOS {line}", flush=True)
+
+
 def opts(**kw: Any) -> dict[str, Any]:
     """SDK options that run on the test cluster."""
     return {

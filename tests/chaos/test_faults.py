@@ -17,6 +17,7 @@ from chaoskit import (
     check_outcome,
     get_task,
     opts,
+    report,
     wait_finished,
     wait_progress,
 )
@@ -24,10 +25,6 @@ from faults import LiveCluster, api_ready, duplicate_pod, sigkill_operator, wait
 from kubernetes import client
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
-
-
-def report(line: str) -> None:
-    print(f"\nCHAOS {line}", flush=True)
 
 
 @pytest.mark.timeout(420)

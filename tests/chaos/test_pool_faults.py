@@ -20,6 +20,7 @@ from chaoskit import (
     NAMESPACE,
     get_task,
     opts,
+    report,
     result_objects,
     task_pods,
     wait_finished,
@@ -30,10 +31,6 @@ from kubemap.workerpool import WorkerPool
 from kubernetes import client
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
-
-
-def report(line: str) -> None:
-    print(f"\nCHAOS {line}", flush=True)
 
 
 @pytest.fixture
