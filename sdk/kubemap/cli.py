@@ -365,12 +365,15 @@ def _json_lines(values: list[Any]) -> Iterator[str]:
 
 
 def _report_failures(exc: MapTaskError, *, verbose: bool = False) -> None:
-    click.echo(
-        f"error: {len(exc.failures)} of {exc.total} inputs failed in task {exc.name}; "
-        "their results are written as null",
-        err=True,
-    )
+    # The same three counts as MapTaskError and `kubemap get`; not-run inputs are null too.
+    click.echo(f"error: {exc.summary}; their results are written as null", err=True)
     print_failures(exc.failures, verbose=verbose)
+    if len(exc.not_run):
+        click.echo(
+            f"  not run: {len(exc.not_run)} inputs; `kubemap retry {exc.name}` runs only those "
+            "and the failed ones, --min-success-ratio below 1 keeps going past failures",
+            err=True,
+        )
 
 
 def _register_cluster_commands() -> None:

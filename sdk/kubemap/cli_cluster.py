@@ -271,7 +271,12 @@ def cancel_cmd(name: str, namespace: str | None) -> None:
 @click.command("results", short_help="Print a function-mode MapTask's results as JSON lines.")
 @click.argument("name")
 @NAMESPACE
-@click.option("--store", default=None, help="Store prefix (default: the MapTask's spec.store.url).")
+@click.option(
+    "--store",
+    default=None,
+    help="Store prefix (default: the local store when it holds NAME, else the MapTask's "
+    "spec.store.url).",
+)
 @click.option(
     "--partial", is_flag=True, help="Print the results of a cancelled task too (null where none)."
 )
@@ -285,6 +290,8 @@ def results_cmd(
     from kubemap.api import MapRun
     from kubemap.core.status import Phase
 
+    if store is None and namespace is None:
+        store = _local_store_holding(name)  # a task run on this machine: no cluster needed
     if store is None:
         cluster = _connect(namespace)
         body = _task(cluster, name)
@@ -311,9 +318,29 @@ def results_cmd(
     if failures:
         from kubemap.report import print_failures
 
-        click.echo(f"error: {len(failures)} of {run.total} inputs failed in task {name}", err=True)
+        not_run = len(run.not_run())
+        succeeded = run.total - len(failures) - not_run
+        click.echo(
+            f"error: task {name}: {succeeded} succeeded, {len(failures)} failed, "
+            f"{not_run} not run (null where no result)",
+            err=True,
+        )
         print_failures(failures, verbose=verbose)
         sys.exit(1)
+
+
+def _local_store_holding(name: str) -> str | None:
+    """The default local store's URL when it holds task NAME (run with the local backend)."""
+    from urllib.parse import unquote, urlparse
+
+    from kubemap.stores.base import default_store_url
+
+    url = default_store_url()
+    parsed = urlparse(url)
+    if parsed.scheme not in ("", "file"):
+        return None
+    root = Path(unquote(parsed.path)) if parsed.scheme else Path(url).expanduser()
+    return url if (root / name / "task.json").is_file() else None
 
 
 def _container_has_no_results(name: str, status: MapTaskStatus) -> None:

@@ -114,7 +114,9 @@ class MapTaskError(KubemapError):
         self.why = why
         super().__init__(self._describe())
 
-    def _describe(self) -> str:
+    @property
+    def summary(self) -> str:
+        """One line: why the run stopped and the three counts (what the CLI prints)."""
         task = f"task {self.name}" if self.name else "the task"
         counts = (
             f"{self.succeeded} succeeded, {len(self.failures)} failed, {len(self.not_run)} not run"
@@ -122,7 +124,14 @@ class MapTaskError(KubemapError):
         if not self.failures:
             return f"{task} failed ({self.why or counts})"
         first = next(iter(self.failures.values()))
-        head = f"{task} stopped after index {first.index} failed ({first.type}: {first.message})"
-        return f"{head}; {counts}\n\nRemote traceback of index {first.index}:\n" + (
+        what = f"index {first.index} failed ({first.type}: {first.message})"
+        head = f"{task} stopped after {what}" if len(self.not_run) else f"{task}: {what}"
+        return f"{head}; {counts}"
+
+    def _describe(self) -> str:
+        if not self.failures:
+            return self.summary
+        first = next(iter(self.failures.values()))
+        return f"{self.summary}\n\nRemote traceback of index {first.index}:\n" + (
             first.traceback.rstrip() or "(none recorded)"
         )

@@ -84,7 +84,10 @@ def test_failures_print_tracebacks_and_null_results(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stdout.splitlines() == ["1.0", "null", "0.25"]
-    assert "1 of 3 inputs failed" in result.stderr
+    assert (
+        "index 1 failed (ZeroDivisionError: division by zero); 2 succeeded, 1 failed, 0 not run"
+        in result.stderr
+    )
     assert "index 1: ZeroDivisionError" in result.stderr
     assert "return 1 / x" not in result.stderr and "--verbose" in result.stderr
     verbose = kubemap_run(
@@ -92,6 +95,39 @@ def test_failures_print_tracebacks_and_null_results(tmp_path: Path) -> None:
     )
     assert verbose.returncode == 1
     assert "return 1 / x" in verbose.stderr  # the remote traceback, on request
+
+
+def test_a_stopped_run_names_what_never_ran_and_how_to_run_it(tmp_path: Path) -> None:
+    # The first slice of 3 fails at index 0 and runs 1-2; with one worker and the default
+    # ratio 1 the second slice (3-5) never starts.
+    result = kubemap_run(
+        f"{SQUARE}:inverse",
+        "--inputs",
+        "-",
+        "--items-per-pod",
+        "3",
+        "--parallelism",
+        "1",
+        stdin="[0, 1, 2, 3, 4, 5]",
+        store=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == ["null", "1.0", "0.5", "null", "null", "null"]
+    assert "stopped after index 0 failed (ZeroDivisionError" in result.stderr
+    assert "2 succeeded, 1 failed, 3 not run" in result.stderr
+    assert "not run: 3 inputs; `kubemap retry " in result.stderr
+    name = result.stderr.split("`kubemap retry ")[1].split("`")[0]
+    # `kubemap results NAME` finds a local task in the local store, with no cluster around.
+    env = {**os.environ, "KUBEMAP_STORE": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")}
+    shown = subprocess.run(
+        [sys.executable, "-m", "kubemap", "results", name],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert shown.returncode == 1 and shown.stdout.splitlines() == result.stdout.splitlines()
+    assert f"task {name}: 2 succeeded, 1 failed, 3 not run" in shown.stderr
 
 
 def test_a_module_that_fails_to_import_is_one_line(tmp_path: Path) -> None:
