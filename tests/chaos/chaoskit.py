@@ -212,8 +212,13 @@ def wait_progress(
         time.sleep(0.3)
 
 
+REPORTED: list[str] = []  # conftest's pytest_terminal_summary prints them after the run
+
+
 def report(line: str) -> None:
-    """One figure line per fault test, found with `grep CHAOS` in the CI log."""
+    """One figure line per fault test. pytest captures a passing test's output, so the lines
+    are also kept and printed together at the end of the run (`grep CHAOS` in the CI log)."""
+    REPORTED.append(line)
     print(f"\nCHAOS {line}", flush=True)
 
 

@@ -13,9 +13,18 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 
+import chaoskit
 import pytest
 from faults import LiveCluster, running_operator, wait_until
 from kubernetes import client, config
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures each fault test reported (faults survived, retries, executions)."""
+    if chaoskit.REPORTED:
+        terminalreporter.section("chaos figures")
+        for line in chaoskit.REPORTED:
+            terminalreporter.write_line(f"CHAOS {line}")
 
 
 @pytest.fixture(scope="session")
