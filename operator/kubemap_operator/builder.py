@@ -33,6 +33,7 @@ from kubemap.models import MapTaskSpec, Mode
 from kubemap.signing import key_env, secret_name
 
 from kubemap_operator.planner import PodRequest
+from kubemap_operator.podparts import apply_container_defaults, apply_pod_placement
 from kubemap_operator.settings import Settings
 
 MAX_NAME = MAX_LABEL_VALUE
@@ -118,26 +119,20 @@ def build_pod(
         container["command"] = list(WORKER_COMMAND)
     if template.args is not None:
         container["args"] = list(template.args)
-    pull = template.image_pull_policy or defaults.get("imagePullPolicy")
-    if pull:
-        container["imagePullPolicy"] = pull
-    resources = template.resources if template.resources is not None else defaults.get("resources")
-    if resources:
-        container["resources"] = copy.deepcopy(dict(resources))
-    if defaults.get("securityContext"):
-        container["securityContext"] = copy.deepcopy(dict(defaults["securityContext"]))
+    apply_container_defaults(
+        container, defaults, pull=template.image_pull_policy, resources=template.resources
+    )
 
     pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
-    if defaults.get("podSecurityContext"):
-        pod_spec["securityContext"] = copy.deepcopy(dict(defaults["podSecurityContext"]))
+    apply_pod_placement(
+        pod_spec,
+        defaults,
+        service_account=template.service_account_name,
+        node_selector=template.node_selector,
+        tolerations=template.tolerations,
+    )
     if "automountServiceAccountToken" in defaults:
         pod_spec["automountServiceAccountToken"] = bool(defaults["automountServiceAccountToken"])
-    if template.service_account_name:
-        pod_spec["serviceAccountName"] = template.service_account_name
-    if template.node_selector:
-        pod_spec["nodeSelector"] = dict(template.node_selector)
-    if template.tolerations:
-        pod_spec["tolerations"] = copy.deepcopy(template.tolerations)
 
     labels = {
         **(template.labels or {}),

@@ -29,6 +29,7 @@ from kubemap.poolmodels import (
 from kubemap.poolpackages import ENV_PACKAGE_CACHE, ENV_POOL_PACKAGES
 from kubemap.signing import POOL_KEY_ENV, key_env, pool_secret_name
 
+from kubemap_operator.podparts import apply_container_defaults, apply_pod_placement
 from kubemap_operator.settings import Settings
 
 ANNOTATION_TEMPLATE_HASH = "kubemap.io/template-hash"
@@ -130,14 +131,9 @@ def worker_template(
         "env": env,
         "volumeMounts": [{"name": PACKAGE_CACHE_VOLUME, "mountPath": PACKAGE_CACHE_PATH}],
     }
-    pull = spec.image_pull_policy or defaults.get("imagePullPolicy")
-    if pull:
-        container["imagePullPolicy"] = pull
-    resources = spec.resources if spec.resources is not None else defaults.get("resources")
-    if resources:
-        container["resources"] = copy.deepcopy(dict(resources))
-    if defaults.get("securityContext"):
-        container["securityContext"] = copy.deepcopy(dict(defaults["securityContext"]))
+    apply_container_defaults(
+        container, defaults, pull=spec.image_pull_policy, resources=spec.resources
+    )
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": [{"name": PACKAGE_CACHE_VOLUME, "emptyDir": {}}],
@@ -145,17 +141,17 @@ def worker_template(
         # A worker finishes (or hands back) its chunk on SIGTERM: give it time for that.
         "terminationGracePeriodSeconds": 30,
     }
-    if defaults.get("podSecurityContext"):
-        pod_spec["securityContext"] = copy.deepcopy(dict(defaults["podSecurityContext"]))
+    apply_pod_placement(
+        pod_spec,
+        defaults,
+        service_account=spec.service_account_name,
+        node_selector=spec.node_selector,
+        tolerations=spec.tolerations,
+    )
+    # A pool worker talks to the dispatcher, never to the API server: no token unless asked.
     pod_spec["automountServiceAccountToken"] = bool(
         defaults.get("automountServiceAccountToken", False)
     )
-    if spec.service_account_name:
-        pod_spec["serviceAccountName"] = spec.service_account_name
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = copy.deepcopy(spec.tolerations)
     return {
         "metadata": {"labels": {**POOL_MANAGED_BY, LABEL_POOL: pool_name}},
         "spec": pod_spec,
