@@ -200,6 +200,9 @@ SPEC_RULES = [
 ]
 
 
+Column = tuple[str, str, str] | tuple[str, str, str, int]  # name, type, jsonPath[, priority]
+
+
 def build_crd() -> dict[str, Any]:
     spec = _schema(MapTaskSpec, "spec")
     spec["x-kubernetes-validations"] = SPEC_RULES
@@ -222,7 +225,7 @@ def build_crd() -> dict[str, Any]:
             "status": status,
         },
     }
-    columns: list[tuple[str, str, str] | tuple[str, str, str, int]] = [
+    columns: list[Column] = [
         ("Phase", "string", ".status.phase"),
         ("Succeeded", "integer", ".status.succeeded"),
         ("Total", "integer", ".status.total"),
@@ -232,18 +235,33 @@ def build_crd() -> dict[str, Any]:
         ("Reason", "string", ".status.conditions[-1:].reason", 1),
         ("Age", "date", ".metadata.creationTimestamp"),
     ]
+    return crd_document(
+        kind=contract.KIND,
+        plural=contract.PLURAL,
+        singular=contract.SINGULAR,
+        short_name=contract.SHORT_NAME,
+        columns=columns,
+        root=root,
+    )
+
+
+def crd_document(
+    *, kind: str, plural: str, singular: str, short_name: str, columns: list[Column], root: Any
+) -> dict[str, Any]:
+    """A namespaced kubemap.io CRD of one served version with a status subresource (MapTask
+    and WorkerPool are built the same way)."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{contract.PLURAL}.{contract.GROUP}"},
+        "metadata": {"name": f"{plural}.{contract.GROUP}"},
         "spec": {
             "group": contract.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": contract.KIND,
-                "plural": contract.PLURAL,
-                "singular": contract.SINGULAR,
-                "shortNames": [contract.SHORT_NAME],
+                "kind": kind,
+                "plural": plural,
+                "singular": singular,
+                "shortNames": [short_name],
                 "categories": ["all", "kubemap"],
             },
             "versions": [
