@@ -10,9 +10,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
+import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
@@ -135,20 +136,22 @@ def task_pods(core: client.CoreV1Api, name: str) -> list[Any]:
 
 
 class PodWatch:
-    """Watches a task's pods from the start: every pod name seen, and the most non-terminal
-    pods at any moment (what the parallelism cap promises)."""
+    """Watches pods from before they exist (a task's, or any label selector's): every pod name
+    seen, the pods not deleted (`live`), and the most non-terminal pods at any moment (what
+    the parallelism cap promises)."""
 
-    def __init__(self, core: client.CoreV1Api, task: str) -> None:
+    def __init__(self, core: client.CoreV1Api, task: str = "", *, selector: str = "") -> None:
         self.core = core
-        self.task = task
+        self.selector = selector or f"kubemap.io/task={task}"
         self.seen: set[str] = set()
+        self.live: set[str] = set()
         self.active: dict[str, bool] = {}
         self.most_active = 0
         self._stop = threading.Event()
         self._watch = watch.Watch()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> PodWatch:
+    def __enter__(self) -> Self:
         self._thread.start()
         time.sleep(0.5)  # the watch is open before the task is created
         return self
@@ -164,24 +167,36 @@ class PodWatch:
                 for event in self._watch.stream(
                     self.core.list_namespaced_pod,
                     NAMESPACE,
-                    label_selector=f"kubemap.io/task={self.task}",
+                    label_selector=self.selector,
                     timeout_seconds=30,
                 ):
-                    pod = event["object"]
-                    name = pod.metadata.name
-                    self.seen.add(name)
-                    live = event["type"] != "DELETED" and pod.status.phase not in (
-                        "Succeeded",
-                        "Failed",
-                    )
-                    self.active[name] = live
-                    self.most_active = max(self.most_active, sum(self.active.values()))
+                    self._record(event["type"], event["object"])
                     if self._stop.is_set():
                         return
             except Exception:
                 if self._stop.is_set():
                     return
                 time.sleep(0.2)
+
+    def _record(self, kind: str, pod: Any) -> None:
+        name = pod.metadata.name
+        self.seen.add(name)
+        if kind == "DELETED":
+            self.live.discard(name)
+        else:
+            self.live.add(name)
+        terminal = pod.status.phase in ("Succeeded", "Failed")
+        self.active[name] = kind != "DELETED" and not terminal
+        self.most_active = max(self.most_active, sum(self.active.values()))
+
+
+def apply(body: dict[str, Any], tmp_path: Path) -> None:
+    """`kubectl apply -f` of BODY, written as YAML: what a YAML user does."""
+    path = tmp_path / f"{body['metadata']['name']}.yaml"
+    path.write_text(yaml.safe_dump(body))
+    subprocess.run(
+        [kubectl(), "apply", "-n", NAMESPACE, "-f", str(path)], check=True, capture_output=True
+    )
 
 
 def kubectl() -> str:

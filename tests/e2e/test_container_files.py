@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from e2ekit import NAMESPACE, REPO, Operator, PodWatch, get_task, kubectl, wait_phase
+from e2ekit import NAMESPACE, REPO, Operator, PodWatch, apply, get_task, kubectl, wait_phase
 from kubemap.stores import Store, open_store
 from kubernetes import client
 
@@ -34,14 +34,6 @@ def manifest(name: str, root: str, command: str, **files: Any) -> dict[str, Any]
     )
     body["spec"]["template"]["command"] = ["sh", "-c", command]
     return dict(body)
-
-
-def apply(body: dict[str, Any], tmp_path: Path) -> None:
-    path = tmp_path / f"{body['metadata']['name']}.yaml"
-    path.write_text(yaml.safe_dump(body))
-    subprocess.run(
-        [kubectl(), "apply", "-n", NAMESPACE, "-f", str(path)], check=True, capture_output=True
-    )
 
 
 def delete_and_wait(custom: client.CustomObjectsApi, name: str) -> None:

@@ -11,7 +11,17 @@ from typing import Any
 
 import pytest
 import yaml
-from e2ekit import NAMESPACE, REPO, Operator, PodWatch, get_task, kubectl, task_pods, wait_phase
+from e2ekit import (
+    NAMESPACE,
+    REPO,
+    Operator,
+    PodWatch,
+    apply,
+    get_task,
+    kubectl,
+    task_pods,
+    wait_phase,
+)
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -29,14 +39,6 @@ def maptask(name: str, spec: dict[str, Any]) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": spec,
     }
-
-
-def apply(manifest: dict[str, Any], tmp_path: Path) -> None:
-    path = tmp_path / f"{manifest['metadata']['name']}.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    subprocess.run(
-        [kubectl(), "apply", "-n", NAMESPACE, "-f", str(path)], check=True, capture_output=True
-    )
 
 
 @pytest.mark.parametrize("example", ["maptask-count.yaml", "maptask-items.yaml"])

@@ -5,7 +5,6 @@ served through leases -> results in S3. Counts pods (a watch on kubemap.io/pool)
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,11 +12,19 @@ from typing import Any
 
 import kubemap
 import pytest
-from e2ekit import NAMESPACE, OPERATOR_NAMESPACE, OPERATOR_SELECTOR, Operator, get_task, opts
+from e2ekit import (
+    NAMESPACE,
+    OPERATOR_NAMESPACE,
+    OPERATOR_SELECTOR,
+    Operator,
+    PodWatch,
+    get_task,
+    opts,
+)
 from kubemap.stores import open_store
 from kubemap.taskdata import iter_results
 from kubemap.workerpool import WorkerPool
-from kubernetes import client, watch
+from kubernetes import client
 
 pytestmark = [
     pytest.mark.e2e,
@@ -26,46 +33,12 @@ pytestmark = [
 ]
 
 
-class PoolPods:
-    """Every pod of a pool ever seen (a watch from before the pool exists)."""
+class PoolPods(PodWatch):
+    """Every pod of a pool ever seen (a watch from before the pool exists), and those not
+    deleted (`live`)."""
 
     def __init__(self, core: client.CoreV1Api, pool: str) -> None:
-        self.core, self.pool = core, pool
-        self.seen: set[str] = set()
-        self.live: set[str] = set()
-        self._stop = threading.Event()
-        self._watch = watch.Watch()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PoolPods:
-        self._thread.start()
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._watch.stop()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for event in self._watch.stream(
-                    self.core.list_namespaced_pod,
-                    NAMESPACE,
-                    label_selector=f"kubemap.io/pool={self.pool}",
-                    timeout_seconds=30,
-                ):
-                    name = event["object"].metadata.name
-                    self.seen.add(name)
-                    if event["type"] == "DELETED":
-                        self.live.discard(name)
-                    else:
-                        self.live.add(name)
-            except Exception:
-                if self._stop.is_set():
-                    return
-                time.sleep(0.2)
+        super().__init__(core, selector=f"kubemap.io/pool={pool}")
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 180) -> Any:
