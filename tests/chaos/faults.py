@@ -110,6 +110,17 @@ class LiveCluster:
         self.state.save(self.dir)
         return proc
 
+    def outage(self, name: str, seconds: float, ready: Callable[[], bool] | None = None) -> None:
+        """Component NAME stopped for SECONDS, started again (also when the wait is cut
+        short), and, given `ready`, answering again before this returns."""
+        launch = self.stop(name)
+        try:
+            time.sleep(seconds)
+        finally:
+            self.start(launch)
+        if ready is not None:
+            wait_until(f"{name} answers again", ready, 120)
+
     def s3_ready(self) -> bool:
         from clusterlib import s3
 

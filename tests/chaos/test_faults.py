@@ -108,12 +108,7 @@ def test_s3_stopped_30s_mid_task(
     with PodLedger(core, name) as ledger:
         run = kubemap.submit(slow, range(40), **opts(name=name, parallelism=4, items_per_pod=2))
         wait_progress(custom, name, 4)
-        launch = cluster.stop("s3")
-        try:
-            time.sleep(30)
-        finally:
-            cluster.start(launch)
-            wait_until("S3 answers again", cluster.s3_ready, 120)
+        cluster.outage("s3", 30, ready=cluster.s3_ready)
         status = wait_finished(custom, name, 240)
         assert status["phase"] == "Succeeded", status
         verdict = check_outcome(core, custom, name, 40, ledger)
@@ -136,10 +131,7 @@ def test_api_server_restarted_mid_task(
     with PodLedger(core, name) as ledger:
         run = kubemap.submit(slow, range(30), **opts(name=name, parallelism=5, items_per_pod=1))
         wait_progress(custom, name, 5)
-        launch = cluster.stop("kube-apiserver")
-        time.sleep(3)
-        cluster.start(launch)
-        wait_until("the API server answers again", lambda: api_ready(core), 120)
+        cluster.outage("kube-apiserver", 3, ready=lambda: api_ready(core))
         wait_finished(custom, name, 240)
         verdict = check_outcome(core, custom, name, 30, ledger)
     assert run.results() == [-x for x in range(30)]
@@ -188,9 +180,7 @@ def test_node_emulator_stopped_and_restarted(
     with PodLedger(core, name) as ledger:
         run = kubemap.submit(slow, range(30), **opts(name=name, parallelism=5, items_per_pod=1))
         wait_progress(custom, name, 5)
-        launch = cluster.stop("node-emulator")  # its pods (the operator too) go with it
-        time.sleep(3)
-        cluster.start(launch)
+        cluster.outage("node-emulator", 3)  # its pods (the operator too) go with it
         wait_finished(custom, name, 240)
         verdict = check_outcome(core, custom, name, 30, ledger)
     assert run.results() == [x - 5 for x in range(30)]

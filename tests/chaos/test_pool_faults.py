@@ -93,12 +93,7 @@ def test_pool_task_survives_s3_stopped_30s(
     fn = logged(log, 0.5, lambda x: x * x)
     run = kubemap.submit(fn, range(60), **opts(name=name, pool=warm_pool.name))
     wait_progress(custom, name, 5)  # as in pod mode: a fault before any success is systematic
-    launch = cluster.stop("s3")
-    try:
-        time.sleep(30)
-    finally:
-        cluster.start(launch)
-        wait_until("S3 answers again", cluster.s3_ready, 120)
+    cluster.outage("s3", 30, ready=cluster.s3_ready)
     assert wait_finished(custom, name, 240)["phase"] == "Succeeded"
     line = check_pool_outcome(core, custom, name, 60, log)
     assert run.results() == [x * x for x in range(60)]
@@ -119,10 +114,7 @@ def test_pool_task_survives_api_server_restart(
     fn = logged(log, 0.5, lambda x: -x)
     run = kubemap.submit(fn, range(60), **opts(name=name, pool=warm_pool.name))
     wait_progress(custom, name, 5)  # as in pod mode: a fault before any success is systematic
-    launch = cluster.stop("kube-apiserver")
-    time.sleep(3)
-    cluster.start(launch)
-    wait_until("the API server answers again", lambda: api_ready(core), 120)
+    cluster.outage("kube-apiserver", 3, ready=lambda: api_ready(core))
     assert wait_finished(custom, name, 240)["phase"] == "Succeeded"
     line = check_pool_outcome(core, custom, name, 60, log)
     assert run.results() == [-x for x in range(60)]
