@@ -11,7 +11,7 @@ from typing import Any
 
 import kubemap
 import pytest
-from chaoskit import NAMESPACE, get_task, task_pods, wait_finished
+from chaoskit import NAMESPACE, get_task, report, task_pods, wait_finished
 from kubemap.backends.kubernetes import KubernetesBackend
 from kubemap.contract import EXIT_INFRA_ERROR
 from kubemap.models import RunOptions
@@ -82,8 +82,8 @@ def test_damaged_inputs_fail_the_task_naming_the_object(
             if cs.state.terminated is not None and cs.state.terminated.exit_code == EXIT_INFRA_ERROR
         ]
         assert messages and all(named in m for m in messages), (what, messages[:3])
-        print(
-            f"\nCHAOS {what}: Failed after {len(messages)} failed pods, "
+        report(
+            f"{what}: Failed after {len(messages)} failed pods, "
             f"{status.get('failed')} of 8 indices failed; pods said: {messages[0][:140]}"
         )
 
@@ -107,7 +107,7 @@ def test_tampered_result_object_is_refused_on_collection(unique: Callable[[str],
     with pytest.raises(kubemap.KubemapError) as info:
         run.results()
     assert "results/" in str(info.value), str(info.value)
-    print(f"\nCHAOS tampered result object refused: {str(info.value)[:200]}")
+    report(f"tampered result object refused: {str(info.value)[:200]}")
 
 
 @pytest.mark.timeout(180)
@@ -146,4 +146,4 @@ def test_input_that_exhausts_memory_is_reported_with_its_index(
     assert failures[3].type == "MemoryError", failures[3]
     status = get_task(custom, name)["status"]
     assert status["failedIndexes"] == "3" and status["phase"] == "Failed", status
-    print(f"\nCHAOS out-of-memory input reported as {failures[3].type} for index 3")
+    report(f"out-of-memory input reported as {failures[3].type} for index 3")

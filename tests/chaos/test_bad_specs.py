@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chaoskit import NAMESPACE, get_task
+from chaoskit import NAMESPACE, get_task, report
 from faults import running_operator, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis_jsonschema import from_schema
@@ -176,8 +176,8 @@ def test_generated_specs_are_refused_or_reconciled(
         lambda: (get_task(custom, canary).get("status") or {}).get("phase") == "Succeeded",
         120,
     )
-    print(
-        f"\nCHAOS {GENERATED} generated specs: {outcomes['accepted']} accepted and reconciled, "
+    report(
+        f"{GENERATED} generated specs: {outcomes['accepted']} accepted and reconciled, "
         f"{outcomes['refused']} refused naming the field; operator never restarted"
     )
 
@@ -245,7 +245,7 @@ def test_oversized_inline_items_are_refused(
         created.append(name)
     message = (info.value.body or str(info.value))[:300]
     assert info.value.status in (413, 422), (info.value.status, message)
-    print(
-        f"\nCHAOS 4 MiB of inline items refused ({info.value.status}) in "
+    report(
+        f"4 MiB of inline items refused ({info.value.status}) in "
         f"{time.monotonic() - started:.1f}s: {message}"
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from chaoskit import result_objects
+from chaoskit import report, result_objects
 from faults import LiveCluster, running_operator, wait_until
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -91,7 +91,7 @@ def test_operator_service_account_has_least_privilege(
     assert not missing, f"{operator_user} lacks rights it needs: {missing}"
     excess = [r for r in MUST_NOT if allowed(api, operator_user, *r)]
     assert not excess, f"{operator_user} may do what it must not: {excess}"
-    print(f"\nCHAOS {operator_user}: {len(MUST)} needed rights held, {len(MUST_NOT)} denied")
+    report(f"{operator_user}: {len(MUST)} needed rights held, {len(MUST_NOT)} denied")
 
 
 @pytest.fixture
@@ -192,8 +192,8 @@ def test_s3_credentials_appear_in_no_artefact(cluster: LiveCluster, api: client.
         leaks += [where for s in secrets if s in text]
     assert checked > 10, f"only {checked} artefacts found: the scan looked in the wrong places"
     assert not leaks, f"S3 credentials or signing keys found in: {sorted(set(leaks))}"
-    print(
-        f"\nCHAOS S3 credentials and {len(secrets) - 2} signing keys searched in {checked} "
+    report(
+        f"S3 credentials and {len(secrets) - 2} signing keys searched in {checked} "
         "artefacts: found in none"
     )
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import kubemap
 import pytest
-from chaoskit import NAMESPACE, get_task, opts, task_pods, wait_finished
+from chaoskit import NAMESPACE, get_task, opts, report, task_pods, wait_finished
 from faults import wait_until
 from kubemap import signing, taskdata
 from kubemap.backends.kubernetes import KubernetesBackend, build_maptask
@@ -108,8 +108,8 @@ def test_a_planted_fn_pkl_fails_the_task_for_good_and_never_runs(
     with pytest.raises(kubemap.MapTaskError) as info:
         run.results()
     assert "fn.pkl" in str(info.value) and "submit the task again" in str(info.value)
-    print(
-        f"\nCHAOS planted fn.pkl: Failed ({status['conditions'][-1]['reason']}) after "
+    report(
+        f"planted fn.pkl: Failed ({status['conditions'][-1]['reason']}) after "
         f"{len(pods)} pod(s), markers created 0 (control: 1); {status['message'][:160]}"
     )
 
@@ -149,7 +149,7 @@ def test_a_planted_result_object_is_refused_by_the_sdk(
         return False
 
     wait_until("the key Secret is deleted with its MapTask", secret_gone, 60)
-    print("\nCHAOS planted result objects refused by results() and as_completed() (submitter "
+    report("planted result objects refused by results() and as_completed() (submitter "
           "and attach); markers created 0; key Secret deleted with its MapTask")  # fmt: skip
 
 
@@ -177,7 +177,7 @@ def test_a_planted_fn_pkl_on_a_warm_pool_fails_the_task_and_never_runs(
         assert markers(tmp_path) == 0, "the planted fn.pkl was unpickled in a pool worker"
         after = kubemap.submit(double, range(5), **opts(name=unique("pool-after"), pool=wp.name))
         assert after.results(timeout=120) == [0, 2, 4, 6, 8]  # the pool still serves
-        print(f"\nCHAOS planted fn.pkl on pool {wp.name}: Failed ({status['message'][:120]}); "
+        report(f"planted fn.pkl on pool {wp.name}: Failed ({status['message'][:120]}); "
               "markers created 0; the pool served the next task")  # fmt: skip
     finally:
         wp.delete()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from chaoskit import PodLedger, check_outcome, opts, wait_finished
+from chaoskit import PodLedger, check_outcome, opts, report, wait_finished
 from faults import (
     LiveCluster,
     LocalOperator,
@@ -87,7 +87,7 @@ def test_429_retry_after_on_pod_create_is_honoured(
         if any(r.sent + 0.3 < c.sent < r.sent + RETRY_AFTER - 0.3 for r in refused)
     ]
     assert not early, f"{len(early)} creates sent before Retry-After had passed"
-    print(
-        f"\nCHAOS {verdict.line()}; {len(refused)} creates refused with 429 in {WINDOW:g} s "
+    report(
+        f"{verdict.line()}; {len(refused)} creates refused with 429 in {WINDOW:g} s "
         f"(Retry-After {RETRY_AFTER} s), {len(accepted)} accepted, none early"
     )
