@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
-from e2ekit import Operator
+from e2ekit import NAMESPACE, Operator
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -79,3 +80,20 @@ def operator(
 @pytest.fixture
 def unique() -> Callable[[str], str]:
     return lambda prefix: f"{prefix}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def pool(unique: Callable[[str], str]) -> Iterator[Callable[..., Any]]:
+    """pool(**WorkerPool options) makes a WorkerPool in the test namespace, deleted after."""
+    from kubemap.workerpool import WorkerPool
+
+    made: list[WorkerPool] = []
+
+    def make(**kw: Any) -> WorkerPool:
+        wp = WorkerPool(unique("pool"), namespace=NAMESPACE, **kw).create()
+        made.append(wp)
+        return wp
+
+    yield make
+    for wp in made:
+        wp.delete()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,20 +49,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 180) -> Any:
             return value
         time.sleep(0.3)
     raise AssertionError(f"{what}: not within {timeout}s")
-
-
-@pytest.fixture
-def pool(unique: Callable[[str], str]) -> Iterator[Callable[..., WorkerPool]]:
-    made: list[WorkerPool] = []
-
-    def make(**kw: Any) -> WorkerPool:
-        wp = WorkerPool(unique("pool"), namespace=NAMESPACE, **kw).create()
-        made.append(wp)
-        return wp
-
-    yield make
-    for wp in made:
-        wp.delete()
 
 
 def ready(wp: WorkerPool, n: int) -> None:

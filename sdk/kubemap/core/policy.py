@@ -80,7 +80,9 @@ HINTS = {
     "unschedulable": "check the resource requests, node selector and tolerations",
     "version": "run the SDK with the same Python minor version as the worker image",
     "tampered": "the task's files in the bucket were changed after submission: check who can "
-    "write to the bucket, then submit the task again",
+    "write to the bucket, then submit the task again (on a warm pool this also means its key "
+    "Secret was recreated after its workers started: `kubectl rollout restart deployment -l "
+    "kubemap.io/pool` gives them the new key)",
 }
 
 
