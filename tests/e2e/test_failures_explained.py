@@ -308,8 +308,9 @@ def test_list_wide_and_logs_that_cannot_be_read(
     code, out, err = cli("logs", name, "--index", "0", "-n", NAMESPACE)
     if code == 0:
         assert "==>" in out  # a cluster that serves logs (kind)
-    else:
+    else:  # unreadable: still says so, and shows what the pod said when it ended
         assert code == 1 and "cannot read the logs of pod" in err
+        assert "(logs unreadable; worker exited with code" in out, out
 
 
 def sleepy(x: int) -> int:
