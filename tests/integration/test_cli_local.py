@@ -166,8 +166,11 @@ def test_a_result_that_cannot_be_pickled_names_index_and_type(tmp_path: Path) ->
     (tmp_path / "returns.py").write_text(
         "import threading\ndef f(x):\n    return threading.Lock() if x == 2 else x\n"
     )
+    # One slice of the three on one worker: the other two results of the slice are kept.
+    # (With a slice each, the failure of index 1 could stop the run before 0 or 2 finished.)
+    one_slice = ("--items-per-pod", "3", "--parallelism", "1")
     result = kubemap_run(
-        "returns.py:f", "--inputs", "-", stdin="1\n2\n3\n", cwd=tmp_path, store=tmp_path
+        "returns.py:f", "--inputs", "-", *one_slice, stdin="1\n2\n3\n", cwd=tmp_path, store=tmp_path
     )
     assert result.returncode == 1
     assert result.stdout.splitlines() == ["1", "null", "3"]
@@ -176,7 +179,14 @@ def test_a_result_that_cannot_be_pickled_names_index_and_type(tmp_path: Path) ->
     assert lines[1].startswith("  index 1: SerializationError: the result of input 1")
     assert "type _thread.lock" in lines[1]
     verbose = kubemap_run(
-        "returns.py:f", "--inputs", "-", "-v", stdin="1\n2\n3\n", cwd=tmp_path, store=tmp_path
+        "returns.py:f",
+        "--inputs",
+        "-",
+        "-v",
+        *one_slice,
+        stdin="1\n2\n3\n",
+        cwd=tmp_path,
+        store=tmp_path,
     )
     # The remote traceback is the error itself, not kubemap's pickling frames.
     assert "pickling.py" not in verbose.stderr and "During handling" not in verbose.stderr
