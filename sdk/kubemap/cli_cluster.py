@@ -249,16 +249,15 @@ def results_cmd(
 
 def _local_store_holding(name: str) -> str | None:
     """The default local store's URL when it holds task NAME (run with the local backend)."""
-    from urllib.parse import unquote, urlparse
-
+    from kubemap.contract import META_KEY
+    from kubemap.stores import FileStore, open_store
     from kubemap.stores.base import default_store_url
 
     url = default_store_url()
-    parsed = urlparse(url)
-    if parsed.scheme not in ("", "file"):
-        return None
-    root = Path(unquote(parsed.path)) if parsed.scheme else Path(url).expanduser()
-    return url if (root / name / "task.json").is_file() else None
+    store = open_store(url)  # the store layer parses the URL (file://, a plain path, s3://)
+    if not isinstance(store, FileStore):
+        return None  # an S3 default: the MapTask's own spec.store says where its results are
+    return url if store.child(name).exists(META_KEY) else None
 
 
 def _container_has_no_results(name: str, status: MapTaskStatus) -> None:
