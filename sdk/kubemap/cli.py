@@ -54,7 +54,9 @@ def main() -> None:
     type=click.Choice(["auto", "jsonl", "json", "lines"]),
     default="auto",
     show_default=True,
-    help="Input format; auto detects it from the first line.",
+    help="Input format; auto detects it from the first non-blank line. lines: every line is "
+    'one text item, blank lines too (as ""), so result N is line N\'s; jsonl: one JSON value '
+    "per line, blank lines skipped.",
 )
 @click.option(
     "--output",

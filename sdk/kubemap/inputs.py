@@ -2,6 +2,10 @@
 
 Pure parsing over a text stream, streamed where the format allows it (JSON lines and text
 lines are read one line at a time, so a large file never sits in memory twice).
+
+Text lines keep every line, blank ones too (as ""): result i is the result of line i+1, so
+a user can paste results next to their input. JSON lines skip blank lines: there the items
+are the JSON values, and a blank line holds none.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ FORMATS: tuple[str, ...] = ("auto", "jsonl", "json", "lines")
 
 def parse_inputs(stream: TextIO, fmt: Format = "auto", *, source: str = "input") -> Iterator[Any]:
     """Items from `stream`. auto: a JSON array if the text starts with '[', JSON lines if the
-    first non-blank line is valid JSON, else one string per line. Blank lines are skipped
-    in the line formats."""
+    first non-blank line is valid JSON, else one string per line. Text lines keep blank
+    lines as "" items (results line up with input lines); JSON lines skip them."""
     if fmt == "json":
         yield from _json_array(stream.read(), source)
         return
@@ -38,13 +42,15 @@ def parse_inputs(stream: TextIO, fmt: Format = "auto", *, source: str = "input")
             first = line
             break
     if not first:
-        return
+        return  # nothing but blank lines: no format to detect, no items
+
     if first.lstrip().startswith("["):
         yield from _json_array(first + stream.read(), source)
         return
     try:
         json.loads(first)
     except ValueError:
+        yield from [""] * (number - 1)  # the blank lines before the first: items too
         yield first.rstrip("\r\n")
         yield from _text_lines(stream)
         return
@@ -85,6 +91,4 @@ def _json_lines(
 
 def _text_lines(stream: TextIO) -> Iterator[str]:
     for line in stream:
-        text = line.rstrip("\r\n")
-        if text.strip():
-            yield text
+        yield line.rstrip("\r\n")

@@ -303,3 +303,22 @@ def test_kubemap_run_on_the_local_backend_never_imports_the_kubernetes_client(
     assert done.returncode == 0, done.stderr
     assert "HEAVY=\n" in done.stdout or done.stdout.rstrip().endswith("HEAVY=")
     assert done.stdout.splitlines()[:3] == ["1", "4", "9"]
+
+
+def test_blank_lines_in_text_input_are_items_so_results_line_up(tmp_path: Path) -> None:
+    # A text file with blank lines: one result per input line, the blank ones included.
+    lines = [f"word{i} " * (i % 3) for i in range(53)]  # every third line is blank
+    (tmp_path / "text.txt").write_text("\n".join(lines) + "\n")
+    result = kubemap_run(
+        f"{SQUARE}:word_count",
+        "--inputs",
+        str(tmp_path / "text.txt"),
+        "--format",
+        "lines",
+        store=tmp_path / "store",
+    )
+    assert result.returncode == 0, result.stderr
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(out) == len(lines) == 53
+    assert [bool(counts) for counts in out] == [bool(line.strip()) for line in lines]
+    assert sum(1 for counts in out if not counts) == 18  # the blank lines, in their places

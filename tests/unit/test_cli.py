@@ -25,8 +25,12 @@ from kubemap.inputs import parse_inputs
         ("[1, 2, 3]", "auto", [1, 2, 3]),
         ('[\n  "a",\n  "b"\n]\n', "auto", ["a", "b"]),
         ("hello\nworld\n", "auto", ["hello", "world"]),
-        ("hello world\r\n\r\nbye\r\n", "auto", ["hello world", "bye"]),
+        # Text lines: every line is an item, blank ones too, so results line up with lines.
+        ("hello world\r\n\r\nbye\r\n", "auto", ["hello world", "", "bye"]),
+        ("\n\nhello\n\n", "auto", ["", "", "hello", ""]),
         ("1\n2\n", "lines", ["1", "2"]),
+        ("a\n\n  \nb\n", "lines", ["a", "", "  ", "b"]),
+        ("\n\n", "lines", ["", ""]),
         ("[1]\n[2]\n", "jsonl", [[1], [2]]),
         ("[1, 2]", "json", [1, 2]),
         ("\n\n3\n4", "auto", [3, 4]),
@@ -111,6 +115,7 @@ def test_help_reads_well() -> None:
     assert result.exit_code == 0
     for option in ("--inputs", "--parallelism", "--retries", "--backend", "--store", "--output"):
         assert option in result.output
+    assert "blank lines too" in " ".join(result.output.split())  # --format lines keeps them
 
 
 @pytest.mark.parametrize(
