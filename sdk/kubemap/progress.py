@@ -53,14 +53,15 @@ class ProgressBar:
         self._failed = 0
 
     def show(self, status: RunStatus) -> None:
+        if status.failed != self._failed:  # before update(), which draws the bar
+            self._failed = status.failed
+            self._bar.set_postfix(failed=status.failed, refresh=False)
         done = status.succeeded + status.failed
         if done != self._bar.n:
             self._bar.update(done - self._bar.n)
-        if status.failed != self._failed:
-            self._failed = status.failed
-            self._bar.set_postfix(failed=status.failed, refresh=False)
-        if status.finished:
-            self._bar.refresh()  # tqdm skips redraws within mininterval; show the last one
+        # No forced redraw when the run finishes: the bar is erased on exit (leave=False), and
+        # tqdm erases only a bar it drew itself after its delay; a forced redraw of a short
+        # run stayed on screen, glued to the first line of results.
 
     def __enter__(self) -> ProgressBar:
         return self
