@@ -202,18 +202,37 @@ def _on_cluster(map_run: Any) -> bool:
 @click.option(
     "--store", metavar="URL", help="A directory store [default: $KUBEMAP_STORE or ~/.cache/...]."
 )
-def gc(days: float | None, store: str | None) -> None:
+@click.option(
+    "--cache-older-than",
+    "cache_days",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="DAYS",
+    help="Remove cache entries not used for DAYS [default: $KUBEMAP_CACHE_DAYS or 30]; "
+    "--older-than never touches the cache.",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+def gc(days: float | None, store: str | None, cache_days: float | None, dry_run: bool) -> None:
     """Remove the data that failed and cancelled local runs leave in the store (successful
-    runs on the default store clean up after themselves). Submits to the default store do
-    this for tasks past the retention period anyway."""
+    runs on the default store clean up after themselves), and cache entries unused for long.
+    Submits to the default store do this for tasks past the retention period anyway.
+
+    Only tasks kubemap wrote are removed (a task.json of kubemap's and nothing but its
+    files; links are never followed): everything else is kept and listed with the reason."""
     from kubemap.stores import default_store_url
 
     url = store or default_store_url()
     try:
-        done = retention.sweep(url, retention.retention_days() if days is None else days)
+        done = retention.sweep(
+            url,
+            retention.retention_days() if days is None else days,
+            cache_older_than_days=cache_days,
+            dry_run=dry_run,
+        )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(f"removed {len(done.removed)} task(s) from {url}; {done.kept} newer ones kept")
+    for line in retention.report(done, url, dry_run=dry_run):
+        click.echo(line)
 
 
 @main.command(context_settings=CONTEXT, short_help="Rerun only what failed or never ran.")
