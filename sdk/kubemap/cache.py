@@ -226,7 +226,7 @@ class CachedRun(MapRun):
             yield from pool.map(fetch, range(len(hits)))
 
     def _caller_error(self, error: RemoteError) -> RemoteError:
-        return replace(error, index=self._split.misses[error.index])
+        return error.with_index(self._split.misses[error.index])
 
     def _mapped(self, value: Any) -> Any:
         return self._caller_error(value) if isinstance(value, RemoteError) else value

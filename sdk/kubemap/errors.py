@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass
+import functools
+import importlib
+import sys
 from typing import Any
 
 
@@ -62,28 +64,127 @@ def api_error_message(exc: Any) -> str:
         return f"HTTP {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}".strip()
 
 
-@dataclass(frozen=True)
-class RemoteError:
-    """One index's failure, as recorded by the worker that ran it."""
+class RemoteError(KubemapError):
+    """One index's failure, as recorded by the worker that ran it: an exception, so that
+    return_exceptions=True gives what asyncio.gather(return_exceptions=True) gives, and
+    `raise error` prints the remote traceback (as its cause, the way ProcessPoolExecutor
+    shows a worker's).
 
-    index: int
-    type: str
-    message: str
-    traceback: str
-    attempts: int = 1
+    When the user's own exception class is importable here (its module:qualname is in the
+    record), the error is also an instance of it, as Ray's RayTaskError is: `except
+    MyError:` catches it. Otherwise (or when that class cannot be subclassed) it is a
+    plain RemoteError. Its fields: `index`, `type` (the class's name), `message`,
+    `traceback` (the remote one, as text), `attempts`, `origin` ("module:qualname" or "").
+    """
+
+    def __init__(
+        self,
+        index: int,
+        type: str,
+        message: str,
+        traceback: str = "",
+        attempts: int = 1,
+        origin: str = "",
+    ) -> None:
+        # Exception.__init__, not super(): in a subclass made with the user's class, the
+        # next __init__ in line is theirs, whose arguments we do not know.
+        Exception.__init__(self, f"index {index}: {type}: {message}")
+        self.index = index
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+        self.attempts = attempts
+        self.origin = origin
+        if traceback:
+            self.__cause__ = _RemoteTraceback(traceback)
 
     def __str__(self) -> str:
         return f"index {self.index}: {self.type}: {self.message}"
 
+    def __repr__(self) -> str:
+        return f"{builtins.type(self).__name__}({self.index}, {self.type!r}, {self.message!r})"
+
+    def _fields(self) -> tuple[int, str, str, str, int, str]:
+        return (self.index, self.type, self.message, self.traceback, self.attempts, self.origin)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RemoteError):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt where it is unpickled: the user's class is looked up there.
+        return (_rebuild, self._fields())
+
+    def with_index(self, index: int) -> RemoteError:
+        """The same failure under another index (a cached run's caller's numbering)."""
+        return _rebuild(index, *self._fields()[1:])
+
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> RemoteError:
-        return cls(
-            index=int(record["index"]),
-            type=str(record.get("type", "Exception")),
-            message=str(record.get("message", "")),
-            traceback=str(record.get("traceback", "")),
-            attempts=int(record.get("attempts", 1)),
+        return _rebuild(
+            int(record["index"]),
+            str(record.get("type", "Exception")),
+            str(record.get("message", "")),
+            str(record.get("traceback", "")),
+            int(record.get("attempts", 1)),
+            str(record.get("class", "")),
         )
+
+
+class _RemoteTraceback(Exception):
+    """The cause Python prints above a raised RemoteError: the worker's traceback."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text.rstrip()}\n"""'
+
+
+def _rebuild(
+    index: int, type: str, message: str, traceback: str, attempts: int, origin: str
+) -> RemoteError:
+    kind = _with_cause_class(origin) if origin else None
+    if kind is not None:
+        try:
+            return kind(index, type, message, traceback, attempts, origin)
+        except Exception:  # an odd class (OSError's __new__...): a plain RemoteError then
+            pass
+    return RemoteError(index, type, message, traceback, attempts, origin)
+
+
+def _with_cause_class(origin: str) -> builtins.type[RemoteError] | None:
+    """RemoteError subclassed with the class named "module:qualname", or None when that
+    class is not importable here or cannot be a base."""
+    module_name, _, qualname = origin.partition(":")
+    try:
+        value: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
+        for part in qualname.split("."):
+            value = getattr(value, part)
+    except Exception:
+        return None
+    if not isinstance(value, builtins.type):
+        return None
+    return _dual_class(value)
+
+
+@functools.cache
+def _dual_class(cause: builtins.type[Any]) -> builtins.type[RemoteError] | None:
+    # One class per cause class, as Ray's as_instanceof_cause caches them.
+    if not issubclass(cause, Exception) or issubclass(cause, RemoteError):
+        return None
+    name = f"RemoteError({cause.__name__})"
+    try:
+        kind = builtins.type(name, (RemoteError, cause), {"__module__": __name__})
+    except TypeError:  # a final class or a layout conflict (some C exception types)
+        return None
+    kind.__qualname__ = name
+    return kind
 
 
 class MapTaskError(KubemapError):

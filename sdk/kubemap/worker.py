@@ -107,6 +107,8 @@ def error_record(index: int, exc: BaseException, attempt: int) -> dict[str, Any]
     return {
         "index": index,
         "type": type(exc).__qualname__,
+        # module:qualname, so the caller can raise it as the user's own class (RemoteError)
+        "class": f"{type(exc).__module__}:{type(exc).__qualname__}",
         "message": message,
         "traceback": "".join(traceback.format_exception(type(exc), exc, user_tb)),
         "attempt": attempt,
