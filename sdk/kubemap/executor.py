@@ -6,8 +6,10 @@
 
 Calls submitted close together (within `batch_delay` seconds) go out as one run, one per
 distinct function, so a thousand submits make one MapTask and not a thousand. The user's
-exceptions come back as themselves (with the remote traceback as __cause__, as
-ProcessPoolExecutor does); a call whose worker died gets a RemoteFailure. Futures resolve
+exceptions come back as themselves, the caller's own class on every call (with the remote
+traceback as __cause__, as ProcessPoolExecutor does); one that cannot be unpickled comes
+back as a RemoteError that is also an instance of its class where that class is importable;
+a call whose worker died gets a RemoteFailure. Futures resolve
 as their slices finish (MapRun.as_completed).
 """
 
@@ -27,6 +29,7 @@ from typing import Any
 
 from kubemap.errors import KubemapError, RemoteError
 from kubemap.options import validate_options
+from kubemap.pickling import dumps
 
 __all__ = ["Executor", "RemoteFailure"]
 
@@ -65,10 +68,26 @@ def _call(fn: Callable[..., Any], call: tuple[tuple[Any, ...], dict[str, Any]]) 
     except Exception as exc:
         text = "".join(traceback.format_exception(exc))
         try:
-            pickle.loads(pickle.dumps(exc))
-        except Exception:  # an exception that does not pickle comes back as its repr
-            exc = RuntimeError(f"{type(exc).__qualname__}: {exc}")
+            # Checked with the pickler the result travels with, not the stdlib's: a class
+            # that came by value (a script's __main__, a function's locals) is a copy in
+            # this worker, which stdlib pickle refuses ("not the same object as
+            # __main__.MyErr") while cloudpickle sends it back by value, as the caller's own
+            # class. Loaded too: a class whose __init__ needs other arguments fails there.
+            pickle.loads(dumps(exc))
+        except Exception:
+            # It cannot travel: a RemoteError, which the caller rebuilds as an instance of
+            # the user's class where that class is importable (`except MyErr` still works).
+            name = type(exc).__qualname__
+            origin = f"{type(exc).__module__}:{name}"
+            return _Raised(RemoteError(0, name, _message(exc), text, 1, origin), text)
         return _Raised(exc, text)
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} with an unprintable message>"
 
 
 def _call_any(item: tuple[Callable[..., Any], tuple[tuple[Any, ...], dict[str, Any]]]) -> Any:
@@ -212,7 +231,7 @@ class Executor(futures.Executor):
     def _watch(self, run: Any, calls: list[_Call]) -> None:
         try:
             for index, value in run.as_completed(return_exceptions=True):
-                _resolve(calls[index].future, value)
+                _resolve(calls[index].future, index, value)
         except BaseException as exc:
             for call in calls:
                 if not call.future.done():
@@ -226,10 +245,13 @@ class Executor(futures.Executor):
                 self._threads.remove(threading.current_thread())
 
 
-def _resolve(future: futures.Future[Any], value: Any) -> None:
+def _resolve(future: futures.Future[Any], index: int, value: Any) -> None:
     if isinstance(value, _Raised):
         exc = value.exception
-        exc.__cause__ = _RemoteTraceback(f'\n"""\n{value.traceback}"""')
+        if isinstance(exc, RemoteError):
+            exc = exc.with_index(index)  # its cause, the remote traceback, comes with it
+        else:
+            exc.__cause__ = _RemoteTraceback(f'\n"""\n{value.traceback}"""')
         future.set_exception(exc)
     elif isinstance(value, RemoteError):
         future.set_exception(RemoteFailure(value))

@@ -6,6 +6,7 @@ checks that the timeout is honoured)."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import importlib
 import operator
 import time
 from pathlib import Path
@@ -182,3 +183,109 @@ def test_calls_of_different_functions_share_a_run(tmp_path: Path) -> None:
         fs = [ex.submit(f, 2, 3) for f in (mul, pow, operator.add)]
         assert [f.result() for f in fs] == [6, 8, 5]
     assert len({key.split("/")[0] for key in kubemap.stores.open_store(str(tmp_path)).list()}) == 1
+
+
+# -- the user's own exception types, on every call (issue 18, item 5) ------------------
+def test_user_exception_type_survives_warm_workers(tmp_path: Path) -> None:
+    # A class that travels by value (defined in a function here; in __main__ for a
+    # script): the warm workers forked by the first call never saw it.
+    class LocalErr(Exception):
+        pass
+
+    def local_boom(x: int) -> int:
+        raise LocalErr(f"bad {x}")
+
+    assert kubemap.map(abs, [-1, -2], store=str(tmp_path)) == [1, 2]
+    with kubemap.Executor(max_workers=2, store=str(tmp_path)) as ex:
+        for attempt in range(3):
+            with pytest.raises(LocalErr) as caught:
+                ex.submit(local_boom, attempt).result()
+            assert type(caught.value) is LocalErr and caught.value.args == (f"bad {attempt}",)
+            assert 'raise LocalErr(f"bad {x}")' in str(caught.value.__cause__)
+        with pytest.raises(LocalErr, match="bad 1"):
+            list(ex.map(local_boom, [1, 2]))
+    joblib = pytest.importorskip("joblib")
+    importlib.import_module("kubemap.joblib_backend")  # registers "kubemap"
+    for _ in range(2):
+        with (
+            joblib.parallel_config(backend="kubemap", store=str(tmp_path), n_jobs=2),
+            pytest.raises(LocalErr, match="bad 3"),
+        ):
+            joblib.Parallel()(joblib.delayed(local_boom)(i) for i in (3,))
+
+
+class TwoArgs(Exception):
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+
+
+def two_args(x: int) -> int:
+    raise TwoArgs(x, "cannot be rebuilt from its args")
+
+
+def test_an_exception_that_does_not_unpickle_is_still_caught_by_its_class(
+    executor: kubemap.Executor,
+) -> None:
+    with pytest.raises(TwoArgs, match="5: cannot be rebuilt") as caught:
+        executor.submit(two_args, 5).result()
+    assert isinstance(caught.value, kubemap.RemoteError)
+
+
+SCRIPT = """
+import sys
+import kubemap
+
+class MyErr(Exception):
+    pass
+
+def boom(x):
+    raise MyErr(f"bad {x}")
+
+store = sys.argv[1]
+kubemap.map(abs, [-1, -2], store=store)  # any call: the local workers are warm now
+seen = []
+with kubemap.Executor(max_workers=2, store=store) as ex:
+    for i in range(3):
+        try:
+            ex.submit(boom, i).result()
+        except MyErr as exc:
+            seen.append(f"MyErr:{exc}:{type(exc) is MyErr}:{'raise MyErr' in str(exc.__cause__)}")
+        except Exception as exc:
+            seen.append(f"other {type(exc).__name__}: {exc}")
+    try:
+        list(ex.map(boom, [7, 8]))
+    except MyErr as exc:
+        seen.append(f"map MyErr:{exc}")
+import joblib, kubemap.joblib_backend
+with joblib.parallel_config(backend="kubemap", store=store, n_jobs=2):
+    try:
+        joblib.Parallel()(joblib.delayed(boom)(i) for i in (4,))
+    except MyErr as exc:
+        seen.append(f"joblib MyErr:{exc}")
+    except Exception as exc:
+        seen.append(f"joblib other {type(exc).__name__}: {exc}")
+print("\\n".join(seen))
+"""
+
+
+def test_script_main_exception_types_on_every_call(tmp_path: Path) -> None:
+    pytest.importorskip("joblib")
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "MyErr:bad 0:True:True",
+        "MyErr:bad 1:True:True",
+        "MyErr:bad 2:True:True",
+        "map MyErr:bad 7",
+        "joblib MyErr:bad 4",
+    ]
