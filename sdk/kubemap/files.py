@@ -10,7 +10,9 @@ small picklable record (url, key, size, content tag) that reads its object on de
 
 Patterns: `*` and `?` match within one path segment, `[abc]` a character class, `**` any
 number of segments (none included). A pattern without wildcards names one object, or every
-object below it when it is a directory or prefix.
+object below it when it is a directory or prefix. A root that does not exist (a missing
+directory; an S3 prefix with no object below it) is a ConfigError when the listing runs,
+not an empty listing; a pattern that matches nothing below an existing root lists nothing.
 """
 
 from __future__ import annotations
@@ -140,13 +142,21 @@ class FileSet:
     matcher: re.Pattern[str] | None  # None: no wildcards, the prefix names the object(s)
 
     def __iter__(self) -> Iterator[File]:
+        # A root that does not exist is an error, not an empty listing: a typo in a path
+        # must not look like a directory with nothing to do.
         store = open_store(self.root)
-        if self.root.startswith("file:"):
-            self._check_local_base()
+        local = self.root.startswith("file:")
+        if local:
+            self._check_local_root()
+        listed = matched = 0
         for obj in store.iter_objects(self.prefix):
+            listed += 1
             if self._matches(obj.key):
+                matched += 1
                 url = self.root + obj.key if self.root.endswith("/") else f"{self.root}/{obj.key}"
                 yield File(url=url, key=obj.key, size=obj.size, tag=obj.tag, root=self.root)
+        if not local and not matched:
+            self._check_s3_root(store, listed)
 
     def _matches(self, key: str) -> bool:
         if self.matcher is not None:
@@ -154,12 +164,39 @@ class FileSet:
         literal = self.prefix.rstrip("/")
         return key == literal or key.startswith(literal + "/") or self.prefix.endswith("/")
 
-    def _check_local_base(self) -> None:
+    def _check_local_root(self) -> None:
+        if self.matcher is None:  # the path names the file or directory itself
+            named = Path("/" + self.prefix.rstrip("/"))
+            if not named.exists():
+                raise ConfigError(
+                    f"kubemap.files({self.pattern!r}): {named} does not exist; check the "
+                    "path (a relative path is taken from the current directory)"
+                )
+            return
         base = Path("/" + self.prefix.rpartition("/")[0])
         if not base.is_dir():
             raise ConfigError(
-                f"kubemap.files({self.pattern!r}): directory {base} does not exist; check the path"
+                f"kubemap.files({self.pattern!r}): directory {base} does not exist; check the "
+                "path (a relative path is taken from the current directory)"
             )
+
+    def _check_s3_root(self, store: Store, listed: int) -> None:
+        """Nothing matched: an error when the prefix the pattern names holds no object at all
+        (S3 has no directories; an object below a prefix is what makes it exist)."""
+        if self.matcher is None:
+            raise ConfigError(
+                f"kubemap.files({self.pattern!r}): no object at or below "
+                f"{self.root}/{self.prefix.rstrip('/')}; check the bucket and the prefix"
+            )
+        base = self.prefix.rpartition("/")[0] + "/"
+        if base == "/" or listed:
+            return  # the bucket itself, or objects were listed below the base
+        if base != self.prefix and next(store.iter_objects(base), None) is not None:
+            return  # one more LIST, only when nothing was listed
+        raise ConfigError(
+            f"kubemap.files({self.pattern!r}): no object below {self.root}/{base}; check the "
+            "bucket and the prefix"
+        )
 
     def __repr__(self) -> str:
         return f"kubemap.files({self.pattern!r})"

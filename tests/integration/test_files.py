@@ -131,3 +131,33 @@ def test_map_over_s3_files(s3_store_url: str, tmp_path: Path, monkeypatch: Any) 
     results = kubemap.map(byte_count, kubemap.files(f"{s3_store_url}/in/*.jpg"), store=s3_store_url)
     assert results == [("p.jpg", 5000), ("q.jpg", 5000)]
     assert len(list((tmp_path / "downloads").rglob("*.jpg"))) == 2  # downloaded once each
+
+
+def test_a_missing_local_root_is_an_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """files("nosuchdir") listed nothing, silently, while files("nosuchdir/*.txt") raised."""
+    monkeypatch.chdir(tmp_path)
+    for pattern in ("nosuchdir", "nosuchdir/", f"file://{tmp_path}/nosuchdir", "nosuchdir/*.txt"):
+        with pytest.raises(kubemap.ConfigError, match="does not exist") as raised:
+            list(kubemap.files(pattern))
+        assert str(tmp_path / "nosuchdir") in str(raised.value), pattern
+    store = tmp_path / "store"
+    with pytest.raises(kubemap.ConfigError, match=str(tmp_path / "nosuchdir")):
+        kubemap.map(byte_count, kubemap.files("nosuchdir"), store=str(store))
+    assert not [p for p in store.glob("*") if p.is_dir()]  # no half-written task left
+    (tmp_path / "empty").mkdir()
+    assert list(kubemap.files("empty")) == list(kubemap.files("empty/*.txt")) == []
+    (tmp_path / "one.txt").write_text("1")
+    assert [f.name for f in kubemap.files("one.txt")] == ["one.txt"]
+
+
+def test_a_missing_s3_prefix_is_an_error_naming_it(s3_store_url: str) -> None:
+    store = open_store(s3_store_url)
+    store.put("in/a.jpg", b"a")
+    with pytest.raises(kubemap.ConfigError, match=f"no object at or below {s3_store_url}/nosuch"):
+        list(kubemap.files(f"{s3_store_url}/nosuch"))
+    with pytest.raises(kubemap.ConfigError, match=f"no object below {s3_store_url}/nosuch/"):
+        list(kubemap.files(f"{s3_store_url}/nosuch/*.jpg"))
+    assert list(kubemap.files(f"{s3_store_url}/in/*.png")) == []  # the prefix exists
+    assert [f.name for f in kubemap.files(f"{s3_store_url}/in")] == ["a.jpg"]
