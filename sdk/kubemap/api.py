@@ -87,6 +87,30 @@ class MapRun:
     def total(self) -> int:
         return self._total
 
+    # What kubemap.streaming and kubemap.cache build on (public, so that neither reaches
+    # into a run's private state). A CachedRun's are those of the task that ran its misses:
+    # that task's indices are not the caller's, which is why a CachedRun answers every
+    # index-bearing question (results, failures, not_run, as_completed) itself.
+    @property
+    def task_store(self) -> Store:
+        """The task's folder in the store: fn.pkl, the inputs, results/ and errors/."""
+        return self._task
+
+    @property
+    def handle(self) -> RunHandle:
+        """The backend's handle of the run (the current one: retry() starts another)."""
+        return self._handle
+
+    @property
+    def options(self) -> RunOptions:
+        """The validated options the run was submitted with (and a retry runs with)."""
+        return self._options
+
+    @property
+    def signer(self) -> Signer | None:
+        """What checks a signed task's result objects (kubemap.signing); None if unsigned."""
+        return self._signer
+
     def status(self) -> RunStatus:
         return self._handle.status()
 
@@ -134,7 +158,7 @@ class MapRun:
         status = self.wait(timeout, progress=False)
         tolerated = status.phase is Phase.SUCCEEDED and status.failed > 0
         if not partial and not return_exceptions and not (partial is None and tolerated):
-            self._raise_for(status)
+            self.raise_for_status(status)
         values: list[Any] = [None] * self._total
         for index, value in iter_results(self._task, self._signer):
             if 0 <= index < self._total:
@@ -148,9 +172,12 @@ class MapRun:
     def as_completed(
         self, *, return_exceptions: bool = False, timeout: float | None = None
     ) -> Iterator[tuple[int, Any]]:
-        """(index, result) pairs as their slices finish, in constant memory; at the end,
-        indices without a result raise as results() does, or with return_exceptions=True
-        are yielded with their RemoteError. See kubemap.streaming."""
+        """(index, result) pairs as their slices finish, in constant memory. Every index
+        comes out exactly once, as its result or as its exception: with
+        return_exceptions=True each index without a result is yielded, at the end, with its
+        RemoteError (type "NotRun" for one never run); without it, once every result is
+        out, they raise together: MapTaskError (also when min_success_ratio < 1 tolerated
+        them), kubemap.TimeoutError or CancelledError. See kubemap.streaming."""
         return as_completed(self, return_exceptions=return_exceptions, timeout=timeout)
 
     def not_run(self) -> IndexRanges:
@@ -163,9 +190,6 @@ class MapRun:
     def failures(self) -> dict[int, RemoteError]:
         """Index -> RemoteError for every index without a result whose last attempt failed
         (for a finished run, also indices whose result is missing for another reason)."""
-        return self._failures(self.status())
-
-    def _failures(self, status: RunStatus) -> dict[int, RemoteError]:
         done = succeeded_indexes(self._task)
         return {i: err for i, err in sorted(read_errors(self._task).items()) if i not in done}
 
@@ -200,7 +224,11 @@ class MapRun:
         self._handle = backend.retry(self._task, self._total, self._options, self._name, done)
         return self
 
-    def _raise_for(self, status: RunStatus) -> None:
+    def raise_for_status(self, status: RunStatus) -> None:
+        """Raise what results() raises for a run that ended with `status` (MapTaskError,
+        kubemap.TimeoutError, CancelledError, ConfigError, StoreError); return if it
+        succeeded without a failure. A run that tolerated failures (min_success_ratio < 1)
+        gets its MapTaskError too: as_completed() and imap() raise it at the end."""
         if status.phase is Phase.SUCCEEDED and status.failed == 0:
             return
         where = f"finished results stay in {self._task.url}; read them with results(partial=True)"
@@ -211,7 +239,7 @@ class MapRun:
             raise CancelledError(f"task {self._name} was cancelled ({counts}); {where}")
         if status.reason is Reason.INVALID_SPEC:
             raise ConfigError(f"task {self._name} was refused: {status.message}")
-        failures = self._failures(status)
+        failures = self.failures()
         if status.reason is Reason.INFRASTRUCTURE and not failures:
             raise StoreError(status.message or f"task {self._name} failed in the store")
         not_run = self.not_run()
@@ -257,10 +285,10 @@ class MapRun:
         task = open_store(store or default_store_url()).child(name)
         total = read_total(task)
         opts = validate_options({"store": store, "backend": backend, **options})
-        return cls(name, task, total, _StoredRun(name, task, total), opts)
+        return cls(name, task, total, StoredRun(name, task, total), opts)
 
 
-class _StoredRun:
+class StoredRun:
     """A RunHandle for a task read back from the store: its status.json when a local run
     wrote one, else what the result objects say."""
 
@@ -354,5 +382,5 @@ def map(
             stacklevel=2,
         )
     elif opts.store is None and run.store_url.startswith("file://"):
-        forget(run._task)  # results returned, nothing lost; keep the default store small
+        forget(run.task_store)  # results returned, nothing lost; keep the default store small
     return values

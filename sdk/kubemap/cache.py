@@ -34,7 +34,7 @@ from typing import Any
 
 import cloudpickle
 
-from kubemap.api import MapRun, _StoredRun, upload
+from kubemap.api import MapRun, StoredRun, upload
 from kubemap.backends import RunHandle
 from kubemap.cachestore import (
     CACHE_DIR,
@@ -44,6 +44,7 @@ from kubemap.cachestore import (
     MAP_KEY,
     record_slice,
 )
+from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import RunStatus
 from kubemap.errors import MapTaskError, RemoteError
 from kubemap.models import RunOptions
@@ -155,7 +156,7 @@ def submit_cached(fn: Callable[..., Any], inputs: Iterable[Any], opts: RunOption
     if misses:
         handle: RunHandle = backend.start(task, misses, opts, name)
     else:  # every item hit: no run at all, no pod, no worker
-        handle = _StoredRun(name, task, 0)
+        handle = StoredRun(name, task, 0)
     inner = MapRun(name, task, misses, handle, opts)
     return CachedRun(inner, split, entries)
 
@@ -166,9 +167,10 @@ def _is_digest(name: str) -> bool:
 
 # -- the run the caller sees ------------------------------------------------------------
 class _CachedHandle:
-    """The inner run's status, counted over the caller's inputs: hits are successes."""
+    """The inner run's status, counted over the caller's inputs: hits are successes.
+    It follows the inner run's current handle, so a retry() needs no new one."""
 
-    def __init__(self, inner: RunHandle, hits: int) -> None:
+    def __init__(self, inner: MapRun, hits: int) -> None:
         self._inner = inner
         self._hits = hits
         self.name = inner.name
@@ -179,26 +181,29 @@ class _CachedHandle:
         )
 
     def status(self) -> RunStatus:
-        return self._mapped(self._inner.status())
+        return self._mapped(self._inner.handle.status())
 
     def wait(self, timeout: float | None = None) -> RunStatus:
-        return self._mapped(self._inner.wait(timeout))
+        return self._mapped(self._inner.handle.wait(timeout))
 
     def done(self) -> bool:
-        return self._inner.done()
+        return self._inner.handle.done()
 
     def cancel(self) -> bool:
-        return self._inner.cancel()
+        return self._inner.handle.cancel()
 
 
 class CachedRun(MapRun):
     """A run over the caller's inputs of which `cache_hits` came from the cache and
-    `cache_misses` ran (as the task `inner`); every index here is the caller's."""
+    `cache_misses` ran (as the task `inner`, whose indices number the misses only).
+    Every answer here -- status, results, failures, not_run, as_completed, retry and the
+    MapTaskError -- is in the caller's numbering: each one that holds indices is answered
+    by the inner run and mapped back, none is inherited from MapRun."""
 
     def __init__(self, inner: MapRun, split: _Split, entries: Store) -> None:
         hits = len(split.hits)
         super().__init__(
-            inner.name, inner._task, split.total, _CachedHandle(inner._handle, hits), inner._options
+            inner.name, inner.task_store, split.total, _CachedHandle(inner, hits), inner.options
         )
         self.inner = inner
         self._split = split
@@ -225,8 +230,12 @@ class CachedRun(MapRun):
         with ThreadPoolExecutor(min(FETCH_THREADS, len(hits))) as pool:
             yield from pool.map(fetch, range(len(hits)))
 
+    def _caller(self, position: int) -> int:
+        """The caller's index of the inner task's index `position`."""
+        return int(self._split.misses[position])
+
     def _caller_error(self, error: RemoteError) -> RemoteError:
-        return error.with_index(self._split.misses[error.index])
+        return error.with_index(self._caller(error.index))
 
     def _mapped(self, value: Any) -> Any:
         return self._caller_error(value) if isinstance(value, RemoteError) else value
@@ -244,7 +253,7 @@ class CachedRun(MapRun):
             raise self._caller_failure(exc) from None
         values: list[Any] = [None] * self.total
         for position, value in enumerate(ran):
-            values[self._split.misses[position]] = self._mapped(value)
+            values[self._caller(position)] = self._mapped(value)
         for index, value in self._hit_values():
             values[index] = value
         return values
@@ -257,7 +266,19 @@ class CachedRun(MapRun):
             for position, value in self.inner.as_completed(
                 return_exceptions=return_exceptions, timeout=timeout
             ):
-                yield self._split.misses[position], self._mapped(value)
+                yield self._caller(position), self._mapped(value)
+        except MapTaskError as exc:
+            raise self._caller_failure(exc) from None
+
+    def failures(self) -> dict[int, RemoteError]:
+        return {self._caller(i): self._caller_error(e) for i, e in self.inner.failures().items()}
+
+    def not_run(self) -> IndexRanges:
+        return IndexRanges.of(self._caller(i) for i in self.inner.not_run())
+
+    def raise_for_status(self, status: RunStatus) -> None:
+        try:
+            self.inner.raise_for_status(self.inner.status())
         except MapTaskError as exc:
             raise self._caller_failure(exc) from None
 
@@ -265,22 +286,29 @@ class CachedRun(MapRun):
         """Rerun the misses without a result; a new `fn` also fills the cache under its
         own identity (the values it computes are its, not the old function's)."""
         if fn is not None:
-            config = json.loads(self._task.get(CONFIG_KEY))
-            fn_id = function_identity(fn, self._options.cache_version)
+            config = json.loads(self.task_store.get(CONFIG_KEY))
+            fn_id = function_identity(fn, self.options.cache_version)
             entries = self._entries.url.rsplit("/", 1)[0] + "/" + fn_id
-            self._task.put(
+            self.task_store.put(
                 CONFIG_KEY, json.dumps({**config, "function": fn_id, "entries": entries}).encode()
             )
-        self.inner.retry(fn)
-        self._handle = _CachedHandle(self.inner._handle, self.cache_hits)
+        self.inner.retry(fn)  # the handle follows the inner run's new one
         return self
 
-    def _failures(self, status: RunStatus) -> dict[int, RemoteError]:
-        inner = self.inner._failures(self.inner.status())
-        return {self._split.misses[i]: self._caller_error(e) for i, e in inner.items()}
-
     def _caller_failure(self, exc: MapTaskError) -> MapTaskError:
-        failures = {self._split.misses[i]: self._caller_error(e) for i, e in exc.failures.items()}
-        error = MapTaskError(failures, total=self.total, name=exc.name)
-        error.args = (f"{exc}\n\n({self.cache_hits} of {self.total} inputs came from the cache)",)
+        failures = {self._caller(i): self._caller_error(e) for i, e in exc.failures.items()}
+        error = MapTaskError(
+            failures,
+            total=self.total,
+            name=exc.name,
+            not_run=IndexRanges.of(self._caller(i) for i in exc.not_run),
+            succeeded=exc.succeeded + self.cache_hits,
+            why=exc.why,
+        )
+        # The inner error's text counts the task's indices: say it again in the caller's.
+        error.args = (
+            f"{error}\n\nResults of the {error.succeeded} that succeeded ({self.cache_hits} of "
+            f"{self.total} inputs came from the cache) are in .results(partial=True), in "
+            "input order; rerun only what is missing with .retry()",
+        )
         return error

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubemap.contract import RESULTS_PREFIX, parse_result_key, result_key
 from kubemap.core.ranges import IndexRanges
-from kubemap.core.status import Phase
-from kubemap.errors import RemoteError, TimeoutError
+from kubemap.errors import MapTaskError, RemoteError, TimeoutError
 from kubemap.signing import Signer
 from kubemap.stores import KeyNotFound, Store
 from kubemap.taskdata import decode_results
@@ -110,7 +109,7 @@ def fill_missing(
     run: MapRun, status: RunStatus, missing: IndexRanges
 ) -> Iterator[tuple[int, RemoteError]]:
     """A RemoteError for each index without a result: its failure, or why it never ran."""
-    failures = run._failures(status) if missing else {}
+    failures = run.failures() if missing else {}
     for index in missing:
         yield index, failures.get(index) or not_run_error(index, status)
 
@@ -120,11 +119,15 @@ def as_completed(
 ) -> Iterator[tuple[int, Any]]:
     """(index, result) pairs as result objects appear, until the run finishes.
 
-    At the end, indices without a result raise as results() would (MapTaskError,
-    TimeoutError, CancelledError) or, with return_exceptions=True, are yielded with their
-    RemoteError. `timeout` bounds the whole wait (kubemap.TimeoutError; the run goes on).
+    Every index comes out exactly once, as its result or as its exception. At the end, the
+    indices without a result are yielded with their RemoteError (return_exceptions=True),
+    or raise together (MapTaskError, TimeoutError, CancelledError), as results() raises;
+    also when the run tolerated them (min_success_ratio < 1), where results() would return
+    None in their places: an iterator of results has no None to give, and leaving them
+    out would hide them. `timeout` bounds the whole wait (kubemap.TimeoutError; the run
+    goes on).
     """
-    feed = ResultFeed(run._task, run.total, run._signer)
+    feed = ResultFeed(run.task_store, run.total, run.signer)
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = FIRST_POLL
     while True:
@@ -141,15 +144,25 @@ def as_completed(
         if deadline is not None:
             pause = max(0.0, min(pause, deadline - time.monotonic()))
         with contextlib.suppress(TimeoutError):
-            run._handle.wait(pause)  # returns early when a local run finishes
+            run.handle.wait(pause)  # returns early when a local run finishes
     missing = IndexRanges.span(0, run.total) - feed.delivered
     if not missing:
         return
     if return_exceptions:
         yield from fill_missing(run, status, missing)
         return
-    if not (status.phase is Phase.SUCCEEDED and status.failed):  # not tolerated failures
-        run._raise_for(status)
+    run.raise_for_status(status)
+    # The status says every index succeeded, yet results are missing from the store
+    # (deleted meanwhile): still no index may be left out in silence.
+    failures = run.failures()
+    raise MapTaskError(
+        {i: e for i, e in failures.items() if i in missing},
+        total=run.total,
+        name=run.name,
+        not_run=IndexRanges.of(i for i in missing if i not in failures),
+        succeeded=len(feed.delivered),
+        why=f"{len(missing)} results are missing from {run.store_url}",
+    )
 
 
 def imap(
@@ -166,7 +179,10 @@ def imap(
 
     Submits on the first next(); stopping early (break, close) cancels the run.
     return_exceptions=True yields each failed index's RemoteError in its place and tries
-    every input (min_success_ratio defaults to 0 then: no fail-fast).
+    every input (min_success_ratio defaults to 0 then: no fail-fast). Without it, failed
+    indices raise MapTaskError, even tolerated ones (min_success_ratio < 1), once every
+    result before them is out: unordered, after every result; ordered, after the results
+    before the first index without one.
     """
     from kubemap import api
 
@@ -183,18 +199,22 @@ def imap(
         else:
             ahead: dict[int, Any] = {}
             expected = 0
-            for index, value in pairs:
-                ahead[index] = value
+            try:
+                for index, value in pairs:
+                    ahead[index] = value
+                    while expected in ahead:
+                        yield ahead.pop(expected)
+                        expected += 1
+            except MapTaskError:
+                # raised once every result is out: first hand out those before the gap
                 while expected in ahead:
                     yield ahead.pop(expected)
                     expected += 1
-            # tolerated failures (min_success_ratio < 1) leave gaps: None in their place
-            for index in range(expected, run.total):
-                yield ahead.pop(index, None)
+                raise
         finished = True
     finally:
         if not finished and not run.status().finished:
             with contextlib.suppress(Exception):
                 run.cancel()
         if finished and options.get("store") is None and run.store_url.startswith("file://"):
-            api.forget(run._task)  # everything was handed out: keep the default store small
+            api.forget(run.task_store)  # everything was handed out: keep the default store small

@@ -125,10 +125,52 @@ def test_retry_of_a_cached_run_reruns_only_its_failed_misses(tmp_path: Path) -> 
     fn = functools.partial(counted, str(log))
     kubemap.map(fn, range(5), cache=True, store=store)
     executions(log)
-    run = kubemap.submit(fn, [0, 1, -1, 2, 7], cache=True, store=store)
+    # min_success_ratio=0: both misses run (fail-fast could stop before 7 ran)
+    run = kubemap.submit(fn, [0, 1, -1, 2, 7], cache=True, store=store, min_success_ratio=0)
     assert (run.cache_hits, run.cache_misses) == (3, 2)
     run.wait()
     assert sorted(executions(log)) == [-1, 7]
     run.retry(fn=functools.partial(abs))
     assert run.results() == [0, 2, 1, 4, 14]
     assert executions(log) == []
+
+
+def test_every_answer_of_a_partly_cached_run_is_in_the_callers_numbering(
+    tmp_path: Path,
+) -> None:
+    # issue 18, item 3: 10 inputs of which 5 cached said not_run() == "5-9"
+    log, store = tmp_path / "log", str(tmp_path / "store")
+    fn = functools.partial(counted, str(log))
+    kubemap.map(fn, range(0, 10, 2), cache=True, store=store)  # the even ones are cached
+    executions(log)
+    run = kubemap.submit(fn, range(10), cache=True, store=store)
+    assert (run.cache_hits, run.cache_misses) == (5, 5)
+    status = run.wait()
+    assert (status.total, status.succeeded, status.failed) == (10, 10, 0)
+    assert str(run.not_run()) == "" and run.failures() == {}
+    assert sorted(executions(log)) == [1, 3, 5, 7, 9]
+    # a failure among the misses, fail-fast: the error, failures() and not_run() agree
+    items = [0, 2, -1, 4, 101, 103, 6, 105]  # misses at caller's 2, 4, 5, 7
+    run = kubemap.submit(fn, items, cache=True, store=store, parallelism=1, items_per_pod=1)
+    status = run.wait()
+    with pytest.raises(kubemap.MapTaskError) as caught:
+        run.results()
+    error = caught.value
+    failures, not_run = run.failures(), run.not_run()
+    assert list(failures) == list(error.failures) == [2]
+    assert failures[2].index == error.failures[2].index == 2
+    assert set(not_run) == set(error.not_run) <= {4, 5, 7}
+    ran = {i for i, v in enumerate(run.results(partial=True)) if v is not None}
+    assert {0, 1, 3, 6} <= ran and not ran & {2} and not ran & set(not_run)
+    assert error.succeeded == status.succeeded == len(ran)
+    assert len(ran) + len(failures) + len(not_run) == status.total == len(items)
+    # as_completed and return_exceptions: each caller's index once
+    pairs = list(run.as_completed(return_exceptions=True))
+    assert sorted(i for i, _ in pairs) == list(range(len(items)))
+    assert {i for i, v in pairs if isinstance(v, kubemap.RemoteError)} == {2, *not_run}
+    assert all(v.index == i for i, v in pairs if isinstance(v, kubemap.RemoteError))
+    # retry with a fix: the caller's numbering again
+    run.retry(fn=abs)
+    assert run.results() == [x * 2 if i in ran else abs(x) for i, x in enumerate(items)]
+    assert run.failures() == {} and str(run.not_run()) == ""
+    assert run.status().succeeded == len(items)

@@ -70,7 +70,7 @@ def test_as_completed_yields_every_index_once(tmp_path: Path) -> None:
 def test_feed_state_stays_small_over_many_result_objects(tmp_path: Path) -> None:
     run = kubemap.submit(lambda x: x, range(2000), items_per_pod=1, store=str(tmp_path))
     run.wait()
-    feed = ResultFeed(run._task, run.total)
+    feed = ResultFeed(run.task_store, run.total)
     assert sum(1 for _ in feed.poll()) == 2000
     # what it keeps: one interval and no object names, whatever the number of objects
     assert list(feed.delivered.intervals) == [(0, 2000)] and not feed._read
@@ -127,3 +127,73 @@ def test_cancelled_run_marks_never_run_indices(tmp_path: Path) -> None:
     assert not_run and all(e.type == "NotRun" for e in not_run)
     values = run.results(return_exceptions=True)
     assert values[0] == 0 and {type(v) for v in values[1:]} <= {int, kubemap.RemoteError}
+
+
+def fail_on_threes(x: int) -> int:
+    if x % 3 == 0:
+        raise ValueError(f"bad input {x}")
+    return x
+
+
+def test_tolerated_failures_come_out_of_as_completed_and_imap(tmp_path: Path) -> None:
+    # issue 18, item 6: with min_success_ratio < 1 the failed indices were left out
+    store, n = str(tmp_path), 12
+    failing = {i for i in range(n) if i % 3 == 0}
+    run = kubemap.submit(fail_on_threes, range(n), store=store, min_success_ratio=0.5)
+    pairs = list(run.as_completed(return_exceptions=True))
+    assert sorted(i for i, _ in pairs) == list(range(n))  # each index exactly once
+    errors = {i: v for i, v in pairs if isinstance(v, Exception)}
+    assert set(errors) == failing and all(e.index == i for i, e in errors.items())
+    # without return_exceptions: every result, then the failures raise
+    seen: list[int] = []
+    with pytest.raises(kubemap.MapTaskError) as caught:
+        for index, _ in run.as_completed():
+            seen.append(index)
+    assert sorted(seen) == sorted(set(range(n)) - failing)
+    assert set(caught.value.failures) == failing
+    # imap: unordered and ordered, with and without return_exceptions
+    out = list(
+        kubemap.imap(
+            fail_on_threes, range(n), store=store, min_success_ratio=0.5, return_exceptions=True
+        )
+    )
+    assert [i for i, v in enumerate(out) if isinstance(v, kubemap.RemoteError)] == sorted(failing)
+    unordered = list(
+        kubemap.imap(
+            fail_on_threes,
+            range(n),
+            store=store,
+            min_success_ratio=0,
+            ordered=False,
+            return_exceptions=True,
+        )
+    )
+    assert len(unordered) == n and sum(isinstance(v, Exception) for v in unordered) == len(failing)
+    got: list[int] = []
+    with pytest.raises(kubemap.MapTaskError) as caught:
+        for value in kubemap.imap(
+            fail_on_threes, range(n), store=store, min_success_ratio=0.5, ordered=False
+        ):
+            got.append(value)
+    assert sorted(got) == sorted(set(range(n)) - failing) and set(caught.value.failures) == failing
+    ordered: list[int] = []
+    with pytest.raises(kubemap.MapTaskError) as caught:
+        for value in kubemap.imap(
+            fail_on_threes, range(1, n + 1), store=store, min_success_ratio=0.5
+        ):
+            ordered.append(value)
+    assert ordered == [1, 2]  # those before the first failed index (2), in order
+    assert set(caught.value.failures) == {i - 1 for i in range(1, n + 1) if i % 3 == 0}
+
+
+def test_tolerated_failures_of_a_cached_run_come_out_too(tmp_path: Path) -> None:
+    store, n = str(tmp_path), 9
+    kubemap.map(fail_on_threes, [1, 2, 4], cache=True, store=store)  # three hits
+    run = kubemap.submit(fail_on_threes, range(n), cache=True, store=store, min_success_ratio=0)
+    pairs = list(run.as_completed(return_exceptions=True))
+    assert sorted(i for i, _ in pairs) == list(range(n))
+    assert {i for i, v in pairs if isinstance(v, Exception)} == {0, 3, 6}
+    with pytest.raises(kubemap.MapTaskError) as caught:
+        list(run.as_completed())
+    assert set(caught.value.failures) == {0, 3, 6}
+    assert len(caught.value.not_run) == 0 and caught.value.succeeded == n - 3
