@@ -286,9 +286,40 @@ class RunOptions(BaseModel):
 
     @model_validator(mode="after")
     def _check_packages(self) -> RunOptions:
+        if self.backend == "local":
+            _refuse_cluster_options(self)
         if self.packages:
             _check_task_packages(self.packages, self.pool if self.backend == "kubernetes" else None)
         return self
+
+
+# Options only a cluster run honours. The local backend would ignore them, and a user who
+# forgot backend= would believe their pool, image or namespace ran the work: refused here,
+# the one place every surface's options pass (map, submit, imap, Executor, joblib, CLI).
+KUBERNETES_ONLY = (
+    "pool",
+    "image",
+    "namespace",
+    "resources",
+    "env",
+    "node_selector",
+    "tolerations",
+    "service_account",
+    "store_endpoint",
+)
+
+
+def _refuse_cluster_options(options: RunOptions) -> None:
+    given = [
+        f"{k}={getattr(options, k)!r}" for k in KUBERNETES_ONLY if getattr(options, k) is not None
+    ]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: Kubernetes options, and this run is local (backend='local', "
+            'the default): pass backend="kubernetes" to run on the cluster, or leave '
+            + ("it" if len(given) == 1 else "them")
+            + " out to run here"
+        )
 
 
 def _check_task_packages(packages: list[str], pool: str | None) -> None:

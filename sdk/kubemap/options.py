@@ -38,6 +38,10 @@ def validate_options(options: dict[str, Any]) -> RunOptions:
 def _describe(exc: ValidationError, options: dict[str, Any]) -> str:
     lines = []
     for error in exc.errors():
+        if not error["loc"] and error["type"] == "value_error":
+            # a rule across options (RunOptions' model validator): its message says it all
+            lines.append(str((error.get("ctx") or {}).get("error", error["msg"])))
+            continue
         field = str(error["loc"][0]) if error["loc"] else "options"
         given = options.get(field, "<missing>")
         lines.append(f"invalid option {field}={given!r}: {_allowed(field, error)}")

@@ -97,3 +97,35 @@ def test_task_names_are_dns_labels(fn: Any, prefix: str | None) -> None:
     if prefix is not None:
         assert name.startswith(prefix)
     assert task_name(fn) != name  # random suffix
+
+
+CLUSTER_ONLY = {
+    "pool": "big",
+    "image": "img:1",
+    "namespace": "team-a",
+    "resources": {"limits": {"cpu": "1"}},
+    "env": {"A": "1"},
+    "node_selector": {"gpu": "yes"},
+    "tolerations": [{"key": "gpu", "operator": "Exists"}],
+    "service_account": "sa",
+    "store_endpoint": "http://minio:9000",
+}
+
+
+@pytest.mark.parametrize(("key", "value"), CLUSTER_ONLY.items())
+def test_kubernetes_options_are_refused_on_the_local_backend(key: str, value: Any) -> None:
+    # issue 18, item 11: they were silently ignored; the user believed their pool ran it
+    for options in ({key: value}, {key: value, "backend": "local"}):
+        with pytest.raises(ConfigError) as info:
+            validate_options(options)
+        message = str(info.value)
+        assert message.startswith(f"{key}={value!r}") and 'backend="kubernetes"' in message
+    assert getattr(validate_options({key: value, "backend": "kubernetes"}), key) == value
+
+
+def test_the_refusal_names_each_option_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_options(CLUSTER_ONLY)
+    message = str(info.value)
+    assert all(message.count(f"{key}=") == 1 for key in CLUSTER_ONLY)
+    assert "options='<missing>'" not in message and "Value error" not in message

@@ -74,7 +74,9 @@ def test_sdk_maptask_batches_unless_told_and_a_pool_task_leases() -> None:
     assert auto["itemsPerPod"] == 625 and "pool" not in auto
     one = build_maptask("t", "s3://b/p/t", 10_000, RunOptions(items_per_pod=1))["spec"]
     assert one["itemsPerPod"] == 1
-    pooled = build_maptask("t", "s3://b/p/t", 10_000, RunOptions(pool="scorers"))["spec"]
+    # pool= is a Kubernetes option: the local default backend refuses it (issue 18, item 11)
+    pooled_options = RunOptions(backend="kubernetes", pool="scorers")
+    pooled = build_maptask("t", "s3://b/p/t", 10_000, pooled_options)["spec"]
     assert pooled["pool"] == "scorers" and pooled["itemsPerPod"] == 1
 
 
