@@ -4,6 +4,8 @@ The chart publishes them in the ConfigMap `kubemap-defaults` of its release name
 secrets in it) and lets every authenticated user read that one ConfigMap. With
 backend="kubernetes" and no store given (no store=, no $KUBEMAP_STORE), the SDK submits to
 the chart's `s3.defaultStore`; it checks the worker image's Python before submitting.
+The chart's S3 endpoint and region go to that store's client only (ChartStore.open), unless
+the caller configured their own: the caller's os.environ is never written.
 
 Where it looks: $KUBEMAP_OPERATOR_NAMESPACE, else the task's namespace, else kubemap-system.
 """
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubemap.errors import ClusterError
+from kubemap.stores import Store, open_store
+from kubemap.stores.s3 import S3Store
 
 CONFIGMAP_NAME = "kubemap-defaults"
 ENV_OPERATOR_NAMESPACE = "KUBEMAP_OPERATOR_NAMESPACE"
@@ -85,21 +89,38 @@ def find_defaults(namespace: str | None = None) -> ClusterDefaults | None:
     return None
 
 
-def apply_endpoint(defaults: ClusterDefaults) -> None:
-    """Use the chart's S3 endpoint for this process unless one is configured already: the
-    SDK uploads to the same store the pods read. An endpoint only reachable inside the
-    cluster fails with a StoreError naming it; set AWS_ENDPOINT_URL_S3 then."""
-    if defaults.s3_endpoint and not any(os.environ.get(v) for v in _ENDPOINT_VARS):
-        os.environ["AWS_ENDPOINT_URL_S3"] = defaults.s3_endpoint
-    if defaults.s3_region and not (
-        os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    ):
-        os.environ["AWS_REGION"] = defaults.s3_region
+@dataclass(frozen=True)
+class ChartStore:
+    """The chart's default store and the S3 endpoint / region the SDK reaches it through
+    ("": the caller's own AWS settings)."""
+
+    url: str
+    endpoint: str = ""
+    region: str = ""
+
+    def open(self) -> Store:
+        store = open_store(self.url)
+        if isinstance(store, S3Store) and (self.endpoint or self.region):
+            return S3Store(store.bucket, store.prefix, endpoint=self.endpoint, region=self.region)
+        return store
+
+
+def chart_store(defaults: ClusterDefaults) -> ChartStore:
+    """The chart's store, through its S3 endpoint unless the caller configured one: the SDK
+    uploads to the same store the pods read. An endpoint only reachable inside the cluster
+    fails with a StoreError naming it; set AWS_ENDPOINT_URL_S3 then."""
+    own_endpoint = any(os.environ.get(v) for v in _ENDPOINT_VARS)
+    own_region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return ChartStore(
+        defaults.store,
+        endpoint="" if own_endpoint else defaults.s3_endpoint,
+        region="" if own_region else defaults.s3_region,
+    )
 
 
 def prepare_kubernetes_submit(
     store: str | None, image: str | None, namespace: str | None
-) -> str | None:
+) -> ChartStore | None:
     """Checks before a Kubernetes submit: refuse a worker image whose Python minor is known
     and differs from ours; return the chart's default store when the caller gave none."""
     from kubemap.contract import ENV_STORE
@@ -119,6 +140,5 @@ def prepare_kubernetes_submit(
             worker_python, f"the cluster's worker image {defaults.worker_image} ({defaults.where})"
         )
     if need_store and defaults.store:
-        apply_endpoint(defaults)
-        return defaults.store
+        return chart_store(defaults)
     return None

@@ -54,10 +54,11 @@ def upload(
         if opts.backend == "kubernetes"
         else None
     )
-    store_url = opts.store or found or default_store_url()
+    store_url = opts.store or (found.url if found else None) or default_store_url()
     retention.sweep_quietly(store_url)  # failed local runs' data expires (kubemap gc)
     backend.preflight(store_url, opts)
-    task = open_store(store_url).child(name)
+    # The chart's store through the chart's endpoint, passed to its client, never os.environ.
+    task = (found.open() if found else open_store(store_url)).child(name)
     if opts.name and task.exists(META_KEY):
         raise ConfigError(
             f"a task named {name!r} already exists in {task.url}: pick another name, or delete "

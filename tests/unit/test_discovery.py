@@ -12,8 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import chartkit as ck
 from kubemap import discovery
-from kubemap.discovery import ClusterDefaults, prepare_kubernetes_submit
+from kubemap.discovery import ChartStore, ClusterDefaults, prepare_kubernetes_submit
 from kubemap.errors import ConfigError
+from kubemap.stores.s3 import S3Store
 from kubemap.taskmeta import image_python, minor
 
 KIND = {
@@ -99,11 +100,28 @@ def test_no_store_given_uses_the_charts_default_and_endpoint(
 
     published.append(
         ClusterDefaults(
-            "kubemap-system", "s3://kubemap/tasks", "http://s3.local:8333", "", "", HERE
+            "kubemap-system", "s3://kubemap/tasks", "http://s3.local:8333", "eu-west-3", "", HERE
         )
     )
-    assert prepare_kubernetes_submit(None, None, None) == "s3://kubemap/tasks"
-    assert os.environ["AWS_ENDPOINT_URL_S3"] == "http://s3.local:8333"
+    before = dict(os.environ)
+    found = prepare_kubernetes_submit(None, None, None)
+    assert found == ChartStore("s3://kubemap/tasks", "http://s3.local:8333", "eu-west-3")
+    store = found.open()
+    assert isinstance(store, S3Store)
+    assert (store.url, store.endpoint_url, store.region) == (
+        "s3://kubemap/tasks",
+        "http://s3.local:8333",
+        "eu-west-3",
+    )
+    task = store.child("t-1")  # what the upload writes to keeps the chart's endpoint
+    assert (task.url, task.endpoint_url, task.region) == (
+        "s3://kubemap/tasks/t-1",
+        "http://s3.local:8333",
+        "eu-west-3",
+    )
+    assert str(task.client.meta.endpoint_url) == "http://s3.local:8333"
+    assert task.client.meta.region_name == "eu-west-3"
+    assert dict(os.environ) == before  # a library never writes its caller's environment
 
 
 def test_a_given_store_or_endpoint_wins(
@@ -118,7 +136,9 @@ def test_a_given_store_or_endpoint_wins(
     )
     assert prepare_kubernetes_submit("s3://mine/x", None, None) is None
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")
-    assert prepare_kubernetes_submit(None, None, None) == "s3://kubemap/tasks"
+    found = prepare_kubernetes_submit(None, None, None)
+    assert found == ChartStore("s3://kubemap/tasks")  # the caller's own endpoint is used
+    assert str(found.open().child("t").client.meta.endpoint_url) == "http://127.0.0.1:9000"
     assert os.environ["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9000"
 
 

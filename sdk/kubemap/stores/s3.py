@@ -40,10 +40,12 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _client_settings() -> tuple[Any, ...]:
+def _client_settings(endpoint: str | None, region: str | None) -> tuple[Any, ...]:
     env = os.environ
     return (
         os.getpid(),
+        endpoint,
+        region,
         *(env.get(name) for name in _ENDPOINT_VARS),
         env.get("AWS_ACCESS_KEY_ID"),
         env.get("AWS_SECRET_ACCESS_KEY"),
@@ -53,16 +55,18 @@ def _client_settings() -> tuple[Any, ...]:
     )
 
 
-def s3_client() -> S3Client:
-    """The process's boto3 S3 client for the current AWS settings."""
-    settings = _client_settings()
+def s3_client(endpoint: str | None = None, region: str | None = None) -> S3Client:
+    """The process's boto3 S3 client for the current AWS settings; `endpoint` and `region`,
+    when given, override the environment's for this client only (e.g. the endpoint a
+    chart publishes: kubemap never writes it into the caller's os.environ)."""
+    settings = _client_settings(endpoint, region)
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(settings)
         if client is None:
             import boto3
             from botocore.config import Config
 
-            custom_endpoint = any(os.environ.get(name) for name in _ENDPOINT_VARS)
+            custom_endpoint = bool(endpoint) or any(os.environ.get(n) for n in _ENDPOINT_VARS)
             config = Config(
                 retries={"mode": "standard"},
                 connect_timeout=10,
@@ -75,32 +79,50 @@ def s3_client() -> S3Client:
                 response_checksum_validation="when_required",
             )
             try:
-                client = boto3.session.Session().client("s3", config=config)
+                client = boto3.session.Session().client(
+                    "s3", config=config, endpoint_url=endpoint or None, region_name=region or None
+                )
             except ValueError as exc:  # e.g. a malformed endpoint URL
                 raise StoreError(
                     f"cannot create an S3 client: {exc}; check AWS_ENDPOINT_URL_S3 "
-                    f"({os.environ.get('AWS_ENDPOINT_URL_S3')!r}) and AWS_REGION"
+                    f"({endpoint or os.environ.get('AWS_ENDPOINT_URL_S3')!r}) and AWS_REGION"
                 ) from exc
-            _CLIENTS.clear()  # settings changed or forked: drop clients of other settings
+            if len(_CLIENTS) >= 4:  # settings changed: drop the others (a store with its
+                _CLIENTS.clear()  # own endpoint and one on the environment's may alternate)
             _CLIENTS[settings] = client
     return cast(S3Client, client)
 
 
 class S3Store(Store):
-    """`s3://bucket/prefix`; keys below the prefix."""
+    """`s3://bucket/prefix`; keys below the prefix. `endpoint` / `region`: this store's
+    own, over the environment's (children keep them)."""
 
-    def __init__(self, bucket: str, prefix: str = "") -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint: str | None = None,
+        region: str | None = None,
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.endpoint_url = endpoint or None
+        self.region = region or None
 
     @property
     def client(self) -> S3Client:
-        return s3_client()
+        return s3_client(self.endpoint_url, self.region)
 
     def child(self, name: str) -> S3Store:
         name = check_key(name.strip("/"))
-        return S3Store(self.bucket, f"{self.prefix}/{name}" if self.prefix else name)
+        return S3Store(
+            self.bucket,
+            f"{self.prefix}/{name}" if self.prefix else name,
+            endpoint=self.endpoint_url,
+            region=self.region,
+        )
 
     def _key(self, key: str) -> str:
         check_key(key)
@@ -111,7 +133,11 @@ class S3Store(Store):
         try:
             return str(self.client.meta.endpoint_url)
         except StoreError:
-            return os.environ.get("AWS_ENDPOINT_URL_S3") or "the default AWS endpoint"
+            return (
+                self.endpoint_url
+                or os.environ.get("AWS_ENDPOINT_URL_S3")
+                or "the default AWS endpoint"
+            )
 
     def _error(self, exc: Exception, action: str, key: str | None) -> StoreError:
         from botocore.exceptions import (
