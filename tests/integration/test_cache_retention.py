@@ -167,3 +167,20 @@ def test_a_size_cap_removes_the_least_recently_used_first(tmp_path: Path) -> Non
 def test_bad_cache_settings_are_refused_with_the_variable_named(tmp_path: Path) -> None:
     done = cli("gc", "--store", str(tmp_path), env={retention.ENV_CACHE_DAYS: "soon"})
     assert done.returncode == 2 and "KUBEMAP_CACHE_DAYS='soon' is not a number" in done.stderr
+
+
+def test_the_sweep_at_submit_applies_the_cache_rule_at_most_once_a_day(
+    tmp_path: Path, home_store: Path
+) -> None:
+    log = tmp_path / "log"
+    fn = functools.partial(counted, str(log))
+    kubemap.map(fn, range(3), cache=True)
+    for entry in entries(home_store):
+        backdate(entry, 40)
+    kubemap.map(abs, [1])  # the sweep at submit: unused for 40 days > 30, they go
+    assert entries(home_store) == []
+    kubemap.map(fn, range(3), cache=True)
+    for entry in entries(home_store):
+        backdate(entry, 40)
+    kubemap.map(abs, [1])  # walked less than a day ago: not again
+    assert len(entries(home_store)) == 3

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import kubemap
@@ -162,3 +163,92 @@ def test_the_sweep_at_submit_leaves_old_directories_that_are_not_tasks(
     assert kubemap.map(fails_on_two, [1]) == [1]
     assert not old.exists()  # an expired task does go
     assert (root / "photos" / "a.jpg").read_text() == "x\n"
+
+
+def _link_meta(task: Path, tmp: Path) -> None:
+    real = tmp / "real-task.json"
+    real.write_bytes((task / "task.json").read_bytes())
+    (task / "task.json").unlink()
+    (task / "task.json").symlink_to(real)
+
+
+def _link_results(task: Path, tmp: Path) -> None:
+    outside = tmp / "outside-results"
+    outside.mkdir()
+    (outside / "000000000000-1").write_text("not kubemap's")
+    for old in (task / "results").iterdir():
+        old.unlink()
+    (task / "results").rmdir()
+    (task / "results").symlink_to(outside, target_is_directory=True)
+
+
+def _dir_for_a_file(task: Path, tmp: Path) -> None:
+    (task / "fn.pkl").unlink()
+    (task / "fn.pkl").mkdir()
+    (task / "fn.pkl" / "mine.txt").write_text("x")
+
+
+def _nested_foreign(task: Path, tmp: Path) -> None:
+    (task / "errors" / "my-analysis.ipynb").write_text("{}")
+
+
+def _meta_of_another_tool(task: Path, tmp: Path) -> None:
+    (task / "task.json").write_text(json.dumps({"total": 3, "owner": "airflow"}))
+
+
+def _meta_not_json(task: Path, tmp: Path) -> None:
+    (task / "task.json").write_text("total: 3\n")
+
+
+def _hidden_file(task: Path, tmp: Path) -> None:
+    (task / ".notes").write_text("mine")
+
+
+def _subdir(task: Path, tmp: Path) -> None:
+    (task / "plots").mkdir()
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (_link_meta, "its task.json is not a plain file"),
+        (_link_results, "results is a symbolic link"),
+        (_dir_for_a_file, "fn.pkl is not a plain file"),
+        (_nested_foreign, "errors/my-analysis.ipynb is not a record kubemap writes"),
+        (_meta_of_another_tool, "its task.json is not kubemap's"),
+        (_meta_not_json, "its task.json is not kubemap's"),
+        (_hidden_file, "holds .notes, which kubemap does not write"),
+        (_subdir, "holds plots, which kubemap does not write"),
+    ],
+)
+def test_a_task_that_is_not_only_kubemaps_is_kept_whole(
+    tmp_path: Path, change: Callable[[Path, Path], None], why: str
+) -> None:
+    store = tmp_path / "store"
+    task = failed_task(store, "touched")
+    failed_task(store, "untouched")
+    change(task, tmp_path)
+    before_task, before_all = tree(task), tree(tmp_path)
+    done = retention.sweep(str(store), 0)
+    assert done.removed == ["untouched"]
+    assert done.others == [("touched", why)]
+    assert tree(task) == before_task
+    after = tree(tmp_path)
+    assert {k: v for k, v in before_all.items() if "untouched" not in k} == after
+
+
+def test_a_linked_cache_and_a_linked_store_entry_are_not_followed(tmp_path: Path) -> None:
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    (elsewhere / "0123456789abcdef0123456789abcdef").mkdir(parents=True)
+    entry = elsewhere / "0123456789abcdef0123456789abcdef" / ("ab" * 16)
+    entry.write_bytes(b"someone's file")
+    backdate(entry, 400)
+    store.mkdir()
+    (store / "_cache").symlink_to(elsewhere, target_is_directory=True)
+    (store / "dir-link").symlink_to(elsewhere, target_is_directory=True)
+    before = tree(tmp_path)
+    done = retention.sweep(str(store), 0, cache_older_than_days=0)
+    assert done.removed == [] and done.cache is None
+    assert ("dir-link", "a symbolic link (gc never follows links)") in done.others
+    assert ("_cache", "a symbolic link (gc never follows links)") in done.others
+    assert tree(tmp_path) == before
