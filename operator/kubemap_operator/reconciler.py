@@ -138,6 +138,12 @@ class Reconciler:
             await self._reject(namespace, name, body, exc, logger)
             return None
         status = MapTaskStatus.model_validate(body.get("status") or {})
+        token = (meta.get("annotations") or {}).get(ANNOTATION_RETRY)
+        rerun_asked = bool(token) and token != status.retry_token  # a pool task reruns on leases
+        live = not status.phase.finished or rerun_asked
+        if spec.pool is not None and self.dispatcher is None and live:
+            await self._refuse_pool(namespace, name, body, spec.pool, status, token, logger)
+            return None
         if spec.files is not None:  # the files are listed (in a pod) before anything runs
             ref = TaskRef(name, namespace, uid)
             now = self.clock()
@@ -147,8 +153,6 @@ class Reconciler:
             if listed is None:
                 return None
             spec, status = listed
-        token = (meta.get("annotations") or {}).get(ANNOTATION_RETRY)
-        rerun_asked = bool(token) and token != status.retry_token  # a pool task reruns on leases
         pooled = spec.pool is not None and self.dispatcher is not None
         if pooled and (not status.phase.finished or rerun_asked):
             return await reconcile_pool_task(self, body, spec, status, logger, token)
@@ -269,6 +273,46 @@ class Reconciler:
         """The task is being deleted: free its pods so the garbage collector can remove them."""
         for pod in pods:
             await self.api.remove_finalizer(namespace, pod)
+
+    async def _refuse_pool(
+        self,
+        namespace: str,
+        name: str,
+        body: dict[str, Any],
+        pool: str,
+        old: MapTaskStatus,
+        token: str | None,
+        logger: Any,
+    ) -> None:
+        """spec.pool, but this operator runs no dispatcher (the chart's pools.enabled=false):
+        fail the task before anything runs. Pods instead would be the wrong shape (a pool
+        task asks for one item per pod, parallelism 10,000) and not what the user chose."""
+        message = clip(
+            f"spec.pool is {pool!r}, but this operator runs no warm-pool dispatcher (the chart "
+            "value pools.enabled is false): enable it with `helm upgrade ... --set "
+            "pools.enabled=true`, or submit the task without spec.pool (pool=) to run it in pods"
+        )
+        if old.phase is Phase.FAILED and old.message == message and old.retry_token == token:
+            return
+        moment = self.clock()
+        now = rfc3339(moment)
+        failed = old.model_copy(
+            update={
+                "phase": Phase.FAILED,
+                "message": message,
+                "completion_time": now,
+                "start_time": old.start_time or now,
+                "retry_token": token if token else old.retry_token,  # a rerun is answered too
+                "conditions": set_condition(
+                    list(old.conditions), "Failed", reason=Reason.POOL_UNAVAILABLE.value,
+                    message=message, now=moment,
+                ),
+            }
+        )  # fmt: skip
+        await self.api.patch_status(namespace, name, status_wire(failed))
+        metrics.observe_phase(namespace, name, Phase.FAILED)
+        logger.error(message)
+        self.post_event(body, Event("Warning", Reason.POOL_UNAVAILABLE.value, message))
 
     async def _reject(
         self,

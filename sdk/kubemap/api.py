@@ -237,7 +237,7 @@ class MapRun:
             raise TimeoutError(f"task {self._name} timed out: {status.message or counts}; {where}")
         if status.reason is Reason.CANCELLED:
             raise CancelledError(f"task {self._name} was cancelled ({counts}); {where}")
-        if status.reason is Reason.INVALID_SPEC:
+        if status.reason in (Reason.INVALID_SPEC, Reason.POOL_UNAVAILABLE):
             raise ConfigError(f"task {self._name} was refused: {status.message}")
         failures = self.failures()
         if status.reason is Reason.INFRASTRUCTURE and not failures:

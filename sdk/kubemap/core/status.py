@@ -39,6 +39,7 @@ class Reason(enum.StrEnum):
     DEADLINE = "DeadlineExceeded"  # timeout / activeDeadlineSeconds
     CANCELLED = "Suspended"  # cancel(): spec.suspend is true
     INVALID_SPEC = "InvalidSpec"  # the operator refused the spec
+    POOL_UNAVAILABLE = "PoolUnavailable"  # spec.pool, but the operator runs no dispatcher
 
     @classmethod
     def parse(cls, text: str | None) -> Reason | None:

@@ -1,0 +1,93 @@
+"""A MapTask with spec.pool on an operator without the dispatcher (chart pools.enabled=false).
+
+Before: the reconciler fell back to the pod path with the pool task's shape (one item per
+pod, parallelism 10,000). Now the task fails at once, with a PoolUnavailable condition whose
+message names the fix, and no pod is made; a rerun request (kubemap.io/retry) is answered the
+same way. Run by kopf itself against KMock, as tests/unit/test_handlers_kmock.py does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from kubemap.contract import ANNOTATION_RETRY
+from kubemap.core.status import Reason, run_status
+from kubemap_operator.reconciler import Reconciler
+from kubemap_operator.settings import Settings
+from test_handlers_kmock import NS, FakeApi, running_operator, until
+
+
+def pool_task(name: str, count: int = 6) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubemap.io/v1alpha1",
+        "kind": "MapTask",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": f"uid-{name}",
+            "generation": 1,
+            "resourceVersion": "1",
+        },
+        "spec": {
+            "mode": "Function",
+            "count": count,
+            "itemsPerPod": 1,
+            "parallelism": 10_000,
+            "pool": "scorers",
+            "store": {"url": "s3://bucket/prefix"},
+        },
+    }
+
+
+def assert_refused(status: dict[str, Any]) -> None:
+    assert status["phase"] == "Failed", status
+    condition = status["conditions"][-1]
+    assert condition["type"] == "Failed" and condition["reason"] == "PoolUnavailable"
+    for fix in ("pools.enabled", "spec.pool", "'scorers'"):
+        assert fix in status["message"], (fix, status["message"])
+    assert run_status(status, total=6).reason is Reason.POOL_UNAVAILABLE  # what the SDK reads
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_pool_task_without_a_dispatcher_fails_naming_the_fix_and_starts_no_pod() -> None:
+    settings = Settings(reconcile_interval=1.0, metrics_port=0, dispatcher_port=0)
+    async with running_operator(settings) as cluster:
+        await asyncio.to_thread(
+            cluster.custom.create_namespaced_custom_object,
+            "kubemap.io", "v1alpha1", NS, "maptasks", pool_task("pooled"),
+        )  # fmt: skip
+
+        async def decided() -> bool:
+            status = (await cluster.task("pooled")).get("status") or {}
+            return status.get("phase") == "Failed" or bool(await cluster.pods())
+
+        await until(decided)
+        await asyncio.sleep(2.5)  # two more resync ticks: still no pod, still refused
+        assert [p["metadata"]["name"] for p in await cluster.pods()] == []
+        assert_refused((await cluster.task("pooled"))["status"])
+
+
+@pytest.mark.asyncio
+async def test_a_rerun_of_a_pool_task_without_a_dispatcher_is_refused_and_answered() -> None:
+    task = pool_task("again")
+    task["metadata"]["annotations"] = {ANNOTATION_RETRY: "token-2"}
+    task["status"] = {
+        "phase": "Failed",
+        "total": 6,
+        "succeeded": 4,
+        "succeededIndexes": "0-3",
+        "retryToken": "token-1",
+    }
+    api = FakeApi(task, [])
+    await Reconciler(api, Settings(metrics_port=0, dispatcher_port=0)).reconcile(
+        NS, "again", logging.getLogger("t")
+    )
+    assert api.created == []  # not 2 pods of one item each
+    (status,) = api.patches
+    assert_refused(status)
+    # the SDK waits for its token to be honoured: without it, retry() would wait for ever
+    assert status["retryToken"] == "token-2" and status["succeededIndexes"] == "0-3"
