@@ -160,6 +160,8 @@ def _check_top(task_dir: Path) -> None:
 
 def _records(task_dir: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
     for sub in TASK_DIRS:
+        if os.path.islink(task_dir / sub):
+            continue  # never listed through a link (_check_top refuses one; rmdir fails later)
         with contextlib.suppress(FileNotFoundError), os.scandir(task_dir / sub) as it:
             for entry in it:
                 yield sub, entry
