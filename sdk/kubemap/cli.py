@@ -13,8 +13,9 @@ from typing import Any, TextIO
 import click
 
 from kubemap import retention
+from kubemap.cli_tasks import backend_option
 from kubemap.errors import ConfigError, KubemapError, MapTaskError
-from kubemap.report import print_failures
+from kubemap.report import outcome, print_outcome
 from kubemap.userfunction import load_function
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -115,9 +116,11 @@ def run(
     """Run MODULE:FUNCTION over every input; print results as JSON lines, in input order.
 
     MODULE is a dotted module importable from the current directory (mypkg.tasks) or a
-    path to a .py file (./tasks.py). Exit status: 0 when every input succeeded, 1 when
-    some failed (one line each on stderr, --verbose for tracebacks; their results are
-    null), 2 for bad usage, 130 when interrupted (Ctrl-C cancels the task unless --detach).
+    path to a .py file (./tasks.py). Exit status: 0 when the task succeeded (every input,
+    or enough of them for --min-success-ratio: the failures are then warnings), 1 when it
+    failed, was cancelled or timed out (the results it has are written, null for the rest;
+    stderr says why, lists each failure, --verbose with tracebacks, and how to go on), 2 for
+    bad usage, 130 when interrupted (Ctrl-C cancels the task unless --detach).
     """
     from kubemap.api import submit
     from kubemap.inputs import parse_inputs
@@ -141,28 +144,23 @@ def run(
             )
             return
         try:
-            map_run.wait(progress=progress)
+            status = map_run.wait(progress=progress)
         except KeyboardInterrupt:
-            _interrupted(map_run)
-        try:
-            values = map_run.results()
-        except MapTaskError as exc:
-            values = map_run.results(partial=True)
-            _write_results(values, output_path)
-            _report_failures(exc, verbose=verbose)
+            _interrupted(map_run, settings.get("pool"))
+        result = outcome(map_run, status)
+        if result.error is not None and not (
+            result.stopped or isinstance(result.error, MapTaskError)
+        ):
+            raise result.error  # refused, or the store broke: no results to write
+        values = map_run.results(partial=True)
+        _write_results(values, output_path)
+        flags = _flags(settings)
+        print_outcome(map_run.name, result, verbose=verbose, flags=flags, printed=True)
+        if not result.ok:
             if retention.expires(map_run.store_url):
                 click.echo(f"  {retention.kept_note(map_run.store_url)}", err=True)
             sys.exit(1)
-        _write_results(values, output_path)
-        tolerated = map_run.failures() if map_run.status().failed else {}
-        if tolerated:
-            click.echo(
-                f"warning: {len(tolerated)} of {map_run.total} inputs failed (tolerated by "
-                f"--min-success-ratio); their results are null",
-                err=True,
-            )
-            print_failures(tolerated, verbose=verbose)
-        elif "store" not in settings and map_run.store_url.startswith("file://"):
+        if not result.failures and "store" not in settings and _on_this_machine(map_run):
             map_run.delete()  # as kubemap.map does: the results are out, keep the store small
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
@@ -170,11 +168,28 @@ def run(
         raise click.ClickException(str(exc)) from None
 
 
-def _interrupted(map_run: Any) -> None:
+def _flags(settings: dict[str, Any]) -> str:
+    """What `kubemap results/retry NAME` need to find the task this run made."""
+    flags = ""
+    if settings.get("backend") == "kubernetes":
+        flags += " --backend kubernetes"
+        if settings.get("namespace"):
+            flags += f" -n {settings['namespace']}"
+    elif settings.get("store"):
+        flags += f" --store {settings['store']}"
+    return flags
+
+
+def _interrupted(map_run: Any, pool: str | None = None) -> None:
     """Ctrl-C while waiting: cancel the task and say so in one line, then exit 130."""
     try:
         map_run.cancel()
         what = "cancelled (its pods are deleted)" if _on_cluster(map_run) else "cancelled"
+        if pool and _on_cluster(map_run):  # a pool task has no pods: its leases are revoked
+            what = (
+                f"cancelled (its leases on pool {pool} are taken back and the workers stop "
+                "its function; the pool's workers stay up)"
+            )
     except (KubemapError, KeyboardInterrupt) as exc:
         what = f"could not be cancelled ({exc}); cancel it with `kubemap cancel {map_run.name}`"
     click.echo(
@@ -183,6 +198,10 @@ def _interrupted(map_run: Any) -> None:
         err=True,
     )
     sys.exit(130)
+
+
+def _on_this_machine(map_run: Any) -> bool:
+    return str(map_run.store_url).startswith("file://")
 
 
 def _on_cluster(map_run: Any) -> bool:
@@ -237,14 +256,8 @@ def gc(days: float | None, store: str | None, cache_days: float | None, dry_run:
 
 @main.command(context_settings=CONTEXT, short_help="Rerun only what failed or never ran.")
 @click.argument("name")
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "kubernetes"]),
-    default="local",
-    show_default=True,
-    help="Where the task runs; kubernetes asks the operator (kubemap.io/retry annotation).",
-)
-@click.option("--store", metavar="URL", help="Local backend: the store the task is in.")
+@backend_option("the task is")
+@click.option("--store", metavar="URL", help="Local tasks: the store the task is in.")
 @click.option("--namespace", "-n", help="Kubernetes: namespace of the MapTask.")
 @click.option("--retries", type=int, default=0, show_default=True, help="Local: retries per input.")
 @click.option("--parallelism", "-p", type=int, help="Local: workers at once [default: CPUs].")
@@ -253,31 +266,37 @@ def gc(days: float | None, store: str | None, cache_days: float | None, dry_run:
     type=click.FloatRange(0, 1),
     default=1.0,
     show_default=True,
-    help="Local: stop the rerun once more than this share of it failed (0: try every index).",
+    help="Local: the task succeeds if at least this share of its inputs has a result, as in "
+    "`kubemap run`; below 1 the rerun keeps going past failures (0: tries every index).",
 )
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the rerun.")
+@click.option("--verbose", "-v", is_flag=True, help="Print the remote tracebacks of failures.")
 def retry(
     name: str,
-    backend: str,
+    backend: str | None,
     store: str | None,
     namespace: str | None,
     retries: int,
     parallelism: int | None,
     min_success_ratio: float,
     wait: bool,
+    verbose: bool,
 ) -> None:
     """Rerun the indices of task NAME that have no result (failed or never ran), into the
-    same result set, with fresh retry budgets; indices that succeeded never run again.
-    Exit status: 0 when every index now has a result, 1 when some still failed."""
+    same result set, with fresh retry budgets; indices that succeeded never run again. The
+    task is rerun where it lives: on this machine for a local task, by the operator (the
+    kubemap.io/retry annotation) for a MapTask. Exit status: 0 when the task now succeeds
+    (failures tolerated by --min-success-ratio are warnings), 1 when it does not."""
+    from kubemap.cli_tasks import attach, locate
+
     try:
-        if backend == "kubernetes":
-            status = _retry_on_cluster(name, namespace, wait)
-        else:
+        where = locate(name, backend=backend, store=store, namespace=namespace)
+        if where.local:
             from kubemap.api import MapRun
 
             run = MapRun.attach(
                 name,
-                store=store,
+                store=where.store,
                 retries=retries,
                 parallelism=parallelism,
                 min_success_ratio=min_success_ratio,
@@ -289,29 +308,30 @@ def retry(
                 "indices",
                 err=True,
             )
-            if not wait:
-                run.wait()  # a local run lives in this process: it cannot outlive the command
+            # --no-wait: a local run lives in this process, it cannot outlive the command
             status = run.wait()
+        else:
+            if not _retry_on_cluster(where, wait):
+                return
+            run = attach(where)
+            status = run.status()
+        result = outcome(run, status)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except KubemapError as exc:
         raise click.ClickException(str(exc)) from None
-    if status is None:
-        return
-    click.echo(f"task {name}: {status.phase.value}; {status.counts()}", err=True)
-    if status.succeeded < status.total:
+    click.echo(f"task {name}: {status.phase.value}; {result.counts}", err=True)
+    print_outcome(name, result, verbose=verbose, flags=where.flags(), printed=False)
+    if not result.ok:
         sys.exit(1)
 
 
-def _retry_on_cluster(name: str, namespace: str | None, wait: bool) -> Any:
-    from kubemap.backends.kubeclient import Cluster
+def _retry_on_cluster(where: Any, wait: bool) -> bool:
+    """Ask the operator to rerun MapTask where.name; True once it has (when `wait`)."""
     from kubemap.backends.kubernetes import KubeRunHandle, request_retry
     from kubemap.stores import open_store
 
-    cluster = Cluster.connect(namespace)
-    body = cluster.get(name)
-    if body is None:
-        raise ConfigError(f"no MapTask {name!r} in namespace {cluster.namespace}")
+    cluster, name, body = where.cluster, where.name, where.body
     status = body.get("status") or {}
     if status.get("phase") not in ("Succeeded", "Failed", "Cancelled"):
         raise ConfigError(
@@ -326,10 +346,10 @@ def _retry_on_cluster(name: str, namespace: str | None, wait: bool) -> Any:
         err=True,
     )
     if not wait:
-        return None
-    where = ((body.get("spec") or {}).get("store") or {}).get("url") or "memory://unused"
-    handle = KubeRunHandle(cluster, name, total, open_store(where), retry_token=token)
-    return handle.wait()
+        return False
+    base = ((body.get("spec") or {}).get("store") or {}).get("url") or "memory://unused"
+    KubeRunHandle(cluster, name, total, open_store(base).child(name), retry_token=token).wait()
+    return True
 
 
 class _open_in:
@@ -383,18 +403,6 @@ def _json_lines(values: list[Any]) -> Iterator[str]:
                 warned = True
             text = json.dumps(repr(value))
         yield text + "\n"
-
-
-def _report_failures(exc: MapTaskError, *, verbose: bool = False) -> None:
-    # The same three counts as MapTaskError and `kubemap get`; not-run inputs are null too.
-    click.echo(f"error: {exc.summary}; their results are written as null", err=True)
-    print_failures(exc.failures, verbose=verbose)
-    if len(exc.not_run):
-        click.echo(
-            f"  not run: {len(exc.not_run)} inputs; `kubemap retry {exc.name}` runs only those "
-            "and the failed ones, --min-success-ratio below 1 keeps going past failures",
-            err=True,
-        )
 
 
 def _register_cluster_commands() -> None:

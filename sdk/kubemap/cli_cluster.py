@@ -1,7 +1,8 @@
-"""Cluster commands of the `kubemap` CLI: get, list, logs, cancel, results, crd.
+"""The task commands of the `kubemap` CLI: get, list, logs, cancel, results; and crd.
 
-They talk to the MapTasks of the current kubeconfig context (namespace: -n, else the
-context's namespace, else "default"). cli.py adds them to its group through `register`.
+They work on tasks run on this machine (found in the local store, see kubemap.cli_tasks)
+and on the MapTasks of the current kubeconfig context (namespace: -n, else the context's
+namespace, else "default"). cli.py adds them to its group through `register`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from kubemap.cli_tasks import (
+    KUBERNETES,
+    LOCAL,
+    NoCluster,
+    Where,
+    age,
+    attach,
+    backend_option,
+    connect,
+    local_tasks,
+    locate,
+    store_option,
+)
 from kubemap.contract import (
     LABEL_TASK,
     task_label,
@@ -21,6 +35,7 @@ from kubemap.contract import (
 from kubemap.crd import render_crd
 from kubemap.errors import KubemapError
 from kubemap.models import MapTaskStatus
+from kubemap.report import outcome, print_outcome
 
 if TYPE_CHECKING:
     from kubemap.backends.kubeclient import Cluster
@@ -29,9 +44,7 @@ if TYPE_CHECKING:
 def _connect(namespace: str | None) -> Cluster:
     # The Kubernetes client takes ~1 s to import: only cluster commands pay for it, so
     # `kubemap run` on the local backend never loads it.
-    from kubemap.backends.kubeclient import Cluster
-
-    return Cluster.connect(namespace)
+    return connect(namespace)
 
 
 NAMESPACE = click.option(
@@ -55,23 +68,36 @@ def _task(cluster: Cluster, name: str) -> dict[str, Any]:
     return body
 
 
-@click.command("get", short_help="Show one MapTask's progress.")
+@click.command("get", short_help="Show one task's progress (local or a MapTask).")
 @click.argument("name")
 @NAMESPACE
-def get_cmd(name: str, namespace: str | None) -> None:
-    """Phase, counts and index ranges of the MapTask NAME."""
-    cluster = _connect(namespace)
-    body = _task(cluster, name)
+@backend_option("the task is")
+@store_option
+def get_cmd(name: str, namespace: str | None, backend: str | None, store: str | None) -> None:
+    """Phase, counts and index ranges of task NAME: one run on this machine (in the local
+    store) or the MapTask NAME."""
+    where = locate(name, backend=backend, store=store, namespace=namespace)
+    if where.local:
+        _get_local(where)
+        return
+    assert where.cluster is not None and where.body is not None
+    cluster, body = where.cluster, where.body
     status = MapTaskStatus.model_validate(body.get("status") or {})
     spec = body.get("spec") or {}
-    click.echo(
-        f"name:        {name}\nnamespace:   {cluster.namespace}\nmode:        {spec.get('mode')}"
-    )
+    click.echo(f"name:        {name}\nwhere:       kubernetes")
+    click.echo(f"namespace:   {cluster.namespace}\nmode:        {spec.get('mode')}")
     click.echo(f"phase:       {status.phase.value}")
     click.echo(
         f"progress:    {status.succeeded}/{status.total} succeeded, {status.failed} failed, "
         f"{status.not_run} not run, {status.active} pods active"
     )
+    if spec.get("files"):  # a files task: its items are the objects its listing found
+        click.echo(
+            "files:       not listed yet"
+            if status.listed is None
+            else f"files:       {status.listed} listed, {status.skipped or 0} skipped "
+            "(processed before), the rest are the inputs"
+        )
     if status.retries:
         click.echo(f"retries:     {status.retries} spent")
     reason = status.conditions[-1].reason if status.conditions else None
@@ -91,41 +117,105 @@ def get_cmd(name: str, namespace: str | None) -> None:
         click.echo(f"store:       {spec['store']['url'].rstrip('/')}/{name}")
 
 
+def _get_local(where: Where) -> None:
+    """`kubemap get` of a task run on this machine: what its run recorded in the store."""
+    from kubemap.core.ranges import IndexRanges
+
+    run = attach(where)
+    result = outcome(run)
+    status = result.status
+    click.echo(f"name:        {where.name}\nwhere:       local")
+    click.echo(f"phase:       {status.phase.value}")
+    running = f", {status.active} running" if status.active else ""
+    click.echo(
+        f"progress:    {result.succeeded}/{status.total} succeeded, {len(result.failures)} "
+        f"failed, {result.not_run} not run{running}"
+    )
+    if status.reason is not None and status.finished:
+        click.echo(f"reason:      {status.reason.value}")
+    if result.failures:
+        click.echo(f"failed:      {_short(str(IndexRanges.of(result.failures)))}")
+    if status.message:
+        click.echo(f"message:     {status.message}")
+    click.echo(f"store:       {run.store_url}")
+
+
 def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-@click.command("list", short_help="List MapTasks.")
+@click.command("list", short_help="List tasks: this machine's and the cluster's MapTasks.")
 @NAMESPACE
+@backend_option("to list")
+@store_option
 @click.option(
     "-o",
     "--output",
     type=click.Choice(["wide"]),
     default=None,
-    help="wide: also the pods that exist, the retries spent, age and store.",
+    help="wide: also the pods that exist, the retries spent and the store.",
 )
-def list_cmd(namespace: str | None, output: str | None) -> None:
-    """Every MapTask in the namespace with its phase and counts."""
-    cluster = _connect(namespace)
+def list_cmd(
+    namespace: str | None, backend: str | None, store: str | None, output: str | None
+) -> None:
+    """Every task with its phase and counts: those run on this machine (in the local store)
+    and the MapTasks of the namespace; WHERE says which. Without a cluster configured, only
+    this machine's (and a note says so)."""
     wide = output == "wide"
-    header = ("NAME", "MODE", "PHASE", "SUCCEEDED", "FAILED", "NOT-RUN", "ACTIVE")
-    rows: list[tuple[str, ...]] = [(*header, "PODS", "RETRIES", "AGE", "STORE") if wide else header]
+    header = ("NAME", "WHERE", "MODE", "PHASE", "SUCCEEDED", "FAILED", "NOT-RUN", "ACTIVE", "AGE")
+    rows: list[tuple[str, ...]] = [(*header, "PODS", "RETRIES", "STORE") if wide else header]
+    now = datetime.now(UTC)
+    if backend != KUBERNETES and not (backend is None and namespace is not None):
+        for task in local_tasks(store):
+            result = outcome(task.run)
+            row: tuple[str, ...] = (
+                task.name,
+                LOCAL,
+                "Function",
+                result.status.phase.value,
+                f"{result.succeeded}/{result.status.total}",
+                str(len(result.failures)),
+                str(result.not_run),
+                str(result.status.active),
+                age(task.created, now),
+            )
+            rows.append(
+                (*row, "-", str(result.status.retries), task.run.store_url) if wide else row
+            )
+    if backend != LOCAL:
+        try:
+            cluster = _connect(namespace)
+        except NoCluster:
+            if backend == KUBERNETES:
+                raise
+            click.echo("(no cluster configured: these are this machine's tasks only)", err=True)
+        else:
+            rows.extend(_cluster_rows(cluster, wide, now))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cluster_rows(cluster: Cluster, wide: bool, now: datetime) -> list[tuple[str, ...]]:
+    rows = []
     tasks = cluster.list()
     pods = _pods_per_task(cluster) if wide and tasks else {}
-    now = datetime.now(UTC)
     for item in tasks:
         st = MapTaskStatus.model_validate(item.get("status") or {})
         spec = item.get("spec") or {}
         name = item["metadata"]["name"]
         total = st.total or spec.get("count") or len(spec.get("items") or [])
+        created = _created(item["metadata"].get("creationTimestamp"))
         row: tuple[str, ...] = (
             name,
+            KUBERNETES,
             str(spec.get("mode", "")),
             st.phase.value,
             f"{st.succeeded}/{total}",
             str(st.failed),
             str(st.not_run),
             str(st.active),
+            age(created, now),
         )
         if wide:
             store = (spec.get("store") or {}).get("url")
@@ -133,13 +223,10 @@ def list_cmd(namespace: str | None, output: str | None) -> None:
                 *row,
                 str(pods.get(task_label(name), 0)),
                 str(st.retries),  # attempts spent beyond the first of their slice
-                _age(item["metadata"].get("creationTimestamp"), now),
                 f"{store.rstrip('/')}/{name}" if store else "-",
             )
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return rows
 
 
 def _pods_per_task(cluster: Cluster) -> dict[str, int]:
@@ -154,110 +241,102 @@ def _pods_per_task(cluster: Cluster) -> dict[str, int]:
     return counts
 
 
-def _age(created: str | None, now: datetime) -> str:
-    """kubectl's style: 45s, 12m, 5h, 3d."""
-    if not created:
-        return "-"
+def _created(text: str | None) -> datetime | None:
     try:
-        seconds = int(
-            (now - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
-        )
+        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
     except ValueError:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{max(seconds, 0)}s"
+        return None
 
 
-@click.command("cancel", short_help="Cancel a MapTask (its running pods are deleted).")
+@click.command("cancel", short_help="Cancel a task (a MapTask's running pods are deleted).")
 @click.argument("name")
 @NAMESPACE
-def cancel_cmd(name: str, namespace: str | None) -> None:
-    """Set spec.suspend on MapTask NAME: the operator deletes its pods and marks it Cancelled.
-    A task that has finished already is left as it is."""
-    cluster = _connect(namespace)
-    body = _task(cluster, name)
-    phase = MapTaskStatus.model_validate(body.get("status") or {}).phase
+@backend_option("the task is")
+@store_option
+def cancel_cmd(name: str, namespace: str | None, backend: str | None, store: str | None) -> None:
+    """Cancel task NAME. A MapTask: set spec.suspend, the operator deletes its pods and marks
+    it Cancelled. A task running on this machine is stopped by the process that runs it
+    (Ctrl-C there). A task that has finished already is left as it is."""
+    where = locate(name, backend=backend, store=store, namespace=namespace)
+    if where.local:
+        _cancel_local(where)
+        return
+    assert where.cluster is not None and where.body is not None
+    phase = MapTaskStatus.model_validate(where.body.get("status") or {}).phase
     if phase.finished:
         click.echo(f"maptask {name} already {phase.value}: nothing to cancel, nothing changed")
         return
-    cluster.suspend(name)
+    where.cluster.suspend(name)
     click.echo(f"maptask {name} cancelled: its pods are being deleted")
 
 
-@click.command("results", short_help="Print a function-mode MapTask's results as JSON lines.")
+def _cancel_local(where: Where) -> None:
+    from kubemap.contract import STATUS_KEY
+    from kubemap.stores import open_store
+
+    status = attach(where).status()
+    if status.finished:
+        click.echo(
+            f"task {where.name} already {status.phase.value}: nothing to cancel, nothing changed"
+        )
+        return
+    raw = open_store(str(where.store)).child(where.name).get(STATUS_KEY)
+    runner = json.loads(raw).get("runner") or {}
+    _fail(
+        f"task {where.name} runs on this machine in process {runner.get('pid', '?')} on "
+        f"{runner.get('host', '?')}, which alone can stop it: press Ctrl-C there (or "
+        f"`kill -INT {runner.get('pid', 'PID')}`); its finished results stay in the store"
+    )
+
+
+@click.command("results", short_help="Print a task's results as JSON lines (local or MapTask).")
 @click.argument("name")
 @NAMESPACE
+@backend_option("the task is")
+@store_option
 @click.option(
-    "--store",
-    default=None,
-    help="Store prefix (default: the local store when it holds NAME, else the MapTask's "
-    "spec.store.url).",
-)
-@click.option(
-    "--partial", is_flag=True, help="Print the results of a cancelled task too (null where none)."
+    "--partial",
+    is_flag=True,
+    help="Print the results of a cancelled or timed-out task too (null where none).",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Print the remote tracebacks of failures.")
 def results_cmd(
-    name: str, namespace: str | None, store: str | None, partial: bool, verbose: bool
+    name: str,
+    namespace: str | None,
+    backend: str | None,
+    store: str | None,
+    partial: bool,
+    verbose: bool,
 ) -> None:
-    """One JSON line per index, in order (null where an index has no result); failures go to
-    stderr, one line each (--verbose: with tracebacks), and make the exit code 1. A cancelled
-    task's results need --partial."""
-    from kubemap.api import MapRun
-    from kubemap.core.status import Phase
-
-    if store is None and namespace is None:
-        store = _local_store_holding(name)  # a task run on this machine: no cluster needed
-    if store is None:
-        cluster = _connect(namespace)
-        body = _task(cluster, name)
-        spec = body.get("spec") or {}
-        status = MapTaskStatus.model_validate(body.get("status") or {})
-        if spec.get("mode") == "Container":
+    """One JSON line per index of task NAME, in order (null where an index has no result);
+    the task is one run on this machine or a function-mode MapTask. Failures go to stderr,
+    one line each (--verbose: with tracebacks). A cancelled or timed-out task's results need
+    --partial. Exit status: 0 when the task succeeded (failures tolerated by its
+    min_success_ratio are warnings) or, with --partial, when none of its indices failed;
+    1 otherwise."""
+    where = locate(name, backend=backend, store=store, namespace=namespace)
+    if not where.local:
+        assert where.body is not None
+        status = MapTaskStatus.model_validate(where.body.get("status") or {})
+        if (where.body.get("spec") or {}).get("mode") == "Container":
             _container_has_no_results(name, status)
-        if status.phase is Phase.CANCELLED and not partial:
-            _fail(
-                f"MapTask {name} was cancelled: {status.succeeded} of {status.total} inputs have "
-                f"results; `kubemap results {name} --partial` prints them (null for the rest)"
-            )
-        store = (spec.get("store") or {}).get("url")
-        if not store:
-            _fail(f"MapTask {name} has no spec.store, so no results; pass --store")
-    run = MapRun.attach(name, store=store)
-    values = run.results(partial=True)
-    for value in values:
+    run = attach(where)
+    result = outcome(run, run.wait())
+    if result.stopped and not partial:
+        print_outcome(name, result, verbose=verbose, flags=where.flags(), printed=False)
+        sys.exit(1)
+    for value in run.results(partial=True):
         try:
             click.echo(json.dumps(value))
-        except TypeError:
+        except (TypeError, ValueError):
             click.echo(json.dumps(repr(value)))
-    failures = run.failures()
-    if failures:
-        from kubemap.report import print_failures
-
-        not_run = len(run.not_run())
-        succeeded = run.total - len(failures) - not_run
-        click.echo(
-            f"error: task {name}: {succeeded} succeeded, {len(failures)} failed, "
-            f"{not_run} not run (null where no result)",
-            err=True,
-        )
-        print_failures(failures, verbose=verbose)
+    accepted = result.ok or (partial and result.stopped is not None and not result.failures)
+    severity = "warning" if accepted else "error"
+    print_outcome(
+        name, result, verbose=verbose, flags=where.flags(), printed=True, severity=severity
+    )
+    if not accepted:
         sys.exit(1)
-
-
-def _local_store_holding(name: str) -> str | None:
-    """The default local store's URL when it holds task NAME (run with the local backend)."""
-    from kubemap.contract import META_KEY
-    from kubemap.stores import FileStore, open_store
-    from kubemap.stores.base import default_store_url
-
-    url = default_store_url()
-    store = open_store(url)  # the store layer parses the URL (file://, a plain path, s3://)
-    if not isinstance(store, FileStore):
-        return None  # an S3 default: the MapTask's own spec.store says where its results are
-    return url if store.child(name).exists(META_KEY) else None
 
 
 def _container_has_no_results(name: str, status: MapTaskStatus) -> None:

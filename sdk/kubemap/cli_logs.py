@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kubemap.cli_cluster import NAMESPACE, _connect, _fail, _task
+from kubemap.cli_cluster import NAMESPACE, _fail
+from kubemap.cli_tasks import backend_option, locate, store_option
 from kubemap.contract import (
     ANNOTATION_ATTEMPT,
     ANNOTATION_COUNT,
@@ -26,11 +27,24 @@ if TYPE_CHECKING:
     "--index", "index", type=int, default=None, help="Only the latest pod that ran this index."
 )
 @NAMESPACE
-def logs_cmd(name: str, index: int | None, namespace: str | None) -> None:
+@backend_option("the task is")
+@store_option
+def logs_cmd(
+    name: str, index: int | None, namespace: str | None, backend: str | None, store: str | None
+) -> None:
     """Logs of the pods of MapTask NAME that still exist (running, and failed ones kept for
-    their logs; succeeded pods are removed once recorded)."""
-    cluster = _connect(namespace)
-    _task(cluster, name)
+    their logs; succeeded pods are removed once recorded). A task run on this machine has
+    no pods: its output went to the terminal that ran it."""
+    found = locate(name, backend=backend, store=store, namespace=namespace)
+    if found.local or found.cluster is None:
+        flags = found.flags()
+        _fail(
+            f"task {name} ran on this machine: it has no pods, and its functions' output went "
+            f"to the terminal that ran it; its failures with their tracebacks: `kubemap "
+            f"results {name}{flags} --verbose`"
+        )
+    cluster = found.cluster
+    assert cluster is not None  # _fail exited otherwise
     pods = cluster.call(
         "list pods",
         cluster.core.list_namespaced_pod,

@@ -127,7 +127,10 @@ def test_a_stopped_run_names_what_never_ran_and_how_to_run_it(tmp_path: Path) ->
         timeout=60,
     )
     assert shown.returncode == 1 and shown.stdout.splitlines() == result.stdout.splitlines()
-    assert f"task {name}: 2 succeeded, 1 failed, 3 not run" in shown.stderr
+    # The same account as the run's: the one MapTaskError summary, the same three counts.
+    assert result.stderr.splitlines()[0].startswith(shown.stderr.splitlines()[0])
+    assert f"task {name} stopped after index 0 failed" in shown.stderr
+    assert "2 succeeded, 1 failed, 3 not run" in shown.stderr
 
 
 def test_a_module_that_fails_to_import_is_one_line(tmp_path: Path) -> None:
@@ -175,7 +178,9 @@ def test_a_result_that_cannot_be_pickled_names_index_and_type(tmp_path: Path) ->
     assert result.returncode == 1
     assert result.stdout.splitlines() == ["1", "null", "3"]
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 3, result.stderr  # the count, the failure, the --verbose hint
+    # the count, the failure, the --verbose hint, how to rerun it
+    assert len(lines) == 4, result.stderr
+    assert lines[3].strip().startswith("`kubemap retry ")
     assert lines[1].startswith("  index 1: SerializationError: the result of input 1")
     assert "type _thread.lock" in lines[1]
     verbose = kubemap_run(
