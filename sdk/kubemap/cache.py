@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import types
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -153,12 +154,24 @@ def submit_cached(fn: Callable[..., Any], inputs: Iterable[Any], opts: RunOption
     task.put(KEYS_KEY, bytes(split.miss_digests))
     config = {"function": fn_id, "entries": entries.url, "total": split.total}
     task.put(CONFIG_KEY, json.dumps({**config, "hits": len(split.hits)}).encode())
+    ran = _misses_options(opts, split.total, len(split.hits))
     if misses:
-        handle: RunHandle = backend.start(task, misses, opts, name)
+        handle: RunHandle = backend.start(task, misses, ran, name)
     else:  # every item hit: no run at all, no pod, no worker
         handle = StoredRun(name, task, 0)
-    inner = MapRun(name, task, misses, handle, opts)
-    return CachedRun(inner, split, entries)
+    inner = MapRun(name, task, misses, handle, ran)
+    return CachedRun(inner, split, entries, opts)
+
+
+def _misses_options(opts: RunOptions, total: int, hits: int) -> RunOptions:
+    """The options the misses run with: min_success_ratio is the caller's, over all their
+    inputs, of which the hits already succeeded. The task only holds the misses, so its
+    ratio is what is still needed from them (0.8 of 6 inputs with 3 hits: 2 of the 3)."""
+    misses = total - hits
+    if opts.min_success_ratio >= 1.0 or misses == 0:
+        return opts
+    needed = max(0, math.ceil(total * opts.min_success_ratio - 1e-9) - hits)
+    return opts.model_copy(update={"min_success_ratio": needed / misses})
 
 
 def _is_digest(name: str) -> bool:
@@ -200,10 +213,10 @@ class CachedRun(MapRun):
     MapTaskError -- is in the caller's numbering: each one that holds indices is answered
     by the inner run and mapped back, none is inherited from MapRun."""
 
-    def __init__(self, inner: MapRun, split: _Split, entries: Store) -> None:
+    def __init__(self, inner: MapRun, split: _Split, entries: Store, options: RunOptions) -> None:
         hits = len(split.hits)
         super().__init__(
-            inner.name, inner.task_store, split.total, _CachedHandle(inner, hits), inner.options
+            inner.name, inner.task_store, split.total, _CachedHandle(inner, hits), options
         )
         self.inner = inner
         self._split = split

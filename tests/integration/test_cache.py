@@ -174,3 +174,25 @@ def test_every_answer_of_a_partly_cached_run_is_in_the_callers_numbering(
     assert run.results() == [x * 2 if i in ran else abs(x) for i, x in enumerate(items)]
     assert run.failures() == {} and str(run.not_run()) == ""
     assert run.status().succeeded == len(items)
+
+
+def test_min_success_ratio_counts_the_callers_inputs_not_the_misses(tmp_path: Path) -> None:
+    # 5 of 6 inputs succeed (0.83 >= 0.8), but counted over the 3 misses alone 2/3 < 0.8:
+    # the run stopped at the failure and never ran the last miss (found by the matrix)
+    log, store = tmp_path / "log", str(tmp_path / "store")
+    fn = functools.partial(counted, str(log))
+    kubemap.map(fn, [0, 2, 4], cache=True, store=store)
+    executions(log)
+    items = [0, 1, 2, -1, 4, 5]
+    options = {"parallelism": 1, "items_per_pod": 1, "min_success_ratio": 0.8}
+    run = kubemap.submit(fn, items, cache=True, store=store, **options)
+    status = run.wait()
+    assert (status.phase.value, status.succeeded, status.failed) == ("Succeeded", 5, 1)
+    assert sorted(executions(log)) == [-1, 1, 5]
+    assert run.results() == [0, 2, 4, None, 8, 10] and list(run.failures()) == [3]
+    assert run.options.min_success_ratio == 0.8  # the caller's, as given
+    # and a ratio the caller's inputs do not meet still stops the run
+    strict = kubemap.submit(fn, [0, -1, 2, 9], cache=True, store=store, min_success_ratio=0.8)
+    with pytest.raises(kubemap.MapTaskError) as caught:
+        strict.results()
+    assert list(caught.value.failures) == [1]
