@@ -1,5 +1,6 @@
 """The run engine's scenario table on the test cluster: the same answers as the local
-backend gives in tests/integration/test_scenarios_local.py (one plan, one policy)."""
+backend gives in tests/integration/test_scenarios_local.py (one plan, one policy); and the
+conformance matrix, each feature under each condition, in pod mode and on a warm pool."""
 
 from __future__ import annotations
 
@@ -13,7 +14,18 @@ import kubemap
 import pytest
 from e2ekit import NAMESPACE
 from kubemap.core.status import Phase, Reason
-from scenario_table import SCENARIOS, Scenario, check, work
+from scenario_table import (
+    KNOWN,
+    SCENARIOS,
+    Backend,
+    Condition,
+    Feature,
+    Scenario,
+    cell_params,
+    check,
+    check_cell,
+    work,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -55,3 +67,51 @@ def test_cancel_on_the_cluster(tmp_path: Path, unique: Callable[[str], str]) -> 
     assert run.cancel() is False
     with pytest.raises(kubemap.CancelledError, match="cancelled"):
         run.results()
+
+
+# -- the conformance matrix (tests/scenario_table.py): every feature under every condition,
+# the answers the local backend gives (tests/integration/test_conformance_local.py), in pod
+# mode and on a warm WorkerPool.
+# (feature, condition) -> why that cell disagrees today on the cluster, beyond the SDK's own
+# (scenario_table.KNOWN, which hold on every backend)
+CLUSTER_KNOWN: dict[tuple[str, str], str] = {**KNOWN}
+
+
+def cluster_backend(unique: Callable[[str], str], store: str | None, **extra: Any) -> Backend:
+    def options() -> dict[str, Any]:
+        return {
+            "backend": "kubernetes",
+            "namespace": NAMESPACE,
+            "store": store,
+            "name": unique("cf"),
+            **extra,
+        }
+
+    where = ("--backend", "kubernetes", "--namespace", NAMESPACE)
+    run_args = where + (("--store", store) if store else ())
+    run_args += tuple(a for key, value in extra.items() for a in (f"--{key}", str(value)))
+    # pods start in seconds, not milliseconds: 0 and 1 finish well within this
+    return Backend("kubernetes", options, run_args, where, deadline=60.0)
+
+
+@pytest.mark.parametrize(("feature", "cond"), cell_params(CLUSTER_KNOWN))
+def test_conformance_cell_pod_mode(
+    feature: Feature, cond: Condition, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    tmp_path.chmod(0o777)  # the pods' processes count their calls and read markers here
+    backend = cluster_backend(unique, os.environ.get("KUBEMAP_STORE"))
+    check_cell(feature, cond, backend, tmp_path / "calls")
+
+
+@pytest.mark.parametrize(("feature", "cond"), cell_params(CLUSTER_KNOWN))
+def test_conformance_cell_warm_pool(
+    feature: Feature,
+    cond: Condition,
+    tmp_path: Path,
+    unique: Callable[[str], str],
+    pool: Callable[..., Any],
+) -> None:
+    tmp_path.chmod(0o777)
+    warm = pool(replicas=2, idle_ttl_seconds=0)
+    backend = cluster_backend(unique, os.environ.get("KUBEMAP_STORE"), pool=warm.name)
+    check_cell(feature, cond, backend, tmp_path / "calls")
