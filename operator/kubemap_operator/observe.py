@@ -8,6 +8,7 @@ status only holds final outcomes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +37,9 @@ STUCK_WAITING = {
     "ErrImageNeverPull": "image",
     "CreateContainerConfigError": "secret",
 }
+# A runtime's CreateContainerError is a missing Secret or ConfigMap only when it says so;
+# otherwise (a node going away, a runtime hiccup) the kubelet's own retries may cure it.
+_MISSING_CONFIG = re.compile(r'\b(secret|configmap|configMap)s? "([^"]+)" not found')
 
 # Pod or container reasons that mean "the platform took the pod away", not "the code failed".
 INFRA_REASONS = frozenset(
@@ -73,19 +77,30 @@ class ObservedPod(Attempt):
     has_finalizer: bool = True
     created_at: datetime | None = None
     stuck: bool = False  # failed by the operator while Kubernetes still has it pending
+    is_pod: bool = False  # a real pod (a warm pool's leases are ObservedPods too)
+
+    def describe(self) -> str:
+        """'pod t-17-1 (index 17, attempt 2)': a pod is named, to find its logs."""
+        return f"pod {self.name}, {super().describe()}" if self.is_pod else super().describe()
 
 
-def stuck_cause(status: Mapping[str, Any], created: datetime | None, now: datetime) -> Cause | None:
+def stuck_cause(pod: Mapping[str, Any], created: datetime | None, now: datetime) -> Cause | None:
     """Why a pending pod will never run: an image that cannot be pulled, a missing Secret
     or ConfigMap, or no node that fits it for UNSCHEDULABLE_SECONDS."""
+    status = pod.get("status") or {}
     for cs in status.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
-        kind = STUCK_WAITING.get(str(waiting.get("reason") or ""))
+        reason = str(waiting.get("reason") or "")
+        message = str(waiting.get("message") or "")
+        kind = STUCK_WAITING.get(reason)
+        if reason == "CreateContainerError" and _MISSING_CONFIG.search(message):
+            kind = "secret"
         if kind is not None:
-            message = str(waiting.get("message") or "")
             if kind == "image":
                 message = f"cannot pull image {cs.get('image') or '?'}: {message}"
-            return Cause(kind, str(waiting.get("reason")), message[:300])
+            if kind == "secret":
+                return Cause(kind, "CreateContainerConfigError", missing_config(pod, message))
+            return Cause(kind, reason, message[:300])
     for cond in status.get("conditions") or []:
         if (
             cond.get("type") == "PodScheduled"
@@ -97,6 +112,34 @@ def stuck_cause(status: Mapping[str, Any], created: datetime | None, now: dateti
                 message = str(cond.get("message") or "no node fits the pod")
                 return Cause("unschedulable", "Unschedulable", message[:300])
     return None
+
+
+def missing_config(pod: Mapping[str, Any], message: str) -> str:
+    """'secret "kubemap-s3" not found in namespace ns1; create it: kubectl create secret ...':
+    the kubelet's words with where and how to fix them. A Secret the pod reads its S3 keys
+    from gets the exact command and the chart value that creates it."""
+    namespace = str((pod.get("metadata") or {}).get("namespace") or "")
+    found = _MISSING_CONFIG.search(message)
+    if found is None:
+        return message[:300]
+    kind, name = found[1].lower(), found[2]
+    where = f" in namespace {namespace}" if namespace else ""
+    head = f'{kind} "{name}" not found{where}'
+    keys = sorted(
+        str(ref.get("key"))
+        for container in (pod.get("spec") or {}).get("containers") or []
+        for entry in container.get("env") or []
+        if (ref := (entry.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name") == name
+    )
+    ns = f" -n {namespace}" if namespace else ""
+    if kind == "secret" and "AWS_ACCESS_KEY_ID" in keys:
+        literals = " ".join(f"--from-literal={key}=..." for key in keys)
+        return (
+            f"{head}; create it: kubectl create secret generic {name}{ns} {literals} "
+            f"(or list {namespace or 'the namespace'} in the chart value "
+            "operator.watchNamespaces, with s3.accessKeyId and s3.secretAccessKey set)"
+        )
+    return f"{head}; create it in namespace {namespace or 'of the task'} (the pod refers to it)"
 
 
 def parse_time(text: Any) -> datetime | None:
@@ -143,7 +186,7 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
     exit_code = terminated.get("exitCode") if terminated else None
     created = parse_time(meta.get("creationTimestamp"))
     state = PodState.ACTIVE
-    cause = stuck_cause(status, created, now) if phase == "Pending" and deletion is None else None
+    cause = stuck_cause(pod, created, now) if phase == "Pending" and deletion is None else None
     if cause is not None:
         state = PodState.FAILED
     elif phase == "Succeeded":
@@ -199,4 +242,5 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
         finished_at=finished,
         created_at=created,
         stuck=cause is not None,
+        is_pod=True,
     )

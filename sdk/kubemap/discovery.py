@@ -36,6 +36,7 @@ class ClusterDefaults:
     s3_region: str = ""
     worker_image: str = ""
     worker_python: str = ""
+    s3_secret: str = ""  # the Secret worker pods read their S3 keys from (not its keys)
 
     @classmethod
     def from_data(cls, namespace: str, data: dict[str, str]) -> ClusterDefaults:
@@ -46,6 +47,7 @@ class ClusterDefaults:
             s3_region=data.get("s3Region", "").strip(),
             worker_image=data.get("workerImage", "").strip(),
             worker_python=data.get("workerPython", "").strip(),
+            s3_secret=data.get("s3Secret", "").strip(),
         )
 
     @property

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import kubemap
 import pytest
-from e2ekit import NAMESPACE, PodWatch, wait_phase
+from e2ekit import NAMESPACE, PodWatch, opts, wait_phase
 from kubemap import taskdata
 from kubemap.backends.kubernetes import build_maptask
 from kubemap.models import RunOptions
@@ -68,3 +71,77 @@ def test_wrong_s3_keys_fail_fast_with_the_cause_named(
     with pytest.raises(kubemap.MapTaskError) as info:
         run.results()
     assert "S3 Secret" in str(info.value) and "20 not run" in str(info.value)
+
+
+@pytest.fixture
+def namespace_without_s3_secret(
+    core: client.CoreV1Api, unique: Callable[[str], str]
+) -> Iterator[str]:
+    """A namespace of this test's own where nobody created the kubemap-s3 Secret."""
+    name = unique("nosecret")
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    with contextlib.suppress(client.exceptions.ApiException):
+        core.delete_namespace(name)
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def test_missing_s3_secret_is_refused_before_submitting(
+    custom: client.CustomObjectsApi, namespace_without_s3_secret: str
+) -> None:
+    """kubemap.map into a namespace without the S3 Secret: refused at once, naming the
+    Secret and the command that creates it; no MapTask is left behind."""
+    ns = namespace_without_s3_secret
+    started = time.monotonic()
+    with pytest.raises(kubemap.ConfigError) as info:
+        kubemap.map(double, [1, 2], **opts(namespace=ns, timeout=90))
+    elapsed = time.monotonic() - started
+    message = str(info.value)
+    assert 'Secret "kubemap-s3"' in message and f"namespace {ns}" in message, message
+    assert f"kubectl create secret generic kubemap-s3 -n {ns}" in message, message
+    assert elapsed < 30, elapsed
+    listed = custom.list_namespaced_custom_object("kubemap.io", "v1alpha1", ns, "maptasks")
+    assert listed["items"] == []
+
+
+def test_pods_that_cannot_get_their_secret_fail_the_task_naming_it(
+    core: client.CoreV1Api, namespace_without_s3_secret: str, unique: Callable[[str], str]
+) -> None:
+    """A MapTask made without the SDK's check (kubectl apply, or a user who may not read
+    Secrets): its pods wait in CreateContainerConfigError; the task fails with the
+    missing Secret and the fix named, on the MapTask and in the SDK's error, long before
+    any deadline."""
+    ns = namespace_without_s3_secret
+    name = unique("nosecret")
+    base = os.environ["KUBEMAP_STORE"]
+    task = open_store(base).child(name)
+    taskdata.write_function(task, double)
+    total = taskdata.write_inputs(task, [1, 2])
+    write_meta(task, TaskMeta.new(total, "test:double"))
+    body = build_maptask(name, task.url, total, RunOptions(timeout=90, retries=2))
+    started = time.monotonic()
+    custom = client.CustomObjectsApi(core.api_client)
+    custom.create_namespaced_custom_object("kubemap.io", "v1alpha1", ns, "maptasks", body)
+    deadline = started + 120
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        got = custom.get_namespaced_custom_object("kubemap.io", "v1alpha1", ns, "maptasks", name)
+        status = got.get("status") or {}
+        if status.get("phase") in ("Failed", "Succeeded"):
+            break
+        time.sleep(0.5)
+    elapsed = time.monotonic() - started
+    assert status.get("phase") == "Failed", status
+    assert status["conditions"][-1]["reason"] == "SystematicFailure", status
+    message = status["message"]
+    assert 'secret "kubemap-s3" not found' in message, message
+    assert f"kubectl create secret generic kubemap-s3 -n {ns}" in message, message
+    assert elapsed < 60, f"the task took {elapsed:.0f}s to fail (its deadline is 90s)"
+    run = kubemap.MapRun.attach(name, backend="kubernetes", namespace=ns, store=base)
+    with pytest.raises(kubemap.MapTaskError) as info:
+        run.results()
+    assert 'secret "kubemap-s3" not found' in str(info.value), str(info.value)
+    assert "kubectl create secret generic kubemap-s3" in str(info.value)

@@ -130,3 +130,64 @@ def test_an_image_no_retry_can_fetch_fails_the_task_at_once(reason: str) -> None
     decision = plan(Rules(total=20, parallelism=4), Recorded(), [seen], NOW)
     assert decision.verdict is not None and decision.verdict.reason is Reason.SYSTEMATIC
     assert "ghcr.io/x/missing:1" in decision.verdict.message
+
+
+def missing_secret_pod(name: str, namespace: str = "ns1", reason: str = "") -> dict[str, Any]:
+    """A worker pod whose S3 Secret does not exist in its namespace, as the kubelet shows it."""
+    body = pod(
+        name,
+        waiting(reason or "CreateContainerConfigError", 'secret "kubemap-s3" not found'),
+    )
+    body["metadata"]["namespace"] = namespace
+    body["spec"] = {
+        "containers": [
+            {
+                "name": "worker",
+                "env": [
+                    {
+                        "name": key,
+                        "valueFrom": {"secretKeyRef": {"name": "kubemap-s3", "key": key}},
+                    }
+                    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                ],
+            }
+        ]
+    }
+    return body
+
+
+@pytest.mark.parametrize("reason", ["CreateContainerConfigError", "CreateContainerError"])
+def test_a_missing_s3_secret_fails_a_small_task_at_once_naming_the_fix(reason: str) -> None:
+    """Issue 18 item 15: two items, two pods waiting for a Secret that does not exist. The
+    first wave (2 pods) never reached the 4 same causes that make a failure systematic, so
+    the pods were retried with backoff until the deadline, or for ever."""
+    pods = [observe_pod(missing_secret_pod(f"t-{i}-0", reason=reason), NOW) for i in range(2)]
+    assert all(p is not None and p.stuck for p in pods)
+    decision = plan(Rules(total=2, parallelism=10), Recorded(), [p for p in pods if p], NOW)
+    assert decision.verdict is not None, decision.start
+    assert decision.verdict.reason is Reason.SYSTEMATIC
+    message = decision.verdict.message
+    assert 'secret "kubemap-s3" not found in namespace ns1' in message, message
+    assert "kubectl create secret generic kubemap-s3 -n ns1" in message, message
+    assert "AWS_ACCESS_KEY_ID" in message and "operator.watchNamespaces" in message, message
+    assert "0 succeeded, 0 failed, 2 not run" in message
+
+
+def test_a_missing_configmap_is_named_with_its_namespace() -> None:
+    body = pod("t-0-0", waiting("CreateContainerConfigError", 'configmap "settings" not found'))
+    body["metadata"]["namespace"] = "team-a"
+    seen = observe_pod(body, NOW)
+    assert seen is not None and seen.cause is not None and seen.cause.kind == "secret"
+    decision = plan(Rules(total=1, parallelism=1), Recorded(), [seen], NOW)
+    assert decision.verdict is not None and decision.verdict.reason is Reason.SYSTEMATIC
+    message = decision.verdict.message
+    assert 'configmap "settings" not found in namespace team-a' in message, message
+    assert "create it in namespace team-a" in message, message
+
+
+def test_a_create_container_error_of_another_kind_is_no_config_cause() -> None:
+    """A runtime that could not create the container for another reason (a node going
+    away) is not a missing Secret: the pod is not stuck for it."""
+    body = pod("t-0-0", waiting("CreateContainerError", "context deadline exceeded"))
+    seen = observe_pod(body, NOW)
+    assert seen is not None and not seen.stuck and seen.cause is None

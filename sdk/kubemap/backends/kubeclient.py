@@ -25,6 +25,8 @@ INSTALL_HINT = (
     "helm install kubemap charts/kubemap --namespace kubemap-system --create-namespace"
 )
 T = TypeVar("T")
+# Ask the API server for an object's metadata only (a Secret's data is never sent).
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 class ClusterClient(Protocol):
@@ -170,6 +172,31 @@ class Cluster:
         except ApiException as exc:
             if exc.status != 404:
                 raise ClusterError(f"cancelling MapTask {name} failed: {message_of(exc)}") from None
+
+    def secret_exists(self, name: str) -> bool | None:
+        """Whether Secret `name` exists in the namespace; None when this user may not read
+        Secrets (RBAC), so a caller does not block on what it cannot know. Only the Secret's
+        metadata is asked for (PartialObjectMetadata): its keys never reach this process."""
+        try:
+            self.call(
+                "check Secret " + name,
+                self.api.call_api,
+                f"/api/v1/namespaces/{self.namespace}/secrets/{name}",
+                "GET",
+                header_params={"Accept": METADATA_ONLY},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            if exc.status in (401, 403):
+                return None
+            raise ClusterError(
+                f"checking Secret {name} in {self.namespace} failed: {message_of(exc)}"
+            ) from None
+        return True
 
     def task_pods(self, name: str) -> builtins.list[dict[str, Any]]:
         """The pods of MapTask `name` that still exist, as plain dicts."""

@@ -34,6 +34,7 @@ from kubemap.stores import open_store
 from kubemap.stores.base import Store
 
 POLL_SECONDS = 0.5
+DEFAULT_S3_SECRET = "kubemap-s3"  # the chart's name when s3.existingSecret is empty
 MIN_FETCH_SECONDS = 0.25
 
 
@@ -80,6 +81,30 @@ def build_maptask(name: str, store_url: str, total: int, options: RunOptions) ->
         "metadata": {"name": name, "annotations": {ANNOTATION_PYTHON: python_minor()}},
         "spec": spec.to_wire(),
     }
+
+
+def require_s3_secret(cluster: Cluster) -> None:
+    """Refuse, before anything is uploaded, a namespace without the Secret worker pods read
+    their S3 keys from: its pods would wait for it for ever (CreateContainerConfigError).
+    Its name is the chart's (kubemap-defaults s3Secret), else kubemap-s3. A user who may not
+    read Secrets is not blocked: the operator then fails the task naming the Secret."""
+    from kubemap.discovery import find_defaults
+
+    try:
+        defaults = find_defaults(cluster.namespace)
+    except ClusterError:
+        defaults = None
+    name = (defaults.s3_secret if defaults else "") or DEFAULT_S3_SECRET
+    if cluster.secret_exists(name) is not False:
+        return
+    ns = cluster.namespace
+    raise ConfigError(
+        f'Secret "{name}" (the S3 keys of worker pods) not found in namespace {ns}: create '
+        f"it with `kubectl create secret generic {name} -n {ns} "
+        "--from-literal=AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=...`, or "
+        f"list {ns} in the chart value operator.watchNamespaces (with s3.accessKeyId and "
+        "s3.secretAccessKey set), or pick a namespace that has it; nothing was submitted"
+    )
 
 
 class KubeRunHandle:
@@ -207,6 +232,7 @@ class KubernetesBackend:
                 f"cannot list MapTasks in namespace {cluster.namespace} at {cluster.host}: "
                 f"{message_of(exc)}; check your RBAC or pick another namespace"
             ) from None
+        require_s3_secret(cluster)
         if options.pool:
             from kubemap.backends.poolclient import check_pool_python
 

@@ -100,6 +100,16 @@ class Attempt:
             state=AttemptState.ACTIVE,
         )
 
+    def describe(self) -> str:
+        """'index 17, attempt 2' (attempts counted from 1): how messages name an attempt.
+        Never its name alone: a lease's "17-1" reads like a pod's name."""
+        where = (
+            f"index {self.start}"
+            if self.count == 1
+            else f"indices {self.start}-{self.start + self.count - 1}"
+        )
+        return f"{where}, attempt {self.attempt + 1}"
+
     def kind(self) -> ExitKind:
         """Whose fault the end of this attempt was (OK for a success)."""
         if self.state is AttemptState.SUCCEEDED:

@@ -65,6 +65,9 @@ PERMANENT_CAUSES = frozenset(
         ("image", "InvalidImageName"),
         ("image", "ErrImageNeverPull"),
         ("version", ""),
+        # A Secret or ConfigMap the pod needs does not exist: every pod of the task waits for
+        # it (CreateContainerConfigError) until someone creates it. The message says how.
+        ("secret", ""),
         # fn.pkl, an input or inputs.mac does not match the submitter's MAC (signing.py):
         # whoever changed it may change more, so no other slice of the task runs either
         ("tampered", ""),
@@ -75,7 +78,6 @@ HINTS = {
     "store": "check the S3 Secret (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), the endpoint "
     "and the bucket named in spec.store",
     "image": "check the image name and tag, and that the cluster can pull it",
-    "secret": "create the Secret named in spec.store.secretName in the task's namespace",
     "oom": "raise the memory limit (resources) or lower items_per_pod",
     "unschedulable": "check the resource requests, node selector and tolerations",
     "version": "run the SDK with the same Python minor version as the worker image",
