@@ -921,10 +921,6 @@ FEATURES = [
 # (feature, condition) -> why that cell disagrees today, on every backend (the SDK's own
 # answers). Each is a strict xfail: once the fix lands the cell passes, strict xfail fails
 # the run, and its line here goes.
-_CACHE_RATIO = (
-    "matrix finding: a cached run applies min_success_ratio to its misses only (3 ran, 1 "
-    "failed: 2/3 < 0.8) and fails fast, though 5 of the caller's 6 inputs succeed"
-)
 _CLI_CACHE = (
     "matrix finding: `kubemap results/retry NAME` of a cached task read the inner task "
     "(its misses, in their own numbering): values at the wrong indices, 2 of 6 counted"
@@ -938,18 +934,6 @@ _EXECUTOR_RETRIES = (
     "executor returns it as a value, so the run sees a success)"
 )
 KNOWN: dict[tuple[str, str], str] = {
-    **{
-        (feature, "partly cached"): _CACHE_RATIO
-        for feature in (
-            "map",
-            "submit",
-            "as_completed",
-            "as_completed(return_exceptions)",
-            "return_exceptions",
-            "imap",
-            "retry",
-        )
-    },
     ("cli results", "partly cached"): _CLI_CACHE,
     ("cli retry", "partly cached"): _CLI_CACHE,
     **{(f, "timed out"): _EXECUTOR_STOP for f in ("Executor.submit", "Executor.map", "joblib")},
