@@ -9,7 +9,9 @@ distinct function, so a thousand submits make one MapTask and not a thousand. Th
 exceptions come back as themselves, the caller's own class on every call (with the remote
 traceback as __cause__, as ProcessPoolExecutor does); one that cannot be unpickled comes
 back as a RemoteError that is also an instance of its class where that class is importable;
-a call whose worker died gets a RemoteFailure. Futures resolve
+a call whose worker died gets a RemoteFailure, and a call its run never ran the run's
+stop (kubemap.TimeoutError, CancelledError), as results() raises. retries=N tries a call
+that raised up to N more times. Futures resolve
 as their slices finish (MapRun.as_completed).
 """
 
@@ -27,9 +29,10 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubemap.errors import KubemapError, RemoteError
+from kubemap.errors import CancelledError, KubemapError, RemoteError, TimeoutError
 from kubemap.options import validate_options
 from kubemap.pickling import dumps
+from kubemap.streaming import NOT_RUN
 
 __all__ = ["Executor", "RemoteFailure"]
 
@@ -61,8 +64,17 @@ class _Raised:
     traceback: str
 
 
-def _call(fn: Callable[..., Any], call: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
+def _call(
+    fn: Callable[..., Any], call: tuple[tuple[Any, ...], dict[str, Any]], retries: int = 0
+) -> Any:
     args, kwargs = call
+    for _ in range(retries):
+        # The run never sees a call's exception (it comes back as a value, to be raised
+        # as itself), so its retries are spent here, in the worker.
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            continue
     try:
         return fn(*args, **kwargs)
     except Exception as exc:
@@ -90,7 +102,9 @@ def _message(exc: BaseException) -> str:
         return f"<{type(exc).__name__} with an unprintable message>"
 
 
-def _call_any(item: tuple[Callable[..., Any], tuple[tuple[Any, ...], dict[str, Any]]]) -> Any:
+def _call_any(
+    item: tuple[Callable[..., Any], tuple[tuple[Any, ...], dict[str, Any]], int],
+) -> Any:
     return _call(*item)
 
 
@@ -121,7 +135,7 @@ class Executor(futures.Executor):
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         self._options = {"backend": backend, "parallelism": max_workers, **options}
-        validate_options(self._options)  # a bad option fails here, not in a thread
+        self._retries = validate_options(self._options).retries  # fails here, not in a thread
         self._batch_delay = batch_delay
         self._lock = threading.Condition()
         self._pending: list[_Call] = []
@@ -214,9 +228,9 @@ class Executor(futures.Executor):
         try:
             if bound:
                 items: list[Any] = [(c.args, c.kwargs) for c in calls]
-                run = submit(_bound_call(calls[0].fn), items, **self._options)
+                run = submit(_bound_call(calls[0].fn, self._retries), items, **self._options)
             else:
-                items = [(c.fn, (c.args, c.kwargs)) for c in calls]
+                items = [(c.fn, (c.args, c.kwargs), self._retries) for c in calls]
                 run = submit(_call_any, items, **self._options)
         except BaseException as exc:
             for call in calls:
@@ -230,7 +244,15 @@ class Executor(futures.Executor):
 
     def _watch(self, run: Any, calls: list[_Call]) -> None:
         try:
+            stop: BaseException | None = None
             for index, value in run.as_completed(return_exceptions=True):
+                if isinstance(value, RemoteError) and value.type == NOT_RUN:
+                    # A call the run never ran raises the run's stop, as results() does:
+                    # kubemap.TimeoutError or CancelledError (a failed run's: NotRun).
+                    stop = stop or _stop_of(run)
+                    if stop is not None:
+                        calls[index].future.set_exception(stop)
+                        continue
                 _resolve(calls[index].future, index, value)
         except BaseException as exc:
             for call in calls:
@@ -243,6 +265,16 @@ class Executor(futures.Executor):
         finally:
             with contextlib.suppress(ValueError):
                 self._threads.remove(threading.current_thread())
+
+
+def _stop_of(run: Any) -> BaseException | None:
+    try:
+        run.raise_for_status(run.status())
+    except (TimeoutError, CancelledError) as exc:
+        return exc
+    except KubemapError:
+        pass
+    return None
 
 
 def _resolve(future: futures.Future[Any], index: int, value: Any) -> None:
@@ -259,8 +291,8 @@ def _resolve(future: futures.Future[Any], index: int, value: Any) -> None:
         future.set_result(value)
 
 
-def _bound_call(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return functools.partial(_call, fn)
+def _bound_call(fn: Callable[..., Any], retries: int) -> Callable[..., Any]:
+    return functools.partial(_call, fn, retries=retries)
 
 
 def _bind(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from kubemap.api import MapRun
     from kubemap.core.status import RunStatus
 
-__all__ = ["ResultFeed", "as_completed", "fill_missing", "imap", "not_run_error"]
+__all__ = ["NOT_RUN", "ResultFeed", "as_completed", "fill_missing", "imap", "not_run_error"]
 
 FIRST_POLL = 0.02  # seconds between polls right after something arrived
 MAX_POLL = 1.0  # ... growing to this while nothing does
@@ -94,11 +94,14 @@ def _span(key: str) -> tuple[int, int]:
     return start, start + count
 
 
+NOT_RUN = "NotRun"  # the type of the RemoteError given for an index that never ran
+
+
 def not_run_error(index: int, status: RunStatus) -> RemoteError:
     why = status.message or f"the run ended {status.phase.value.lower()}"
     return RemoteError(
         index=index,
-        type="NotRun",
+        type=NOT_RUN,
         message=f"index {index} has no result: {why}",
         traceback="",
         attempts=0,

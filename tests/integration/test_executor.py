@@ -6,6 +6,7 @@ checks that the timeout is honoured)."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import importlib
 import operator
 import time
@@ -289,3 +290,41 @@ def test_script_main_exception_types_on_every_call(tmp_path: Path) -> None:
         "map MyErr:bad 7",
         "joblib MyErr:bad 4",
     ]
+
+
+# -- what the run says for calls, as results() says it (found by the conformance matrix) --
+def flaky(marker_dir: str, x: int) -> int:
+    """Fails the first time it runs for x (a marker file remembers), then succeeds."""
+    marker = Path(marker_dir) / f"ran-{x}"
+    with open(Path(marker_dir) / "calls", "a") as out:
+        out.write(f"{x}\n")
+    if not marker.exists():
+        marker.write_text("1")
+        raise MyFlake(f"first try of {x}")
+    return x * 3
+
+
+class MyFlake(Exception):
+    pass
+
+
+def test_retries_retry_a_call_that_raised(tmp_path: Path) -> None:
+    fn = functools.partial(flaky, str(tmp_path))
+    with kubemap.Executor(max_workers=2, store=str(tmp_path / "s"), retries=1) as ex:
+        assert [f.result() for f in [ex.submit(fn, x) for x in range(3)]] == [0, 3, 6]
+        assert list(ex.map(fn, [10, 11])) == [30, 33]
+    calls = sorted(int(x) for x in (tmp_path / "calls").read_text().split())
+    assert calls == [0, 0, 1, 1, 2, 2, 10, 10, 11, 11]  # each ran twice: once failed
+    with (
+        kubemap.Executor(max_workers=2, store=str(tmp_path / "s")) as ex,  # retries=0
+        pytest.raises(MyFlake, match="first try of 20"),
+    ):
+        ex.submit(fn, 20).result()
+
+
+def test_a_call_its_run_never_ran_raises_the_runs_timeout(tmp_path: Path) -> None:
+    with kubemap.Executor(max_workers=1, store=str(tmp_path), timeout=1.5) as ex:
+        fs = [ex.submit(time.sleep, s) for s in (0, 30, 30)]
+        assert fs[0].result(timeout=60) is None
+        errors = [f.exception(timeout=60) for f in fs[1:]]
+    assert all(isinstance(e, kubemap.TimeoutError) for e in errors), errors
