@@ -127,6 +127,8 @@ def print_outcome(
             "has (null for the rest)",
             err=True,
         )
+    elif not printed and result.stopped:
+        click.echo("  no input has a result: --partial would print only null", err=True)
     elif printed and result.succeeded and result.stopped:
         click.echo(f"  `kubemap results {ref} --partial` prints them again", err=True)
     if result.not_run:
