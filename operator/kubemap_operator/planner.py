@@ -15,7 +15,7 @@ from datetime import datetime
 from kubemap.core.plan import Decision, Recorded, Rules
 from kubemap.core.plan import plan as core_plan
 from kubemap.core.ranges import IndexRanges
-from kubemap.core.status import CONDITION_OF_PHASE, Phase
+from kubemap.core.status import CONDITION_OF_PHASE, Phase, partition
 from kubemap.models import MapTaskSpec, MapTaskStatus
 
 from kubemap_operator import rerun
@@ -108,15 +108,21 @@ def _plan(
     )
     decision = core_plan(rules_of(spec, limits), recorded, list(pods), now)
     events = _events(decision, old_failed)
-    n_ok, n_failed = len(decision.succeeded), len(decision.failed)
     active_pods = [p for p in pods if p.state is PodState.ACTIVE]
-    active_indices = sum(p.count for p in active_pods)
+    # The one split of the indices (kubemap.core.status.partition) that every surface uses;
+    # `active` on the MapTask counts pods, the indices they run are neither failed nor not run.
+    parts = partition(
+        total,
+        succeeded=decision.succeeded,
+        failed=decision.failed,
+        active=IndexRanges.from_spans((p.start, p.start + p.count) for p in active_pods),
+    )
     status_out = _upd(
         base,
-        succeeded=n_ok,
-        failed=n_failed,
+        succeeded=len(parts.succeeded),
+        failed=len(parts.failed),
         active=len(active_pods),
-        not_run=max(0, total - n_ok - n_failed - active_indices),
+        not_run=len(parts.not_run),
         succeeded_indexes=str(decision.succeeded),
         failed_indexes=str(decision.failed),
     )
@@ -146,7 +152,8 @@ def _plan(
             phase=verdict.phase,
             message=clip(verdict.message),
             completion_time=rfc3339(now),
-            not_run=max(0, total - n_ok - n_failed),
+            # a stopped task's running attempts are stopped: their indices were not run
+            not_run=len(parts.not_run) + len(parts.active),
             conditions=set_condition(
                 list(status_out.conditions),
                 kind,

@@ -38,12 +38,11 @@ from kubemap.stores import Store, default_store_url, open_store
 from kubemap.streaming import as_completed, fill_missing, imap
 from kubemap.taskdata import (
     iter_results,
-    read_errors,
     succeeded_indexes,
     write_function,
 )
 from kubemap.taskmeta import read_total
-from kubemap.taskstatus import read_status
+from kubemap.taskstatus import read_status, tally
 from kubemap.upload import forget, upload  # forget: streaming.imap uses it too
 
 __all__ = ["MapRun", "forget", "imap", "map", "submit", "upload"]
@@ -183,15 +182,12 @@ class MapRun:
     def not_run(self) -> IndexRanges:
         """The indices that were never run: no result and no failure record (for a finished
         run; while it runs, what has not finished yet)."""
-        done = succeeded_indexes(self._task)
-        failed = IndexRanges.of(i for i in read_errors(self._task) if i not in done)
-        return IndexRanges.span(0, self._total) - done - failed
+        return tally(self._task, self.status()).partition.not_run
 
     def failures(self) -> dict[int, RemoteError]:
         """Index -> RemoteError for every index without a result whose last attempt failed
         (for a finished run, also indices whose result is missing for another reason)."""
-        done = succeeded_indexes(self._task)
-        return {i: err for i, err in sorted(read_errors(self._task).items()) if i not in done}
+        return tally(self._task, self.status()).failures
 
     def cancel(self) -> bool:
         """Stop the run; results that finished stay in the store. False if it had already
@@ -239,20 +235,21 @@ class MapRun:
             raise CancelledError(f"task {self._name} was cancelled ({counts}); {where}")
         if status.reason in (Reason.INVALID_SPEC, Reason.POOL_UNAVAILABLE):
             raise ConfigError(f"task {self._name} was refused: {status.message}")
-        failures = self.failures()
+        counted = tally(self._task, status)  # the one split: failures(), not_run(), the CLI
+        failures = counted.failures
         if status.reason is Reason.INFRASTRUCTURE and not failures:
             raise StoreError(status.message or f"task {self._name} failed in the store")
-        not_run = self.not_run()
+        succeeded = len(counted.partition.succeeded)
         error = MapTaskError(
             failures,
             total=self._total,
             name=self._name,
-            not_run=not_run,
-            succeeded=status.succeeded,
+            not_run=counted.partition.not_run,
+            succeeded=succeeded,
             why=status.message,
         )
         error.args = (
-            f"{error}\n\nResults of the {status.succeeded} that succeeded stay in {self._task.url}: "
+            f"{error}\n\nResults of the {succeeded} that succeeded stay in {self._task.url}: "
             f"kubemap.MapRun.attach({self._name!r}, store={self._store_base()!r})"
             ".results(partial=True); run the rest with min_success_ratio below 1, or rerun "
             "only what is missing with .retry()",
@@ -301,14 +298,14 @@ class StoredRun:
         record = read_status(self._task)
         if record is not None:
             return run_status(record, total=self._total)
-        done = succeeded_indexes(self._task) & IndexRanges.span(0, self._total)
-        failed = [i for i in read_errors(self._task) if i not in done and i < self._total]
+        parts = tally(self._task, RunStatus(Phase.FAILED, self._total)).partition
+        complete = len(parts.succeeded) == self._total
         return RunStatus(
-            phase=Phase.SUCCEEDED if len(done) == self._total else Phase.FAILED,
+            phase=Phase.SUCCEEDED if complete else Phase.FAILED,
             total=self._total,
-            succeeded=len(done),
-            failed=len(failed),
-            reason=None if len(done) == self._total else Reason.FAILED_INDEXES,
+            succeeded=len(parts.succeeded),
+            failed=len(parts.failed),
+            reason=None if complete else Reason.FAILED_INDEXES,
         )
 
     def wait(self, timeout: float | None = None) -> RunStatus:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from kubemap.core.ranges import IndexRanges
+from kubemap.core.status import run_status
 from kubemap.models import MapTaskSpec, MapTaskStatus, Phase
 from kubemap_operator.observe import ObservedPod, PodState, WorkerReport
 from kubemap_operator.planner import Limits, PodRequest, plan
@@ -55,6 +57,7 @@ def pod(
         else None,
         deleting=deleting,
         has_finalizer=finalizer,
+        is_pod=True,
         finished_at=finished
         or (NOW - timedelta(seconds=1) if state is not PodState.ACTIVE else None),
     )
@@ -261,7 +264,9 @@ def test_usage_error_fails_the_task() -> None:
     result = plan(spec(backoff_limit_per_index=5), running(), [bad(0, code=5), pod(1)], NOW)
     assert result.status.phase is Phase.FAILED
     assert result.status.conditions[-1].reason == "UsageError"
-    assert "t-0-0 exited with code 5 (usage error)" in (result.status.message or "")
+    assert "pod t-0-0, index 0, attempt 1: exit code 5 (usage error)" in (
+        result.status.message or ""
+    )
 
 
 def test_suspend_cancels_and_deletes_active_pods() -> None:
@@ -332,3 +337,48 @@ def test_scattered_failures_beyond_the_bound_fail_the_task() -> None:
     assert result.status.phase is Phase.FAILED
     assert result.status.conditions[-1].reason == "TooManyFailedRanges"
     assert result.status.failed_indexes == "0,2,4"
+
+
+def test_a_stopped_task_counts_every_index_whose_last_attempt_failed_as_failed() -> None:
+    """Issue 18 item 16, pod mode with --retries 1: indices 3, 8 and 14 always fail. Index 3
+    fails its second attempt (fail-fast: the task stops) while 8 waits for its retry and 14
+    runs it. Each of the three has an error record and no result, so failures() lists 3:
+    the status said "1 failed, 2 not run"."""
+    others = [ok(i) for i in range(20) if i not in (3, 8, 14)]
+    pods = [
+        *others,
+        bad(3, attempt=1, failures=1),
+        bad(8),  # its retry is due in 10 s
+        bad(14),
+        pod(14, attempt=1, failures=1),  # the retry, running
+    ]
+    result = plan(spec(count=20, backoff_limit_per_index=1), running(), pods, NOW)
+    status = result.status
+    assert status.phase is Phase.FAILED
+    assert (status.succeeded, status.failed, status.not_run) == (17, 3, 0), status
+    assert status.failed_indexes == "3,8,14"
+    assert "17 succeeded, 3 failed, 0 not run" in (status.message or "")
+    assert status.succeeded + status.failed + status.not_run == status.total
+
+
+def test_counts_add_up_while_pods_run_slices_of_several_indices() -> None:
+    """`active` counts pods; notRun must leave out every index those pods run."""
+    pods = [ok(0, 4), pod(4, 4), pod(8, 4)]
+    result = plan(spec(count=20, items_per_pod=4), running(), pods, NOW)
+    status = result.status
+    assert (status.succeeded, status.failed, status.active, status.not_run) == (4, 0, 2, 8)
+    seen = run_status(status_wire_of(status), total=20)
+    assert (seen.succeeded, seen.failed, seen.active, seen.not_run) == (4, 0, 8, 8)
+
+
+def status_wire_of(status: MapTaskStatus) -> dict[str, Any]:
+    return status.model_dump(by_alias=True, mode="json")
+
+
+def test_a_lease_is_named_by_index_and_attempt_never_like_a_pod() -> None:
+    """A warm pool's leases are named "17-0": messages said "(17-0, exit code 3)"."""
+    lease = replace(bad(17, attempt=1, failures=1), name="17-1", is_pod=False)
+    result = plan(spec(count=20), running(), [lease], NOW)
+    message = result.status.message or ""
+    assert "index 17, attempt 2: exit code 3" in message, message
+    assert "17-1" not in message, message

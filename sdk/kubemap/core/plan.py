@@ -91,6 +91,7 @@ class _Retry:
     failures: int
     infra_failures: int
     due: datetime
+    user: bool = False  # the user's code failed: the index has an error record
 
 
 @dataclass
@@ -152,7 +153,7 @@ def _judge(
             detail = None
             if report is not None:  # the worker's own words: "Python 3.12 here, 3.11 in the SDK"
                 detail = report.error or (report.cause.message if report.cause else None)
-            out.usage_error = f"{one.name} exited with code {one.exit_code} (usage error): " + (
+            out.usage_error = f"{one.describe()}: exit code {one.exit_code} (usage error): " + (
                 detail or "the worker's environment breaks the kubemap contract"
             )
         if ok:
@@ -166,14 +167,16 @@ def _judge(
                 if error and out.first_error is None:
                     out.first_error = (user.intervals[0][0], error)
                 out.notes.append(
-                    f"indices {describe(user)} failed after {failures} attempt(s) ({one.name}, "
-                    f"exit code {one.exit_code}{': ' + error if error else ''})"
+                    f"indices {describe(user)} failed after {failures} attempt(s) "
+                    f"({one.describe()}: exit code {one.exit_code}{': ' + error if error else ''})"
                 )
             else:
                 due = finished + timedelta(
                     seconds=retry_delay(failures, rules.backoff_base_seconds)
                 )
-                out.retries.append(_Retry(user, one.attempt + 1, failures, one.infra_failures, due))
+                out.retries.append(
+                    _Retry(user, one.attempt + 1, failures, one.infra_failures, due, user=True)
+                )
                 out.waiting.add(one.name)
         if rest:
             cause = one.infra_cause()
@@ -261,14 +264,41 @@ def _requests(
     return wanted[: max(0, capacity)], next_due
 
 
+def stopped_failures(
+    outcome_failed: IndexRanges,
+    retries: list[_Retry],
+    spans: list[tuple[Attempt, IndexRanges]],
+    succeeded: IndexRanges,
+) -> IndexRanges:
+    """What counts as failed if the task stops now: the final failures, and every index
+    whose last attempt failed in the user's code and whose retry will never come (waiting
+    for it, or running it and about to be stopped). Those have an error record and no
+    result, so failures() lists them: the status must count them as failed too, not as
+    "not run" (issue 18: "1 failed, 2 not run" beside failures() with 3)."""
+    pending = [r.ranges for r in retries if r.user]
+    pending += [
+        mine for one, mine in spans if one.state is AttemptState.ACTIVE and one.failures > 0
+    ]
+    spans_all = [*outcome_failed.intervals, *(iv for r in pending for iv in r.intervals)]
+    return IndexRanges.from_spans(spans_all) - succeeded
+
+
 def _verdict(
-    rules: Rules, outcome: _Outcome, recorded_all: IndexRanges, now: datetime, start: datetime
+    rules: Rules,
+    outcome: _Outcome,
+    recorded_all: IndexRanges,
+    now: datetime,
+    start: datetime,
+    stopped: IndexRanges,
 ) -> Verdict | None:
     total = rules.total
     n_ok, n_failed = len(outcome.succeeded), len(outcome.failed)
 
     def say(why: str) -> str:
-        return outcome_message(Phase.FAILED, total=total, succeeded=n_ok, failed=n_failed, why=why)
+        # A stop counts, as failed, the indices whose last attempt failed (`stopped`).
+        return outcome_message(
+            Phase.FAILED, total=total, succeeded=n_ok, failed=len(stopped), why=why
+        )
 
     if rules.cancelled:
         return Verdict(Phase.CANCELLED, Reason.CANCELLED, say("cancelled"))
@@ -352,8 +382,11 @@ def plan(rules: Rules, recorded: Recorded, attempts: list[Attempt], now: datetim
         "failure_notes": tuple(outcome.notes),
         "infra_note": infra_note,
     }
-    verdict = _verdict(rules, outcome, recorded_all, now, start)
+    stopped = stopped_failures(outcome.failed, outcome.retries, spans, outcome.succeeded)
+    verdict = _verdict(rules, outcome, recorded_all, now, start, stopped)
     if verdict is not None:
+        if verdict.phase is not Phase.SUCCEEDED:
+            common["failed"] = stopped
         return Decision(verdict=verdict, **common)  # type: ignore[arg-type]
     capacity = rules.parallelism - len(active)
     hole_limit: int | None = None

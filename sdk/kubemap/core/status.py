@@ -4,6 +4,12 @@ Every backend records a task the same way (the MapTask's status on Kubernetes; s
 in the task's prefix locally): a phase, counts, the index ranges, and conditions whose
 reason says why a finished task did not succeed. `run_status()` turns that record into a
 `RunStatus`, so the SDK, the CLI and `MapRun.attach` agree on phase, counts and reason.
+
+`partition()` is the one place that splits a task's indices into succeeded, failed, active
+and not run: the operator's status writer (MapTask status, `kubectl get mt`, `kubemap get`)
+and the SDK's failures()/not_run()/MapTaskError (through `settle`, and so `kubemap results`)
+count through it, so every surface shows the same three numbers and they always add up to
+the total.
 Pure: no I/O, and no import of boto3, kubernetes or kopf.
 """
 
@@ -13,6 +19,8 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from kubemap.core.ranges import IndexRanges, RangesSyntaxError
 
 
 class Phase(enum.StrEnum):
@@ -61,9 +69,14 @@ CONDITION_OF_PHASE = {
 class RunStatus:
     """A snapshot of a run; small whatever the number of inputs.
 
-    Every index is in exactly one of: succeeded, failed (for good), active, not_run.
-    While a run goes on, not_run counts what has not finished yet; once it is finished it
-    counts the indices that were never run (the run stopped, was cancelled or timed out).
+    Every index is in exactly one of: succeeded, failed, active (indices being run now),
+    not_run. While a run goes on, failed counts the indices failed for good and not_run what
+    has not finished yet; once it is finished, failed counts every index whose last attempt
+    failed and not_run the indices that were never run (the run stopped, was cancelled or
+    timed out) -- the same split as failures() and not_run(), see `partition`.
+
+    succeeded_indexes / failed_indexes are the recorded index sets when the backend keeps
+    them (a MapTask's status), else None.
     """
 
     phase: Phase
@@ -74,6 +87,8 @@ class RunStatus:
     reason: Reason | None = None
     message: str | None = None
     retries: int = 0  # attempts spent beyond the first, when the backend knows them
+    succeeded_indexes: IndexRanges | None = None
+    failed_indexes: IndexRanges | None = None
 
     @property
     def finished(self) -> bool:
@@ -94,6 +109,54 @@ class RunStatus:
         return text + (f", {self.active} running" if self.active else "")
 
 
+@dataclass(frozen=True)
+class Partition:
+    """Every index of a task in exactly one of four sets."""
+
+    total: int
+    succeeded: IndexRanges
+    failed: IndexRanges
+    active: IndexRanges
+    not_run: IndexRanges
+
+    def counts(self) -> str:
+        return RunStatus(
+            Phase.RUNNING,
+            self.total,
+            len(self.succeeded),
+            len(self.failed),
+            len(self.active),
+        ).counts()
+
+
+def partition(
+    total: int,
+    *,
+    succeeded: IndexRanges,
+    failed: IndexRanges | None = None,
+    active: IndexRanges | None = None,
+) -> Partition:
+    """Split [0, total) so that each index is counted once: a result wins over a failure
+    (an index that failed and then succeeded on a retry succeeded), a failure over an
+    attempt still running; whatever is left was not run (yet)."""
+    every = IndexRanges.span(0, total)
+    ok = succeeded & every
+    bad = ((failed or IndexRanges()) & every) - ok
+    busy = ((active or IndexRanges()) & every) - ok - bad
+    return Partition(total, ok, bad, busy, every - ok - bad - busy)
+
+
+def settle(status: RunStatus, *, results: IndexRanges, errors: IndexRanges) -> Partition:
+    """The partition users read (failures(), not_run(), MapTaskError, `kubemap results`):
+    results from the store (what results() returns), failures as the backend recorded them
+    once the run is finished (a MapTask's failedIndexes), else the error records without
+    a result."""
+    failed = errors
+    if status.finished and status.failed_indexes is not None:
+        failed = status.failed_indexes
+    return partition(status.total, succeeded=results, failed=failed)
+
+
 def outcome_message(
     phase: Phase,
     *,
@@ -103,8 +166,7 @@ def outcome_message(
     why: str,
 ) -> str:
     """The one-line account of a finished run: why it stopped, then the three counts."""
-    not_run = max(0, total - succeeded - failed)
-    counts = f"{succeeded} succeeded, {failed} failed, {not_run} not run"
+    counts = RunStatus(phase, total, succeeded, failed).counts()
     return f"{why}; {counts}" if why else counts
 
 
@@ -137,23 +199,48 @@ def run_status(record: Mapping[str, Any] | None, *, total: int) -> RunStatus:
         reason = Reason.COMPLETED
     if not phase.finished:
         reason = None
+    size = int(record.get("total") or total)
+    succeeded = int(record.get("succeeded") or 0)
+    failed = int(record.get("failed") or 0)
+    # `active` on a MapTask counts pods (a pod runs a slice of several indices); notRun is
+    # what the operator counted as not run, so the indices running are what is left.
+    if phase.finished:
+        active = 0
+    elif record.get("notRun") is not None:
+        active = max(0, size - succeeded - failed - int(record.get("notRun") or 0))
+    else:
+        active = int(record.get("active") or 0)
     return RunStatus(
         phase=phase,
-        total=int(record.get("total") or total),
-        succeeded=int(record.get("succeeded") or 0),
-        failed=int(record.get("failed") or 0),
-        active=0 if phase.finished else int(record.get("active") or 0),
+        total=size,
+        succeeded=succeeded,
+        failed=failed,
+        active=active,
         reason=reason,
         message=record.get("message"),
         retries=int(record.get("retries") or 0),
+        succeeded_indexes=_ranges(record.get("succeededIndexes")),
+        failed_indexes=_ranges(record.get("failedIndexes")),
     )
+
+
+def _ranges(text: Any) -> IndexRanges | None:
+    if text is None:
+        return None
+    try:
+        return IndexRanges.parse(str(text))
+    except RangesSyntaxError:
+        return None
 
 
 __all__ = [
     "CONDITION_OF_PHASE",
+    "Partition",
     "Phase",
     "Reason",
     "RunStatus",
     "outcome_message",
+    "partition",
     "run_status",
+    "settle",
 ]
