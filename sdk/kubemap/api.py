@@ -272,17 +272,20 @@ class MapRun:
         """A task submitted earlier (by this process or another), to follow it and read its
         results. backend="kubernetes" follows the MapTask `name` in the cluster (its store is
         the MapTask's, unless given); otherwise the status is what the store recorded.
-        `options` (retries, parallelism...) are those a retry() runs with."""
+        `options` (retries, parallelism...) are those a retry() runs with. A task submitted
+        with cache=True comes back as a CachedRun: every index is the caller's."""
+        from kubemap.cache import attach_cached
+
         if backend == "kubernetes":
             from kubemap.backends.kubernetes import attach_maptask
 
             task, total, handle = attach_maptask(name, store=store, namespace=namespace)
             opts = validate_options({"backend": backend, "namespace": namespace, **options})
-            return cls(name, task, total, handle, opts)
+            return attach_cached(cls(name, task, total, handle, opts))
         task = open_store(store or default_store_url()).child(name)
         total = read_total(task)
         opts = validate_options({"store": store, "backend": backend, **options})
-        return cls(name, task, total, StoredRun(name, task, total), opts)
+        return attach_cached(cls(name, task, total, StoredRun(name, task, total), opts))
 
 
 class StoredRun:

@@ -50,7 +50,7 @@ from kubemap.core.status import RunStatus
 from kubemap.errors import MapTaskError, RemoteError
 from kubemap.models import RunOptions
 from kubemap.pickling import item_encoder, loads
-from kubemap.stores import Store, open_store
+from kubemap.stores import KeyNotFound, Store, open_store
 
 __all__ = ["CACHE_DIR", "CachedRun", "function_identity", "record_slice", "submit_cached"]
 
@@ -150,10 +150,13 @@ def submit_cached(fn: Callable[..., Any], inputs: Iterable[Any], opts: RunOption
     split = _Split(present, array("Q"), bytearray(), array("Q"), bytearray())
     backend, task, name, misses = upload(fn, split.misses_of(inputs), opts)
     del present, split.present  # only the arrays are needed from here on
-    task.put(MAP_KEY, split.misses.tobytes())
-    task.put(KEYS_KEY, bytes(split.miss_digests))
+    # The misses' first (a worker reads its slice's digests by their task index), then the
+    # hits', so that MapRun.attach can answer in the caller's numbering too.
+    task.put(MAP_KEY, split.misses.tobytes() + split.hits.tobytes())
+    task.put(KEYS_KEY, bytes(split.miss_digests) + bytes(split.hit_digests))
     config = {"function": fn_id, "entries": entries.url, "total": split.total}
-    task.put(CONFIG_KEY, json.dumps({**config, "hits": len(split.hits)}).encode())
+    counts = {"hits": len(split.hits), "misses": len(split.misses)}
+    task.put(CONFIG_KEY, json.dumps({**config, **counts}).encode())
     ran = _misses_options(opts, split.total, len(split.hits))
     if misses:
         handle: RunHandle = backend.start(task, misses, ran, name)
@@ -172,6 +175,33 @@ def _misses_options(opts: RunOptions, total: int, hits: int) -> RunOptions:
         return opts
     needed = max(0, math.ceil(total * opts.min_success_ratio - 1e-9) - hits)
     return opts.model_copy(update={"min_success_ratio": needed / misses})
+
+
+def attach_cached(run: MapRun) -> MapRun:
+    """A task read back (MapRun.attach) as the CachedRun its submit returned, when it was
+    submitted with cache=True; else `run` itself. Tasks from before the hits were
+    recorded in the task come back as `run` (their misses only, in their own numbering)."""
+    try:
+        config = json.loads(run.task_store.get(CONFIG_KEY))
+    except KeyNotFound:
+        return run
+    if "misses" not in config:
+        return run
+    misses, hits = int(config["misses"]), int(config["hits"])
+    indices, digests = array("Q"), run.task_store.get(KEYS_KEY)
+    indices.frombytes(run.task_store.get(MAP_KEY))
+    cut = misses * DIGEST_SIZE
+    split = _Split(
+        set(),
+        indices[:misses],
+        bytearray(digests[:cut]),
+        indices[misses : misses + hits],
+        bytearray(digests[cut : cut + hits * DIGEST_SIZE]),
+        total=int(config["total"]),
+    )
+    ran = _misses_options(run.options, split.total, hits)
+    inner = MapRun(run.name, run.task_store, run.total, run.handle, ran)
+    return CachedRun(inner, split, open_store(config["entries"]), run.options)
 
 
 def _is_digest(name: str) -> bool:
