@@ -14,8 +14,8 @@ from kubemap.stores import KeyNotFound, Store, open_store
 
 CACHE_DIR = "_cache"  # "_" keeps it apart from every task name (DNS-1123 has no "_")
 CONFIG_KEY = "cache.json"  # in the task: where its entries go
-KEYS_KEY = "cache.keys"  # in the task: the item digest of each of its indices
-MAP_KEY = "cache.map"  # in the task: the caller's index of each of its indices
+KEYS_KEY = "cache.keys"  # in the task: the item digest of each of its indices, then the hits'
+MAP_KEY = "cache.map"  # in the task: the caller's index of each of its indices, then the hits'
 DIGEST_SIZE = 16
 
 
