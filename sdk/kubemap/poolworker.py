@@ -7,6 +7,11 @@ while the worker serves that task. A heartbeat thread renews the lease while a l
 runs; on SIGTERM the worker hands its lease back (an infrastructure failure: no user retry
 spent) and exits, so a deleted worker's chunk runs elsewhere at once.
 
+The heartbeat long-polls: when the dispatcher takes the lease back (the task was cancelled,
+deleted or has finished) it answers at once and the worker stops the function (Stopper) and
+writes nothing more for that slice; a function that will not stop ends the worker process,
+and its Deployment starts a fresh one.
+
 Environment: KUBEMAP_DISPATCHER_URL, KUBEMAP_POOL (<namespace>/<pool>), KUBEMAP_POOL_TOKEN,
 KUBEMAP_POOL_KEY (the pool's signing key: kubemap.signing), HOSTNAME (the worker's name), and
 the S3 settings of the store.
@@ -14,6 +19,7 @@ the S3 settings of the store.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -49,6 +55,9 @@ from kubemap.worker import SliceOutcome, Terminated, run_slice
 
 EXIT_REFUSED = 2  # the dispatcher refused our credential: let the pod restart with a fresh one
 EXIT_NO_KEY = 6  # a signed task, but no pool key yet: the restarted container gets the Secret
+EXIT_STUCK = 7  # a revoked lease's function would not stop: a fresh container replaces us
+STOP_GRACE_SECONDS = 5.0  # how long a revoked function may take to stop before the exit
+STOP_SIGNAL = signal.SIGUSR1
 FUNCTIONS_KEPT = 4
 REFUSALS_BEFORE_EXIT = 3
 
@@ -91,6 +100,102 @@ class Refused(Exception):
     """401/403 from the dispatcher."""
 
 
+class Revoked(BaseException):
+    """The dispatcher took the lease back: stop the function (BaseException, so the user
+    error handler of run_slice and the user's own `except Exception` let it pass)."""
+
+
+class Stopper:
+    """Stops the user's function when its lease is revoked, in the thread that runs it.
+
+    The function is interrupted only while it runs (`wrap`): a revoke that lands while the
+    worker reads the inputs or writes a finished slice waits for the next item, so no result
+    of an index that had not finished is written after the revoke. In the worker process (the
+    main thread) a signal interrupts even a sleeping function; a worker run in a thread (the
+    tests) gets an asynchronous exception at its next bytecode. A function that has not
+    stopped STOP_GRACE_SECONDS later (stuck in C code, or swallowing BaseException) ends the
+    process when `exit_when_stuck`: the pool's Deployment starts a fresh worker."""
+
+    def __init__(self, *, exit_when_stuck: bool = False) -> None:
+        self._lock = threading.Lock()
+        self._thread = threading.get_ident()
+        self._main = threading.current_thread() is threading.main_thread()
+        self._exit_when_stuck = exit_when_stuck
+        self._turn = 0  # which lease is running: a late revoke of an earlier one is ignored
+        self.lease: str | None = None
+        self.revoked = False
+        self._inside = False
+        if self._main:
+            signal.signal(STOP_SIGNAL, self._on_signal)
+
+    def begin(self, lease: str) -> None:
+        with self._lock:
+            self._turn += 1
+            self.lease, self.revoked, self._inside = lease, False, False
+
+    def end(self) -> None:
+        with self._lock:
+            self._turn += 1
+            self.lease, self._inside = None, False
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(item: Any) -> Any:
+            with self._lock:
+                if self.revoked:
+                    raise Revoked()
+                self._inside = True
+            try:
+                return fn(item)
+            finally:
+                with self._lock:
+                    self._inside = False
+                    if not self._main:  # an exception posted as fn returned must not land later
+                        _async_raise(self._thread, None)
+
+        return guarded
+
+    def revoke(self, lease: str) -> None:
+        """Called by the heartbeat thread when the dispatcher says `lease` is gone."""
+        with self._lock:
+            if lease != self.lease or self.revoked:
+                return
+            self.revoked = True
+            turn = self._turn
+            if self._inside:
+                if self._main:
+                    signal.pthread_kill(self._thread, STOP_SIGNAL)
+                else:
+                    _async_raise(self._thread, Revoked)
+        _log(f"lease {lease} was taken back (task cancelled, deleted or finished): stopping it")
+        timer = threading.Timer(STOP_GRACE_SECONDS, self._stuck, args=(lease, turn))
+        timer.daemon = True
+        timer.start()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Runs in the main thread between bytecodes, maybe while it holds the lock: no lock.
+        if self.revoked and self._inside:
+            raise Revoked()
+
+    def _stuck(self, lease: str, turn: int) -> None:
+        with self._lock:
+            still = self._turn == turn
+        if not still:
+            return
+        _log(
+            f"the function of revoked lease {lease} did not stop within {STOP_GRACE_SECONDS:g}s"
+            + ("; exiting so a fresh worker replaces this one" if self._exit_when_stuck else "")
+        )
+        if self._exit_when_stuck:
+            os._exit(EXIT_STUCK)
+
+
+def _async_raise(thread: int, exc: type[BaseException] | None) -> None:
+    """Post (or with None, withdraw) an exception to be raised in another Python thread."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread), ctypes.py_object(exc) if exc is not None else None
+    )
+
+
 class DispatcherClient:
     def __init__(self, env: PoolEnv) -> None:
         self.env = env
@@ -117,10 +222,16 @@ class DispatcherClient:
 
 
 class Heartbeat:
-    """Renews the current lease every third of its duration, in a daemon thread."""
+    """Renews the current lease every third of its duration, in a daemon thread.
 
-    def __init__(self, client: DispatcherClient) -> None:
+    Each heartbeat long-polls for that third: the dispatcher answers early when the lease is
+    taken back, and `on_lost` hears of it at once (the Stopper stops the function)."""
+
+    def __init__(
+        self, client: DispatcherClient, on_lost: Callable[[str], None] = lambda lease: None
+    ) -> None:
         self.client = client
+        self.on_lost = on_lost
         self.lease: str | None = None
         self.period = 5.0
         self._wake = threading.Event()
@@ -128,17 +239,32 @@ class Heartbeat:
 
     def hold(self, lease: str | None, seconds: float = 15.0) -> None:
         self.lease, self.period = lease, max(0.5, seconds / 3)
+        self._wake.set()
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self.period)
-            lease = self.lease
+            self._wake.clear()
+            lease, period = self.lease, self.period
             if lease is None:
+                self._wake.wait()
                 continue
-            try:
-                self.client.post("/v1/heartbeat", {"leases": [lease], "python": python_minor()}, 10)
-            except (Refused, urllib3.exceptions.HTTPError, ValueError, OSError) as exc:
-                _log(f"heartbeat failed ({type(exc).__name__}); retrying")
+            began = time.monotonic()
+            if lease in self._beat(lease, period):
+                self.on_lost(lease)
+                self._wake.wait()  # nothing to renew until the next lease
+                continue
+            # An older dispatcher answers at once: keep the renewal cadence all the same.
+            self._wake.wait(max(0.0, period - (time.monotonic() - began)))
+
+    def _beat(self, lease: str, period: float) -> list[str]:
+        body = {"leases": [lease], "python": python_minor(), "wait": period}
+        try:
+            status, data = self.client.post("/v1/heartbeat", body, period + 10)
+        except (Refused, urllib3.exceptions.HTTPError, ValueError, OSError) as exc:
+            _log(f"heartbeat failed ({type(exc).__name__}); retrying")
+            return []
+        lost = data.get("lost") if status == 200 and isinstance(data, dict) else None
+        return [str(x) for x in lost] if isinstance(lost, list) else []
 
 
 class FunctionCache:
@@ -232,9 +358,11 @@ def run_lease(
     functions: FunctionCache,
     key: bytes | None = None,
     runtime: Runtime | None = None,
+    stopper: Stopper | None = None,
 ) -> dict[str, Any]:
     """Run one leased slice; the report body to send back. With the pool's key, the task's
-    files are checked before unpickling (the MACs bind the task's name, from the grant)."""
+    files are checked before unpickling (the MACs bind the task's name, from the grant).
+    Raises Revoked when the stopper stops the function (nothing of the slice is written)."""
     task_url = str(grant["task_url"])
     start, count, attempt = int(grant["start"]), int(grant["count"]), int(grant["attempt"])
     report: dict[str, Any] = {"lease": grant["lease_id"]}
@@ -248,12 +376,14 @@ def run_lease(
         if signer is None and task.exists(FN_MAC):
             raise NoPoolKey(f"task {grant['task']} is signed, but this worker has no pool key")
         fn = functions.get(task_url, str(grant.get("version") or ""), signer)
+        if stopper is not None:
+            fn = stopper.wrap(fn)
         outcome = _run_span(task, start, count, fn, attempt, signer)
     except StoreError as exc:
         _log(f"infrastructure failure on items {start}..{start + count - 1} of {task_url}: {exc}")
         # the cause says whether a retry can help ("tampered": never; core.policy)
         return {**report, "kind": "infra", "why": str(exc)[:400], "cause": infra_cause(exc)}
-    except (Terminated, NoPoolKey):
+    except (Terminated, NoPoolKey, Revoked):
         raise
     except Exception as exc:  # kubemap's own bug, or the function could not be unpickled
         _log(f"internal error on items {start}..{start + count - 1}: {type(exc).__name__}: {exc}")
@@ -275,6 +405,9 @@ def _send_report(client: DispatcherClient, body: dict[str, Any]) -> None:
             status, _ = client.post("/v1/report", body, 10)
             if status in (200, 410):
                 return
+        except Refused:  # the pool was deleted (or is not yet known to a restarted operator)
+            _log(f"lease {body['lease']} not reported: the dispatcher refused this worker")
+            return  # the lease expires and runs again; indices with results are skipped
         except (urllib3.exceptions.HTTPError, OSError, ValueError):
             pass
         time.sleep(delay)
@@ -288,7 +421,10 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def serve(env: PoolEnv, *, stop: Callable[[], bool] = lambda: False, wait: float = 20.0) -> int:
     """Lease, run, report until SIGTERM (or stop() says so: tests run workers in threads)."""
     client = DispatcherClient(env)
-    heartbeat = Heartbeat(client)
+    # Only the worker process (its main thread) may end itself over a function that will
+    # not stop; workers run in threads by the tests must not take the test run down.
+    stopper = Stopper(exit_when_stuck=threading.current_thread() is threading.main_thread())
+    heartbeat = Heartbeat(client, on_lost=stopper.revoke)
     functions = FunctionCache()
     runtime = Runtime(os.environ)
     refusals, backoff = 0, 0.5
@@ -319,16 +455,24 @@ def serve(env: PoolEnv, *, stop: Callable[[], bool] = lambda: False, wait: float
         refusals, backoff, pending = 0, 0.5, None  # the dispatcher answered: report delivered
         if status != 200 or not grant:
             continue  # 204: no work within the long poll
+        stopper.begin(str(grant["lease_id"]))
         heartbeat.hold(str(grant["lease_id"]), float(grant.get("lease_seconds", 15)))
         try:
-            body = run_lease(grant, functions, env.key, runtime)
+            body = run_lease(grant, functions, env.key, runtime, stopper)
+        except Revoked:
+            stopper.end()
+            heartbeat.hold(None)
+            _log(f"stopped lease {grant['lease_id']}: nothing of it was written")
+            continue  # the lease is gone: no report (it would get 410); ask for work
         except NoPoolKey as exc:
+            stopper.end()
             heartbeat.hold(None)
             why = f"{exc}: restarting to load it"
             _send_report(client, {"lease": grant["lease_id"], "kind": "infra", "why": why})
             _log(why)
             return EXIT_NO_KEY
         except Terminated:
+            stopper.end()
             heartbeat.hold(None)
             _send_report(
                 client,
@@ -340,6 +484,7 @@ def serve(env: PoolEnv, *, stop: Callable[[], bool] = lambda: False, wait: float
             )
             _log("terminated (SIGTERM): lease handed back")
             return 0
+        stopper.end()
         heartbeat.hold(None)
         pending = body
     if pending is not None:

@@ -272,3 +272,79 @@ def test_a_recovered_task_skips_what_the_store_already_holds(
     status = harness.wait_finished(key)
     assert status.phase is Phase.SUCCEEDED and status.succeeded == 40
     assert executions(log) == sorted(before + list(range(25, 40)))  # 0-24 not run again
+
+
+def timed(log: Path, seconds: float) -> Callable[[int], int]:
+    """Logs 'start i t' and 'end i t' around a sleep: shows when the function ran."""
+
+    def fn(x: int) -> int:
+        with open(log, "a") as out:
+            out.write(f"start {x} {time.time()}\n")
+        time.sleep(seconds)
+        with open(log, "a") as out:
+            out.write(f"end {x} {time.time()}\n")
+        return 2 * x
+
+    return fn
+
+
+def events(log: Path, kind: str, after: float = 0.0) -> list[int]:
+    lines = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+    return sorted(int(i) for k, i, t in lines if k == kind and float(t) > after)
+
+
+def stored(base: str, name: str) -> list[int]:
+    return sorted(i for i, _ in iter_results(open_store(base).child(name)))
+
+
+def test_cancel_takes_the_leases_back_and_the_workers_stop_the_function(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Issue 18 #14: a cancelled pool task went on running (and writing) its leased chunks
+    for as long as they took, and the pool's next task waited behind them."""
+    base = f"file://{tmp_path}/store"
+    log = tmp_path / "calls.log"
+    upload(base, "slow", timed(log, 0.2), 40)
+    harness.worker("w0")
+    harness.worker("w1")
+    deadline = time.monotonic() + 30
+    while len(harness.call(lambda: harness.dispatcher.live_workers(POOL))) < 2:
+        assert time.monotonic() < deadline, "two workers did not reach the dispatcher"
+        time.sleep(0.05)
+    spec = spec_for(base, 40)
+    key = harness.submit("slow", base, spec)  # chunks of 20 and 10 items: 4 s and 2 s
+    while len(events(log, "start")) < 2:
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.02)
+
+    def cancel() -> MapTaskStatus:
+        task = harness.dispatcher.tasks[key]
+        suspended = spec.model_copy(update={"suspend": True})
+        harness.dispatcher.sync(key, task.uid, suspended, task.status, task.task_url, None, 2)
+        return task.status
+
+    assert harness.call(cancel).phase is Phase.CANCELLED
+    cancelled_at = time.time()
+    grace = 1.0
+    time.sleep(grace)
+    written = stored(base, "slow")
+    busy_after = None
+    while time.time() < cancelled_at + 5:  # longer than the rest of either chunk
+        workers = harness.call(lambda: list(harness.dispatcher.pools[POOL].workers.values()))
+        if busy_after is None and not any(w.busy for w in workers):
+            busy_after = time.time() - cancelled_at
+        time.sleep(0.05)
+    late_starts = events(log, "start", after=cancelled_at + grace)
+    late_ends = events(log, "end", after=cancelled_at + grace)
+    assert (late_starts, late_ends) == ([], [])  # the function stopped within the grace
+    assert stored(base, "slow") == written  # and nothing was written after it
+    assert set(written) <= set(events(log, "end"))  # only indices that had finished
+    assert busy_after is not None and busy_after < 2.0, busy_after
+
+    upload(base, "next", timed(tmp_path / "next.log", 0.0), 3)
+    began = time.monotonic()
+    nxt = harness.submit("next", base, spec_for(base, 3))
+    assert harness.wait_finished(nxt).phase is Phase.SUCCEEDED
+    took = time.monotonic() - began
+    assert took < 2.0, took  # not behind the cancelled task's chunks
+    print(f"cancel -> idle {busy_after:.2f}s, next 3-item task {took:.2f}s")

@@ -59,6 +59,10 @@ class Worker:
     python: str
     seen: datetime
     busy: bool = False
+    # Wakes this worker's long-polling heartbeat: a lease of it was taken back (it stops the
+    # function at once, not at its next heartbeat), or it asked for new work (the heartbeat
+    # of its previous lease is over).
+    nudge: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -168,7 +172,11 @@ class Dispatcher:
             task.status, task.leases, task.recovered, task.flushed = status, Leases(), True, status
         if status.phase.finished and not task.status.phase.finished:
             task.status = status  # finished elsewhere (an older operator): follow the API
+            self._revoke_all(task)
+        was_finished = task.status.phase.finished
         self._replan(task, generation=generation)
+        if task.status.phase.finished and not was_finished:
+            self.on_pool_work(task.pool)  # cancelled or timed out: the pool's status follows
         events, task.events = task.events, []
         now = self.clock()
         if task.flushed is not None and task.status == task.flushed:
@@ -183,6 +191,7 @@ class Dispatcher:
     def forget(self, key: TaskKey) -> None:
         task = self.tasks.pop(key, None)
         if task is not None:
+            self._revoke_all(task)  # deleted: its workers stop, their reports get 410
             self.pool(task.pool).wakeup.set()
 
     # -- workers (called by the HTTP server) ----------------------------------------
@@ -200,10 +209,14 @@ class Dispatcher:
         """A chunk for this worker, waiting up to wait_seconds for one (long poll)."""
         state = self.pool(pool)
         deadline = asyncio.get_running_loop().time() + wait_seconds
+        self._nudge(pool, worker)
         while True:
             self.seen(pool, worker, python)
             grant = self._offer(pool, worker, python)
+            was_busy = state.workers[worker].busy
             state.workers[worker].busy = grant is not None
+            if was_busy != (grant is not None):  # `kubectl get wp` shows BUSY as it changes
+                self.on_pool_work(pool)  # (e.g. idle at once after stopping a cancelled task)
             if grant is not None:
                 return grant
             left = deadline - asyncio.get_running_loop().time()
@@ -225,6 +238,28 @@ class Dispatcher:
             else:
                 found[1].renew(now, self.lease_seconds)
         return lost
+
+    async def watch(
+        self, pool: PoolKey, worker: str, lease_ids: list[str], wait_seconds: float
+    ) -> list[str]:
+        """A heartbeat that long-polls: renew now, then answer as soon as one of the leases
+        is taken back (task cancelled, deleted, finished) or after wait_seconds."""
+        deadline = asyncio.get_running_loop().time() + wait_seconds
+        while True:
+            known = self.pool(pool).workers.get(worker)
+            if known is not None:
+                known.nudge.clear()  # before the check: a nudge from now on is not missed
+            lost = self.heartbeat(pool, worker, lease_ids)
+            left = deadline - asyncio.get_running_loop().time()
+            if lost or left <= 0 or known is None:
+                return lost
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(known.nudge.wait(), timeout=left)
+
+    def _nudge(self, pool: PoolKey, worker: str) -> None:
+        known = self.pool(pool).workers.get(worker)
+        if known is not None:
+            known.nudge.set()
 
     def report(
         self, pool: PoolKey, lease_id: str, kind: str, report: WorkerReport | None, why: str = ""
@@ -285,8 +320,15 @@ class Dispatcher:
         ]  # fmt: skip
         task.leases.drop(finished)
         if task.status.phase.finished:
-            task.leases.drop(list(task.leases.by_name))  # their reports will get 410 Gone
+            self._revoke_all(task)  # their reports will get 410 Gone
         task.status = with_counts(task.status, task.leases)
+
+    def _revoke_all(self, task: PoolTask) -> None:
+        """Take back every lease of a task that is over: its workers stop the function."""
+        holders = {lease.worker for lease in task.leases.active()}
+        task.leases.drop(list(task.leases.by_name))
+        for worker in holders:
+            self._nudge(task.pool, worker)
 
     def _replan(self, task: PoolTask, generation: int | None = None) -> None:
         if task.status.phase.finished:
@@ -372,5 +414,5 @@ class Dispatcher:
             }
         )
         task.events.append(Event("Warning", "PythonMismatch", message))
-        task.leases.drop(list(task.leases.by_name))
+        self._revoke_all(task)
         self.on_change(task.key)

@@ -1,13 +1,15 @@
 """The dispatcher's HTTP face: a small aiohttp app inside the operator process.
 
     POST /v1/lease      {"python": "3.11", "report": {...}?}     -> 200 lease | 204 no work
-    POST /v1/heartbeat  {"leases": [id, ...]}                    -> 200 {"lost": [...]}
+    POST /v1/heartbeat  {"leases": [id, ...], "wait": s?}        -> 200 {"lost": [...]}
     POST /v1/report     {"lease": id, "kind": ok|user|infra|usage,
                          "succeeded": "0-9", "failed": "", "why"} -> 200 | 410 lease gone
 Every request carries `X-Kubemap-Pool: <namespace>/<pool>`, `X-Kubemap-Worker: <pod>` and
 `Authorization: Bearer <pool token>`; anything else gets 401 before it touches any state.
 JSON bodies are small and bounded (client_max_size), and a lease request long-polls so an
-idle worker costs one sleeping connection, not a spinning loop.
+idle worker costs one sleeping connection, not a spinning loop. A heartbeat with "wait"
+long-polls too: it answers at once when a lease is taken back (the task was cancelled), so
+the worker stops that task's function within a round trip.
 """
 
 from __future__ import annotations
@@ -118,7 +120,11 @@ class DispatcherApp:
         pool, worker = caller
         ids = [str(i) for i in body.get("leases") or []][:64]
         self.dispatcher.seen(pool, worker, str(body.get("python", ""))[:16])
-        return web.json_response({"lost": self.dispatcher.heartbeat(pool, worker, ids)})
+        try:
+            wait = min(LONG_POLL_SECONDS, max(0.0, float(body.get("wait") or 0)))
+        except (TypeError, ValueError):
+            return _refuse(400, "wait must be a number of seconds")
+        return web.json_response({"lost": await self.dispatcher.watch(pool, worker, ids, wait)})
 
     async def report(self, request: web.Request) -> web.StreamResponse:
         caller = self._caller(request)
