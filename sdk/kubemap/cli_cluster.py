@@ -267,7 +267,9 @@ def cancel_cmd(name: str, namespace: str | None, backend: str | None, store: str
         click.echo(f"maptask {name} already {phase.value}: nothing to cancel, nothing changed")
         return
     where.cluster.suspend(name)
-    click.echo(f"maptask {name} cancelled: its pods are being deleted")
+    pool = (where.body.get("spec") or {}).get("pool")  # a pool task has leases, not pods
+    done = f"its leases on pool {pool} are taken back" if pool else "its pods are being deleted"
+    click.echo(f"maptask {name} cancelled: {done}")
 
 
 def _cancel_local(where: Where) -> None:
