@@ -35,6 +35,11 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'kubemap' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    # The lazy WorkerPool too: dir(kubemap) lists every public name (PEP 562).
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
     "CancelledError",
     "ClusterError",

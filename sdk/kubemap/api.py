@@ -248,12 +248,16 @@ class MapRun:
             succeeded=succeeded,
             why=status.message,
         )
-        error.args = (
-            f"{error}\n\nResults of the {succeeded} that succeeded stay in {self._task.url}: "
-            f"kubemap.MapRun.attach({self._name!r}, store={self._store_base()!r})"
+        attach = f"kubemap.MapRun.attach({self._name!r}, store={self._store_base()!r})"
+        note = (
+            f"Results of the {succeeded} that succeeded stay in {self._task.url}: {attach}"
             ".results(partial=True); run the rest with min_success_ratio below 1, or rerun "
-            "only what is missing with .retry()",
+            "only what is missing with .retry()"
+            if succeeded  # with no result, there is nothing to read: say what can be done
+            else f"No input has a result; once the cause is fixed, {attach}.retry() reruns "
+            f"them (the task stays in {self._task.url})"
         )
+        error.args = (f"{error}\n\n{note}",)
         raise error
 
     def _store_base(self) -> str:

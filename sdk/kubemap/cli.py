@@ -36,6 +36,13 @@ def main() -> None:
           --store s3://my-bucket/kubemap --image registry.example/me/tasks:1
 
     In Python: kubemap.map(fn, inputs, parallelism=8) does the same.
+
+    \b
+    Which commands need a cluster (a kubeconfig):
+      pool, logs                          always
+      run, retry, results, get, list,     only for MapTasks (--backend kubernetes);
+      cancel                              a task run on this machine needs none
+      gc, crd                             never
     """
 
 
@@ -95,6 +102,21 @@ def main() -> None:
 @click.option("--namespace", help="Kubernetes: namespace of the MapTask.")
 @click.option("--pool", help="Kubernetes: run on this WorkerPool's warm workers (made if missing).")
 @click.option(
+    "--env",
+    "env",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=lambda _ctx, _param, value: _parse_env(value),
+    help="Kubernetes: an environment variable of the workers; repeat for more.",
+)
+@click.option(
+    "--resources",
+    metavar="SPEC",
+    callback=lambda _ctx, _param, value: _parse_resources(value),
+    help="Kubernetes: the workers' requests, cpu=1,memory=2Gi, or a JSON resources object "
+    '(\'{"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}}\').',
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Progress bar [default: on a terminal]."
 )
 @click.option(
@@ -126,6 +148,7 @@ def run(
     from kubemap.inputs import parse_inputs
 
     settings = {key: value for key, value in options.items() if value is not None}
+    _refuse_cluster_options_here(settings)
     if detach and settings.get("backend") != "kubernetes":
         raise click.UsageError(
             "--detach leaves a task running on the cluster: it needs --backend kubernetes "
@@ -166,6 +189,70 @@ def run(
         raise click.UsageError(str(exc)) from None
     except KubemapError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+KUBERNETES_FLAGS = {
+    "image": "--image",
+    "namespace": "--namespace",
+    "pool": "--pool",
+    "env": "--env",
+    "resources": "--resources",
+}
+
+
+def _refuse_cluster_options_here(settings: dict[str, Any]) -> None:
+    """Kubernetes options on a local run: refused in this command's words (the SDK refuses
+    them too, but names them as keyword arguments)."""
+    if settings.get("backend") == "kubernetes":
+        return
+    given = [flag for key, flag in KUBERNETES_FLAGS.items() if key in settings]
+    if given:
+        what = (
+            f"{given[0]} is a Kubernetes option"
+            if len(given) == 1
+            else (f"{', '.join(given)} are Kubernetes options")
+        )
+        raise click.UsageError(
+            f"{what}, and this run is local (--backend local, the default): add --backend "
+            "kubernetes to run on the cluster, or leave it out to run here"
+        )
+
+
+def _parse_env(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"--env expects KEY=VALUE, got {pair!r}", param_hint="--env")
+        env[key] = value
+    return env or None
+
+
+def _parse_resources(text: str | None) -> dict[str, Any] | None:
+    """cpu=1,memory=2Gi (requests), or a JSON object as the SDK's resources= takes it."""
+    if text is None:
+        return None
+    usage = (
+        f"--resources expects cpu=1,memory=2Gi or a JSON object such as "
+        f'{{"requests": {{"cpu": "1"}}}}, got {text!r}'
+    )
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise click.BadParameter(usage, param_hint="--resources") from None
+        if not isinstance(value, dict):
+            raise click.BadParameter(usage, param_hint="--resources")
+        return value
+    requests: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise click.BadParameter(usage, param_hint="--resources")
+        requests[key.strip()] = value.strip()
+    if not requests:
+        raise click.BadParameter(usage, param_hint="--resources")
+    return {"requests": requests}
 
 
 def _flags(settings: dict[str, Any]) -> str:

@@ -357,6 +357,8 @@ def _container_has_no_results(name: str, status: MapTaskStatus) -> None:
     "--check", is_flag=True, help=f"Compare with {CRD_FILE.name} instead; exit 1 if they differ."
 )
 def crd_cmd(check: bool) -> None:
+    """Print the MapTask CustomResourceDefinition that `kubectl apply -f -` installs (the
+    Helm chart installs it too); --check compares it with the checkout's crds/maptask.yaml."""
     text = render_crd()
     if not check:
         click.echo(text, nl=False)

@@ -48,7 +48,7 @@ def load_function(target: str, *, verbose: bool = False) -> Callable[..., Any]:
     except Exception as exc:  # the user's module itself failed: say where, in one line
         if verbose:
             traceback.print_exc()
-        raise UserCodeError(_import_failure(module_part, exc)) from None
+        raise UserCodeError(_import_failure(module_part, exc, verbose=verbose)) from None
     value: Any = module
     for part in attr.split("."):
         try:
@@ -60,7 +60,7 @@ def load_function(target: str, *, verbose: bool = False) -> Callable[..., Any]:
     return value  # type: ignore[no-any-return]
 
 
-def _import_failure(module_part: str, exc: BaseException) -> str:
+def _import_failure(module_part: str, exc: BaseException, *, verbose: bool = False) -> str:
     """`cannot import tasks.py: ModuleNotFoundError: No module named 'x' (tasks.py, line 1)`."""
     where = ""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -75,10 +75,10 @@ def _import_failure(module_part: str, exc: BaseException) -> str:
         else ""
     )
     message = str(exc).splitlines()[0] if str(exc) else ""
-    return (
-        f"cannot import {module_part}: {type(exc).__name__}: {message}{where}{hint} "
-        "(--verbose for the traceback)"
-    )
+    if isinstance(exc, SyntaxError) and exc.msg:
+        message = exc.msg  # str() appends "(file, line N)", which `where` says already
+    more = "" if verbose else " (--verbose for the traceback)"  # printed above on --verbose
+    return f"cannot import {module_part}: {type(exc).__name__}: {message}{where}{hint}{more}"
 
 
 def _import_file(path: Path) -> Any:

@@ -327,3 +327,19 @@ def test_blank_lines_in_text_input_are_items_so_results_line_up(tmp_path: Path) 
     assert len(out) == len(lines) == 53
     assert [bool(counts) for counts in out] == [bool(line.strip()) for line in lines]
     assert sum(1 for counts in out if not counts) == 18  # the blank lines, in their places
+
+
+def test_a_syntax_error_names_its_place_once_and_verbose_drops_the_hint(tmp_path: Path) -> None:
+    (tmp_path / "syn.py").write_text("def f(x):\n    return x +\n")
+    result = kubemap_run("syn.py:f", "--inputs", "-", stdin="1\n", cwd=tmp_path, store=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: cannot import syn.py: SyntaxError: invalid syntax (syn.py, line 2) "
+        "(--verbose for the traceback)"
+    ]
+    verbose = kubemap_run(
+        "syn.py:f", "--inputs", "-", "-v", stdin="1\n", cwd=tmp_path, store=tmp_path
+    )
+    last = verbose.stderr.strip().splitlines()[-1]
+    assert verbose.returncode == 1 and "return x +" in verbose.stderr  # the traceback, shown
+    assert last == "Error: cannot import syn.py: SyntaxError: invalid syntax (syn.py, line 2)"

@@ -132,3 +132,81 @@ def test_usage_errors_are_clean(args: list[str], must_mention: str) -> None:
     assert result.exit_code == 2
     assert must_mention in result.output
     assert "Traceback" not in result.output
+
+
+def test_run_takes_env_and_resources_which_are_kubernetes_options() -> None:
+    help_text = " ".join(CliRunner().invoke(main, ["run", "--help"]).output.split())
+    assert "--env KEY=VALUE" in help_text and "--resources" in help_text
+    for extra in (["--env", "A=1"], ["--resources", "cpu=1,memory=2Gi"], ["--image", "x:1"]):
+        result = CliRunner().invoke(
+            main, ["run", "os.path:basename", "-i", "-", *extra], input="a\n"
+        )
+        assert result.exit_code == 2, result.output
+        said = " ".join(result.output.split())
+        assert f"{extra[0]} is a Kubernetes option" in said and "--backend kubernetes" in said
+        assert 'backend="kubernetes"' not in said and "Traceback" not in said
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--env", "A=1", "--env", "B=x=y"], {"env": {"A": "1", "B": "x=y"}}),
+        (
+            ["--resources", "cpu=1,memory=2Gi"],
+            {"resources": {"requests": {"cpu": "1", "memory": "2Gi"}}},
+        ),
+        (
+            ["--resources", '{"limits": {"memory": "1Gi"}}'],
+            {"resources": {"limits": {"memory": "1Gi"}}},
+        ),
+    ],
+)
+def test_env_and_resources_reach_the_sdk_as_its_options(
+    args: list[str], expected: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_submit(fn: Any, items: Any, **options: Any) -> Any:
+        seen.update(options)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("kubemap.api.submit", fake_submit)
+    result = CliRunner().invoke(
+        main, ["run", "os.path:basename", "-i", "-", "--backend", "kubernetes", *args], input="a\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert {key: seen[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "must_mention"),
+    [
+        (["--env", "NOEQUALS"], "--env expects KEY=VALUE"),
+        (["--resources", "cpu"], "--resources expects"),
+        (["--resources", "{not json"], "--resources expects"),
+    ],
+)
+def test_bad_env_and_resources_are_usage_errors(args: list[str], must_mention: str) -> None:
+    result = CliRunner().invoke(
+        main, ["run", "os.path:basename", "-i", "-", "--backend", "kubernetes", *args], input="a\n"
+    )
+    assert result.exit_code == 2 and must_mention in result.output, result.output
+
+
+def test_every_command_has_help_and_the_top_says_which_need_a_cluster() -> None:
+    def commands(group: Any, prefix: tuple[str, ...] = ()) -> Any:
+        for name, command in group.commands.items():
+            yield (*prefix, name), command
+            if hasattr(command, "commands"):
+                yield from commands(command, (*prefix, name))
+
+    bare = [" ".join(path) for path, command in commands(main) if not (command.help or "").strip()]
+    assert bare == []
+    top = " ".join(CliRunner().invoke(main, ["--help"]).output.split())
+    assert "need a cluster" in top and "pool" in top and "crd" in top
+
+
+def test_workerpool_is_public() -> None:
+    import kubemap
+
+    assert "WorkerPool" in dir(kubemap) and "WorkerPool" in kubemap.__all__
