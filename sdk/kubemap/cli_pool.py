@@ -50,6 +50,8 @@ def create_cmd(
     packages: tuple[str, ...],
     namespace: str | None,
 ) -> None:
+    """Create the WorkerPool NAME: warm workers that run the MapTasks submitted with
+    --pool NAME (pool=NAME in Python) without starting a pod per slice."""
     from kubemap.workerpool import WorkerPool
 
     pool = WorkerPool(
@@ -62,6 +64,8 @@ def create_cmd(
 @pool_group.command("list")
 @click.option("--namespace", "-n", default=None, help="Namespace (default: the context's).")
 def list_cmd(namespace: str | None) -> None:
+    """Every WorkerPool in the namespace: its workers (ready, busy, idle), the tasks they
+    served and their Python."""
     from kubemap.backends.kubeclient import Cluster
     from kubemap.backends.poolclient import list_pools
     from kubemap.poolmodels import WorkerPoolStatus
@@ -85,6 +89,7 @@ def list_cmd(namespace: str | None) -> None:
 @click.argument("replicas", type=click.IntRange(0, 1000))
 @click.option("--namespace", "-n", default=None, help="Namespace (default: the context's).")
 def scale_cmd(name: str, replicas: int, namespace: str | None) -> None:
+    """Set the number of workers WorkerPool NAME runs while it has work (0 stops them)."""
     from kubemap.workerpool import WorkerPool
 
     WorkerPool(name, namespace=namespace).scale(replicas)
@@ -95,6 +100,7 @@ def scale_cmd(name: str, replicas: int, namespace: str | None) -> None:
 @click.argument("name")
 @click.option("--namespace", "-n", default=None, help="Namespace (default: the context's).")
 def delete_cmd(name: str, namespace: str | None) -> None:
+    """Delete WorkerPool NAME and its workers; tasks that name it can no longer run."""
     from kubemap.workerpool import WorkerPool
 
     WorkerPool(name, namespace=namespace).delete()
