@@ -160,8 +160,12 @@ def _rebuild(
 
 def _with_cause_class(origin: str) -> builtins.type[RemoteError] | None:
     """RemoteError subclassed with the class named "module:qualname", or None when that
-    class is not importable here or cannot be a base."""
+    class is not importable here or cannot be a base. Importable here: its module, or at
+    least its top-level package, is imported already; reading failures never imports a
+    library afresh (`kubemap results` of a task that raised a torch error stays fast)."""
     module_name, _, qualname = origin.partition(":")
+    if module_name.partition(".")[0] not in sys.modules:
+        return None
     try:
         value: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
         for part in qualname.split("."):

@@ -123,3 +123,16 @@ def test_raise_shows_the_remote_traceback_in_a_script(tmp_path: Path) -> None:
     # what Python prints for `raise values[2]`: the remote frame and its line, then ours
     assert 'raise Oops(f"bad {x}")' in done.stderr, done.stderr
     assert "index 2: Oops: bad 2" in done.stderr.splitlines()[-1]
+
+
+def test_reading_a_failure_imports_no_library_afresh() -> None:
+    import subprocess as sp
+
+    code = (
+        "import sys, kubemap\n"
+        "e = kubemap.RemoteError.from_record({'index': 0, 'type': 'Boom', 'message': 'm',"
+        " 'class': 'xml.dom.minidom:Boom'})\n"
+        "print(type(e).__name__, 'xml' in sys.modules)\n"
+    )
+    done = sp.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["RemoteError", "False"], done.stderr
