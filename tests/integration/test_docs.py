@@ -52,6 +52,7 @@ def test_shell_block_runs(block: docblocks.Block, tmp_path: Path) -> None:
         **os.environ,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         "KUBEMAP_STORE": str(tmp_path / "store"),
+        "TMPDIR": str(tmp_path),  # where the CLI example's --output goes
     }
     done = run_shell(block.source, tmp_path, env)
     assert done.returncode == 0, f"{block.id}\n{block.source}\n{done.stderr}"
@@ -64,6 +65,7 @@ def test_the_cli_block_does_what_it_says(tmp_path: Path) -> None:
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "KUBEMAP_STORE": str(tmp_path / "store"),
+        "TMPDIR": str(tmp_path),  # where the CLI example's --output goes
     }
     done = run_shell(block.source, tmp_path, env)
     assert done.returncode == 0, done.stderr
