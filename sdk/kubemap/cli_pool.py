@@ -103,8 +103,9 @@ def delete_cmd(name: str, namespace: str | None) -> None:
     """Delete WorkerPool NAME and its workers; tasks that name it can no longer run."""
     from kubemap.workerpool import WorkerPool
 
-    WorkerPool(name, namespace=namespace).delete()
-    click.echo(f"workerpool {name} deleted")
+    pool = WorkerPool(name, namespace=namespace)
+    pool.delete()  # a pool that does not exist: an error naming the namespace (exit 1)
+    click.echo(f"workerpool {name} deleted from {pool.cluster.namespace}")
 
 
 @pool_group.command("crd")

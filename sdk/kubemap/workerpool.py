@@ -5,7 +5,8 @@
     pool.scale(16); pool.status(); pool.delete()
     kubemap.WorkerPool("frames", packages=["pandas==2.2.*"])   # pip-installed once per worker
 A MapTask names its pool in spec.pool; `kubemap.map(..., pool=name)` creates the pool with
-these defaults when it does not exist yet.
+these defaults when it does not exist yet, and says so (PoolCreatedWarning: a mistyped name
+must not start workers unseen). delete() of a pool that does not exist is a ConfigError.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from kubemap.backends.kubeclient import Cluster
 from kubemap.backends.kubeclient import message_of as _message
 from kubemap.backends.poolclient import (  # noqa: F401  (part of this module's API)
     DEFAULT_REPLICAS,
+    PoolCreatedWarning,
     check_pool_python,
     ensure_pool,
     get_pool,
@@ -134,7 +136,9 @@ class WorkerPool:
             raise ConfigError(f"no WorkerPool {self.name!r} in {self.cluster.namespace}")
         return WorkerPoolStatus.model_validate(body.get("status") or {})
 
-    def delete(self) -> None:
+    def delete(self, *, missing_ok: bool = False) -> None:
+        """Delete the pool (its workers stop). A pool that does not exist is a ConfigError
+        (a mistyped name must not read as done) unless missing_ok."""
         try:
             self.cluster.call(
                 f"delete WorkerPool {self.name}",
@@ -142,7 +146,12 @@ class WorkerPool:
                 GROUP, VERSION, self.cluster.namespace, POOL_PLURAL, self.name,
             )  # fmt: skip
         except ApiException as exc:
-            if exc.status != 404:
-                raise ClusterError(
-                    f"deleting WorkerPool {self.name} failed: {_message(exc)}"
+            if exc.status == 404 and missing_ok:
+                return
+            ns = self.cluster.namespace
+            if exc.status == 404:
+                raise ConfigError(
+                    f"no WorkerPool {self.name!r} in namespace {ns}: nothing deleted; "
+                    f"`kubemap pool list -n {ns}` shows the pools there"
                 ) from None
+            raise ClusterError(f"deleting WorkerPool {self.name} failed: {_message(exc)}") from None

@@ -3,6 +3,8 @@ builds on): read and list WorkerPools, check their Python, create one with defau
 
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -20,6 +22,24 @@ from kubemap.poolmodels import (
 )
 
 DEFAULT_REPLICAS = 4
+
+
+class PoolCreatedWarning(UserWarning):
+    """A run named a WorkerPool that did not exist, so kubemap created one: a mistyped name
+    would otherwise start workers unseen (filter this category to silence it)."""
+
+
+def _warn_created(message: str) -> None:
+    """Warn at the user's call (the first frame outside kubemap); from the CLI (click called
+    kubemap) as plain `kubemap:0: PoolCreatedWarning: ...`, without a line of click's."""
+    level, frame = 1, sys._getframe(0)
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("kubemap"):
+        level, frame = level + 1, frame.f_back  # type: ignore[assignment]
+    caller = str(frame.f_globals.get("__name__", "")) if frame is not None else ""
+    if frame is None or caller.split(".")[0] == "click":
+        warnings.warn_explicit(PoolCreatedWarning(message), PoolCreatedWarning, "kubemap", 0)
+    else:
+        warnings.warn(PoolCreatedWarning(message), stacklevel=level)
 
 
 def get_pool(cluster: Cluster, name: str) -> dict[str, Any] | None:
@@ -63,16 +83,20 @@ def check_pool_python(cluster: Cluster, name: str) -> None:
         )
 
 
-def ensure_pool(cluster: Cluster, name: str, *, replicas: int | None = None) -> None:
-    """Create the pool with default settings unless it exists."""
+def ensure_pool(cluster: Cluster, name: str, *, replicas: int | None = None) -> bool:
+    """Create the pool with default settings unless it exists; True if this call made it.
+
+    Making one is said out loud (PoolCreatedWarning, naming its size and how to delete it):
+    a mistyped pool name would otherwise start a second pool of workers nobody knows of."""
     if get_pool(cluster, name) is not None:
-        return
+        return False
     size = min(replicas or DEFAULT_REPLICAS, 100)
+    spec = WorkerPoolSpec(replicas=size, max_replicas=max(100, size))
     body = {
         "apiVersion": API_VERSION,
         "kind": POOL_KIND,
         "metadata": {"name": name},
-        "spec": WorkerPoolSpec(replicas=size, max_replicas=max(100, size)).to_wire(),
+        "spec": spec.to_wire(),
     }
     try:
         cluster.call(
@@ -81,5 +105,14 @@ def ensure_pool(cluster: Cluster, name: str, *, replicas: int | None = None) -> 
             GROUP, VERSION, cluster.namespace, POOL_PLURAL, body,
         )  # fmt: skip
     except ApiException as exc:
-        if exc.status != 409:  # made meanwhile by another submit: fine
-            raise ClusterError(f"creating WorkerPool {name} was refused: {_message(exc)}") from None
+        if exc.status == 409:  # made meanwhile by another submit: fine, and not ours to announce
+            return False
+        raise ClusterError(f"creating WorkerPool {name} was refused: {_message(exc)}") from None
+    ns = cluster.namespace
+    _warn_created(
+        f"no WorkerPool {name!r} existed in namespace {ns}, so kubemap created it with "
+        f"{size} worker{'' if size == 1 else 's'} (they stop after {spec.idle_ttl_seconds} s "
+        f"idle); if the name is a typo, delete it with `kubemap pool delete {name} -n {ns}` "
+        f"(`kubemap pool list -n {ns}` shows the pools)"
+    )
+    return True
