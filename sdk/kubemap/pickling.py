@@ -108,7 +108,10 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
             f"{describe(fn)} is not callable: pass a function, e.g. kubemap.map(f, inputs)",
             index=None,
         )
-    module = getattr(fn, "__module__", None) or type(fn).__module__
+    target: Any = fn
+    while isinstance(target, functools.partial):  # a partial's module is "functools"
+        target = target.func
+    module = getattr(target, "__module__", None) or type(target).__module__
     register_module_by_value(module)
     try:
         return cast(bytes, cloudpickle.dumps(fn, PROTOCOL))
