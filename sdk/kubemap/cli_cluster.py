@@ -35,7 +35,7 @@ from kubemap.contract import (
 from kubemap.crd import render_crd
 from kubemap.errors import KubemapError
 from kubemap.models import MapTaskStatus
-from kubemap.report import outcome, print_outcome
+from kubemap.report import outcome, print_outcome, why
 
 if TYPE_CHECKING:
     from kubemap.backends.kubeclient import Cluster
@@ -135,8 +135,8 @@ def _get_local(where: Where) -> None:
         click.echo(f"reason:      {status.reason.value}")
     if result.failures:
         click.echo(f"failed:      {_short(str(IndexRanges.of(result.failures)))}")
-    if status.message:
-        click.echo(f"message:     {status.message}")
+    if why(status):
+        click.echo(f"message:     {why(status)}")
     click.echo(f"store:       {run.store_url}")
 
 

@@ -6,6 +6,7 @@ phase of status(); the exit status follows that phase."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from kubemap.api import MapRun
 
 FAILURES_LISTED = 10
+_COUNTS = re.compile(r"[;,]? *\d+ succeeded, \d+ failed, \d+ not run(, \d+ running)?")
 
 
 def print_failures(failures: dict[int, RemoteError], *, verbose: bool = False) -> None:
@@ -61,6 +63,12 @@ class Outcome:
         if self.status.reason is Reason.DEADLINE:
             return "timed out"
         return None
+
+
+def why(status: RunStatus) -> str:
+    """The recorded message without the counts it ends with: the CLI prints its own (a
+    rerun's record counts only what the rerun ran)."""
+    return _COUNTS.sub("", status.message or "").strip(" ;,")
 
 
 def outcome(run: MapRun, status: RunStatus | None = None) -> Outcome:
@@ -113,9 +121,9 @@ def print_outcome(
     if isinstance(error, MapTaskError):
         click.echo(f"{severity}: {error.summary}{nulls}", err=True)
     elif result.stopped:
-        why = result.status.message or ""
-        why = why if result.counts in why else f"{why}; {result.counts}".lstrip("; ")
-        click.echo(f"{severity}: task {name} {result.stopped}: {why}{nulls}", err=True)
+        reason = why(result.status)
+        said = f"{reason}; {result.counts}" if reason else result.counts
+        click.echo(f"{severity}: task {name} {result.stopped}: {said}{nulls}", err=True)
     else:
         text = str(error) if error else result.counts
         click.echo(f"{severity}: {text.splitlines()[0]}", err=True)

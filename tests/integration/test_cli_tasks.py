@@ -105,6 +105,7 @@ def test_retry_and_results_count_alike_and_exit_as_the_phase_says(work: Path) ->
     assert counts(again.stderr) == counts(shown.stderr) == counts(listed.stdout)
     assert sum(counts(again.stderr)) == 10
     assert "Failed" in again.stderr and "Failed" in listed.stdout
+    assert len(set(COUNTS.findall(listed.stdout))) == 1, listed.stdout  # no other tally in it
     # Every index tried (ratio 0): the failures left are tolerated, so the task Succeeded.
     tolerant = kubemap("retry", "t9", "--min-success-ratio", "0", store=store, cwd=work)
     shown = kubemap("results", "t9", store=store, cwd=work)
