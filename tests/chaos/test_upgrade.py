@@ -250,6 +250,14 @@ def crd_uids(ext: client.ApiextensionsV1Api) -> dict[str, str]:
     return uids
 
 
+def dispatcher_key(core: client.CoreV1Api) -> dict[str, str]:
+    found = core.list_namespaced_secret(
+        OPERATOR_NAMESPACE, label_selector="app.kubernetes.io/component=dispatcher"
+    ).items
+    assert len(found) == 1, [s.metadata.name for s in found]
+    return dict(found[0].data)
+
+
 def pool_image(apps: client.AppsV1Api, pool: str) -> str:
     found = apps.read_namespaced_deployment(pool_resource_name(pool), NAMESPACE)
     return str(found.spec.template.spec.containers[0].image)
@@ -457,7 +465,7 @@ def test_helm_upgrade_and_rollback_mid_task_lose_and_double_nothing(
     assert new_image != first.image, f"the installed operator already runs {new_image}"
     new_level = "DEBUG" if first.level != "DEBUG" else "INFO"
     assert pool_image(apps, warm_pool.name) == first.worker_image
-    crds_before = crd_uids(ext)
+    crds_before, key_before = crd_uids(ext), dispatcher_key(core)
 
     with contextlib.ExitStack() as stack:
         operators = stack.enter_context(PodWatch(core, OPERATOR_NAMESPACE, OPERATOR_SELECTOR))
@@ -523,6 +531,9 @@ def test_helm_upgrade_and_rollback_mid_task_lose_and_double_nothing(
 
     # The CRDs and every MapTask came through the upgrade and the rollback as they were.
     assert crd_uids(ext) == crds_before
+    # The key every pool token derives from survives both (the chart looks it up rather than
+    # generating a new one): a pool whose workers were not rolled keeps its credentials.
+    assert dispatcher_key(core) == key_before
     assert {n: get_task(custom, n)["metadata"]["uid"] for n in uids} == uids
     # Pods the new operator made run the new worker image: the upgrade reached the tasks.
     images = [i for n in tasks.names for i in task_pods_seen.pods_of(n).values()]
