@@ -15,7 +15,7 @@ import click
 from kubemap import retention
 from kubemap.cli_tasks import backend_option
 from kubemap.errors import ConfigError, KubemapError, MapTaskError
-from kubemap.report import outcome, print_outcome
+from kubemap.report import in_cli_words, outcome, print_outcome
 from kubemap.userfunction import load_function
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -186,9 +186,9 @@ def run(
         if not result.failures and "store" not in settings and _on_this_machine(map_run):
             map_run.delete()  # as kubemap.map does: the results are out, keep the store small
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(in_cli_words(str(exc))) from None
     except KubemapError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(in_cli_words(str(exc))) from None
 
 
 KUBERNETES_FLAGS = {
@@ -404,9 +404,9 @@ def retry(
             status = run.status()
         result = outcome(run, status)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(in_cli_words(str(exc))) from None
     except KubemapError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(in_cli_words(str(exc))) from None
     click.echo(f"task {name}: {status.phase.value}; {result.counts}", err=True)
     print_outcome(name, result, verbose=verbose, flags=where.flags(), printed=False)
     if not result.ok:

@@ -35,7 +35,7 @@ from kubemap.contract import (
 from kubemap.crd import render_crd
 from kubemap.errors import KubemapError
 from kubemap.models import MapTaskStatus
-from kubemap.report import outcome, print_outcome, why
+from kubemap.report import in_cli_words, outcome, print_outcome, why
 
 if TYPE_CHECKING:
     from kubemap.backends.kubeclient import Cluster
@@ -381,7 +381,7 @@ def _guard(command: click.Command) -> click.Command:
         try:
             return callback(*args, **kwargs)
         except KubemapError as exc:
-            _fail(str(exc))
+            _fail(in_cli_words(str(exc)))
 
     command.callback = wrapped
     return command

@@ -22,6 +22,14 @@ FAILURES_LISTED = 10
 _COUNTS = re.compile(r"[;,]? *\d+ succeeded, \d+ failed, \d+ not run(, \d+ running)?")
 
 
+def in_cli_words(text: str) -> str:
+    """The SDK's hints name keyword arguments (backend='local'); the CLI's are flags."""
+    for backend in ("local", "kubernetes"):
+        for quoted in (f"backend='{backend}'", f'backend="{backend}"'):
+            text = text.replace(quoted, f"--backend {backend}")
+    return text
+
+
 def print_failures(failures: dict[int, RemoteError], *, verbose: bool = False) -> None:
     """One line per failure (the first FAILURES_LISTED); --verbose adds every traceback."""
     for n, (index, failure) in enumerate(failures.items()):

@@ -343,3 +343,15 @@ def test_a_syntax_error_names_its_place_once_and_verbose_drops_the_hint(tmp_path
     last = verbose.stderr.strip().splitlines()[-1]
     assert verbose.returncode == 1 and "return x +" in verbose.stderr  # the traceback, shown
     assert last == "Error: cannot import syn.py: SyntaxError: invalid syntax (syn.py, line 2)"
+
+
+def test_no_cluster_for_a_kubernetes_run_names_the_cli_option(tmp_path: Path) -> None:
+    env_store = tmp_path / "store"
+    done = subprocess.run(
+        [sys.executable, "-m", "kubemap", "run", f"{SQUARE}:square", "--inputs", "-",
+         "--backend", "kubernetes", "--store", "s3://bucket/prefix"],
+        input="1\n", capture_output=True, text=True, timeout=60,
+        env={**os.environ, "KUBEMAP_STORE": str(env_store), "KUBECONFIG": str(tmp_path / "no")},
+    )  # fmt: skip
+    assert done.returncode == 1 and "KUBECONFIG" in done.stderr
+    assert "backend='local'" not in done.stderr and "--backend local" in done.stderr
