@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from kubemap.contract import META_KEY, STATUS_KEY
-from kubemap.errors import ClusterError, ConfigError, KubemapError
+from kubemap.errors import ClusterError, ConfigError, KubemapError, StoreError
 from kubemap.stores import FileStore, default_store_url, open_store
 
 if TYPE_CHECKING:
@@ -94,12 +94,14 @@ class Where:
 def _in_store(name: str, store: str | None) -> tuple[str, bool, bool]:
     """(store URL, a local run recorded NAME there, NAME's files are there at all)."""
     url = store or default_store_url()
+    task = open_store(url).child(name)
     try:
-        task = open_store(url).child(name)
-    except ConfigError:
-        raise
-    ran_here = task.exists(STATUS_KEY)
-    return url, ran_here, ran_here or task.exists(META_KEY)
+        ran_here = task.exists(STATUS_KEY)
+        return url, ran_here, ran_here or task.exists(META_KEY)
+    except StoreError:
+        if store:
+            raise  # the store asked for: its error is the answer
+        return url, False, False  # a default store out of reach: the cluster may hold NAME
 
 
 def locate(
