@@ -921,10 +921,6 @@ FEATURES = [
 # (feature, condition) -> why that cell disagrees today, on every backend (the SDK's own
 # answers). Each is a strict xfail: once the fix lands the cell passes, strict xfail fails
 # the run, and its line here goes.
-_CLI_CACHE = (
-    "matrix finding: `kubemap results/retry NAME` of a cached task read the inner task "
-    "(its misses, in their own numbering): values at the wrong indices, 2 of 6 counted"
-)
 _EXECUTOR_STOP = (
     "matrix finding: a call its run never ran (timeout) raises RemoteFailure('NotRun'), "
     "not the run's kubemap.TimeoutError that results() and map() raise"
@@ -934,8 +930,6 @@ _EXECUTOR_RETRIES = (
     "executor returns it as a value, so the run sees a success)"
 )
 KNOWN: dict[tuple[str, str], str] = {
-    ("cli results", "partly cached"): _CLI_CACHE,
-    ("cli retry", "partly cached"): _CLI_CACHE,
     **{(f, "timed out"): _EXECUTOR_STOP for f in ("Executor.submit", "Executor.map", "joblib")},
     **{(f, "retried"): _EXECUTOR_RETRIES for f in ("Executor.submit", "Executor.map", "joblib")},
 }
