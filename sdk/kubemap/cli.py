@@ -178,7 +178,7 @@ def run(
         values = map_run.results(partial=True)
         _write_results(values, output_path)
         flags = _flags(settings)
-        print_outcome(map_run.name, result, verbose=verbose, flags=flags, printed=True)
+        print_outcome(map_run.name, result, verbose=verbose, flags=flags, printed="run")
         if not result.ok:
             if retention.expires(map_run.store_url):
                 click.echo(f"  {retention.kept_note(map_run.store_url)}", err=True)
@@ -408,7 +408,7 @@ def retry(
     except KubemapError as exc:
         raise click.ClickException(in_cli_words(str(exc))) from None
     click.echo(f"task {name}: {status.phase.value}; {result.counts}", err=True)
-    print_outcome(name, result, verbose=verbose, flags=where.flags(), printed=False)
+    print_outcome(name, result, verbose=verbose, flags=where.flags(), printed=None)
     if not result.ok:
         sys.exit(1)
 

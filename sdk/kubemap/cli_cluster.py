@@ -325,7 +325,7 @@ def results_cmd(
     run = attach(where)
     result = outcome(run, run.wait())
     if result.stopped and not partial:
-        print_outcome(name, result, verbose=verbose, flags=where.flags(), printed=False)
+        print_outcome(name, result, verbose=verbose, flags=where.flags(), printed=None)
         sys.exit(1)
     for value in run.results(partial=True):
         try:
@@ -335,7 +335,7 @@ def results_cmd(
     accepted = result.ok or (partial and result.stopped is not None and not result.failures)
     severity = "warning" if accepted else "error"
     print_outcome(
-        name, result, verbose=verbose, flags=where.flags(), printed=True, severity=severity
+        name, result, verbose=verbose, flags=where.flags(), printed="results", severity=severity
     )
     if not accepted:
         sys.exit(1)

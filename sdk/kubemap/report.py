@@ -106,12 +106,13 @@ def print_outcome(
     *,
     verbose: bool,
     flags: str = "",
-    printed: bool,
+    printed: str | None,
     severity: str = "error",
 ) -> None:
     """The stderr account of a task that has not every result: what stopped it, the three
-    counts, each failure, and the commands that go on from there. `printed`: the results
-    (null where there are none) were written; `flags` reach the task again (--store ...);
+    counts, each failure, and the commands that go on from there. `printed`: the command
+    that wrote the results (null where there are none), None if none were written; `flags`
+    reach the task again (--store ...);
     `severity` heads the first line ("warning" when the command exits 0 all the same)."""
     ref = f"{name}{flags}"
     missing = len(result.failures) + result.not_run
@@ -145,7 +146,7 @@ def print_outcome(
         )
     elif not printed and result.stopped:
         click.echo("  no input has a result: --partial would print only null", err=True)
-    elif printed and result.succeeded and result.stopped:
+    elif printed == "run" and result.succeeded and result.stopped:
         click.echo(f"  `kubemap results {ref} --partial` prints them again", err=True)
     if result.not_run:
         rest = "those and the failed ones" if result.failures else "only those"
