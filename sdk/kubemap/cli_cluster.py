@@ -162,8 +162,10 @@ def list_cmd(
     and the MapTasks of the namespace; WHERE says which. Without a cluster configured, only
     this machine's (and a note says so)."""
     wide = output == "wide"
-    header = ("NAME", "WHERE", "MODE", "PHASE", "SUCCEEDED", "FAILED", "NOT-RUN", "ACTIVE", "AGE")
-    rows: list[tuple[str, ...]] = [(*header, "PODS", "RETRIES", "STORE") if wide else header]
+    header = ("NAME", "WHERE", "MODE", "PHASE", "SUCCEEDED", "FAILED", "NOT-RUN", "ACTIVE")
+    rows: list[tuple[str, ...]] = [
+        (*header, "PODS", "RETRIES", "AGE", "STORE") if wide else (*header, "AGE")
+    ]
     now = datetime.now(UTC)
     if backend != KUBERNETES and not (backend is None and namespace is not None):
         for task in local_tasks(store):
@@ -177,11 +179,10 @@ def list_cmd(
                 str(len(result.failures)),
                 str(result.not_run),
                 str(result.status.active),
-                age(task.created, now),
             )
-            rows.append(
-                (*row, "-", str(result.status.retries), task.run.store_url) if wide else row
-            )
+            when = age(task.created, now)
+            retries = str(result.status.retries)
+            rows.append((*row, "-", retries, when, task.run.store_url) if wide else (*row, when))
     if backend != LOCAL:
         try:
             cluster = _connect(namespace)
@@ -215,7 +216,6 @@ def _cluster_rows(cluster: Cluster, wide: bool, now: datetime) -> list[tuple[str
             str(st.failed),
             str(st.not_run),
             str(st.active),
-            age(created, now),
         )
         if wide:
             store = (spec.get("store") or {}).get("url")
@@ -223,8 +223,11 @@ def _cluster_rows(cluster: Cluster, wide: bool, now: datetime) -> list[tuple[str
                 *row,
                 str(pods.get(task_label(name), 0)),
                 str(st.retries),  # attempts spent beyond the first of their slice
+                age(created, now),
                 f"{store.rstrip('/')}/{name}" if store else "-",
             )
+        else:
+            row = (*row, age(created, now))
         rows.append(row)
     return rows
 
