@@ -921,18 +921,7 @@ FEATURES = [
 # (feature, condition) -> why that cell disagrees today, on every backend (the SDK's own
 # answers). Each is a strict xfail: once the fix lands the cell passes, strict xfail fails
 # the run, and its line here goes.
-_EXECUTOR_STOP = (
-    "matrix finding: a call its run never ran (timeout) raises RemoteFailure('NotRun'), "
-    "not the run's kubemap.TimeoutError that results() and map() raise"
-)
-_EXECUTOR_RETRIES = (
-    "matrix finding: Executor/joblib retries=1 never retries a user exception (the "
-    "executor returns it as a value, so the run sees a success)"
-)
-KNOWN: dict[tuple[str, str], str] = {
-    **{(f, "timed out"): _EXECUTOR_STOP for f in ("Executor.submit", "Executor.map", "joblib")},
-    **{(f, "retried"): _EXECUTOR_RETRIES for f in ("Executor.submit", "Executor.map", "joblib")},
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def cells() -> list[tuple[Feature, Condition]]:
