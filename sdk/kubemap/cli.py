@@ -398,6 +398,21 @@ def retry(
             # --no-wait: a local run lives in this process, it cannot outlive the command
             status = run.wait()
         else:
+            local_only = [
+                flag
+                for flag, given in (
+                    ("--retries", retries != 0),
+                    ("--parallelism", parallelism is not None),
+                    ("--min-success-ratio", min_success_ratio != 1.0),
+                )
+                if given
+            ]
+            if local_only:  # not silently: the operator reruns with the MapTask's own spec
+                click.echo(
+                    f"note: {', '.join(local_only)} apply to tasks run on this machine; "
+                    f"MapTask {name} reruns with its spec's (kubectl edit mt {name})",
+                    err=True,
+                )
             if not _retry_on_cluster(where, wait):
                 return
             run = attach(where)

@@ -117,6 +117,10 @@ def test_retry_of_a_cluster_task_reruns_it_on_the_cluster(
     assert not open_store(run.store_url).exists(STATUS_KEY)  # no local run wrote its record
     assert code == 1 and "Failed" in err and "index 1" in err  # index 1 fails on the cluster too
     assert "2 succeeded, 1 failed, 0 not run" in err
+    # The local rerun's options do not reach the operator: said, not silently dropped.
+    code, _, err = cli("retry", name, "--min-success-ratio", "0")
+    assert "note: --min-success-ratio apply to tasks run on this machine" in err
+    assert code == 1 and "2 succeeded, 1 failed, 0 not run" in err  # the spec's ratio, 1
 
 
 def test_a_name_in_both_places_asks_which(
