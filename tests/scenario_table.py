@@ -404,6 +404,11 @@ class Seen:
     repeated: list[int] = field(default_factory=list)  # indices given more than once
     note: str = ""  # what it printed, for the failure message
 
+    def observed(self) -> bool:
+        """Whether it showed anything the answer is checked against."""
+        shown = (self.values, self.failed, self.not_run, self.counts, self.exit_code)
+        return any(x is not None for x in shown) or self.raised is not _NOT_SEEN
+
 
 @dataclass(frozen=True)
 class Expectation:
@@ -646,6 +651,29 @@ def feature_map(cond: Condition, backend: Backend, where: Path) -> dict[str, See
     return {"map()": seen}
 
 
+def conform_file(file: kubemap.File) -> int:
+    """conform over a file that holds "<where>\t<x>": the same answer, read from a file."""
+    where, x = file.read().decode().split("\t")
+    return conform((where, int(x)))
+
+
+def feature_files(cond: Condition, backend: Backend, where: Path) -> dict[str, Seen]:
+    """map() over kubemap.files(): one file per item, listed in key order."""
+    folder = where / "inputs"
+    folder.mkdir(exist_ok=True)
+    for item_where, x in cond.items(where):
+        (folder / f"item-{x:04d}.txt").write_text(f"{item_where}\t{x}")
+    listed = kubemap.files(str(folder / "item-*.txt"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tolerated-failures warning
+            values = kubemap.map(conform_file, listed, **_options(cond, backend))
+    except kubemap.KubemapError as error:
+        return {"map(files())": _from_error(error)}
+    seen = Seen(values={i: v for i, v in enumerate(values) if v is not None}, raised=None)
+    return {"map(files())": seen}
+
+
 def feature_return_exceptions(cond: Condition, backend: Backend, where: Path) -> dict[str, Seen]:
     _prefill(cond, backend, where)
     try:
@@ -704,6 +732,22 @@ def feature_imap(cond: Condition, backend: Backend, where: Path) -> dict[str, Se
     return {"imap()": seen}
 
 
+def feature_imap_exc(cond: Condition, backend: Backend, where: Path) -> dict[str, Seen]:
+    _prefill(cond, backend, where)
+    values: list[Any] = []
+    try:
+        for value in kubemap.imap(
+            conform, cond.items(where), return_exceptions=True, **_options(cond, backend)
+        ):
+            values.append(value)
+    except kubemap.KubemapError as error:
+        return {"imap(return_exceptions=True)": _from_error(error)}
+    # an index left out shows as missing from all three sets
+    seen = _classified(list(enumerate(values)))
+    seen.raised = None
+    return {"imap(return_exceptions=True)": seen}
+
+
 def feature_retry(cond: Condition, backend: Backend, where: Path) -> dict[str, Seen]:
     run = _start(cond, backend, where)
     cond.unstick(where)
@@ -727,11 +771,10 @@ def feature_executor_submit(cond: Condition, backend: Backend, where: Path) -> d
             pairs.append((index, error if error is not None else future.result()))
     seen = _classified(pairs)
     stops = [value for _, value in pairs if _never_ran(value)]
-    return {
-        "Executor.submit().result()": seen,
-        # a call the run never ran raises what results() raises (the run's stop)
-        "result() of a call never run": Seen(raised=stops[0]) if stops else Seen(),
-    }
+    surfaces = {"Executor.submit().result()": seen}
+    if stops:  # a call the run never ran raises what results() raises (the run's stop)
+        surfaces["result() of a call never run"] = Seen(raised=stops[0])
+    return surfaces
 
 
 def feature_executor_map(cond: Condition, backend: Backend, where: Path) -> dict[str, Seen]:
@@ -901,6 +944,9 @@ FEATURES = [
     Feature("as_completed", feature_as_completed, streams=True),
     Feature("as_completed(return_exceptions)", feature_as_completed_exc, raises=False),
     Feature("imap", feature_imap, _NO_CANCEL, streams=True),
+    Feature("imap(return_exceptions)", feature_imap_exc, _NO_CANCEL, raises=False),
+    # the cache of a file is its content tag: the prefill runs conform, not conform_file
+    Feature("files", feature_files, _NO_CANCEL_NO_CACHE),
     Feature("return_exceptions", feature_return_exceptions, _NO_CANCEL, raises=False),
     Feature("retry", feature_retry, after_retry=True),
     Feature("Executor.submit", feature_executor_submit, _NO_CANCEL_NO_CACHE, independent=True),
@@ -950,6 +996,9 @@ def check_cell(feature: Feature, cond: Condition, backend: Backend, where: Path)
     cond.prepare(where)
     surfaces = feature.run(cond, backend, where)
     expect = feature.expectation(cond)
+    assert surfaces, f"{feature.name} showed nothing"
+    for name, seen in surfaces.items():  # a surface that shows nothing would agree vacuously
+        assert seen.observed(), f"{feature.name}: {name} showed nothing to check"
     problems = [line for name, seen in surfaces.items() for line in mismatches(name, seen, expect)]
     independent = feature.independent and cond.independent is not None
     if not feature.after_retry and not independent and not feature.raises_first:
