@@ -8,9 +8,9 @@ runs; on SIGTERM the worker hands its lease back (an infrastructure failure: no 
 spent) and exits, so a deleted worker's chunk runs elsewhere at once.
 
 The heartbeat long-polls: when the dispatcher takes the lease back (the task was cancelled,
-deleted or has finished) it answers at once and the worker stops the function (Stopper) and
-writes nothing more for that slice; a function that will not stop ends the worker process,
-and its Deployment starts a fresh one.
+deleted or has finished) it answers at once and the worker stops the function (Stopper),
+keeping the slice's items that had finished; a function that will not stop ends the worker
+process, and its Deployment starts a fresh one.
 
 Environment: KUBEMAP_DISPATCHER_URL, KUBEMAP_POOL (<namespace>/<pool>), KUBEMAP_POOL_TOKEN,
 KUBEMAP_POOL_KEY (the pool's signing key: kubemap.signing), HOSTNAME (the worker's name), and
@@ -51,7 +51,7 @@ from kubemap.signing import FN_MAC, POOL_KEY_ENV, Signer, key_from_env
 from kubemap.stores import open_store
 from kubemap.stores.base import Store
 from kubemap.termination import infra_cause
-from kubemap.worker import SliceOutcome, Terminated, run_slice
+from kubemap.worker import SliceOutcome, Stopped, Terminated, run_slice
 
 EXIT_REFUSED = 2  # the dispatcher refused our credential: let the pod restart with a fresh one
 EXIT_NO_KEY = 6  # a signed task, but no pool key yet: the restarted container gets the Secret
@@ -100,21 +100,22 @@ class Refused(Exception):
     """401/403 from the dispatcher."""
 
 
-class Revoked(BaseException):
-    """The dispatcher took the lease back: stop the function (BaseException, so the user
-    error handler of run_slice and the user's own `except Exception` let it pass)."""
+class Revoked(Stopped):
+    """The dispatcher took the lease back: stop the function (a BaseException, so the user's
+    own `except Exception` lets it pass; run_slice keeps what finished before it)."""
 
 
 class Stopper:
     """Stops the user's function when its lease is revoked, in the thread that runs it.
 
     The function is interrupted only while it runs (`wrap`): a revoke that lands while the
-    worker reads the inputs or writes a finished slice waits for the next item, so no result
-    of an index that had not finished is written after the revoke. In the worker process (the
-    main thread) a signal interrupts even a sleeping function; a worker run in a thread (the
-    tests) gets an asynchronous exception at its next bytecode. A function that has not
-    stopped STOP_GRACE_SECONDS later (stuck in C code, or swallowing BaseException) ends the
-    process when `exit_when_stuck`: the pool's Deployment starts a fresh worker."""
+    worker reads the inputs or writes a finished slice waits for the next item. The items
+    that finished before the revoke are written (run_slice keeps them), none after. In the
+    worker process (the main thread) a signal interrupts even a sleeping function; a worker
+    run in a thread (the tests) gets an asynchronous exception at its next bytecode. A
+    function that has not stopped STOP_GRACE_SECONDS later (stuck in C code, or swallowing
+    BaseException) ends the process when `exit_when_stuck`: the pool's Deployment starts a
+    fresh worker."""
 
     def __init__(self, *, exit_when_stuck: bool = False) -> None:
         self._lock = threading.Lock()
@@ -315,20 +316,43 @@ def _run_span(
     attempt: int,
     signer: Signer | None = None,
 ) -> SliceOutcome:
-    """run_slice, skipping (on a re-run) indices that already have results."""
+    """run_slice, skipping (on a re-run) indices that already have results. A stop (Stopped)
+    is raised again with the outcome of every part that ran."""
     if attempt == 0:
         return run_slice(task, start, count, fn=fn, attempt=attempt, skip_done=False, signer=signer)
     done = done_in_span(task, start, count)
-    outcomes = [
-        run_slice(task, lo, hi - lo, fn=fn, attempt=attempt, skip_done=False, signer=signer)
-        for lo, hi in (IndexRanges.span(start, start + count) - done).intervals
-    ]
+    outcomes: list[SliceOutcome] = []
+    try:
+        for lo, hi in (IndexRanges.span(start, start + count) - done).intervals:
+            outcomes.append(
+                run_slice(task, lo, hi - lo, fn=fn, attempt=attempt, skip_done=False, signer=signer)
+            )
+    except Stopped as exc:
+        exc.outcome = _merge([*outcomes, *([exc.outcome] if exc.outcome else [])], done)
+        raise
+    return _merge(outcomes, done)
+
+
+def _merge(outcomes: list[SliceOutcome], skipped: IndexRanges) -> SliceOutcome:
     succeeded, failed = IndexRanges(), IndexRanges()
     errors: dict[int, Any] = {}
     for outcome in outcomes:
         succeeded, failed = succeeded | outcome.succeeded, failed | outcome.failed
         errors.update(outcome.errors)
-    return SliceOutcome(succeeded=succeeded, failed=failed, skipped=done, errors=errors)
+    return SliceOutcome(succeeded=succeeded, failed=failed, skipped=skipped, errors=errors)
+
+
+def stopped_report(lease: str, worker: str, outcome: SliceOutcome | None) -> dict[str, Any]:
+    """The report of a lease taken back: what finished before the stop was written and
+    counts; the rest never ran here (an infrastructure outcome: no user retry spent)."""
+    kept = outcome or SliceOutcome()
+    return {
+        "lease": lease,
+        "kind": "infra",
+        "why": f"lease taken back: worker {worker} stopped the function",
+        "succeeded": str(kept.succeeded | kept.skipped),
+        "failed": str(kept.failed),
+    }
 
 
 class Runtime:
@@ -362,7 +386,7 @@ def run_lease(
 ) -> dict[str, Any]:
     """Run one leased slice; the report body to send back. With the pool's key, the task's
     files are checked before unpickling (the MACs bind the task's name, from the grant).
-    Raises Revoked when the stopper stops the function (nothing of the slice is written)."""
+    Raises Revoked when the stopper stops the function (after writing what had finished)."""
     task_url = str(grant["task_url"])
     start, count, attempt = int(grant["start"]), int(grant["count"]), int(grant["attempt"])
     report: dict[str, Any] = {"lease": grant["lease_id"]}
@@ -459,11 +483,14 @@ def serve(env: PoolEnv, *, stop: Callable[[], bool] = lambda: False, wait: float
         heartbeat.hold(str(grant["lease_id"]), float(grant.get("lease_seconds", 15)))
         try:
             body = run_lease(grant, functions, env.key, runtime, stopper)
-        except Revoked:
+        except Revoked as exc:
             stopper.end()
             heartbeat.hold(None)
-            _log(f"stopped lease {grant['lease_id']}: nothing of it was written")
-            continue  # the lease is gone: no report (it would get 410); ask for work
+            kept = exc.outcome.succeeded if exc.outcome else IndexRanges()
+            _log(f"stopped lease {grant['lease_id']}: kept the {len(kept)} item(s) that finished")
+            # What finished counts in the task's verdict, which waits for this report.
+            _send_report(client, stopped_report(str(grant["lease_id"]), env.worker, exc.outcome))
+            continue
         except NoPoolKey as exc:
             stopper.end()
             heartbeat.hold(None)

@@ -67,6 +67,7 @@ from kubemap.termination import (
 
 __all__ = [  # the termination-line helpers moved to kubemap.termination; importable here too
     "SliceOutcome",
+    "Stopped",
     "Terminated",
     "WorkerEnv",
     "infra_cause",
@@ -93,6 +94,14 @@ class SliceOutcome:
 
 class Terminated(BaseException):
     """SIGTERM arrived: stop now (BaseException, so the user-error handler lets it pass)."""
+
+
+class Stopped(BaseException):
+    """Raised inside fn by a caller that stops the slice (a warm pool's lease taken back):
+    run_slice records the items that finished before it, then raises it again with
+    `outcome` saying what it recorded."""
+
+    outcome: SliceOutcome | None = None
 
 
 def error_record(index: int, exc: BaseException, attempt: int) -> dict[str, Any]:
@@ -147,23 +156,31 @@ def run_slice(
     items = taskdata.read_slice(task, start, count, signer=signer)
     values: dict[int, Any] = {}
     records: dict[int, dict[str, Any]] = {}
+    stopped: Stopped | None = None
     for index in todo:
         try:
             values[index] = fn(items[index - start])
         except Exception as exc:
             records[index] = error_record(index, exc, attempt)
+        except Stopped as exc:  # what finished before the stop is kept, not thrown away
+            stopped = exc
+            break
     blob = _encode(values, records, attempt, sealed=signer is not None)
     for index, record in records.items():
         taskdata.write_error(task, index, record)
     if values:
         _save_results(task, start, count, values, blob, signer)
         _fill_cache(task, start, count, values)
-    return SliceOutcome(
+    outcome = SliceOutcome(
         succeeded=IndexRanges.of(values),
         failed=IndexRanges.of(records),
         skipped=done,
         errors={i: RemoteError.from_record(r) for i, r in records.items()},
     )
+    if stopped is not None:
+        stopped.outcome = outcome
+        raise stopped
+    return outcome
 
 
 def _fill_cache(task: Store, start: int, count: int, values: dict[int, Any]) -> None:

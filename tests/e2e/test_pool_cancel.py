@@ -90,6 +90,9 @@ def test_ctrl_c_on_a_pool_task_stops_its_work_and_frees_the_pool(
         try:
             wait_for("both workers running the function", lambda: len(calls(log, "start")) >= 2)
             wait_for("the pool shows both busy", lambda: wp.status().busy == 2, timeout=5)
+            wait_for("a few items finished", lambda: len(calls(log, "end")) >= 2, timeout=10)
+            time.sleep(0.3)  # they finished well before the Ctrl-C (the margin below)
+            asked = time.time()
             proc.send_signal(signal.SIGINT)  # Ctrl-C
             _, stderr = proc.communicate(timeout=60)
         finally:
@@ -120,6 +123,8 @@ def test_ctrl_c_on_a_pool_task_stops_its_work_and_frees_the_pool(
         assert late == ([], []), (late, timeline, (get_task(custom, name) or {}).get("status"))
         assert stored(store_url) == written  # and nothing more was written
         assert set(written) <= set(calls(log, "end"))  # only indices that had finished
+        finished = set(calls(log, "end")) - set(calls(log, "end", after=asked - 0.2))
+        assert finished and finished <= set(written)  # and none that had finished is lost
         body = get_task(custom, name) or {}
         assert body["status"]["phase"] == "Cancelled", body.get("status")
         assert busy_zero and idle_after < 10, idle_after

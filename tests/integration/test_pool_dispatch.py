@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import urllib3
+from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase
 from kubemap.models import MapTaskSpec, MapTaskStatus, Mode, StoreRef
 from kubemap.poolmodels import python_minor
@@ -313,9 +314,11 @@ def test_cancel_takes_the_leases_back_and_the_workers_stop_the_function(
         time.sleep(0.05)
     spec = spec_for(base, 40)
     key = harness.submit("slow", base, spec)  # chunks of 20 and 10 items: 4 s and 2 s
-    while len(events(log, "start")) < 2:
+    while len(events(log, "end")) < 2:  # a few items finish before the cancel
         assert time.monotonic() < deadline, "the workers did not start"
         time.sleep(0.02)
+    time.sleep(0.15)  # they finished well before the cancel (the margin below)
+    asked = time.time()
 
     def cancel() -> MapTaskStatus:
         task = harness.dispatcher.tasks[key]
@@ -323,8 +326,13 @@ def test_cancel_takes_the_leases_back_and_the_workers_stop_the_function(
         harness.dispatcher.sync(key, task.uid, suspended, task.status, task.task_url, None, 2)
         return task.status
 
-    assert harness.call(cancel).phase is Phase.CANCELLED
+    harness.call(cancel)
     cancelled_at = time.time()
+    # The verdict waits (at most STOP_WAIT_SECONDS) for the workers to stop and say what
+    # finished, so it counts what is kept.
+    final = harness.wait_finished(key, timeout=10)
+    verdict_after = time.time() - cancelled_at
+    assert final.phase is Phase.CANCELLED
     grace = 1.0
     time.sleep(grace)
     written = stored(base, "slow")
@@ -339,6 +347,12 @@ def test_cancel_takes_the_leases_back_and_the_workers_stop_the_function(
     assert (late_starts, late_ends) == ([], [])  # the function stopped within the grace
     assert stored(base, "slow") == written  # and nothing was written after it
     assert set(written) <= set(events(log, "end"))  # only indices that had finished
+    finished = set(events(log, "end")) - set(events(log, "end", after=asked - 0.1))
+    assert finished and finished <= set(written)  # and none that had finished is lost
+    assert final.succeeded == len(written) and final.succeeded_indexes == str(
+        IndexRanges.of(written)
+    )  # the verdict counts what was kept: the store and the status agree
+    assert verdict_after < 1.0, verdict_after  # the workers answered; no wait for the timeout
     assert busy_after is not None and busy_after < 2.0, busy_after
 
     upload(base, "next", timed(tmp_path / "next.log", 0.0), 3)
@@ -347,4 +361,7 @@ def test_cancel_takes_the_leases_back_and_the_workers_stop_the_function(
     assert harness.wait_finished(nxt).phase is Phase.SUCCEEDED
     took = time.monotonic() - began
     assert took < 2.0, took  # not behind the cancelled task's chunks
-    print(f"cancel -> idle {busy_after:.2f}s, next 3-item task {took:.2f}s")
+    print(
+        f"cancel -> verdict {verdict_after:.2f}s, idle {busy_after:.2f}s, kept {sorted(written)},"
+        f" next task {took:.2f}s"
+    )

@@ -218,3 +218,36 @@ def test_lease_turns_into_the_attempt_plan_reads() -> None:
     seen = lease.observed()
     assert (seen.start, seen.count, seen.attempt, seen.failures) == (4, 3, 2, 1)
     assert seen.state is PodState.FAILED and seen.exit_code == 3 and seen.infra_reason is None
+
+
+def test_a_cancel_takes_the_leases_back_and_its_verdict_counts_what_they_kept() -> None:
+    """Issue 18 #14: the leases of a cancelled task are taken back at once (their heartbeat
+    answers 'lost'); the verdict waits for the workers' reports of what finished (or
+    STOP_WAIT_SECONDS), so the status counts every result that was written."""
+    from kubemap_operator.pools.dispatch import STOP_WAIT_SECONDS
+
+    clock = Clock()
+    dispatcher = Dispatcher(clock=clock)
+    key, pool = ("ns", "t"), ("ns", "p")
+    dispatcher.seen(pool, "w2", "3.11")
+    status, _, _ = dispatcher.sync(key, "u", spec(30), MapTaskStatus(), "s3://b/p/t", "3.11", 1)
+    assert status is not None
+    a, b = lease_now(dispatcher, "w"), lease_now(dispatcher, "w2")
+    assert dispatcher.heartbeat(pool, "w", [str(a["id"])]) == []
+    cancel = spec(30, suspend=True)
+    held, _, _ = dispatcher.sync(key, "u", cancel, status, "s3://b/p/t", "3.11", 2)
+    assert held is None and not dispatcher.tasks[key].status.phase.finished
+    lost = dispatcher.heartbeat(pool, "w", [str(a["id"])]) + dispatcher.heartbeat(
+        pool, "w2", [str(b["id"])]
+    )
+    assert lost == [a["id"], b["id"]]  # both taken back at once
+    # no new chunk of the task is offered meanwhile:
+    assert asyncio.run(dispatcher.lease(pool, "w3", "3.11", 0)) is None
+    kept = IndexRanges.span(int(a["start"]), int(a["start"]) + 2)  # w stopped after 2 items
+    assert dispatcher.report(pool, str(a["id"]), "infra", WorkerReport(kept, IndexRanges()))
+    assert not dispatcher.tasks[key].status.phase.finished  # w2 has not answered yet
+    clock.advance(STOP_WAIT_SECONDS)  # w2 is stuck or gone: the verdict waits no longer
+    final, _, _ = dispatcher.sync(key, "u", cancel, status, "s3://b/p/t", "3.11", 2)
+    assert final is not None and final.phase is Phase.CANCELLED
+    assert (final.succeeded, final.succeeded_indexes) == (2, str(kept))
+    assert not dispatcher.report(pool, str(b["id"]), "ok", None)  # too late: 410 Gone

@@ -30,6 +30,11 @@ from kubemap_operator.pools.retrystate import restore_counts, with_counts
 from kubemap_operator.status import rfc3339, set_condition
 
 FLUSH_SECONDS = 1.0
+# A verdict that ends a task (cancelled, failed fast, out of time) while leases run takes them
+# back first and waits this long for their workers to stop and report what they kept, so the
+# verdict counts the items that finished (lose nothing done); a worker silent that long is
+# stuck or gone, and its lease is dropped.
+STOP_WAIT_SECONDS = 3.0
 WORKER_GONE_SECONDS = 60.0  # a worker not heard from this long is no longer counted
 TaskKey = tuple[str, str]  # namespace, MapTask name
 PoolKey = tuple[str, str]  # namespace, WorkerPool name
@@ -51,6 +56,7 @@ class PoolTask:
     events: list[Event] = field(default_factory=list)
     served_by: set[str] = field(default_factory=set)
     seconds_per_item: float | None = None  # measured from finished leases (moving average)
+    stopping_until: datetime | None = None  # its leases were taken back: the verdict waits
 
 
 @dataclass
@@ -233,7 +239,7 @@ class Dispatcher:
         now = self.clock()
         for lease_id in lease_ids:
             found = self._find(pool, lease_id)
-            if found is None or found[1].state is not PodState.ACTIVE:
+            if found is None or found[1].state is not PodState.ACTIVE or found[1].revoked:
                 lost.append(lease_id)
             else:
                 found[1].renew(now, self.lease_seconds)
@@ -333,9 +339,27 @@ class Dispatcher:
     def _replan(self, task: PoolTask, generation: int | None = None) -> None:
         if task.status.phase.finished:
             return
-        self._apply(task, self._plan(task, self._chunk(task), generation))
+        result = self._plan(task, self._chunk(task), generation)
+        if self._hold(task, result):
+            return
+        self._apply(task, result)
         if not task.status.phase.finished:
             self.pool(task.pool).last_work = self.clock()
+
+    def _hold(self, task: PoolTask, result: Plan) -> bool:
+        """A verdict that ends the task while leases run: take them back (their workers stop
+        and report what finished) and hold the verdict until they have, or STOP_WAIT_SECONDS
+        passed; True while it is held."""
+        active = task.leases.active()
+        if not result.status.phase.finished or not active:
+            return False
+        now = self.clock()
+        if task.stopping_until is None:
+            task.stopping_until = now + timedelta(seconds=STOP_WAIT_SECONDS)
+            for lease in active:
+                lease.revoked = True
+                self._nudge(task.pool, lease.worker)
+        return now < task.stopping_until
 
     def _chunk(self, task: PoolTask) -> int:
         if task.leases.expire(self.clock()):  # a lost lease is remaining work again
@@ -356,7 +380,11 @@ class Dispatcher:
             if task.python and task.python != python:
                 self._refuse_python(task, python)
                 continue
+            if task.stopping_until is not None:
+                continue  # ending: its leases are being taken back
             result = self._plan(task, self._chunk(task))
+            if self._hold(task, result):
+                continue
             self._apply(task, result)
             if not result.create:
                 continue

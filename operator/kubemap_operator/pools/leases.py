@@ -37,6 +37,7 @@ class Lease:
     infra_reason: str | None = None
     report: WorkerReport | None = None
     finished_at: datetime | None = None
+    revoked: bool = False  # taken back: its worker stops and reports what it kept
 
     @property
     def name(self) -> str:
