@@ -91,7 +91,7 @@ def cluster_backend(unique: Callable[[str], str], store: str | None, **extra: An
     run_args = where + (("--store", store) if store else ())
     run_args += tuple(a for key, value in extra.items() for a in (f"--{key}", str(value)))
     # pods start in seconds, not milliseconds: 0 and 1 finish well within this
-    return Backend("kubernetes", options, run_args, where, deadline=60.0)
+    return Backend("kubernetes", options, run_args, where, deadline=60.0, retry_takes_options=False)
 
 
 @pytest.mark.parametrize(("feature", "cond"), cell_params(CLUSTER_KNOWN))
