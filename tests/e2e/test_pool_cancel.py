@@ -7,6 +7,7 @@ t'), the result objects in S3, the WorkerPool's status (busy) and a watch on the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -142,3 +143,55 @@ def test_ctrl_c_on_a_pool_task_stops_its_work_and_frees_the_pool(
         f"\ncancel -> pool busy 0 after {idle_after:.1f}s; {len(written)} results kept "
         f"({sorted(written)}), none after; next 3-item task {took:.2f}s; stderr: {stderr.strip()}"
     )
+
+
+def test_a_function_that_will_not_stop_is_replaced_by_a_fresh_worker(
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    operator: Operator,
+    pool: Callable[..., WorkerPool],
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """A function that swallows the stop (a bare except) or sits in C code: the worker
+    process exits STOP_GRACE_SECONDS after the revoke, its container restarts, and the pool
+    serves the next task; nothing of the stuck index is written."""
+    wp = pool(replicas=1, idle_ttl_seconds=0)
+    wait_for("1 ready worker", lambda: wp.status().ready == 1, timeout=180)
+    log = tmp_path / "calls.log"
+
+    def stubborn(x: int) -> int:
+        with open(log, "a") as out:
+            out.write(f"start {x} {time.time()}\n")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with contextlib.suppress(BaseException):  # swallows the stop: what is tested
+                time.sleep(0.1)
+        return x
+
+    def restarts() -> int:
+        found = core.list_namespaced_pod(NAMESPACE, label_selector=f"kubemap.io/pool={wp.name}")
+        return sum(
+            cs.restart_count for p in found.items for cs in (p.status.container_statuses or [])
+        )
+
+    before = restarts()
+    store = os.environ.get("KUBEMAP_STORE")
+    name = unique("ps")
+    run = kubemap.submit(stubborn, range(2), backend="kubernetes", namespace=NAMESPACE,
+                         store=store, pool=wp.name, name=name)  # fmt: skip
+    wait_for("the function started", lambda: calls(log, "start"), timeout=60)
+    assert run.cancel()
+    cancelled = time.monotonic()
+    wait_for("the worker replaced", lambda: restarts() > before, timeout=60)
+    replaced = time.monotonic() - cancelled
+    wait_for("the worker ready again", lambda: wp.status().ready == 1, timeout=60)
+    body = get_task(custom, name) or {}
+    assert body["status"]["phase"] == "Cancelled"
+    assert stored(run.store_url) == []  # the stuck index wrote nothing
+    began = time.monotonic()
+    nxt = kubemap.submit(abs, [-4], backend="kubernetes", namespace=NAMESPACE, store=store,
+                         pool=wp.name, name=unique("pn"))  # fmt: skip
+    assert nxt.results() == [4]
+    print(f"\nstuck function: worker replaced {replaced:.1f}s after the cancel; next task "
+          f"{time.monotonic() - began:.2f}s")  # fmt: skip
