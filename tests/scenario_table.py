@@ -185,8 +185,8 @@ def check(scenario: Scenario, backend_options: dict[str, Any], counter: Path) ->
 #
 # The table above checks the run engine through submit(). The matrix below checks what a
 # user sees through each feature (map, submit and its results/failures/not_run/status,
-# as_completed, imap, return_exceptions, retry, the Executor, joblib, the CLI's run,
-# results and retry) under each condition (all succeed, a tolerated failure, fail-fast,
+# as_completed, imap, return_exceptions, map over kubemap.files(), retry, the Executor,
+# joblib, the CLI's run, results and retry) under each condition (all succeed, a tolerated failure, fail-fast,
 # cancelled, timed out, partly cached, retried). A condition is data: its items, which of
 # them fail, sleep or fail once, its options, and its ANSWER: which indices succeeded
 # (their values are x*x), failed and never ran, what a raising surface raises, and the exit
@@ -202,8 +202,6 @@ def check(scenario: Scenario, backend_options: dict[str, Any], counter: Path) ->
 # removing its marker, and `kubemap retry` (which cannot change the function) can too.
 
 N_ITEMS = 6
-
-
 BEAT = 0.05  # seconds between a sleeping call's heartbeats
 
 
@@ -317,8 +315,8 @@ class Condition:
             (where / f"sleep-{index}").unlink(missing_ok=True)
 
 
-# Stuck until the run is stopped: a cancel or timeout that left them running would hang
-# the cell (its timeout fails it), as work that goes on after a cancel must not.
+# Stuck until the run is stopped; a call still beating after the stop fails its cell
+# (work must not go on after a cancel or a timeout).
 _STUCK = {index: 600.0 for index in range(2, N_ITEMS)}
 # One slice per index, two at a time: indices 0 and 1 finish, 2 and 3 are running (in their
 # sleep) when the run stops, 4 and 5 never start: the same answer on every backend.
@@ -426,7 +424,6 @@ class Expectation:
 
     answer: Answer
     raises: bool = True  # False: return_exceptions surfaces never raise for an index
-    user_errors: bool = True  # failed indices' errors are the user's class (BadInput)
 
 
 def mismatches(surface: str, seen: Seen, expect: Expectation) -> list[str]:
@@ -476,7 +473,7 @@ def mismatches(surface: str, seen: Seen, expect: Expectation) -> list[str]:
             continue
         if not isinstance(error, Exception):
             out.append(f"{surface}: index {index}'s error is not an exception: {error!r}")
-        elif expect.user_errors and not isinstance(error, BadInput):
+        elif not isinstance(error, BadInput):  # the user's own class, or catchable as it
             out.append(
                 f"{surface}: index {index}'s error is not catchable as the user's BadInput: "
                 f"{type(error).__name__}: {error}"
