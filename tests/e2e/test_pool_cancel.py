@@ -140,7 +140,8 @@ def test_ctrl_c_on_a_pool_task_stops_its_work_and_frees_the_pool(
     assert after == warm  # the workers were stopped, not replaced
     assert took < 5.0, took  # not behind the cancelled chunks (14.3 s before)
     print(
-        f"\ncancel -> pool busy 0 after {idle_after:.1f}s; {len(written)} results kept "
+        f"\nCtrl-C -> CLI exit {cancelled - asked:.2f}s, then pool busy 0 after "
+        f"{idle_after:.1f}s; {len(written)} results kept "
         f"({sorted(written)}), none after; next 3-item task {took:.2f}s; stderr: {stderr.strip()}"
     )
 
