@@ -5,8 +5,9 @@ conformance matrix, each feature under each condition, in pod mode and on a warm
 from __future__ import annotations
 
 import os
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,15 +104,27 @@ def test_conformance_cell_pod_mode(
     check_cell(feature, cond, backend, tmp_path / "calls")
 
 
+@pytest.fixture(scope="module")
+def warm_pool(kubemap_installed: None, operator: Any) -> Iterator[str]:
+    """One warm WorkerPool for every cell, as a user keeps one: a cell that cancels or
+    times out must leave it able to serve the next."""
+    from kubemap.workerpool import WorkerPool
+
+    made = WorkerPool(
+        f"cf-pool-{secrets.token_hex(3)}", namespace=NAMESPACE, replicas=2, idle_ttl_seconds=0
+    ).create()
+    yield made.name
+    made.delete()
+
+
 @pytest.mark.parametrize(("feature", "cond"), cell_params(CLUSTER_KNOWN))
 def test_conformance_cell_warm_pool(
     feature: Feature,
     cond: Condition,
     tmp_path: Path,
     unique: Callable[[str], str],
-    pool: Callable[..., Any],
+    warm_pool: str,
 ) -> None:
     tmp_path.chmod(0o777)
-    warm = pool(replicas=2, idle_ttl_seconds=0)
-    backend = cluster_backend(unique, os.environ.get("KUBEMAP_STORE"), pool=warm.name)
+    backend = cluster_backend(unique, os.environ.get("KUBEMAP_STORE"), pool=warm_pool)
     check_cell(feature, cond, backend, tmp_path / "calls")
