@@ -192,10 +192,14 @@ def _dual_class(cause: builtins.type[Any]) -> builtins.type[RemoteError] | None:
 
 
 class MapTaskError(KubemapError):
-    """The run did not produce every result. `failures` maps index -> RemoteError for the
-    indices that failed beyond their retries; `not_run` holds the indices never run (the
-    run stopped first). Results of the indices that succeeded stay reachable through
-    `MapRun.results(partial=True)` and in the store.
+    """The run did not produce every result. Every index is in exactly one of:
+
+    - `failures`: index -> RemoteError for each index that failed and has no result:
+      its last attempt failed, or an attempt failed and the run stopped (fail-fast,
+      timeout, cancel) before its pending retry ran. The error is the one recorded.
+    - `not_run`: the indices with neither a result nor a failure (the run stopped first).
+    - `succeeded`: the number with a result (a retry that succeeded counts here), which
+      stay reachable through `MapRun.results(partial=True)` and in the store.
     """
 
     def __init__(
