@@ -78,6 +78,9 @@ class ObservedPod(Attempt):
     created_at: datetime | None = None
     stuck: bool = False  # failed by the operator while Kubernetes still has it pending
     is_pod: bool = False  # a real pod (a warm pool's leases are ObservedPods too)
+    # Its containers started (phase Running or later): it may write results before it ends.
+    # A pod still pending can be deleted without waiting for what it did: it did nothing.
+    launched: bool = True
 
     def describe(self) -> str:
         """'pod t-17-1 (index 17, attempt 2)': a pod is named, to find its logs."""
@@ -243,4 +246,5 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
         created_at=created,
         stuck=cause is not None,
         is_pod=True,
+        launched=phase != "Pending",
     )

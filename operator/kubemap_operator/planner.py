@@ -9,14 +9,15 @@ pods to create, the finalizers to release and the pods to delete. No I/O here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import datetime
 
-from kubemap.core.plan import Decision, Recorded, Rules
+from kubemap.core.plan import Decision, Recorded, Rules, Verdict
 from kubemap.core.plan import plan as core_plan
 from kubemap.core.ranges import IndexRanges
-from kubemap.core.status import CONDITION_OF_PHASE, Phase, partition
-from kubemap.models import MapTaskSpec, MapTaskStatus
+from kubemap.core.status import CONDITION_OF_PHASE, Phase, Reason, outcome_message, partition
+from kubemap.models import Condition, MapTaskSpec, MapTaskStatus
 
 from kubemap_operator import rerun
 from kubemap_operator.finishing import after_finish, cleanup
@@ -24,7 +25,16 @@ from kubemap_operator.observe import ObservedPod, PodState, parse_time
 from kubemap_operator.plantypes import DEFAULT_LIMITS, Event, Limits, Plan, PodRequest
 from kubemap_operator.status import clip, rfc3339, set_condition
 
-__all__ = ["Event", "Limits", "Plan", "PodRequest", "plan", "rules_of"]
+__all__ = ["STOPPING", "Event", "Limits", "Plan", "PodRequest", "plan", "rules_of"]
+
+# A task whose verdict came while pods ran first stops them (condition Stopping: the
+# verdict's reason and why), records what they finished, then ends with those counts: a
+# pod that wrote its result just before the verdict is counted, not found later in the
+# store beside a status that says "not run". Bounded: a pod that does not end within
+# STOP_WAIT_SECONDS (its node is gone) is not waited for.
+STOPPING = "Stopping"
+STOP_WAIT_SECONDS = 60.0
+_COUNTS = re.compile(r"(; )?\d+ succeeded, \d+ failed, \d+ not run$")
 
 
 def rules_of(spec: MapTaskSpec, limits: Limits = DEFAULT_LIMITS) -> Rules:
@@ -56,6 +66,20 @@ def _events(decision: Decision, old_failed: IndexRanges) -> list[Event]:
     return events
 
 
+def _start_stopping(
+    verdict: Verdict, status: MapTaskStatus, events: list[Event], now: datetime
+) -> Condition | None:
+    """The Stopping condition of a verdict that stops the task (None for a success)."""
+    if verdict.phase is Phase.SUCCEEDED:
+        return None
+    why = _COUNTS.sub("", verdict.message)
+    events.append(Event("Warning", STOPPING, clip(f"stopping: {why}", 1000)))
+    conditions = set_condition(
+        list(status.conditions), STOPPING, reason=verdict.reason.value, message=why, now=now
+    )
+    return conditions[-1]
+
+
 def plan(
     spec: MapTaskSpec,
     status: MapTaskStatus,
@@ -65,13 +89,21 @@ def plan(
     generation: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
     retry_token: str | None = None,
+    stop_first: bool = False,
 ) -> Plan:
     """The plan for this reconcile; `retry_token` is the kubemap.io/retry annotation (see
-    kubemap_operator.rerun: a new token on a finished task reruns what has no result)."""
+    kubemap_operator.rerun: a new token on a finished task reruns what has no result).
+    stop_first: a verdict that stops the task while pods run stops them first (STOPPING)."""
     status, retry_event = rerun.honour(spec, status, pods, retry_token, now)
     earlier = [p.name for p in pods if p.attempt < status.attempt_base and p.has_finalizer]
     result = _plan(
-        spec, status, rerun.this_round(status, pods), now, generation=generation, limits=limits
+        spec,
+        status,
+        rerun.this_round(status, pods),
+        now,
+        generation=generation,
+        limits=limits,
+        stop_first=stop_first,
     )
     return replace(
         result,
@@ -89,6 +121,7 @@ def _plan(
     *,
     generation: int | None,
     limits: Limits,
+    stop_first: bool = False,
 ) -> Plan:
     total = spec.total
     base = _upd(
@@ -145,6 +178,68 @@ def _plan(
             ),
         )
     verdict = decision.verdict
+    stopping = next((c for c in status.conditions if c.type == STOPPING), None)
+    # Only pods that started can still write results: pending ones are deleted, not awaited.
+    running = [p for p in pods if p.state is PodState.ACTIVE and p.launched]
+    if stopping is None and stop_first and running and verdict is not None:
+        stopping = _start_stopping(verdict, status_out, events, now)
+        if stopping is not None:
+            status_out = _upd(
+                status_out,
+                conditions=[*(c for c in status_out.conditions if c.type != STOPPING), stopping],
+            )
+    if stopping is not None and not (verdict is not None and verdict.phase is Phase.SUCCEEDED):
+        since = parse_time(stopping.last_transition_time) or now
+        waited = (now - since).total_seconds()
+        reason = Reason.parse(stopping.reason) or Reason.FAILED_INDEXES
+        stopped = decision.stopped
+        if running and waited < STOP_WAIT_SECONDS:
+            return Plan(
+                status=_upd(
+                    status_out,
+                    phase=Phase.RUNNING,
+                    failed=len(stopped - decision.succeeded),
+                    not_run=len(
+                        partition(
+                            total,
+                            succeeded=decision.succeeded,
+                            failed=stopped,
+                            active=IndexRanges.from_spans(
+                                (p.start, p.start + p.count) for p in running
+                            ),
+                        ).not_run
+                    ),
+                    failed_indexes=str(stopped),
+                ),
+                stop=tuple(p.name for p in running if not p.deleting),
+                delete=tuple(
+                    p.name
+                    for p in pods
+                    if p.state is PodState.ACTIVE and not p.launched and not p.deleting
+                ),
+                events=tuple(events),
+                requeue_after=min(2.0, STOP_WAIT_SECONDS - waited),
+            )
+        phase = Phase.CANCELLED if reason is Reason.CANCELLED else Phase.FAILED
+        counted = partition(total, succeeded=decision.succeeded, failed=stopped)
+        verdict = Verdict(
+            phase,
+            reason,
+            outcome_message(
+                phase,
+                total=total,
+                succeeded=len(counted.succeeded),
+                failed=len(counted.failed),
+                why=stopping.message or "",
+            ),
+        )
+        status_out = _upd(
+            status_out,
+            succeeded=len(counted.succeeded),
+            failed=len(counted.failed),
+            failed_indexes=str(counted.failed),
+            conditions=[c for c in status_out.conditions if c.type != STOPPING],
+        )
     if verdict is not None:
         kind = CONDITION_OF_PHASE[verdict.phase]
         status_out = _upd(
@@ -153,7 +248,13 @@ def _plan(
             message=clip(verdict.message),
             completion_time=rfc3339(now),
             # a stopped task's running attempts are stopped: their indices were not run
-            not_run=len(parts.not_run) + len(parts.active),
+            not_run=len(
+                partition(
+                    total,
+                    succeeded=IndexRanges.parse(status_out.succeeded_indexes),
+                    failed=IndexRanges.parse(status_out.failed_indexes),
+                ).not_run
+            ),
             conditions=set_condition(
                 list(status_out.conditions),
                 kind,

@@ -36,6 +36,9 @@ class Plan:
     create: tuple[PodRequest, ...] = ()
     release: tuple[str, ...] = ()  # remove the tracking finalizer, keep the pod
     delete: tuple[str, ...] = ()  # remove the finalizer, then delete the pod
+    # Delete the pod but keep its finalizer: a stopping task records what the pod did
+    # before it ended (its results are in the store), then lets it go.
+    stop: tuple[str, ...] = ()
     events: tuple[Event, ...] = ()
     requeue_after: float | None = None  # seconds until a retry or the TTL is due
     delete_task: bool = False

@@ -166,6 +166,7 @@ class Reconciler:
             generation=meta.get("generation"),
             limits=self.limits,
             retry_token=(meta.get("annotations") or {}).get(ANNOTATION_RETRY),
+            stop_first=True,  # a verdict first stops the running pods, then counts them
         )
         await self._apply(TaskRef(name, namespace, uid), body, spec, status, result, pods, logger)
         metrics.observe_phase(namespace, name, result.status.phase)
@@ -205,6 +206,8 @@ class Reconciler:
         for pod_name_ in result.delete:
             await self.api.delete_pod(task.namespace, pod_name_)
             metrics.PODS_DELETED.inc()
+        for pod_name_ in result.stop:  # keeps its finalizer: its outcome is still to record
+            await self.api.delete_pod(task.namespace, pod_name_)
         if result.create:
             await self._create(task, body, spec, result, logger)
         if result.delete_task:

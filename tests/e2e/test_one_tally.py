@@ -202,3 +202,30 @@ def test_pool_mode_every_surface_counts_the_same(
     for error in run.failures().values():
         assert not re.search(r"\b\d+-\d+ exited", error.message), error.message
     print(f"\n{run.name} on pool (min_success_ratio={ratio:g}): {seen['MapRun.status()']}")
+
+
+def slow_and_fails_on_twelve(x: int) -> int:
+    time.sleep(0.2 + (x % 7) * 0.15)
+    if x == 12:
+        raise ValueError("bad input 12")
+    return x
+
+
+def test_a_fail_fast_stop_counts_the_results_pods_wrote_while_it_stopped(
+    own_namespace: str, unique: Callable[[str], str]
+) -> None:
+    """Index 12 fails while 11 other pods run. The operator concluded at once and deleted
+    them: the status said 12 succeeded while 22 results were in S3 (4 runs of 4). It now
+    stops them first and counts what they finished."""
+    run = kubemap.submit(
+        slow_and_fails_on_twelve,
+        range(60),
+        **opts(name=unique("stop"), namespace=own_namespace, parallelism=12, items_per_pod=1),
+    )
+    broken = follow(run)
+    assert not broken, broken
+    time.sleep(3)  # anything still writing would show in S3 by now
+    seen = every_tally(run, own_namespace)
+    succeeded, failed, not_run = assert_one_tally(seen, 60)
+    assert failed == 1 and succeeded >= 12 and not_run == 59 - succeeded, seen
+    print(f"\n{run.name}: {seen['MapRun.status()']}")

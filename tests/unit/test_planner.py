@@ -382,3 +382,64 @@ def test_a_lease_is_named_by_index_and_attempt_never_like_a_pod() -> None:
     message = result.status.message or ""
     assert "index 17, attempt 2: exit code 3" in message, message
     assert "17-1" not in message, message
+
+
+def test_a_verdict_stops_running_pods_first_and_counts_what_they_finished() -> None:
+    """Index 12 fails (fail-fast) while pods run 13-15. Concluding at once, the status said
+    "12 succeeded" while pods that were about to end wrote 10 more results (seen on the
+    test cluster: 12 recorded, 23 in S3). The task stops them first (keeping their
+    finalizers), records what they finished, then concludes with those counts."""
+    first = [ok(i) for i in range(12)] + [bad(12), pod(13), pod(14), pod(15)]
+    stopping = plan(spec(count=20), running(), first, NOW, stop_first=True)
+    status = stopping.status
+    assert status.phase is Phase.RUNNING and stopping.create == ()
+    assert sorted(stopping.stop) == ["t-13-0", "t-14-0", "t-15-0"]
+    assert not set(stopping.stop) & set(stopping.release + stopping.delete)
+    assert status.conditions[-1].type == "Stopping"
+    assert status.conditions[-1].reason == "FailedIndexes"
+    assert status.succeeded + status.failed + status.not_run + 3 == 20, status
+
+    later = NOW + timedelta(seconds=2)
+    ended = [
+        *(ok(i) for i in range(12)),
+        bad(12),
+        ok(13, deleting=True),  # it had written its result when the stop came
+        pod(14, state=PodState.FAILED, exit_code=4, deleting=True),  # SIGTERM: nothing written
+        pod(15, state=PodState.FAILED, exit_code=4, deleting=True),
+    ]
+    final = plan(spec(count=20), status, ended, later, stop_first=True)
+    status = final.status
+    assert status.phase is Phase.FAILED
+    assert (status.succeeded, status.failed, status.not_run) == (13, 1, 6), status
+    assert "13 succeeded, 1 failed, 6 not run" in (status.message or "")
+    assert "indices 12 failed" in (status.message or "")
+    assert status.conditions[-1].type == "Failed"
+    assert all(c.type != "Stopping" for c in status.conditions)
+    assert final.stop == () and "t-13-0" in final.release + final.delete
+
+
+def test_a_pod_that_never_ends_does_not_hold_a_stopping_task_for_ever() -> None:
+    first = [ok(0), bad(1), pod(2)]
+    stopping = plan(spec(count=5), running(), first, NOW, stop_first=True)
+    assert stopping.status.phase is Phase.RUNNING and stopping.stop == ("t-2-0",)
+    still = [ok(0), bad(1), pod(2, deleting=True)]
+    soon = plan(spec(count=5), stopping.status, still, NOW + timedelta(seconds=5), stop_first=True)
+    assert soon.status.phase is Phase.RUNNING and soon.stop == ()  # deleting: not asked again
+    late = plan(spec(count=5), stopping.status, still, NOW + timedelta(seconds=61), stop_first=True)
+    assert late.status.phase is Phase.FAILED
+    assert (late.status.succeeded, late.status.failed, late.status.not_run) == (1, 1, 3)
+
+
+def test_a_cancel_stops_pods_first_and_ends_cancelled() -> None:
+    first = [ok(0), pod(1), pod(2)]
+    stopping = plan(spec(count=3, suspend=True), running(), first, NOW, stop_first=True)
+    assert stopping.status.phase is Phase.RUNNING and len(stopping.stop) == 2
+    ended = [
+        ok(0),
+        ok(1, deleting=True),
+        pod(2, state=PodState.FAILED, exit_code=4, deleting=True),
+    ]
+    final = plan(spec(count=3, suspend=True), stopping.status, ended, NOW, stop_first=True)
+    assert final.status.phase is Phase.CANCELLED
+    assert (final.status.succeeded, final.status.failed, final.status.not_run) == (2, 0, 1)
+    assert final.status.conditions[-1].reason == "Suspended"

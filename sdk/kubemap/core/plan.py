@@ -82,6 +82,9 @@ class Decision:
     spans: tuple[tuple[Attempt, IndexRanges], ...] = ()  # each attempt's unrecorded indices
     failure_notes: tuple[str, ...] = ()  # new final failures, for an event
     infra_note: str | None = None  # the last infrastructure cause, for an event
+    # What counts as failed if the task stops now (see stopped_failures): `failed` itself
+    # once a verdict stops the task.
+    stopped: IndexRanges = field(default_factory=IndexRanges)
 
 
 @dataclass
@@ -91,7 +94,6 @@ class _Retry:
     failures: int
     infra_failures: int
     due: datetime
-    user: bool = False  # the user's code failed: the index has an error record
 
 
 @dataclass
@@ -174,9 +176,7 @@ def _judge(
                 due = finished + timedelta(
                     seconds=retry_delay(failures, rules.backoff_base_seconds)
                 )
-                out.retries.append(
-                    _Retry(user, one.attempt + 1, failures, one.infra_failures, due, user=True)
-                )
+                out.retries.append(_Retry(user, one.attempt + 1, failures, one.infra_failures, due))
                 out.waiting.add(one.name)
         if rest:
             cause = one.infra_cause()
@@ -271,11 +271,11 @@ def stopped_failures(
     succeeded: IndexRanges,
 ) -> IndexRanges:
     """What counts as failed if the task stops now: the final failures, and every index
-    whose last attempt failed in the user's code and whose retry will never come (waiting
-    for it, or running it and about to be stopped). Those have an error record and no
-    result, so failures() lists them: the status must count them as failed too, not as
-    "not run" (issue 18: "1 failed, 2 not run" beside failures() with 3)."""
-    pending = [r.ranges for r in retries if r.user]
+    that failed in the user's code before and whose retry will never come (waiting for it,
+    or running it and about to be stopped). Those have an error record and no result, so
+    failures() lists them: the status must count them as failed too, not as "not run"
+    (issue 18: "1 failed, 2 not run" beside failures() with 3)."""
+    pending = [r.ranges for r in retries if r.failures > 0]
     pending += [
         mine for one, mine in spans if one.state is AttemptState.ACTIVE and one.failures > 0
     ]
@@ -383,6 +383,7 @@ def plan(rules: Rules, recorded: Recorded, attempts: list[Attempt], now: datetim
         "infra_note": infra_note,
     }
     stopped = stopped_failures(outcome.failed, outcome.retries, spans, outcome.succeeded)
+    common["stopped"] = stopped
     verdict = _verdict(rules, outcome, recorded_all, now, start, stopped)
     if verdict is not None:
         if verdict.phase is not Phase.SUCCEEDED:
