@@ -10,8 +10,9 @@ are the JSON values, and a blank line holds none.
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal, TextIO
 
 from kubemap.errors import ConfigError
@@ -21,9 +22,10 @@ FORMATS: tuple[str, ...] = ("auto", "jsonl", "json", "lines")
 
 
 def parse_inputs(stream: TextIO, fmt: Format = "auto", *, source: str = "input") -> Iterator[Any]:
-    """Items from `stream`. auto: a JSON array if the text starts with '[', JSON lines if the
-    first non-blank line is valid JSON, else one string per line. Text lines keep blank
-    lines as "" items (results line up with input lines); JSON lines skip them."""
+    """Items from `stream`. auto: JSON lines if the first non-blank line is a JSON value
+    and more lines follow, a JSON array if the text is one (on one line or many), else one
+    string per line. Text lines keep blank lines as "" items (results line up with input
+    lines); JSON lines skip them."""
     if fmt == "json":
         yield from _json_array(stream.read(), source)
         return
@@ -44,17 +46,30 @@ def parse_inputs(stream: TextIO, fmt: Format = "auto", *, source: str = "input")
     if not first:
         return  # nothing but blank lines: no format to detect, no items
 
-    if first.lstrip().startswith("["):
-        yield from _json_array(first + stream.read(), source)
-        return
     try:
         json.loads(first)
     except ValueError:
+        if first.lstrip().startswith("["):  # an array spread over lines (pretty-printed)
+            yield from _json_array(first + stream.read(), source)
+            return
         yield from [""] * (number - 1)  # the blank lines before the first: items too
         yield first.rstrip("\r\n")
         yield from _text_lines(stream)
         return
-    yield from _json_lines(stream, source, first=first, first_number=number)
+    lines: Iterable[str] = stream
+    if first.lstrip().startswith("["):
+        # An array whole on the first line is the one JSON document if nothing follows it,
+        # else the first of JSON Lines (a document cannot go on after its value ends).
+        ahead: list[str] = []
+        for line in stream:
+            ahead.append(line)
+            if line.strip():
+                break
+        else:
+            yield from _json_array(first, source)
+            return
+        lines = itertools.chain(ahead, stream)  # the blank lines too: they keep the count
+    yield from _json_lines(lines, source, first=first, first_number=number)
 
 
 def _json_array(text: str, source: str) -> Iterator[Any]:
@@ -71,7 +86,7 @@ def _json_array(text: str, source: str) -> Iterator[Any]:
 
 
 def _json_lines(
-    stream: TextIO, source: str, first: str | None, first_number: int = 0
+    stream: Iterable[str], source: str, first: str | None, first_number: int = 0
 ) -> Iterator[Any]:
     number = first_number
     if first is not None:
