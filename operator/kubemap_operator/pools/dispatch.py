@@ -118,6 +118,9 @@ class Dispatcher:
         self.tasks: dict[TaskKey, PoolTask] = {}
         self.pools: dict[PoolKey, PoolState] = {}
         self._turn = itertools.count()
+        # The operator is stopping: long polls answer at once and no lease is granted (it
+        # would die with this process); the workers ask the next operator.
+        self.closing = False
 
     # -- pools ----------------------------------------------------------------------
     def pool(self, key: PoolKey) -> PoolState:
@@ -201,6 +204,14 @@ class Dispatcher:
             self.pool(task.pool).wakeup.set()
 
     # -- workers (called by the HTTP server) ----------------------------------------
+    def close(self) -> None:
+        """Wake every long poll (leases and heartbeats) to answer now: the operator stops."""
+        self.closing = True
+        for state in self.pools.values():
+            state.wakeup.set()
+            for worker in state.workers.values():
+                worker.nudge.set()
+
     def seen(self, pool: PoolKey, worker: str, python: str) -> None:
         state = self.pool(pool)
         known = state.workers.get(worker)
@@ -218,6 +229,8 @@ class Dispatcher:
         self._nudge(pool, worker)
         while True:
             self.seen(pool, worker, python)
+            if self.closing:
+                return None
             grant = self._offer(pool, worker, python)
             was_busy = state.workers[worker].busy
             state.workers[worker].busy = grant is not None
@@ -257,7 +270,7 @@ class Dispatcher:
                 known.nudge.clear()  # before the check: a nudge from now on is not missed
             lost = self.heartbeat(pool, worker, lease_ids)
             left = deadline - asyncio.get_running_loop().time()
-            if lost or left <= 0 or known is None:
+            if lost or left <= 0 or known is None or self.closing:
                 return lost
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(known.nudge.wait(), timeout=left)

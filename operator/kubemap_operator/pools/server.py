@@ -10,6 +10,11 @@ JSON bodies are small and bounded (client_max_size), and a lease request long-po
 idle worker costs one sleeping connection, not a spinning loop. A heartbeat with "wait"
 long-polls too: it answers at once when a lease is taken back (the task was cancelled), so
 the worker stops that task's function within a round trip.
+
+On stop (operator shutdown, e.g. a helm upgrade: the Deployment's Recreate strategy starts the
+new operator only once this one is gone) every long poll answers at once, a lease request
+with 204 and a heartbeat with its usual answer, and the workers ask the next operator: the
+stop never waits out a long poll.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from kubemap_operator.pools.dispatch import Dispatcher, PoolKey
 from kubemap_operator.pools.tokens import token_ok
 
 LONG_POLL_SECONDS = 20.0
+# A backstop for stop(): the long polls are woken and answer at once, so this only bounds a
+# request stuck elsewhere (a slow client body); aiohttp then cancels its handler.
+SHUTDOWN_SECONDS = 2.0
 MAX_BODY = 64 * 1024
 log = logging.getLogger("kubemap.dispatcher")
 
@@ -53,14 +61,18 @@ class DispatcherApp:
         self._runner: web.AppRunner | None = None
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
         log.info(f"dispatcher listening on {host}:{port}")
 
     async def stop(self) -> None:
+        # Wake the waiting requests first: cleanup() stops listening, then waits (up to
+        # SHUTDOWN_SECONDS) for open requests, and a long poll would hold it for 20 s.
+        self.dispatcher.close()
         if self._runner is not None:
-            await self._runner.cleanup()
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
 
     def _caller(self, request: web.Request) -> tuple[PoolKey, str] | web.Response:
         pool_text = request.headers.get("X-Kubemap-Pool", "")
