@@ -979,12 +979,7 @@ FEATURES = [
 # (feature, condition) -> why that cell disagrees today, on every backend (the SDK's own
 # answers). Each is a strict xfail: once the fix lands the cell passes, strict xfail fails
 # the run, and its line here goes.
-KNOWN: dict[tuple[str, str], str] = {
-    ("joblib", "timed out"): "matrix finding: when joblib aborts on the first run's error, "
-    "the runs it already dispatched go on (calls 4 and 5 still run): the kubemap backend's "
-    "abort_everything only cancels pending futures (Executor.shutdown(cancel_futures=True)), "
-    "where loky kills its workers",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def cells() -> list[tuple[Feature, Condition]]:

@@ -140,8 +140,9 @@ class Executor(futures.Executor):
         self._lock = threading.Condition()
         self._pending: list[_Call] = []
         self._shutdown = False
+        self._cancelling = False  # shutdown(cancel_futures=True): no run may go on
         self._threads: list[threading.Thread] = []
-        self._runs: list[Any] = []
+        self._runs: list[Any] = []  # the runs still being watched
         self._dispatcher: threading.Thread | None = None
 
     # -- concurrent.futures.Executor -------------------------------------------------
@@ -177,14 +178,22 @@ class Executor(futures.Executor):
         return itertools.chain.from_iterable(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As Executor.shutdown; cancel_futures=True also cancels the runs of the calls
+        already running, so no work goes on (their futures, which concurrent.futures cannot
+        cancel once running, raise kubemap.CancelledError; finished calls keep their value)."""
         with self._lock:
             self._shutdown = True
+            runs: list[Any] = []
             if cancel_futures:
                 for call in self._pending:
                     call.future.cancel()
                 self._pending.clear()
+                self._cancelling = True
+                runs = list(self._runs)
             self._lock.notify_all()
             dispatcher = self._dispatcher
+        for run in runs:
+            _cancel(run)
         if wait:
             if dispatcher is not None:
                 dispatcher.join()
@@ -239,8 +248,13 @@ class Executor(futures.Executor):
         thread = threading.Thread(
             target=self._watch, args=(run, calls), name=f"kubemap-{run.name}", daemon=True
         )
-        self._threads.append(thread)
+        with self._lock:
+            self._threads.append(thread)
+            self._runs.append(run)
+            cancelling = self._cancelling
         thread.start()
+        if cancelling:  # its batch left before shutdown(cancel_futures=True), its run after
+            _cancel(run)
 
     def _watch(self, run: Any, calls: list[_Call]) -> None:
         try:
@@ -263,8 +277,16 @@ class Executor(futures.Executor):
                 with contextlib.suppress(KubemapError):
                     run.delete()  # every future has its value: keep the default store small
         finally:
-            with contextlib.suppress(ValueError):
+            with self._lock:
+                self._runs.remove(run)
                 self._threads.remove(threading.current_thread())
+
+
+def _cancel(run: Any) -> None:
+    # Best effort, run by run: one that cannot be cancelled (finished meanwhile, its
+    # cluster unreachable) must not keep the others going.
+    with contextlib.suppress(KubemapError):
+        run.cancel()
 
 
 def _stop_of(run: Any) -> BaseException | None:

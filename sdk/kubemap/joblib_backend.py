@@ -78,6 +78,8 @@ class KubemapBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         if self._executor is not None:
+            # Cancels the runs already dispatched too, so their workers stop the function,
+            # as loky kills its workers: no call goes on after joblib raised.
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
         if ensure_ready:

@@ -144,12 +144,14 @@ def test_cancel_futures(tmp_path: Path) -> None:
     fs = [ex.submit(time.sleep, 0.1) for _ in range(50)]
     ex.shutdown(cancel_futures=True)
     # We can't guarantee the exact number of cancellations, but we can guarantee that
-    # *some* were cancelled; the others ran to completion.
+    # *some* were cancelled; the others ran to completion or, running, had their run
+    # cancelled (kubemap's shutdown(cancel_futures=True) lets no work go on).
     cancelled = [fut for fut in fs if fut.cancelled()]
     assert len(cancelled) >= 20
     for fut in fs:
         if not fut.cancelled():
-            assert fut.done() and fut.exception() is None
+            assert fut.done()
+            assert fut.exception() is None or isinstance(fut.exception(), kubemap.CancelledError)
 
 
 def test_shutdown_without_wait_lets_futures_finish(tmp_path: Path) -> None:
@@ -328,3 +330,76 @@ def test_a_call_its_run_never_ran_raises_the_runs_timeout(tmp_path: Path) -> Non
         assert fs[0].result(timeout=60) is None
         errors = [f.exception(timeout=60) for f in fs[1:]]
     assert all(isinstance(e, kubemap.TimeoutError) for e in errors), errors
+
+
+def beat_forever(beats: str, x: int) -> int:
+    """Calls 0 and 1 return; every other appends a byte to beats/<x> each 0.05 s, forever
+    (until its run is stopped)."""
+    if x < 2:
+        return x
+    while True:
+        with open(Path(beats) / str(x), "ab") as out:
+            out.write(b".")
+        time.sleep(0.05)
+
+
+def fail_once_beating(beats: str, x: int) -> int:
+    """Call 0 raises once some other call beats (so one is running when joblib aborts)."""
+    if x == 0:
+        deadline = time.monotonic() + 30
+        while not any(Path(beats).iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        raise ValueError("bad 0")
+    return beat_forever(beats, x)
+
+
+def _beats(beats: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in beats.iterdir()}
+
+
+def _still_beating(beats: Path, grace: float = 0.5) -> list[str]:
+    """The calls that beat after `grace` s more (their function still runs somewhere)."""
+    time.sleep(grace)  # a kill takes a moment to land
+    before = _beats(beats)
+    time.sleep(1.0)  # twenty beats of a live call
+    after = _beats(beats)
+    return sorted(name for name in after if after[name] != before.get(name))
+
+
+def _wait_for_beats(beats: Path, n: int) -> dict[str, int]:
+    deadline = time.monotonic() + 60
+    while len(_beats(beats)) < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return _beats(beats)
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_shutdown_cancel_futures_stops_running_calls(tmp_path: Path, wait: bool) -> None:
+    beats = tmp_path / "beats"
+    beats.mkdir()
+    ex = kubemap.Executor(max_workers=4, store=str(tmp_path / "store"))
+    fs = [ex.submit(beat_forever, str(beats), x) for x in range(4)]
+    assert [f.result(timeout=60) for f in fs[:2]] == [0, 1]
+    running = _wait_for_beats(beats, 2)
+    assert sorted(running) == ["2", "3"] and all(running.values())
+    ex.shutdown(wait=wait, cancel_futures=True)
+    assert _still_beating(beats) == []
+    # A running future cannot be cancelled (concurrent.futures): it raises its run's stop.
+    errors = [f.exception(timeout=60) for f in fs[2:]]
+    assert [type(e) for e in errors] == [kubemap.CancelledError] * 2, errors
+
+
+def test_joblib_abort_stops_dispatched_calls(tmp_path: Path) -> None:
+    joblib = pytest.importorskip("joblib")
+    importlib.import_module("kubemap.joblib_backend")  # registers "kubemap"
+    beats = tmp_path / "beats"
+    beats.mkdir()
+    fn = functools.partial(fail_once_beating, str(beats))
+    with (
+        joblib.parallel_config(backend="kubemap", store=str(tmp_path / "store")),
+        pytest.raises(ValueError, match="bad 0"),
+    ):
+        joblib.Parallel(n_jobs=2)(joblib.delayed(fn)(i) for i in range(4))
+    started = _beats(beats)
+    assert started and all(started.values())  # a call was running when joblib aborted
+    assert _still_beating(beats) == []
