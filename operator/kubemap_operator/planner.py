@@ -9,14 +9,20 @@ pods to create, the finalizers to release and the pods to delete. No I/O here.
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from datetime import datetime
 
 from kubemap.core.plan import Decision, Recorded, Rules, Verdict
 from kubemap.core.plan import plan as core_plan
 from kubemap.core.ranges import IndexRanges
-from kubemap.core.status import CONDITION_OF_PHASE, Phase, Reason, outcome_message, partition
+from kubemap.core.status import (
+    CONDITION_OF_PHASE,
+    Phase,
+    Reason,
+    outcome_message,
+    partition,
+    why_of,
+)
 from kubemap.models import Condition, MapTaskSpec, MapTaskStatus
 
 from kubemap_operator import rerun
@@ -34,7 +40,6 @@ __all__ = ["STOPPING", "Event", "Limits", "Plan", "PodRequest", "plan", "rules_o
 # STOP_WAIT_SECONDS (its node is gone) is not waited for.
 STOPPING = "Stopping"
 STOP_WAIT_SECONDS = 60.0
-_COUNTS = re.compile(r"(; )?\d+ succeeded, \d+ failed, \d+ not run$")
 
 
 def rules_of(spec: MapTaskSpec, limits: Limits = DEFAULT_LIMITS) -> Rules:
@@ -72,7 +77,7 @@ def _start_stopping(
     """The Stopping condition of a verdict that stops the task (None for a success)."""
     if verdict.phase is Phase.SUCCEEDED:
         return None
-    why = _COUNTS.sub("", verdict.message)
+    why = why_of(verdict.message)
     events.append(Event("Warning", STOPPING, clip(f"stopping: {why}", 1000)))
     conditions = set_condition(
         list(status.conditions), STOPPING, reason=verdict.reason.value, message=why, now=now

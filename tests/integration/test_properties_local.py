@@ -331,12 +331,6 @@ ALL_FAILED_THEN_FAIL_FAST = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 18 item 8 (SDK side): after retry(), status() counts an index the rerun "
-    "did not reach as not run, while failures() and MapTaskError count its earlier failure",
-)
 @settings(PROFILE, max_examples=5, phases=NO_SHRINK)
 @example(case=ALL_FAILED_THEN_FAIL_FAST)
 @given(case=cases(retry=True))
@@ -354,13 +348,6 @@ def _always_fails(x: int) -> int:
     raise ValueError(f"{x} fails")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="property finding (issue 18 item 16, one tally, local backend): a slice still "
-    "running at the fail-fast verdict writes its failure records after status.json was "
-    "final: status() says '4 failed, 3 not run', failures() holds 7, not_run() none",
-)
 def test_a_slice_that_ends_after_the_verdict_is_counted_as_the_store_says(
     scratch: Path,
 ) -> None:

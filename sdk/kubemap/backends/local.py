@@ -32,12 +32,12 @@ from kubemap.core.attempts import Attempt, AttemptState, Report
 from kubemap.core.plan import Decision, Recorded, Rules, Verdict, plan
 from kubemap.core.policy import Cause
 from kubemap.core.ranges import IndexRanges
-from kubemap.core.status import Phase, Reason, RunStatus, outcome_message
+from kubemap.core.status import Phase, Reason, RunStatus, outcome_message, restate_counts
 from kubemap.errors import StoreError
 from kubemap.models import RunOptions
 from kubemap.stores.base import Store
 from kubemap.taskdata import succeeded_indexes, write_error
-from kubemap.taskstatus import write_status
+from kubemap.taskstatus import tally, write_status
 from kubemap.worker import record_infra_failure
 
 LOCAL_BACKOFF_BASE = 0.05  # the core's retry curve, scaled: 0.05 s, 0.1 s, ... at most 1.8 s
@@ -350,6 +350,16 @@ class LocalRun:
         done = succeeded_indexes(self.task) & IndexRanges.span(0, self.total)
         failed = self._recorded.failed - done
         phase, reason, message = verdict.phase, verdict.reason, verdict.message
+        if phase is not Phase.SUCCEEDED:
+            # Its workers are dead (pool.kill waits for them): the store is final, and a
+            # slice that ended after the verdict left its records there. Count as the SDK's
+            # failures() and not_run() do (kubemap.taskstatus.tally), with the same counts
+            # in the message.
+            stored = tally(self.task, RunStatus(Phase.FAILED, self.total)).partition
+            done, failed = stored.succeeded, (failed | stored.failed) - stored.succeeded
+            message = restate_counts(
+                message, total=self.total, succeeded=len(done), failed=len(failed)
+            )
         if phase is Phase.SUCCEEDED and len(done) + len(failed) < self.total:
             # The plan saw successes whose results are not in the store: never hide that.
             missing = IndexRanges.span(0, self.total) - done - failed

@@ -16,6 +16,7 @@ Pure: no I/O, and no import of boto3, kubernetes or kopf.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -170,6 +171,23 @@ def outcome_message(
     return f"{why}; {counts}" if why else counts
 
 
+_COUNTS = re.compile(r"(; )?\d+ succeeded, \d+ failed, \d+ not run(?=$| \()")
+
+
+def why_of(message: str) -> str:
+    """The reason part of an outcome message, without its three counts."""
+    return _COUNTS.sub("", message, count=1)
+
+
+def restate_counts(message: str, *, total: int, succeeded: int, failed: int) -> str:
+    """`message` with its three counts replaced by these (the final ones, counted after
+    the work in flight at the verdict had ended)."""
+    counts = RunStatus(Phase.FAILED, total, succeeded, failed).counts()
+    if not _COUNTS.search(message):
+        return message
+    return _COUNTS.sub(lambda m: (m[1] or "") + counts, message, count=1)
+
+
 def _last_reason(conditions: Sequence[Mapping[str, Any]]) -> Reason | None:
     for cond in reversed(conditions):
         parsed = Reason.parse(cond.get("reason"))
@@ -241,6 +259,8 @@ __all__ = [
     "RunStatus",
     "outcome_message",
     "partition",
+    "restate_counts",
     "run_status",
     "settle",
+    "why_of",
 ]
