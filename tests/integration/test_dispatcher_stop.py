@@ -12,14 +12,19 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from kubemap.core.status import Phase
 from kubemap.models import MapTaskSpec, MapTaskStatus, Mode, StoreRef
 from kubemap.poolmodels import python_minor
-from kubemap.poolworker import DispatcherClient, PoolEnv
+from kubemap.poolworker import DispatcherClient, PoolEnv, serve
+from kubemap.stores import open_store
+from kubemap.taskdata import iter_results, write_function, write_inputs
+from kubemap.taskmeta import TaskMeta, write_meta
 from kubemap_operator.planner import Limits
 from kubemap_operator.pools.dispatch import Dispatcher
 from kubemap_operator.pools.server import LONG_POLL_SECONDS, DispatcherApp
@@ -53,26 +58,38 @@ class Served:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
 
-@pytest.fixture
-def served() -> Iterator[Served]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    port = _port()
+def _serve(loop: asyncio.AbstractEventLoop, port: int, lease_seconds: float) -> Served:
+    """A dispatcher as an operator starts it: fresh state, the pool known (its uid)."""
 
     async def start() -> tuple[Dispatcher, DispatcherApp]:
-        # Leases outlive the test: the heartbeat below waits on a lease that stays held.
-        dispatcher = Dispatcher(lease_seconds=60.0, limits=Limits(backoff_base_seconds=0.01))
+        dispatcher = Dispatcher(
+            lease_seconds=lease_seconds, limits=Limits(backoff_base_seconds=0.01)
+        )
         dispatcher.pool(POOL).uid = "pool-uid"
         app = DispatcherApp(dispatcher, KEY)
         await app.start("127.0.0.1", port)
         return dispatcher, app
 
     dispatcher, app = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    yield Served(dispatcher, app, loop, f"http://127.0.0.1:{port}")
-    asyncio.run_coroutine_threadsafe(app.stop(), loop).result(30)  # a no-op once stopped
+    return Served(dispatcher, app, loop, f"http://127.0.0.1:{port}")
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
+
+
+@pytest.fixture
+def served(loop: asyncio.AbstractEventLoop) -> Iterator[Served]:
+    # Leases outlive the test: the heartbeat below waits on a lease that stays held.
+    served = _serve(loop, _port(), lease_seconds=60.0)
+    yield served
+    asyncio.run_coroutine_threadsafe(served.app.stop(), loop).result(30)  # no-op once stopped
 
 
 def _client(url: str, worker: str) -> DispatcherClient:
@@ -136,3 +153,79 @@ def test_stop_answers_every_waiting_lease_and_heartbeat_at_once(served: Served) 
     # The heartbeat got its normal answer: the lease is still held (its function runs on).
     assert answers.get("holder") == (200, {"lost": []})
     assert took < STOP_BOUND_SECONDS, f"stop took {took:.1f}s while workers long-polled"
+
+
+def slow_logged(log: Path) -> Callable[[int], int]:
+    def fn(x: int) -> int:
+        time.sleep(0.1)
+        with open(log, "a") as out:
+            out.write(f"{x}\n")
+        return 3 * x
+
+    return fn
+
+
+def test_a_worker_mid_lease_carries_on_with_the_next_operator_and_loses_nothing(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The operator is replaced while a real pool worker runs a slice: the worker's waiting
+    heartbeat is answered as usual (its function is not stopped), it finds the next operator
+    on the same address, and every index runs exactly once (a re-lease skips the results the
+    old lease wrote)."""
+    n, base, log = 30, f"file://{tmp_path}/store", tmp_path / "calls.log"
+    task = open_store(base).child("t")
+    write_function(task, slow_logged(log))
+    write_inputs(task, range(n))
+    write_meta(task, TaskMeta.new(n, "fn"))
+    spec = MapTaskSpec(mode=Mode.FUNCTION, count=n, store=StoreRef(url=base), pool="p")
+    port = _port()
+    # A heartbeat every 10 s that long-polls 10 s: the stop below finds it waiting.
+    old = _serve(loop, port, lease_seconds=30.0)
+    flushed = old.call(
+        lambda: old.dispatcher.sync(
+            ("ns", "t"), "uid-t", spec, MapTaskStatus(), f"{base}/t", python_minor(), 1
+        )
+    )[0]
+    assert flushed is not None and flushed.start_time  # what the API holds for the next one
+
+    stop = threading.Event()
+    env = PoolEnv(old.url, "ns/p", pool_token(KEY, "ns", "p", "pool-uid"), "w0")
+    worker = threading.Thread(
+        target=serve, args=(env,), kwargs={"stop": stop.is_set, "wait": LONG_POLL_SECONDS}
+    )
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not log.exists() or len(log.read_text().split()) < 3:  # mid-slice
+        assert time.monotonic() < deadline, "the worker did not start the slice"
+        time.sleep(0.05)
+    began = time.monotonic()
+    asyncio.run_coroutine_threadsafe(old.app.stop(), loop).result(60)
+    took = time.monotonic() - began
+
+    new = _serve(loop, port, lease_seconds=30.0)  # the next operator, same Service address
+    try:
+        new.call(
+            lambda: new.dispatcher.sync(
+                ("ns", "t"), "uid-t", spec, flushed, f"{base}/t", python_minor(), 1
+            )
+        )
+        deadline = time.monotonic() + 60
+        while not new.call(lambda: new.dispatcher.tasks[("ns", "t")].status.phase.finished):
+            assert time.monotonic() < deadline, "the task did not finish under the new operator"
+            assert worker.is_alive(), "the worker exited"
+            time.sleep(0.1)
+        status = new.call(lambda: new.dispatcher.tasks[("ns", "t")].status)
+    finally:
+        stop.set()  # seen between two polls: stopping the operator answers the waiting one
+        asyncio.run_coroutine_threadsafe(new.app.stop(), loop).result(30)
+        worker.join(30)
+    said = capsys.readouterr().err
+    calls = sorted(int(x) for x in log.read_text().split())
+    print(f"stop took {took:.2f}s; status {status.phase} {status.succeeded_indexes}; "
+          f"{len(calls)} calls; worker said:\n{said}")  # fmt: skip
+    assert took < STOP_BOUND_SECONDS, f"stop took {took:.1f}s while the worker's heartbeat waited"
+    assert status.phase is Phase.SUCCEEDED and status.succeeded_indexes == f"0-{n - 1}"
+    assert calls == list(range(n))  # every index exactly once: nothing lost, nothing doubled
+    assert dict(iter_results(task)) == {i: 3 * i for i in range(n)}
+    assert "taken back" not in said  # the function was never stopped
+    assert "refused" not in said and not worker.is_alive()
