@@ -108,6 +108,10 @@ class PodWatch:
     restarts: dict[str, tuple[int, int]] = field(default_factory=dict)  # first, last count
     terminating: dict[str, float] = field(default_factory=dict)  # pod -> when first seen deleted
     gone: dict[str, float] = field(default_factory=dict)  # pod -> when the DELETED event came
+    # pod -> index in `events` where its process had ended (phase Succeeded/Failed, every
+    # container terminated, or deleted): what the Recreate strategy waits for before it
+    # creates the new pod, so the old pod object may still be there when the new one appears
+    ended: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -132,6 +136,12 @@ class PodWatch:
             self.terminating.setdefault(name, time.monotonic())
         if kind == "DELETED":
             self.gone.setdefault(name, time.monotonic())
+        statuses = pod.status.container_statuses or []
+        finished = pod.status.phase in ("Succeeded", "Failed") or (
+            bool(statuses) and all(cs.state and cs.state.terminated for cs in statuses)
+        )
+        if kind == "DELETED" or finished:
+            self.ended.setdefault(name, len(self.events) - 1)
         for cs in pod.status.container_statuses or []:
             first, _ = self.restarts.get(name, (cs.restart_count or 0, 0))
             self.restarts[name] = (first, cs.restart_count or 0)
@@ -148,6 +158,7 @@ class PodWatch:
                     names = {p.metadata.name for p in listed.items}
                     for gone in sorted(self._live - names):
                         self.events.append(("DELETED", gone))
+                        self.ended.setdefault(gone, len(self.events) - 1)
                         self.gone.setdefault(gone, time.monotonic())
                         self._live.discard(gone)
                     for pod in listed.items:
@@ -197,8 +208,8 @@ class PodWatch:
         return self.gone.get(name, float("nan")) - self.terminating.get(name, float("nan"))
 
     def gone_before(self, old: str, new: str) -> bool:
-        deleted = [i for i, (k, n) in enumerate(self.events) if n == old and k == "DELETED"]
-        return bool(deleted) and deleted[0] < self.first(new)
+        """Had `old`'s process ended before `new` appeared? (Its pod object may outlive it.)"""
+        return old in self.ended and self.ended[old] < self.first(new)
 
 
 @dataclass(frozen=True)
