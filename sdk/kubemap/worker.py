@@ -331,6 +331,15 @@ def _log(message: str) -> None:
     print(f"kubemap worker: {message}", file=sys.stderr, flush=True)
 
 
+def _written_before(task: Store, start: int, count: int) -> IndexRanges:
+    """Indices of the slice whose results are in the store (one narrow LIST); none when
+    the store cannot say, or a second signal comes."""
+    try:
+        return taskdata.done_in_slice(task, start, count)
+    except (StoreError, Terminated):
+        return IndexRanges()
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
@@ -363,7 +372,14 @@ def main(environ: Mapping[str, str] | None = None) -> int:
             task, env.start, env.count, attempt=env.attempt, signer=task_signer(env, env_map)
         )
     except Terminated:
-        _log(f"terminated (SIGTERM) while running items {env.start}..{last}; nothing recorded")
+        # The signal may come after some results were written (a task stopping at its
+        # verdict deletes running pods): report those, or the operator counts them as not
+        # run while the store holds them (issue 18 item 16).
+        done = _written_before(task, env.start, env.count)
+        said = f"results of {done} were written" if done else "nothing recorded"
+        _log(f"terminated (SIGTERM) while running items {env.start}..{last}; {said}")
+        if done:
+            _write_termination_log(env_map, summary_line(SliceOutcome(succeeded=done)))
         return EXIT_INFRA_ERROR
     except StoreError as exc:
         _log(f"infrastructure failure for items {env.start}..{last} of {env.task_url}: {exc}")
