@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 import kubemap
 
 HERE = Path(__file__).resolve().parent
@@ -43,7 +42,7 @@ def _class_surface(cls: type) -> dict[str, str]:
         if not klass.__module__.startswith("kubemap"):
             continue
         for name, member in vars(klass).items():
-            if name.startswith("_") and name != "__init__" or name in surface:
+            if (name.startswith("_") and name != "__init__") or name in surface:
                 continue
             if isinstance(member, property):
                 surface[name] = "property"
