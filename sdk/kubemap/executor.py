@@ -122,7 +122,10 @@ class _Call:
 
 class Executor(futures.Executor):
     """submit/map/shutdown over kubemap runs; `options` are those of kubemap.submit
-    (store, retries, items_per_pod, image, namespace...); max_workers is parallelism."""
+    (store, retries, items_per_pod, image, namespace...); max_workers is parallelism.
+
+    Calls are batched: each batch is one run. A `name` is the prefix of the runs' names
+    (`NAME-1`, `NAME-2`, ...), since a task name is taken once per store."""
 
     def __init__(
         self,
@@ -136,6 +139,8 @@ class Executor(futures.Executor):
             raise ValueError("max_workers must be greater than 0")
         self._options = {"backend": backend, "parallelism": max_workers, **options}
         self._retries = validate_options(self._options).retries  # fails here, not in a thread
+        self._name = self._options.pop("name", None)
+        self._batches = itertools.count(1)
         self._batch_delay = batch_delay
         self._lock = threading.Condition()
         self._pending: list[_Call] = []
@@ -234,13 +239,16 @@ class Executor(futures.Executor):
     def _start(self, calls: list[_Call], *, bound: bool) -> None:
         from kubemap.api import submit
 
+        options = dict(self._options)
+        if self._name:
+            options["name"] = f"{self._name}-{next(self._batches)}"
         try:
             if bound:
                 items: list[Any] = [(c.args, c.kwargs) for c in calls]
-                run = submit(_bound_call(calls[0].fn, self._retries), items, **self._options)
+                run = submit(_bound_call(calls[0].fn, self._retries), items, **options)
             else:
                 items = [(c.fn, (c.args, c.kwargs), self._retries) for c in calls]
-                run = submit(_call_any, items, **self._options)
+                run = submit(_call_any, items, **options)
         except BaseException as exc:
             for call in calls:
                 call.future.set_exception(exc)

@@ -125,6 +125,18 @@ def test_many_submits_make_one_run(tmp_path: Path) -> None:
     assert len(tasks) == 1
 
 
+def test_a_name_names_every_run_of_an_executor(tmp_path: Path) -> None:
+    """An Executor makes one run per batch, and a task name is taken once per store: a
+    `name=` given to it (or through joblib's parallel_config) is the prefix of its runs'
+    names, so the second batch does not fail on the first one's name."""
+    store = tmp_path / "store"
+    with kubemap.Executor(max_workers=2, store=str(store), name="nightly", batch_delay=0.05) as ex:
+        assert ex.submit(mul, 1, 2).result() == 2
+        assert ex.submit(mul, 2, 2).result() == 4  # a batch of its own: the first has ended
+    tasks = {key.split("/")[0] for key in kubemap.stores.open_store(str(store)).list()}
+    assert tasks == {"nightly-1", "nightly-2"}
+
+
 def test_run_after_shutdown(tmp_path: Path) -> None:
     ex = kubemap.Executor(max_workers=1, store=str(tmp_path))
     ex.shutdown()
