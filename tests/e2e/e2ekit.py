@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -91,6 +92,17 @@ class Operator:
                 return
             time.sleep(0.5)
         raise AssertionError("the operator Deployment did not bring a new pod up within 120 s")
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 180, every: float = 0.2) -> Any:
+    """check()'s first truthy value, asked every `every` s; fails naming `what` at timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout}s")
 
 
 def opts(**kw: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from e2ekit import NAMESPACE, REPO, Operator, PodWatch, get_task
+from e2ekit import NAMESPACE, REPO, Operator, PodWatch, get_task, wait_for
 from kubemap.stores import open_store
 from kubemap.taskdata import iter_results
 from kubemap.workerpool import WorkerPool
@@ -32,16 +32,6 @@ pytestmark = [
 
 SECONDS_PER_ITEM = 0.5
 GRACE = 3.0  # after the cancel returns: the revoke's round trip, with room for a busy machine
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 120) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s")
 
 
 def calls(log: Path, kind: str, after: float = 0.0) -> list[int]:

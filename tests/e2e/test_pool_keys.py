@@ -9,12 +9,12 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from e2ekit import NAMESPACE, Operator, PodWatch, kubectl, opts
+from e2ekit import NAMESPACE, Operator, PodWatch, kubectl, opts, wait_for
 from kubemap.poolmodels import pool_resource_name
 from kubemap.signing import pool_secret_name
 from kubemap.workerpool import WorkerPool
 from kubernetes import client
-from test_pools import counted, executions, ready, wait_for
+from test_pools import counted, executions, ready
 
 pytestmark = [
     pytest.mark.e2e,

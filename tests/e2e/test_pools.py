@@ -8,7 +8,6 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import kubemap
 import pytest
@@ -20,6 +19,7 @@ from e2ekit import (
     PodWatch,
     get_task,
     opts,
+    wait_for,
 )
 from kubemap.stores import open_store
 from kubemap.taskdata import iter_results
@@ -39,16 +39,6 @@ class PoolPods(PodWatch):
 
     def __init__(self, core: client.CoreV1Api, pool: str) -> None:
         super().__init__(core, selector=f"kubemap.io/pool={pool}")
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 180) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"{what}: not within {timeout}s")
 
 
 def ready(wp: WorkerPool, n: int) -> None:
