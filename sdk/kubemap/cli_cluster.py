@@ -375,8 +375,9 @@ def crd_cmd(check: bool) -> None:
     click.echo(f"{CRD_FILE} is up to date")
 
 
-def _guard(command: click.Command) -> click.Command:
-    """kubemap errors print as one clear line, not a traceback."""
+def _guard(command: click.Command, *, cluster_only: bool = False) -> click.Command:
+    """kubemap errors print as one clear line, not a traceback. A `cluster_only` command
+    (WorkerPools exist only on a cluster) has no local alternative to offer."""
     callback = command.callback
     assert callback is not None
 
@@ -384,7 +385,12 @@ def _guard(command: click.Command) -> click.Command:
         try:
             return callback(*args, **kwargs)
         except KubemapError as exc:
-            _fail(in_cli_words(str(exc)))
+            message = in_cli_words(str(exc))
+            if cluster_only:
+                message = message.replace(", or use --backend local", "").replace(
+                    "or use --backend local", ""
+                )
+            _fail(message)
 
     command.callback = wrapped
     return command

@@ -127,5 +127,5 @@ def crd_cmd(check: bool) -> None:
 
 def register(group: click.Group) -> None:
     for command in pool_group.commands.values():
-        _guard(command)
+        _guard(command, cluster_only=True)
     group.add_command(pool_group)

@@ -210,3 +210,17 @@ def test_workerpool_is_public() -> None:
     import kubemap
 
     assert "WorkerPool" in dir(kubemap) and "WorkerPool" in kubemap.__all__
+
+
+def test_pool_commands_without_a_cluster_offer_no_local_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WorkerPools live on a cluster: `kubemap pool list` with no kubeconfig says how to
+    point at one, and offers no --backend local (the pool commands have no such option)."""
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = CliRunner().invoke(main, ["pool", "list"])
+    assert result.exit_code == 1
+    assert "no Kubernetes configuration found" in result.stderr
+    assert "KUBECONFIG" in result.stderr
+    assert "--backend" not in result.stderr and "backend=" not in result.stderr
