@@ -315,31 +315,59 @@ def _run_span(
     fn: Callable[..., Any],
     attempt: int,
     signer: Signer | None = None,
+    stop_at_failure: bool = False,
 ) -> SliceOutcome:
     """run_slice, skipping (on a re-run) indices that already have results. A stop (Stopped)
-    is raised again with the outcome of every part that ran."""
+    is raised again with the outcome of every part that ran; with stop_at_failure, a user
+    failure leaves the rest of the span unrun, in the parts after it too."""
     if attempt == 0:
-        return run_slice(task, start, count, fn=fn, attempt=attempt, skip_done=False, signer=signer)
+        return run_slice(
+            task,
+            start,
+            count,
+            fn=fn,
+            attempt=attempt,
+            skip_done=False,
+            signer=signer,
+            stop_at_failure=stop_at_failure,
+        )
     done = done_in_span(task, start, count)
     outcomes: list[SliceOutcome] = []
+    todo = IndexRanges.span(start, start + count) - done
     try:
-        for lo, hi in (IndexRanges.span(start, start + count) - done).intervals:
-            outcomes.append(
-                run_slice(task, lo, hi - lo, fn=fn, attempt=attempt, skip_done=False, signer=signer)
+        for lo, hi in todo.intervals:
+            outcome = run_slice(
+                task,
+                lo,
+                hi - lo,
+                fn=fn,
+                attempt=attempt,
+                skip_done=False,
+                signer=signer,
+                stop_at_failure=stop_at_failure,
             )
+            outcomes.append(outcome)
+            if outcome.unrun:
+                break
     except Stopped as exc:
-        exc.outcome = _merge([*outcomes, *([exc.outcome] if exc.outcome else [])], done)
+        exc.outcome = _merge([*outcomes, *([exc.outcome] if exc.outcome else [])], done, todo)
         raise
-    return _merge(outcomes, done)
+    return _merge(outcomes, done, todo)
 
 
-def _merge(outcomes: list[SliceOutcome], skipped: IndexRanges) -> SliceOutcome:
+def _merge(outcomes: list[SliceOutcome], skipped: IndexRanges, todo: IndexRanges) -> SliceOutcome:
     succeeded, failed = IndexRanges(), IndexRanges()
     errors: dict[int, Any] = {}
     for outcome in outcomes:
         succeeded, failed = succeeded | outcome.succeeded, failed | outcome.failed
         errors.update(outcome.errors)
-    return SliceOutcome(succeeded=succeeded, failed=failed, skipped=skipped, errors=errors)
+    return SliceOutcome(
+        succeeded=succeeded,
+        failed=failed,
+        skipped=skipped,
+        errors=errors,
+        unrun=todo - succeeded - failed,
+    )
 
 
 def stopped_report(lease: str, worker: str, outcome: SliceOutcome | None) -> dict[str, Any]:
@@ -402,7 +430,8 @@ def run_lease(
         fn = functions.get(task_url, str(grant.get("version") or ""), signer)
         if stopper is not None:
             fn = stopper.wrap(fn)
-        outcome = _run_span(task, start, count, fn, attempt, signer)
+        stop = bool(grant.get("stop_at_failure"))  # absent from an older dispatcher: never
+        outcome = _run_span(task, start, count, fn, attempt, signer, stop)
     except StoreError as exc:
         _log(f"infrastructure failure on items {start}..{start + count - 1} of {task_url}: {exc}")
         # the cause says whether a retry can help ("tampered": never; core.policy)

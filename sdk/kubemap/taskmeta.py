@@ -48,9 +48,22 @@ class TaskMeta:
     mode: str = "Function"
     python: str = ""  # e.g. "3.11.9"; "" in tasks written before kubemap recorded it
     cloudpickle: str = ""
+    # The failure policy a worker needs to stop its slice at a failure that decides the task
+    # (worker.decisive_failure): retries per index and how many indices may fail for good.
+    # None in tasks written before kubemap recorded them (or not by the SDK): never stop.
+    retries: int | None = None
+    allowed_failures: int | None = None
 
     @classmethod
-    def new(cls, total: int, function: str = "", *, mode: str = "Function") -> TaskMeta:
+    def new(
+        cls,
+        total: int,
+        function: str = "",
+        *,
+        mode: str = "Function",
+        retries: int | None = None,
+        allowed_failures: int | None = None,
+    ) -> TaskMeta:
         return cls(
             total=total,
             function=function,
@@ -59,6 +72,8 @@ class TaskMeta:
             mode=mode,
             python=platform.python_version(),
             cloudpickle=_cloudpickle_version(),
+            retries=retries,
+            allowed_failures=allowed_failures,
         )
 
     def to_json(self) -> bytes:

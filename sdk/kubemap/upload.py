@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 from kubemap import retention
 from kubemap.backends import Backend, get_backend
 from kubemap.contract import META_KEY
+from kubemap.core.policy import FailureBudget
 from kubemap.discovery import prepare_kubernetes_submit
 from kubemap.errors import ConfigError, StoreError
 from kubemap.models import RunOptions
@@ -68,7 +69,10 @@ def upload(
     try:
         write_function(task, fn, signer)
         total = write_inputs(task, inputs, signer)
-        write_meta(task, TaskMeta.new(total, _qualname(fn)))
+        # The failure policy too: a worker stops its slice at a failure that decides the task.
+        allowed = FailureBudget.of(total, min_success_ratio=opts.min_success_ratio).allowed
+        meta = TaskMeta.new(total, _qualname(fn), retries=opts.retries, allowed_failures=allowed)
+        write_meta(task, meta)
     except BaseException:
         forget(task)
         raise

@@ -70,6 +70,7 @@ __all__ = [  # the termination-line helpers moved to kubemap.termination; import
     "Stopped",
     "Terminated",
     "WorkerEnv",
+    "decisive_failure",
     "infra_cause",
     "main",
     "record_infra_failure",
@@ -90,6 +91,18 @@ class SliceOutcome:
     failed: IndexRanges = field(default_factory=IndexRanges)
     skipped: IndexRanges = field(default_factory=IndexRanges)  # had results (earlier attempt)
     errors: dict[int, RemoteError] = field(default_factory=dict)
+    # Left unrun after a failure that decides the task (stop_at_failure) or a Stopped:
+    # neither succeeded nor failed, so the planners count them as not run once it ends.
+    unrun: IndexRanges = field(default_factory=IndexRanges)
+
+
+def decisive_failure(*, allowed_failures: int | None, retries: int | None, failures: int) -> bool:
+    """True when a failure now ends the task: it tolerates none, and this attempt was the
+    index's last (`failures`: the user failures its slice had before; core.plan retries an
+    index while failures + 1 <= retries). An unknown policy (None) never stops a slice."""
+    if allowed_failures is None or retries is None:
+        return False
+    return allowed_failures == 0 and failures >= retries
 
 
 class Terminated(BaseException):
@@ -135,6 +148,7 @@ def run_slice(
     attempt: int = 0,
     skip_done: bool = True,
     signer: Signer | None = None,
+    stop_at_failure: bool = False,
 ) -> SliceOutcome:
     """Run fn over items [start, start+count) of the task and record what happened.
 
@@ -143,6 +157,9 @@ def run_slice(
     With skip_done on a retry (attempt > 0), indices that already have a result are skipped.
     With a signer, fn.pkl and the slice are checked before unpickling (TamperedError) and the
     result object is sealed.
+    With stop_at_failure (the caller knows a failure now decides the task: decisive_failure),
+    the first user failure ends the slice: the items after it are not run (fail-fast: one bad
+    input leaves the rest unrun) and are reported as `unrun`; what finished before is kept.
     """
     span = IndexRanges.span(start, start + count)
     done = (
@@ -162,6 +179,8 @@ def run_slice(
             values[index] = fn(items[index - start])
         except Exception as exc:
             records[index] = error_record(index, exc, attempt)
+            if stop_at_failure:
+                break
         except Stopped as exc:  # what finished before the stop is kept, not thrown away
             stopped = exc
             break
@@ -176,6 +195,7 @@ def run_slice(
         failed=IndexRanges.of(records),
         skipped=done,
         errors={i: RemoteError.from_record(r) for i, r in records.items()},
+        unrun=todo - IndexRanges.of(values) - IndexRanges.of(records),
     )
     if stopped is not None:
         stopped.outcome = outcome
@@ -368,8 +388,19 @@ def main(environ: Mapping[str, str] | None = None) -> int:
             )
             record_infra_failure(task, env.start, env.count, ConfigError(refusal), env.attempt)
             return EXIT_USAGE_ERROR
+        # A pod knows only its attempt number, which counts infrastructure retries too:
+        # it may stop a slice whose failure still had a retry; the planner then runs the
+        # rest again (an unreported index is never counted as the user's failure).
+        stop = decisive_failure(
+            allowed_failures=meta.allowed_failures, retries=meta.retries, failures=env.attempt
+        )
         outcome = run_slice(
-            task, env.start, env.count, attempt=env.attempt, signer=task_signer(env, env_map)
+            task,
+            env.start,
+            env.count,
+            attempt=env.attempt,
+            signer=task_signer(env, env_map),
+            stop_at_failure=stop,
         )
     except Terminated:
         # The signal may come after some results were written (a task stopping at its
@@ -401,6 +432,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     _log(
         f"items {env.start}..{last} of {env.task_url}: {len(outcome.succeeded)} succeeded, "
         f"{len(outcome.failed)} failed, {len(outcome.skipped)} already done"
+        + (f", {len(outcome.unrun)} not run (the failure ended the task)" if outcome.unrun else "")
     )
     _write_termination_log(env_map, summary_line(outcome))
     return EXIT_USER_ERROR if outcome.failed else EXIT_OK

@@ -143,8 +143,10 @@ def test_without_retries_a_flaky_index_fails(store: str, tmp_path: Path) -> None
     fn = functools.partial(flaky, str(tmp_path))
     with pytest.raises(kubemap.MapTaskError) as info:
         kubemap.map(fn, range(8), store=store, parallelism=1, items_per_pod=8)
-    assert set(info.value.failures) == {3, 5}
+    # Fail-fast: 3's failure decides the run, so its slice stops there (5 never runs).
+    assert set(info.value.failures) == {3} and list(info.value.not_run) == [4, 5, 6, 7]
     assert info.value.failures[3].type == "ConnectionError"
+    assert not (tmp_path / "seen-5").exists()
 
 
 def test_min_success_ratio_tolerates_failures(store: str) -> None:

@@ -365,3 +365,35 @@ def test_cancel_takes_the_leases_back_and_the_workers_stop_the_function(
         f"cancel -> verdict {verdict_after:.2f}s, idle {busy_after:.2f}s, kept {sorted(written)},"
         f" next task {took:.2f}s"
     )
+
+
+def test_a_decisive_failure_stops_the_rest_of_its_chunk(harness: Harness, tmp_path: Path) -> None:
+    """The conformance matrix's fail-fast cell: with one worker the dispatcher leases the
+    whole task as one chunk; index 2 fails with no retry and no failure tolerated, so 3..5
+    must not run (the pool answered 5 succeeded, 1 failed, 0 not run)."""
+    base = f"file://{tmp_path}/store"
+    log = tmp_path / "calls.log"
+    upload(base, "t1", counted(log, fail={2}), 6)
+    harness.worker("w0")
+    key = harness.submit("t1", base, spec_for(base, 6, parallelism=1, items_per_pod=1))
+    status = harness.wait_finished(key)
+    assert status.phase is Phase.FAILED
+    assert executions(log) == [0, 1, 2]  # 3..5 never called
+    assert (status.succeeded, status.failed, status.not_run) == (2, 1, 3)
+    assert status.succeeded_indexes == "0-1" and status.failed_indexes == "2"
+    assert stored(base, "t1") == [0, 1]  # what finished before the failure is kept
+
+
+def test_a_failure_with_a_retry_left_does_not_stop_its_chunk(
+    harness: Harness, tmp_path: Path
+) -> None:
+    base = f"file://{tmp_path}/store"
+    log = tmp_path / "calls.log"
+    upload(base, "t1", counted(log, fail={2}), 6)
+    harness.worker("w0")
+    spec = spec_for(base, 6, parallelism=1, backoff_limit_per_index=1)
+    key = harness.submit("t1", base, spec)
+    status = harness.wait_finished(key)
+    assert status.phase is Phase.FAILED
+    assert executions(log) == [0, 1, 2, 2, 3, 4, 5]  # 2 retried once; 3..5 ran once
+    assert (status.succeeded, status.failed, status.not_run) == (5, 1, 0)

@@ -19,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from kubemap.core.policy import FailureBudget
 from kubemap.core.status import Phase
 from kubemap.models import MapTaskSpec, MapTaskStatus
+from kubemap.worker import decisive_failure
 
 from kubemap_operator.observe import PodState, WorkerReport
 from kubemap_operator.planner import Event, Limits, plan
@@ -98,6 +100,9 @@ class Grant:
     # Changes with each rerun round (kubemap.io/retry): MapRun.retry(fn=...) may have
     # replaced fn.pkl under the same URL, so a worker must not keep the old function.
     version: str = ""
+    # A user failure in this chunk ends the task (no failure tolerated, the chunk's last
+    # attempt): the worker leaves the items after it unrun (kubemap's default, fail-fast).
+    stop_at_failure: bool = False
 
 
 class Dispatcher:
@@ -427,6 +432,7 @@ class Dispatcher:
                 lease_seconds=self.lease_seconds,
                 packages=tuple(task.spec.packages or ()),
                 version=task.status.retry_token or "",
+                stop_at_failure=_decisive(task.spec, lease.failures),
             )
         return None
 
@@ -457,3 +463,16 @@ class Dispatcher:
         task.events.append(Event("Warning", "PythonMismatch", message))
         self._revoke_all(task)
         self.on_change(task.key)
+
+
+def _decisive(spec: MapTaskSpec, failures: int) -> bool:
+    """Whether a user failure in a chunk whose indices failed `failures` times before ends
+    the task (the plan retries while failures + 1 <= retries, within the failure budget)."""
+    allowed = FailureBudget.of(
+        spec.total,
+        min_success_ratio=spec.min_success_ratio,
+        max_failed_indexes=spec.max_failed_indexes,
+    ).allowed
+    return decisive_failure(
+        allowed_failures=allowed, retries=spec.backoff_limit_per_index, failures=failures
+    )

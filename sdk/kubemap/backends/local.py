@@ -30,7 +30,7 @@ from kubemap.chunking import ChunkPlanner, worker_count
 from kubemap.contract import EXIT_INFRA_ERROR, EXIT_OK, EXIT_USER_ERROR
 from kubemap.core.attempts import Attempt, AttemptState, Report
 from kubemap.core.plan import Decision, Recorded, Rules, Verdict, plan
-from kubemap.core.policy import Cause
+from kubemap.core.policy import Cause, FailureBudget
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase, Reason, RunStatus, outcome_message, restate_counts
 from kubemap.errors import StoreError
@@ -38,7 +38,7 @@ from kubemap.models import RunOptions
 from kubemap.stores.base import Store
 from kubemap.taskdata import succeeded_indexes, write_error
 from kubemap.taskstatus import tally, write_status
-from kubemap.worker import record_infra_failure
+from kubemap.worker import decisive_failure, record_infra_failure
 
 LOCAL_BACKOFF_BASE = 0.05  # the core's retry curve, scaled: 0.05 s, 0.1 s, ... at most 1.8 s
 IDLE_TICK = 0.5  # the driver wakes at least this often (deadline, retries)
@@ -104,6 +104,11 @@ class LocalRun:
         self._names = itertools.count()
         self._run_id = f"{os.getpid()}-{next(_run_ids)}"  # new per run: warm workers reload fn
         self._retries = 0
+        # The plan's failure budget: with none, a failure on an index's last attempt ends
+        # the run, and its worker leaves the rest of that slice unrun (fail-fast).
+        self._allowed_failures = FailureBudget.of(
+            total, min_success_ratio=options.min_success_ratio
+        ).allowed
         self._status = RunStatus(phase=Phase.PENDING, total=total)
         self._pool: ProcessPool | None = None
         self._thread: threading.Thread | None = None
@@ -247,6 +252,11 @@ class LocalRun:
                     request.attempt,
                     name,
                     run=self._run_id,
+                    stop_at_failure=decisive_failure(
+                        allowed_failures=self._allowed_failures,
+                        retries=self.options.retries,
+                        failures=request.failures,
+                    ),
                 ),
             )
             self._attempts[name] = Attempt.started(request, name)

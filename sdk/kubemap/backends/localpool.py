@@ -61,6 +61,8 @@ class Job:
     # The run it belongs to: a warm worker reloads fn.pkl for a new run of the same task,
     # whose function MapRun.retry(fn=...) may have replaced.
     run: str = ""
+    # A failure in this job decides the run (worker.decisive_failure): stop the slice there.
+    stop_at_failure: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,13 @@ def _serve(conn: Connection) -> None:
                 cached, cached_key = (store, read_function(store)), (job.task_url, job.run)
             store, fn = cached
             outcome = run_slice(
-                store, job.start, job.count, fn=fn, attempt=job.attempt, skip_done=job.attempt > 0
+                store,
+                job.start,
+                job.count,
+                fn=fn,
+                attempt=job.attempt,
+                skip_done=job.attempt > 0,
+                stop_at_failure=job.stop_at_failure,
             )
             first = next(iter(outcome.errors.values()), None)
             reply: tuple[Any, ...] = (
