@@ -16,6 +16,7 @@ from kubemap.contract import (
     API_VERSION,
     ENV_ATTEMPT,
     ENV_COUNT,
+    ENV_FAILURES,
     ENV_INDEX,
     ENV_ITEM,
     ENV_ITEMS,
@@ -91,6 +92,7 @@ def build_pod(
         _env(ENV_COUNT, request.count),
         _env(ENV_TOTAL, spec.total),
         _env(ENV_ATTEMPT, request.attempt),
+        _env(ENV_FAILURES, request.failures),
     ]
     if spec.items is not None:
         env.append(_env(ENV_ITEM, spec.items[request.start]))

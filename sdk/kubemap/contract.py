@@ -40,6 +40,9 @@ ENV_ITEMS: Final = "KUBEMAP_ITEMS"  # container mode, inline items: JSON list of
 ENV_TASK_URL: Final = "KUBEMAP_TASK_URL"  # the task's prefix: s3://bucket/prefix/<task>
 ENV_STORE: Final = "KUBEMAP_STORE"  # SDK default store URL (a prefix, tasks go below it)
 ENV_ATTEMPT: Final = "KUBEMAP_ATTEMPT"  # 0 for the first run of a slice
+# How often the slice failed in the user's function so far (the attempt number also counts
+# lost pods): whether a failure now decides a fail-fast task. Absent: the attempt number.
+ENV_FAILURES: Final = "KUBEMAP_FAILURES"
 # Where the worker writes its one-line outcome summary; the kubelet copies the file
 # into the pod's status (state.terminated.message) so the operator needs no S3 access.
 ENV_TERMINATION_LOG: Final = "KUBEMAP_TERMINATION_LOG"

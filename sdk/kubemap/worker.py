@@ -37,6 +37,7 @@ from kubemap.contract import (
     DEFAULT_TERMINATION_LOG,
     ENV_ATTEMPT,
     ENV_COUNT,
+    ENV_FAILURES,
     ENV_INDEX,
     ENV_TASK_URL,
     ENV_TERMINATION_LOG,
@@ -274,6 +275,7 @@ class WorkerEnv:
     count: int
     total: int | None
     attempt: int
+    failures: int | None = None  # the slice's user failures so far (ENV_FAILURES), if told
 
     @classmethod
     def parse(cls, environ: Mapping[str, str]) -> WorkerEnv:
@@ -298,12 +300,13 @@ class WorkerEnv:
         count = number(ENV_COUNT, required=True, minimum=1)
         total = number(ENV_TOTAL, required=False, minimum=0)
         attempt = number(ENV_ATTEMPT, required=False, minimum=0) or 0
+        failures = number(ENV_FAILURES, required=False, minimum=0)
         assert start is not None and count is not None
         if total is not None and start + count > total:
             raise ConfigError(
                 f"{ENV_INDEX}={start} + {ENV_COUNT}={count} is past {ENV_TOTAL}={total}"
             )
-        return cls(task_url, start, count, total, attempt)
+        return cls(task_url, start, count, total, attempt, failures)
 
 
 def task_signer(env: WorkerEnv, environ: Mapping[str, str]) -> Signer | None:
@@ -388,11 +391,13 @@ def main(environ: Mapping[str, str] | None = None) -> int:
             )
             record_infra_failure(task, env.start, env.count, ConfigError(refusal), env.attempt)
             return EXIT_USAGE_ERROR
-        # A pod knows only its attempt number, which counts infrastructure retries too:
-        # it may stop a slice whose failure still had a retry; the planner then runs the
-        # rest again (an unreported index is never counted as the user's failure).
+        # The operator tells the slice's user failures so far; without it (a MapTask made
+        # by another client) the attempt number, which counts lost pods too, stands in:
+        # at worst a slice stops early and the planner runs the rest again (an unreported
+        # index is never counted as the user's failure).
+        failures = env.attempt if env.failures is None else env.failures
         stop = decisive_failure(
-            allowed_failures=meta.allowed_failures, retries=meta.retries, failures=env.attempt
+            allowed_failures=meta.allowed_failures, retries=meta.retries, failures=failures
         )
         outcome = run_slice(
             task,

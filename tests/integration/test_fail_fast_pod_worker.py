@@ -41,7 +41,9 @@ def sdk_task(tmp_path: Path, **options: Any) -> Store:
     return task
 
 
-def run_pod(tmp_path: Path, task: Store, attempt: int = 0) -> tuple[int, dict[str, Any], str]:
+def run_pod(
+    tmp_path: Path, task: Store, attempt: int = 0, failures: int | None = None
+) -> tuple[int, dict[str, Any], str]:
     calls = tmp_path / "calls"
     calls.mkdir(exist_ok=True)
     log = tmp_path / f"termination-{time.monotonic_ns()}.log"
@@ -54,6 +56,7 @@ def run_pod(tmp_path: Path, task: Store, attempt: int = 0) -> tuple[int, dict[st
         "KUBEMAP_COUNT": "6",
         "KUBEMAP_TOTAL": "6",
         "KUBEMAP_ATTEMPT": str(attempt),
+        **({"KUBEMAP_FAILURES": str(failures)} if failures is not None else {}),
     }
     proc = subprocess.run(
         [sys.executable, "-m", "kubemap.worker"],
@@ -94,6 +97,19 @@ def test_a_pod_runs_on_while_the_failure_has_a_retry_left(tmp_path: Path) -> Non
     code, summary, _ = run_pod(tmp_path, task, attempt=1)
     assert code == EXIT_USER_ERROR
     assert calls(tmp_path) == {0: 1, 1: 1, 2: 2, 3: 1, 4: 1, 5: 1}  # results skipped
+
+
+def test_a_retry_after_an_infrastructure_failure_still_has_its_user_retry(
+    tmp_path: Path,
+) -> None:
+    """Attempt 1 after a lost pod (node gone): the index has failed 0 times, so with
+    retries=1 its failure is not decisive and the rest of the slice runs. The operator
+    says so in KUBEMAP_FAILURES; the attempt number alone counts the lost pod too."""
+    task = sdk_task(tmp_path, retries=1)
+    code, summary, _ = run_pod(tmp_path, task, attempt=1, failures=0)
+    assert code == EXIT_USER_ERROR
+    assert calls(tmp_path) == {x: 1 for x in range(6)}
+    assert (summary["succeeded"], summary["failed"]) == ("0-1,3-5", "2")
 
 
 def test_a_pod_tolerating_failures_runs_every_item(tmp_path: Path) -> None:

@@ -67,7 +67,8 @@ def test_function_mode_pod() -> None:
         env["KUBEMAP_COUNT"],
         env["KUBEMAP_TOTAL"],
         env["KUBEMAP_ATTEMPT"],
-    ) == ("10", "5", "100", "2")
+        env["KUBEMAP_FAILURES"],  # attempt 2 after one user failure and one lost pod
+    ) == ("10", "5", "100", "2", "1")
     assert env["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:8333"
     assert env["AWS_ACCESS_KEY_ID"] == {
         "secretKeyRef": {"name": "kubemap-s3", "key": "AWS_ACCESS_KEY_ID"}
