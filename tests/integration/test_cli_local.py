@@ -83,9 +83,11 @@ def test_failures_print_tracebacks_and_null_results(tmp_path: Path) -> None:
         store=tmp_path,
     )
     assert result.returncode == 1
-    assert result.stdout.splitlines() == ["1.0", "null", "0.25"]
+    # fail-fast (the default ratio, no retry): index 1's failure decides the task, so its
+    # slice stops there and index 2 is not run
+    assert result.stdout.splitlines() == ["1.0", "null", "null"]
     assert (
-        "index 1 failed (ZeroDivisionError: division by zero); 2 succeeded, 1 failed, 0 not run"
+        "index 1 failed (ZeroDivisionError: division by zero); 1 succeeded, 1 failed, 1 not run"
         in result.stderr
     )
     assert "index 1: ZeroDivisionError" in result.stderr
@@ -98,8 +100,8 @@ def test_failures_print_tracebacks_and_null_results(tmp_path: Path) -> None:
 
 
 def test_a_stopped_run_names_what_never_ran_and_how_to_run_it(tmp_path: Path) -> None:
-    # The first slice of 3 fails at index 0 and runs 1-2; with one worker and the default
-    # ratio 1 the second slice (3-5) never starts.
+    # The first slice of 3 runs 0-1 and fails at index 2, which decides the task (the
+    # default ratio 1, no retry); with one worker the second slice (3-5) never starts.
     result = kubemap_run(
         f"{SQUARE}:inverse",
         "--inputs",
@@ -108,12 +110,12 @@ def test_a_stopped_run_names_what_never_ran_and_how_to_run_it(tmp_path: Path) ->
         "3",
         "--parallelism",
         "1",
-        stdin="[0, 1, 2, 3, 4, 5]",
+        stdin="[1, 2, 0, 3, 4, 5]",
         store=tmp_path,
     )
     assert result.returncode == 1
-    assert result.stdout.splitlines() == ["null", "1.0", "0.5", "null", "null", "null"]
-    assert "stopped after index 0 failed (ZeroDivisionError" in result.stderr
+    assert result.stdout.splitlines() == ["1.0", "0.5", "null", "null", "null", "null"]
+    assert "stopped after index 2 failed (ZeroDivisionError" in result.stderr
     assert "2 succeeded, 1 failed, 3 not run" in result.stderr
     assert "not run: 3 inputs; `kubemap retry " in result.stderr
     name = result.stderr.split("`kubemap retry ")[1].split("`")[0]
@@ -129,7 +131,7 @@ def test_a_stopped_run_names_what_never_ran_and_how_to_run_it(tmp_path: Path) ->
     assert shown.returncode == 1 and shown.stdout.splitlines() == result.stdout.splitlines()
     # The same account as the run's: the one MapTaskError summary, the same three counts.
     assert result.stderr.splitlines()[0].startswith(shown.stderr.splitlines()[0])
-    assert f"task {name} stopped after index 0 failed" in shown.stderr
+    assert f"task {name} stopped after index 2 failed" in shown.stderr
     assert "2 succeeded, 1 failed, 3 not run" in shown.stderr
 
 
