@@ -60,8 +60,18 @@ def executions(log: Path) -> list[int]:
 
 
 def check_pool_outcome(
-    core: client.CoreV1Api, custom: client.CustomObjectsApi, name: str, total: int, log: Path
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    name: str,
+    total: int,
+    log: Path,
+    *,
+    objects_may_overlap: bool = False,
 ) -> str:
+    """Succeeded with each index counted once and in a result object. `objects_may_overlap`
+    is for an operator replacement: it loses the leases in flight (the dispatcher keeps them
+    in memory), their chunks are offered again while the old holder may still commit its
+    own, so objects may overlap there; the overlap is counted in the line, not hidden."""
     body = get_task(custom, name)
     status = body.get("status") or {}
     assert status.get("phase") == "Succeeded", status
@@ -69,12 +79,22 @@ def check_pool_outcome(
     assert status.get("succeededIndexes") == f"0-{total - 1}", status
     spans = result_objects(body["spec"]["store"]["url"], name)
     covered = sorted(i for start, count in spans for i in range(start, start + count))
-    assert covered == list(range(total)), f"result objects do not cover each index once: {spans}"
+    if objects_may_overlap:
+        assert set(covered) == set(range(total)), sorted(set(range(total)) - set(covered))
+    else:
+        assert covered == list(range(total)), (
+            f"result objects do not cover each index once: {spans}"
+        )
     assert not task_pods(core, name), "a pool task made pods (so none can hold a finalizer)"
     ran = executions(log)
     assert set(ran) == set(range(total)), sorted(set(range(total)) - set(ran))
+    overlap = (
+        f"{len(covered) - total} indices in two objects (leases lost with the operator), "
+        if objects_may_overlap
+        else ""
+    )
     return (
-        f"{name}: Succeeded {total}/{total}, {len(spans)} result objects, "
+        f"{name}: Succeeded {total}/{total}, {len(spans)} result objects, {overlap}"
         f"{len(ran)} executions ({len(ran) - total} retried)"
     )
 
