@@ -17,29 +17,21 @@ from kubemap.contract import ANNOTATION_RETRY
 from kubemap.core.status import Reason, run_status
 from kubemap_operator.reconciler import Reconciler
 from kubemap_operator.settings import Settings
-from test_handlers_kmock import NS, FakeApi, running_operator, until
+from test_handlers_kmock import NS, FakeApi, maptask, running_operator, until
 
 
 def pool_task(name: str, count: int = 6) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubemap.io/v1alpha1",
-        "kind": "MapTask",
-        "metadata": {
-            "name": name,
-            "namespace": NS,
-            "uid": f"uid-{name}",
-            "generation": 1,
-            "resourceVersion": "1",
-        },
-        "spec": {
-            "mode": "Function",
-            "count": count,
-            "itemsPerPod": 1,
-            "parallelism": 10_000,
-            "pool": "scorers",
-            "store": {"url": "s3://bucket/prefix"},
-        },
-    }
+    body = maptask(
+        name,
+        mode="Function",
+        count=count,
+        itemsPerPod=1,
+        parallelism=10_000,
+        pool="scorers",
+        store={"url": "s3://bucket/prefix"},
+    )
+    del body["spec"]["template"]  # function mode: the SDK's image, no container template
+    return body
 
 
 def assert_refused(status: dict[str, Any]) -> None:
