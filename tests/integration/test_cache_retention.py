@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import kubemap
 import pytest
 from kubemap import retention
 from kubemap.cache import CachedRun
+from test_gc_safety import cli
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -43,16 +42,6 @@ def entries(root: Path) -> list[Path]:
 def backdate(path: Path, days: float) -> None:
     when = time.time() - days * DAY
     os.utime(path, (when, when))
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kubemap", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=60,
-    )
 
 
 @pytest.fixture
