@@ -89,7 +89,7 @@ def submit_peak_mb(n: int) -> tuple[float, float]:
 
 def per_call_seconds(calls: int, cores: int, *, warm: bool) -> float:
     """Mean wall time of kubemap.map(double, range(8)): mostly fixed per-call costs."""
-    from kubemap.backends.localpool import WARM
+    from kubemap.backends.local.processes import WARM
 
     kubemap.map(double, range(8), parallelism=cores)  # imports, first pool
     started = time.perf_counter()

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kubemap
-from kubemap.workerpool import WorkerPool
+from kubemap.api.workerpool import WorkerPool
 from kubernetes import client, config, watch
 
 NAMESPACE = os.environ.get("BENCH_NAMESPACE", "default")

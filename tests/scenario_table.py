@@ -510,7 +510,7 @@ def invoke_cli(args: list[str]) -> tuple[int, str, str]:
     """The kubemap command in this process (a subprocess costs a second of imports per
     call): exit code, stdout, stderr."""
     from click.testing import CliRunner
-    from kubemap.cli import main
+    from kubemap.cli.main import main
 
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     return result.exit_code, result.stdout, result.stderr

@@ -10,8 +10,8 @@ import kopf
 from kubemap.errors import ConfigError
 
 from kubemap_operator import metrics
-from kubemap_operator.handlers import build_registry
 from kubemap_operator.settings import Settings
+from kubemap_operator.tasks.handlers import build_registry
 
 
 def main() -> int:

@@ -6,7 +6,8 @@ run = kubemap.submit(fn, inputs, backend="kubernetes", parallelism=50)
 run.wait(); run.results()
 """
 
-from kubemap.api import MapRun, imap, map, submit
+from kubemap.api.executor import Executor, RemoteFailure
+from kubemap.api.maprun import MapRun, imap, map, submit
 from kubemap.errors import (
     CancelledError,
     ClusterError,
@@ -19,9 +20,8 @@ from kubemap.errors import (
     StoreError,
     TimeoutError,
 )
-from kubemap.executor import Executor, RemoteFailure
-from kubemap.files import File, files
-from kubemap.models import RunOptions
+from kubemap.resources.maptask import RunOptions
+from kubemap.task.inputfiles import File, files
 
 __version__ = "0.1.0"
 
@@ -29,7 +29,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> object:
     # kubemap.WorkerPool needs the Kubernetes client: import it only when asked for.
     if name == "WorkerPool":
-        from kubemap.workerpool import WorkerPool
+        from kubemap.api.workerpool import WorkerPool
 
         return WorkerPool
     raise AttributeError(f"module 'kubemap' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """`python -m kubemap ...` is the `kubemap` command."""
 
-from kubemap.cli import main
+from kubemap.cli.main import main
 
 if __name__ == "__main__":
     main(prog_name="kubemap")

@@ -24,7 +24,7 @@ from typing import Any
 from joblib import register_parallel_backend
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
 
-from kubemap.executor import Executor
+from kubemap.api.executor import Executor
 
 __all__ = ["KubemapBackend"]
 

@@ -12,12 +12,12 @@ from typing import Any
 import kubemap
 import pytest
 from chaoskit import NAMESPACE, get_task, report, task_pods, wait_finished
-from kubemap.backends.kubernetes import KubernetesBackend
+from kubemap.backends.kubernetes.backend import KubernetesBackend
 from kubemap.contract import EXIT_INFRA_ERROR
-from kubemap.models import RunOptions
+from kubemap.resources.maptask import RunOptions
 from kubemap.stores import Store, open_store
-from kubemap.taskdata import write_function, write_inputs
-from kubemap.taskmeta import TaskMeta, write_meta
+from kubemap.task.data import write_function, write_inputs
+from kubemap.task.meta import TaskMeta, write_meta
 from kubernetes import client
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]

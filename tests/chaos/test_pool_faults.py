@@ -27,7 +27,7 @@ from chaoskit import (
     wait_progress,
 )
 from faults import LiveCluster, api_ready, wait_until
-from kubemap.workerpool import WorkerPool
+from kubemap.api.workerpool import WorkerPool
 from kubernetes import client
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]

@@ -169,7 +169,7 @@ def artefacts(cluster: LiveCluster, api: client.ApiClient) -> Iterator[tuple[str
 
 
 def signing_keys(api: client.ApiClient) -> list[str]:
-    """The task and pool signing keys (kubemap.signing) of the Secrets the SDK left."""
+    """The task and pool signing keys (kubemap.task.signing) of the Secrets the SDK left."""
     found = []
     for selector in ("kubemap.io/task", "kubemap.io/pool"):
         for secret in (

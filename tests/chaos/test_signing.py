@@ -1,4 +1,4 @@
-"""A writer to the bucket alone cannot run code in the cluster (kubemap.signing).
+"""A writer to the bucket alone cannot run code in the cluster (kubemap.task.signing).
 
 The planted object is a pickle that creates a marker file when it is unpickled. Pods of the
 test cluster are host processes, so the marker would appear on this machine: the tests count
@@ -19,12 +19,13 @@ import kubemap
 import pytest
 from chaoskit import NAMESPACE, get_task, opts, report, task_pods, wait_finished
 from faults import wait_until
-from kubemap import signing, taskdata
-from kubemap.backends.kubernetes import KubernetesBackend, build_maptask
-from kubemap.models import RunOptions
+from kubemap.api.workerpool import WorkerPool
+from kubemap.backends.kubernetes.backend import KubernetesBackend, build_maptask
+from kubemap.resources.maptask import RunOptions
 from kubemap.stores import Store, open_store
-from kubemap.taskmeta import TaskMeta, write_meta
-from kubemap.workerpool import WorkerPool
+from kubemap.task import data as taskdata
+from kubemap.task import signing
+from kubemap.task.meta import TaskMeta, write_meta
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 

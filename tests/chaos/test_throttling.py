@@ -21,7 +21,7 @@ from faults import (
     scale_operator,
     serviceaccount_kubeconfig,
 )
-from kubemap_operator.reconciler import CREATE_CONCURRENCY
+from kubemap_operator.tasks.reconcile import CREATE_CONCURRENCY
 from kubernetes import client
 from throttle_proxy import ThrottlingProxy
 

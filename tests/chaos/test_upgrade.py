@@ -42,8 +42,8 @@ from chaoskit import (
     wait_progress,
 )
 from faults import OPERATOR_NAMESPACE, OPERATOR_SELECTOR, running_operator, wait_until
-from kubemap.poolmodels import pool_resource_name
-from kubemap.workerpool import WorkerPool
+from kubemap.api.workerpool import WorkerPool
+from kubemap.resources.workerpool import pool_resource_name
 from kubernetes import client, watch
 from test_pool_faults import check_pool_outcome, logged
 

@@ -85,7 +85,7 @@ def unique() -> Callable[[str], str]:
 @pytest.fixture
 def pool(unique: Callable[[str], str]) -> Iterator[Callable[..., Any]]:
     """pool(**WorkerPool options) makes a WorkerPool in the test namespace, deleted after."""
-    from kubemap.workerpool import WorkerPool
+    from kubemap.api.workerpool import WorkerPool
 
     made: list[WorkerPool] = []
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from e2ekit import NAMESPACE, REPO, Operator, apply, get_task, wait_phase
-from kubemap.cli import main
+from kubemap.cli.main import main
 from kubemap.contract import ANNOTATION_RETRY, STATUS_KEY
 from kubemap.stores import open_store
 from kubernetes import client

@@ -13,11 +13,11 @@ from typing import Any
 import kubemap
 import pytest
 from e2ekit import NAMESPACE, PodWatch, opts, wait_phase
-from kubemap import taskdata
-from kubemap.backends.kubernetes import build_maptask
-from kubemap.models import RunOptions
+from kubemap.backends.kubernetes.backend import build_maptask
+from kubemap.resources.maptask import RunOptions
 from kubemap.stores import open_store
-from kubemap.taskmeta import TaskMeta, write_meta
+from kubemap.task import data as taskdata
+from kubemap.task.meta import TaskMeta, write_meta
 from kubernetes import client
 
 pytestmark = [

@@ -23,9 +23,9 @@ import kubemap
 import pytest
 from click.testing import CliRunner
 from e2ekit import NAMESPACE, Operator, get_task, task_pods, wait_phase
-from kubemap import taskdata
-from kubemap.cli import main
+from kubemap.cli.main import main
 from kubemap.stores import open_store
+from kubemap.task import data as taskdata
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 

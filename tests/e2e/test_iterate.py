@@ -15,8 +15,8 @@ from typing import Any
 import kubemap
 import pytest
 from e2ekit import NAMESPACE, Operator, PodWatch, opts, task_pods
-from kubemap import taskdata
 from kubemap.stores import open_store
+from kubemap.task import data as taskdata
 from kubernetes import client
 
 pytestmark = [

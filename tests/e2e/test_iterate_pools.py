@@ -12,7 +12,7 @@ from pathlib import Path
 import kubemap
 import pytest
 from e2ekit import NAMESPACE, Operator, opts
-from kubemap.workerpool import WorkerPool
+from kubemap.api.workerpool import WorkerPool
 from kubernetes import client
 from test_pools import PoolPods, executions, ready
 

@@ -22,10 +22,10 @@ import kubemap
 import pytest
 from click.testing import CliRunner
 from e2ekit import NAMESPACE, kubectl, opts
-from kubemap.cli import main
+from kubemap.cli.main import main
 from kubemap.core.status import Phase
 from kubemap.stores import open_store
-from kubemap.taskresults import succeeded_indexes
+from kubemap.task.results import succeeded_indexes
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 

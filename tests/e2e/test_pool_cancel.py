@@ -19,9 +19,9 @@ from pathlib import Path
 import kubemap
 import pytest
 from e2ekit import NAMESPACE, REPO, Operator, PodWatch, get_task, wait_for
+from kubemap.api.workerpool import WorkerPool
 from kubemap.stores import open_store
-from kubemap.taskdata import iter_results
-from kubemap.workerpool import WorkerPool
+from kubemap.task.data import iter_results
 from kubernetes import client
 
 pytestmark = [

@@ -10,9 +10,9 @@ from pathlib import Path
 import kubemap
 import pytest
 from e2ekit import NAMESPACE, Operator, PodWatch, kubectl, opts, wait_for
-from kubemap.poolmodels import pool_resource_name
-from kubemap.signing import pool_secret_name
-from kubemap.workerpool import WorkerPool
+from kubemap.api.workerpool import WorkerPool
+from kubemap.resources.workerpool import pool_resource_name
+from kubemap.task.signing import pool_secret_name
 from kubernetes import client
 from test_pools import counted, executions, ready
 

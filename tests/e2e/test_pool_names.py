@@ -15,8 +15,8 @@ from pathlib import Path
 import kubemap
 import pytest
 from e2ekit import NAMESPACE
-from kubemap.backends.kubeclient import Cluster
-from kubemap.backends.poolclient import list_pools
+from kubemap.backends.kubernetes.client import Cluster
+from kubemap.backends.kubernetes.workerpools import list_pools
 
 pytestmark = [
     pytest.mark.e2e,
@@ -88,7 +88,7 @@ def test_a_run_that_creates_its_pool_says_so_and_the_pool_deletes_by_that_advice
 
 
 def test_the_sdk_warns_with_a_category_a_user_can_filter(unique: Callable[[str], str]) -> None:
-    from kubemap.backends.poolclient import PoolCreatedWarning
+    from kubemap.backends.kubernetes.workerpools import PoolCreatedWarning
 
     name = unique("made")
     try:

@@ -17,9 +17,9 @@ from typing import Any
 import kubemap
 import pytest
 from e2ekit import get_task
+from kubemap.api.workerpool import WorkerPool
 from kubemap.errors import MapTaskError
-from kubemap.poolmodels import python_minor
-from kubemap.workerpool import WorkerPool
+from kubemap.resources.workerpool import python_minor
 from kubernetes import client
 
 pytestmark = [

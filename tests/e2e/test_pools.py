@@ -21,9 +21,9 @@ from e2ekit import (
     opts,
     wait_for,
 )
+from kubemap.api.workerpool import WorkerPool
 from kubemap.stores import open_store
-from kubemap.taskdata import iter_results
-from kubemap.workerpool import WorkerPool
+from kubemap.task.data import iter_results
 from kubernetes import client
 
 pytestmark = [
@@ -322,7 +322,7 @@ def test_a_task_from_another_python_minor_is_refused_at_submit(
     ready(wp, 1)
     pool_python = wait_for("the pool advertises its Python", lambda: wp.status().python_version)
     # The pool's workers are real; the submitting process pretends to be another minor.
-    monkeypatch.setattr("kubemap.backends.poolclient.python_minor", lambda: "3.99")
+    monkeypatch.setattr("kubemap.backends.kubernetes.workerpools.python_minor", lambda: "3.99")
     name = unique("py")
     with pytest.raises(kubemap.ConfigError) as info:
         kubemap.submit(abs, range(3), **opts(name=name, pool=wp.name))

@@ -124,7 +124,7 @@ def test_conformance_cell_pod_mode(
 def warm_pool(kubemap_installed: None, operator: Any) -> Iterator[str]:
     """One warm WorkerPool for every cell, as a user keeps one: a cell that cancels or
     times out must leave it able to serve the next."""
-    from kubemap.workerpool import WorkerPool
+    from kubemap.api.workerpool import WorkerPool
 
     made = WorkerPool(
         f"cf-pool-{secrets.token_hex(3)}", namespace=NAMESPACE, replicas=2, idle_ttl_seconds=0

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubemap import taskdata
 from kubemap.contract import ENV_COUNT, ENV_INDEX, ENV_TASK_URL, ENV_TOTAL
 from kubemap.stores import open_store
-from kubemap.taskmeta import TaskMeta, write_meta
+from kubemap.task import data as taskdata
+from kubemap.task.meta import TaskMeta, write_meta
 
 IMAGE = os.environ.get("IMAGE", "kubemap:dev")
 REQUIRED = os.environ.get("KUBEMAP_IMAGE_REQUIRED") == "1"

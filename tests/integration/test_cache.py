@@ -8,7 +8,7 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from kubemap.cache import CACHE_DIR, CachedRun
+from kubemap.api.cache import CACHE_DIR, CachedRun
 from kubemap.stores import open_store
 
 pytestmark = pytest.mark.timeout(120)

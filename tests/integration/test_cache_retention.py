@@ -12,8 +12,8 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from kubemap import retention
-from kubemap.cache import CachedRun
+from kubemap.api.cache import CachedRun
+from kubemap.task import retention
 from test_gc_safety import cli
 
 pytestmark = pytest.mark.timeout(180)

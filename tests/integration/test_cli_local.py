@@ -297,7 +297,7 @@ def test_kubemap_run_on_the_local_backend_never_imports_the_kubernetes_client(
     inputs.write_text("1\n2\n3\n")
     code = (
         "import sys\n"
-        "from kubemap.cli import main\n"
+        "from kubemap.cli.main import main\n"
         "try:\n"
         f"    main(['run', {str(SQUARE) + ':square'!r}, '--inputs', {str(inputs)!r},"
         f" '--store', {str(tmp_path / 'store')!r}])\n"

@@ -16,11 +16,11 @@ from typing import Any
 import boto3
 import kubemap
 import pytest
-from kubemap import discovery
-from kubemap.backends.kubernetes import KubernetesBackend
+from kubemap.backends.kubernetes import discovery
+from kubemap.backends.kubernetes.backend import KubernetesBackend
+from kubemap.backends.kubernetes.discovery import ClusterDefaults
 from kubemap.contract import FN_KEY, INDEX_KEY, INPUTS_KEY, META_KEY
-from kubemap.discovery import ClusterDefaults
-from kubemap.signing import Signer, new_key
+from kubemap.task.signing import Signer, new_key
 
 pytestmark = pytest.mark.timeout(120)
 

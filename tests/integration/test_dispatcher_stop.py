@@ -3,7 +3,7 @@ while pool workers long-poll it: every waiting request is answered at once, so t
 operator stops in well under a long poll and the new one can start.
 
 The real DispatcherApp on loopback; the requests go through the pool worker's own client
-(kubemap.poolworker.DispatcherClient), as a worker pod sends them.
+(kubemap.runtime.poolworker.DispatcherClient), as a worker pod sends them.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from typing import Any
 
 import pytest
 from kubemap.core.status import Phase
-from kubemap.models import MapTaskSpec, MapTaskStatus, Mode, StoreRef
-from kubemap.poolmodels import python_minor
-from kubemap.poolworker import DispatcherClient, PoolEnv, serve
+from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, StoreRef
+from kubemap.resources.workerpool import python_minor
+from kubemap.runtime.poolworker import DispatcherClient, PoolEnv, serve
 from kubemap.stores import open_store
-from kubemap.taskdata import iter_results, write_function, write_inputs
-from kubemap.taskmeta import TaskMeta, write_meta
-from kubemap_operator.planner import Limits
+from kubemap.task.data import iter_results, write_function, write_inputs
+from kubemap.task.meta import TaskMeta, write_meta
 from kubemap_operator.pools.dispatch import Dispatcher
 from kubemap_operator.pools.server import LONG_POLL_SECONDS, DispatcherApp
 from kubemap_operator.pools.tokens import pool_token
+from kubemap_operator.tasks.planner import Limits
 
 KEY = b"test-key"
 POOL = ("ns", "p")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from kubemap.models import Phase
+from kubemap.resources.maptask import Phase
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubemap import taskdata
+from kubemap.api.prepare import upload
 from kubemap.contract import EXIT_USER_ERROR
-from kubemap.models import RunOptions
+from kubemap.resources.maptask import RunOptions
 from kubemap.stores import Store
-from kubemap.upload import upload
+from kubemap.task import data as taskdata
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from kubemap import retention
+from kubemap.task import retention
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from kubemap.backends.localpool import WARM
-from kubemap.models import Phase
+from kubemap.backends.local.processes import WARM
+from kubemap.resources.maptask import Phase
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,5 +1,5 @@
 """The warm-pool loop without a cluster: the real dispatcher (aiohttp on loopback) and real
-pool workers (threads running kubemap.poolworker.serve) on a real store (file:// and S3).
+pool workers (threads running kubemap.runtime.poolworker.serve) on a real store (file:// and S3).
 
 Counts what happened: executions per index (each call appends a line to a file), leases,
 refused requests. The cluster e2e suite (tests/e2e/test_pools.py) runs the same loop with
@@ -21,16 +21,16 @@ import pytest
 import urllib3
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase
-from kubemap.models import MapTaskSpec, MapTaskStatus, Mode, StoreRef
-from kubemap.poolmodels import python_minor
-from kubemap.poolworker import PoolEnv, serve
+from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, StoreRef
+from kubemap.resources.workerpool import python_minor
+from kubemap.runtime.poolworker import PoolEnv, serve
 from kubemap.stores import open_store
-from kubemap.taskdata import iter_results, write_function, write_inputs
-from kubemap.taskmeta import TaskMeta, write_meta
-from kubemap_operator.planner import Limits
+from kubemap.task.data import iter_results, write_function, write_inputs
+from kubemap.task.meta import TaskMeta, write_meta
 from kubemap_operator.pools.dispatch import Dispatcher
 from kubemap_operator.pools.server import DispatcherApp
 from kubemap_operator.pools.tokens import pool_token
+from kubemap_operator.tasks.planner import Limits
 
 KEY = b"test-key"
 POOL = ("ns", "p")
@@ -258,7 +258,7 @@ def test_a_recovered_task_skips_what_the_store_already_holds(
     log = tmp_path / "calls.log"
     upload(base, "t1", counted(log), 40)
     task = open_store(base).child("t1")
-    from kubemap.worker import run_slice
+    from kubemap.runtime.worker import run_slice
 
     run_slice(task, 0, 25, fn=counted(log))  # results a previous dispatcher never recorded
     before = executions(log)

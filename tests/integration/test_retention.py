@@ -12,9 +12,9 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from kubemap import retention
 from kubemap.stores import open_store
-from kubemap.taskmeta import read_meta, write_meta
+from kubemap.task import retention
+from kubemap.task.meta import read_meta, write_meta
 
 pytestmark = pytest.mark.timeout(120)
 

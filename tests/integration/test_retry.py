@@ -10,10 +10,10 @@ from pathlib import Path
 import kubemap
 import pytest
 from click.testing import CliRunner
-from kubemap import taskdata
-from kubemap.cli import main
+from kubemap.cli.main import main
 from kubemap.core.status import Phase
 from kubemap.stores import open_store
+from kubemap.task import data as taskdata
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from kubemap import taskdata
-from kubemap.models import Phase
+from kubemap.resources.maptask import Phase
 from kubemap.stores import open_store
+from kubemap.task import data as taskdata
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubemap import taskdata
 from kubemap.contract import INDEX_KEY, INPUTS_KEY
 from kubemap.errors import ConfigError, CorruptTaskError, SerializationError, StoreError
 from kubemap.stores import FileStore, KeyNotFound, Store, default_store_url, open_store
 from kubemap.stores.s3 import PART_SIZE, S3Store
+from kubemap.task import data as taskdata
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -262,7 +262,7 @@ def test_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 MEMORY_PROBE = """
 import resource, sys, time
-from kubemap import taskdata
+from kubemap.task import data as taskdata
 from kubemap.stores import open_store
 store = open_store(sys.argv[1])
 began = time.perf_counter()

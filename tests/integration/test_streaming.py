@@ -9,8 +9,8 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from kubemap.models import Phase
-from kubemap.streaming import ResultFeed
+from kubemap.api.streaming import ResultFeed
+from kubemap.resources.maptask import Phase
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubemap import taskdata
 from kubemap.contract import (
     EXIT_INFRA_ERROR,
     EXIT_OK,
@@ -28,8 +27,9 @@ from kubemap.contract import (
     RESULTS_PREFIX,
 )
 from kubemap.core.ranges import IndexRanges
+from kubemap.runtime.worker import SliceOutcome, run_slice, summary_line
 from kubemap.stores import Store, open_store
-from kubemap.worker import SliceOutcome, run_slice, summary_line
+from kubemap.task import data as taskdata
 
 pytestmark = pytest.mark.timeout(180)
 

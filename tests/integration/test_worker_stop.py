@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubemap import taskdata, worker
 from kubemap.contract import EXIT_INFRA_ERROR
 from kubemap.core.attempts import Report
 from kubemap.core.ranges import IndexRanges
+from kubemap.runtime import worker
 from kubemap.stores import open_store
+from kubemap.task import data as taskdata
 
 
 def double(x: int) -> int:

@@ -1,4 +1,4 @@
-"""Backend selection: local by default, kubemap.backends.kubernetes imported only for backend='kubernetes'."""
+"""Backend selection: local by default, kubemap.backends.kubernetes.backend imported only for backend='kubernetes'."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import kubemap
 import pytest
 from kubemap.backends import Backend, get_backend
-from kubemap.backends.local import LocalBackend
+from kubemap.backends.local.backend import LocalBackend
 from kubemap.core.status import RunStatus
 from kubemap.errors import ConfigError
-from kubemap.models import Phase
+from kubemap.resources.maptask import Phase
 
 
 def test_local_is_the_default_backend() -> None:
@@ -41,15 +41,15 @@ def test_the_kubernetes_backend_module_is_chosen_by_name(monkeypatch: pytest.Mon
     class FakeKube:
         name = "kubernetes"
 
-    module = types.ModuleType("kubemap.backends.kubernetes")
+    module = types.ModuleType("kubemap.backends.kubernetes.backend")
     module.KubernetesBackend = FakeKube  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "kubemap.backends.kubernetes", module)
+    monkeypatch.setitem(sys.modules, "kubemap.backends.kubernetes.backend", module)
     assert isinstance(get_backend("kubernetes"), FakeKube)
 
 
 def test_missing_kubernetes_backend_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(
-        sys.modules, "kubemap.backends.kubernetes", None
+        sys.modules, "kubemap.backends.kubernetes.backend", None
     )  # import raises ModuleNotFoundError
     with pytest.raises(ConfigError, match="backend='kubernetes' is not available"):
         get_backend("kubernetes")
@@ -86,7 +86,7 @@ def test_kubernetes_run_with_no_cluster_names_the_problem_before_uploading(
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config either
     uploads: list[str] = []
-    import kubemap.api as api
+    import kubemap.api.maprun as api
 
     monkeypatch.setattr(api, "open_store", lambda url: uploads.append(url))
     with pytest.raises(kubemap.ClusterError, match=r"KUBECONFIG"):

@@ -6,9 +6,9 @@ import re
 from typing import Any
 
 import pytest
+from kubemap.api.options import slugify, task_name, validate_options
 from kubemap.errors import ConfigError
-from kubemap.models import RunOptions
-from kubemap.options import slugify, task_name, validate_options
+from kubemap.resources.maptask import RunOptions
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 

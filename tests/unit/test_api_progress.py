@@ -6,9 +6,9 @@ import io
 import time
 
 import pytest
+from kubemap.api.progress import ProgressBar, want_progress
 from kubemap.core.status import RunStatus
-from kubemap.models import Phase
-from kubemap.progress import ProgressBar, want_progress
+from kubemap.resources.maptask import Phase
 
 
 class FakeTty(io.StringIO):

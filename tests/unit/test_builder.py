@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 from kubemap.contract import LABEL_INDEX, LABEL_TASK, POD_FINALIZER, task_label
-from kubemap.models import MapTaskSpec
-from kubemap.poolmodels import python_minor
-from kubemap_operator.builder import TaskRef, build_pod, pod_name
-from kubemap_operator.observe import observe_pod
-from kubemap_operator.planner import PodRequest
+from kubemap.resources.maptask import MapTaskSpec
+from kubemap.resources.workerpool import python_minor
 from kubemap_operator.settings import Settings
+from kubemap_operator.tasks.builder import TaskRef, build_pod, pod_name
+from kubemap_operator.tasks.observe import observe_pod
+from kubemap_operator.tasks.planner import PodRequest
 
 TASK = TaskRef("squares", "default", "uid-1")
 SETTINGS = Settings(s3_endpoint="http://127.0.0.1:8333", worker_image="kubemap:test")
@@ -192,8 +192,8 @@ def test_observed_states(
 
 
 def test_sdk_builds_a_function_mode_maptask() -> None:
-    from kubemap.backends.kubernetes import build_maptask
-    from kubemap.models import RunOptions
+    from kubemap.backends.kubernetes.backend import build_maptask
+    from kubemap.resources.maptask import RunOptions
 
     body = build_maptask(
         "sq-1",

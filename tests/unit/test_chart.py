@@ -511,7 +511,7 @@ def test_chart_crd_is_a_copy_of_crds_maptask_yaml(default_objs: list[ck.Obj]) ->
 
 
 def test_notes_tell_what_to_do_next_with_a_valid_maptask() -> None:
-    from kubemap.models import MapTaskSpec
+    from kubemap.resources.maptask import MapTaskSpec
 
     done = ck.run(
         [ck.helm_bin(), "install", RELEASE, str(ck.CHART), "--dry-run=client", "-n", NAMESPACE]

@@ -134,7 +134,7 @@ def test_build_stage_wheel_installs_and_runs_both_entry_points(tmp_path: Path) -
     clean_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
 
     where = subprocess.run(
-        [str(python), "-c", "import kubemap, kubemap_operator, kubemap.worker; "
+        [str(python), "-c", "import kubemap, kubemap_operator, kubemap.runtime.worker; "
          "print(kubemap.__file__); print(kubemap_operator.__file__)"],
         capture_output=True, text=True, env=clean_env, cwd=tmp_path,
     )  # fmt: skip
@@ -142,7 +142,7 @@ def test_build_stage_wheel_installs_and_runs_both_entry_points(tmp_path: Path) -
     for path in where.stdout.split():
         assert path.startswith(str(venv)), f"{path} is not from the wheel"
     # The worker entry point: no task environment is a usage error (contract: exit 5).
-    from kubemap_operator.builder import WORKER_COMMAND  # what worker pods run in the image
+    from kubemap_operator.tasks.builder import WORKER_COMMAND  # what worker pods run in the image
 
     assert WORKER_COMMAND[0] == "python"
     worker = subprocess.run(
@@ -208,7 +208,7 @@ def test_there_are_container_examples_with_items_and_with_count() -> None:
 
 @pytest.mark.parametrize("path", MAPTASK_EXAMPLES, ids=lambda p: p.name)
 def test_maptask_examples_match_the_models(path: Path) -> None:
-    from kubemap.models import MapTaskSpec, Mode
+    from kubemap.resources.maptask import MapTaskSpec, Mode
 
     [doc] = ck.load_yaml_docs(path)
     assert doc["apiVersion"] == "kubemap.io/v1alpha1" and doc["kind"] == "MapTask"

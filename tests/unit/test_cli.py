@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from kubemap.cli import load_function, main
+from kubemap.cli.inputs import parse_inputs
+from kubemap.cli.main import load_function, main
 from kubemap.errors import ConfigError
-from kubemap.inputs import parse_inputs
 
 
 @pytest.mark.parametrize(
@@ -170,7 +170,7 @@ def test_env_and_resources_reach_the_sdk_as_its_options(
         seen.update(options)
         raise SystemExit(0)
 
-    monkeypatch.setattr("kubemap.api.submit", fake_submit)
+    monkeypatch.setattr("kubemap.api.maprun.submit", fake_submit)
     result = CliRunner().invoke(
         main, ["run", "os.path:basename", "-i", "-", "--backend", "kubernetes", *args], input="a\n"
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubemap.crd import IMMUTABLE, build_crd, render_crd
+from kubemap.resources.crds import IMMUTABLE, build_crd, render_crd
 
 CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "maptask.yaml"
 
@@ -82,7 +82,7 @@ def test_yaml_parses() -> None:
 
 def test_cli_prints_and_checks_the_crd() -> None:
     from click.testing import CliRunner
-    from kubemap.cli import main
+    from kubemap.cli.main import main
 
     printed = CliRunner().invoke(main, ["crd"])
     assert printed.exit_code == 0 and printed.stdout == render_crd()

@@ -11,11 +11,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import chartkit as ck
-from kubemap import discovery
-from kubemap.discovery import ChartStore, ClusterDefaults, prepare_kubernetes_submit
+from kubemap.backends.kubernetes import discovery
+from kubemap.backends.kubernetes.discovery import (
+    ChartStore,
+    ClusterDefaults,
+    prepare_kubernetes_submit,
+)
 from kubemap.errors import ConfigError
 from kubemap.stores.s3 import S3Store
-from kubemap.taskmeta import image_python, minor
+from kubemap.task.meta import image_python, minor
 
 KIND = {
     "image.repository": "kubemap",

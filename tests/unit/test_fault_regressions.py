@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from kubemap_operator.observe import PodState, observe_pod
-from kubemap_operator.planner import plan
+from kubemap_operator.tasks.observe import PodState, observe_pod
+from kubemap_operator.tasks.planner import plan
 from test_planner import NOW, bad, running, spec
 
 

@@ -8,14 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubemap import filepod, filetask, taskdata
-from kubemap.models import MapTaskSpec, MapTaskStatus
+from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
+from kubemap.runtime import filetransfer as filepod
 from kubemap.stores import open_store
-from kubemap_operator.builder import TaskRef, build_pod
-from kubemap_operator.filepods import build_lister_pod, listing_outcome
-from kubemap_operator.observe import observe_pod
-from kubemap_operator.planner import PodRequest
+from kubemap.task import data as taskdata
+from kubemap.task import filemode as filetask
 from kubemap_operator.settings import Settings
+from kubemap_operator.tasks.builder import TaskRef, build_pod
+from kubemap_operator.tasks.filelisting import build_lister_pod, listing_outcome
+from kubemap_operator.tasks.observe import observe_pod
+from kubemap_operator.tasks.planner import PodRequest
 from pydantic import ValidationError
 
 TASK = TaskRef("upper", "default", "uid-1")

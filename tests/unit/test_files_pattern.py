@@ -6,7 +6,7 @@ import pickle
 
 import kubemap
 import pytest
-from kubemap.files import File, files, glob_regex
+from kubemap.task.inputfiles import File, files, glob_regex
 
 
 @pytest.mark.parametrize(

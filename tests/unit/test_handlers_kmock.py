@@ -17,9 +17,9 @@ import kmock
 import kopf
 import pytest
 from kubemap.contract import LABEL_TASK, POD_FINALIZER
-from kubemap_operator.handlers import build_registry
 from kubemap_operator.kubeapi import KubeApi
 from kubemap_operator.settings import Settings
+from kubemap_operator.tasks.handlers import build_registry
 from kubernetes import client
 
 NS = "ns"
@@ -322,7 +322,7 @@ def _succeeded_pod(name: str, index: int) -> dict[str, Any]:
 async def test_outcome_is_recorded_before_the_finalizer_goes_and_before_new_pods() -> None:
     import logging
 
-    from kubemap_operator.reconciler import Reconciler
+    from kubemap_operator.tasks.reconcile import Reconciler
 
     task = maptask("t", count=4, parallelism=2)
     task["metadata"]["uid"] = "uid-t"
@@ -343,7 +343,7 @@ async def test_http_429_pauses_creation_for_retry_after() -> None:
     import logging
 
     from kubemap_operator.ratelimit import TokenBucket
-    from kubemap_operator.reconciler import Reconciler
+    from kubemap_operator.tasks.reconcile import Reconciler
 
     task = maptask("t", count=10, parallelism=10)
     task["metadata"]["uid"] = "uid-t"
@@ -375,7 +375,7 @@ def test_token_bucket_rate_and_burst() -> None:
 async def test_an_invalid_spec_fails_with_a_condition_naming_the_field() -> None:
     import logging
 
-    from kubemap_operator.reconciler import Reconciler
+    from kubemap_operator.tasks.reconcile import Reconciler
 
     task = maptask("t", count=4, parallelism=2)
     task["metadata"]["uid"] = "uid-t"

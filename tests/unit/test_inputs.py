@@ -9,8 +9,8 @@ import json
 from typing import Any
 
 import pytest
+from kubemap.cli.inputs import parse_inputs
 from kubemap.errors import ConfigError
-from kubemap.inputs import parse_inputs
 
 ROWS: list[Any] = [[1, "a"], [2, "b"], [3, "c"]]
 

@@ -7,7 +7,7 @@ import logging
 from types import SimpleNamespace
 from typing import Any
 
-from kubemap_operator import logkeeper
+from kubemap_operator.tasks import logkeeper
 from kubernetes.client.exceptions import ApiException
 
 

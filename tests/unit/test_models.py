@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubemap.models import (
+from kubemap.resources.maptask import (
     MAX_INLINE_ITEMS,
     MapTaskSpec,
     MapTaskStatus,

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kubemap.pickling import dumps_function
+from kubemap.task.pickling import dumps_function
 
 
 def test_a_partial_of_a_user_module_function_loads_where_the_module_is_missing(

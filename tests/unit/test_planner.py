@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import run_status
-from kubemap.models import MapTaskSpec, MapTaskStatus, Phase
-from kubemap_operator.observe import ObservedPod, PodState, WorkerReport
-from kubemap_operator.planner import Limits, PodRequest, plan
+from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Phase
+from kubemap_operator.tasks.observe import ObservedPod, PodState, WorkerReport
+from kubemap_operator.tasks.planner import Limits, PodRequest, plan
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 

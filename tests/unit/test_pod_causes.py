@@ -10,7 +10,7 @@ from kubemap.core.attempts import AttemptState
 from kubemap.core.plan import Recorded, Rules, plan
 from kubemap.core.policy import ExitKind
 from kubemap.core.status import Phase, Reason
-from kubemap_operator.observe import observe_pod
+from kubemap_operator.tasks.observe import observe_pod
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -14,12 +14,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase
-from kubemap.models import MapTaskSpec, MapTaskStatus, Mode, StoreRef
-from kubemap_operator.observe import PodState, WorkerReport
-from kubemap_operator.planner import Limits
+from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, StoreRef
 from kubemap_operator.pools.dispatch import FLUSH_SECONDS, Dispatcher, Grant
 from kubemap_operator.pools.leases import Lease, Leases
 from kubemap_operator.pools.retrystate import counts_in_play, decode, encode
+from kubemap_operator.tasks.observe import PodState, WorkerReport
+from kubemap_operator.tasks.planner import Limits
 
 POOL = ("ns", "p")
 KEY = ("ns", "t")
@@ -125,7 +125,7 @@ def test_counts_follow_the_highest_attempt_and_skip_recorded_indices() -> None:
 
 
 def test_a_rerun_round_is_served_by_the_same_dispatcher_with_a_new_function_version() -> None:
-    from kubemap_operator import rerun
+    from kubemap_operator.tasks import rerun
 
     clock, runs = Clock(), Counter[int]()
     d = new_dispatcher(clock)

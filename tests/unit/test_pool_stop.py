@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from kubemap.poolworker import STOP_SIGNAL, Revoked, Stopper
+from kubemap.runtime.poolworker import STOP_SIGNAL, Revoked, Stopper
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from kubemap.contract import ANNOTATION_RETRY
 from kubemap.core.status import Reason, run_status
-from kubemap_operator.reconciler import Reconciler
 from kubemap_operator.settings import Settings
+from kubemap_operator.tasks.reconcile import Reconciler
 from test_handlers_kmock import NS, FakeApi, maptask, running_operator, until
 
 

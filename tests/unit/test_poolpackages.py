@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubemap import poolpackages
 from kubemap.core.status import Phase
-from kubemap.models import MapTaskSpec, MapTaskStatus, Mode, RunOptions, StoreRef
-from kubemap.poolmodels import WorkerPoolSpec
-from kubemap.poolpackages import (
+from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, RunOptions, StoreRef
+from kubemap.resources.workerpool import WorkerPoolSpec
+from kubemap.runtime import packages as poolpackages
+from kubemap.runtime.packages import (
     COMPLETE_MARKER,
     ActiveEnvironment,
     Environments,
@@ -26,7 +26,7 @@ from kubemap.poolpackages import (
     pool_packages,
     set_hash,
 )
-from kubemap.poolworker import FunctionCache, Runtime, run_lease
+from kubemap.runtime.poolworker import FunctionCache, Runtime, run_lease
 from kubemap_operator.pools.builder import deployment
 from kubemap_operator.pools.dispatch import Dispatcher
 from kubemap_operator.settings import Settings
@@ -165,7 +165,7 @@ def test_an_install_failure_is_a_usage_report_that_fails_the_task_at_once(
     dispatcher.sync(("ns", "t"), "u", spec, MapTaskStatus(), "s3://b/p/t", "3.11", 1)
     got = asyncio.run(dispatcher.lease(("ns", "p"), "w", "3.11", 0))
     assert got is not None and got.packages == ("pandas==9.9",)
-    from kubemap_operator.observe import WorkerReport
+    from kubemap_operator.tasks.observe import WorkerReport
 
     dispatcher.report(("ns", "p"), got.lease_id, "usage", WorkerReport(error=body["why"]))
     status = dispatcher.tasks[("ns", "t")].status

@@ -11,16 +11,16 @@ import pytest
 from kubemap.core.batching import MAX_ITEMS_PER_POD, auto_items_per_pod
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase
-from kubemap.models import MapTaskSpec, MapTaskStatus, Mode, StoreRef
-from kubemap.poolcrd import render_pool_crd
-from kubemap.poolmodels import WorkerPoolSpec
-from kubemap_operator.observe import PodState, WorkerReport
-from kubemap_operator.planner import Limits
+from kubemap.resources.crds import render_pool_crd
+from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, StoreRef
+from kubemap.resources.workerpool import WorkerPoolSpec
 from kubemap_operator.pools.builder import deployment, token_secret
 from kubemap_operator.pools.dispatch import FLUSH_SECONDS, Dispatcher
 from kubemap_operator.pools.leases import Lease, chunk_floor, guided_chunk
 from kubemap_operator.pools.tokens import pool_token, token_ok
 from kubemap_operator.settings import Settings
+from kubemap_operator.tasks.observe import PodState, WorkerReport
+from kubemap_operator.tasks.planner import Limits
 from pydantic import ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,8 +67,8 @@ def test_the_sdk_batches_items_per_pod(total: int, parallelism: int, per_pod: in
 
 
 def test_sdk_maptask_batches_unless_told_and_a_pool_task_leases() -> None:
-    from kubemap.backends.kubernetes import build_maptask
-    from kubemap.models import RunOptions
+    from kubemap.backends.kubernetes.backend import build_maptask
+    from kubemap.resources.maptask import RunOptions
 
     auto = build_maptask("t", "s3://b/p/t", 10_000, RunOptions(parallelism=8))["spec"]
     assert auto["itemsPerPod"] == 625 and "pool" not in auto
@@ -99,7 +99,7 @@ def test_worker_deployment_is_labelled_restricted_and_keeps_the_token_out_of_the
     assert dep["spec"]["selector"] == {"matchLabels": {"kubemap.io/pool": "scorers"}}
     assert dep["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     container = pod["spec"]["containers"][0]
-    assert container["command"] == ["python", "-m", "kubemap.poolworker"]
+    assert container["command"] == ["python", "-m", "kubemap.runtime.poolworker"]
     env = {e["name"]: e for e in container["env"]}
     assert env["KUBEMAP_DISPATCHER_URL"]["value"] == "http://d:8787"
     assert env["KUBEMAP_POOL"]["value"] == "ns/scorers"

@@ -92,7 +92,7 @@ def _crds() -> dict[str, str]:
 
 
 def current() -> dict[str, Any]:
-    from kubemap.cli import main
+    from kubemap.cli.main import main
 
     return {"python": _python_api(), "cli": _cli(main), "crds": _crds()}
 

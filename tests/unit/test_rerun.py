@@ -9,8 +9,8 @@ import pytest
 from kubemap.core.attempts import SliceRequest
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase
-from kubemap.models import MapTaskStatus
-from kubemap_operator.planner import Limits, plan
+from kubemap.resources.maptask import MapTaskStatus
+from kubemap_operator.tasks.planner import Limits, plan
 from test_planner import NOW, bad, ok, pod, spec
 
 LIMITS = Limits(backoff_base_seconds=0.0)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
-from kubemap import discovery
-from kubemap.backends.kubernetes import require_s3_secret
+from kubemap.backends.kubernetes import discovery
+from kubemap.backends.kubernetes.backend import require_s3_secret
 from kubemap.errors import ConfigError
 
 

@@ -1,10 +1,10 @@
-"""Per-task MACs (kubemap.signing): what a bucket writer changes is caught before unpickling."""
+"""Per-task MACs (kubemap.task.signing): what a bucket writer changes is caught before unpickling."""
 
 from __future__ import annotations
 
 import pytest
-from kubemap import signing
-from kubemap.signing import Signer, TamperedError
+from kubemap.task import signing
+from kubemap.task.signing import Signer, TamperedError
 
 KEY = bytes(range(32))
 

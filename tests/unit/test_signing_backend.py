@@ -8,10 +8,10 @@ import json
 from typing import Any
 
 import pytest
-from kubemap import signing
-from kubemap.backends import kubernetes as kube
+from kubemap.backends.kubernetes import backend as kube
 from kubemap.errors import ConfigError
-from kubemap.models import RunOptions
+from kubemap.resources.maptask import RunOptions
+from kubemap.task import signing
 from kubernetes.client.exceptions import ApiException
 
 

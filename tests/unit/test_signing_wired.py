@@ -9,20 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubemap import signing, taskdata
 from kubemap.contract import FN_KEY, INPUTS_KEY, RESULTS_PREFIX
 from kubemap.core.policy import Cause, systematic_cause
-from kubemap.models import MapTaskSpec
-from kubemap.poolmodels import WorkerPoolSpec
-from kubemap.poolworker import FunctionCache, NoPoolKey, run_lease
-from kubemap.signing import Signer, TamperedError
+from kubemap.resources.maptask import MapTaskSpec
+from kubemap.resources.termination import infra_cause
+from kubemap.resources.workerpool import WorkerPoolSpec
+from kubemap.runtime.poolworker import FunctionCache, NoPoolKey, run_lease
+from kubemap.runtime.worker import run_slice
 from kubemap.stores import Store, open_store
-from kubemap.termination import infra_cause
-from kubemap.worker import run_slice
-from kubemap_operator.builder import TaskRef, build_pod
-from kubemap_operator.planner import PodRequest
+from kubemap.task import data as taskdata
+from kubemap.task import signing
+from kubemap.task.signing import Signer, TamperedError
 from kubemap_operator.pools.builder import worker_template
 from kubemap_operator.settings import Settings
+from kubemap_operator.tasks.builder import TaskRef, build_pod
+from kubemap_operator.tasks.planner import PodRequest
 
 KEY = bytes(range(32))
 SETTINGS = Settings(s3_endpoint="http://127.0.0.1:8333", worker_image="kubemap:test")

@@ -13,15 +13,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubemap.core.ranges import IndexRanges
-from kubemap.models import Condition, MapTaskSpec, MapTaskStatus, Phase
-from kubemap_operator.observe import ObservedPod, PodState, WorkerReport
-from kubemap_operator.planner import plan
-from kubemap_operator.status import (
+from kubemap.resources.maptask import Condition, MapTaskSpec, MapTaskStatus, Phase
+from kubemap_operator.statusfields import (
     MAX_CONDITIONS,
     MAX_FAILED_RANGES,
     MAX_MESSAGE_LENGTH,
     MAX_SUCCEEDED_RANGES,
 )
+from kubemap_operator.tasks.observe import ObservedPod, PodState, WorkerReport
+from kubemap_operator.tasks.planner import plan
 
 N = 1_000_000
 LIMIT = 64 * 1024

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubemap.models import STORE_URL_PATTERN, StoreRef
+from kubemap.resources.maptask import STORE_URL_PATTERN, StoreRef
 from pydantic import ValidationError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,10 +11,12 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from kubemap import pickling, stores, taskdata
+from kubemap import stores
 from kubemap.contract import FN_KEY, INDEX_KEY, INPUTS_KEY, META_KEY, result_key
 from kubemap.core.ranges import IndexRanges
 from kubemap.errors import CorruptTaskError, SerializationError
+from kubemap.task import data as taskdata
+from kubemap.task import pickling
 
 
 class MemoryStore(stores.MemoryStore):
@@ -152,7 +154,7 @@ def test_fast_pickle_path_and_cloudpickle_fallback() -> None:
         ("__main__", False),  # cloudpickle embeds __main__ by itself
         ("os.path", False),
         ("json", False),
-        ("kubemap.worker", False),
+        ("kubemap.runtime.worker", False),
         ("pytest", False),  # installed from a distribution
         (__name__, True),  # this test module is not installed anywhere
         ("not_imported_anywhere", False),

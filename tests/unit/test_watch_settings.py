@@ -10,8 +10,8 @@ arrived for a while.
 from __future__ import annotations
 
 import kopf
-from kubemap_operator.handlers import configure
 from kubemap_operator.settings import Settings
+from kubemap_operator.tasks.handlers import configure
 
 
 def configured() -> kopf.OperatorSettings:

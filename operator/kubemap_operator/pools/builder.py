@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from kubemap.contract import API_VERSION, ENV_TASK_URL
-from kubemap.poolmodels import (
+from kubemap.resources.workerpool import (
     ENV_DISPATCHER,
     ENV_POOL,
     ENV_POOL_TOKEN,
@@ -26,8 +26,8 @@ from kubemap.poolmodels import (
     WorkerPoolSpec,
     pool_resource_name,
 )
-from kubemap.poolpackages import ENV_PACKAGE_CACHE, ENV_POOL_PACKAGES
-from kubemap.signing import POOL_KEY_ENV, key_env, pool_secret_name
+from kubemap.runtime.packages import ENV_PACKAGE_CACHE, ENV_POOL_PACKAGES
+from kubemap.task.signing import POOL_KEY_ENV, key_env, pool_secret_name
 
 from kubemap_operator.podparts import apply_container_defaults, apply_pod_placement
 from kubemap_operator.settings import Settings
@@ -113,7 +113,7 @@ def worker_template(
         {"name": ENV_DISPATCHER, "value": settings.dispatcher_url},
         {"name": ENV_POOL, "value": f"{namespace}/{pool_name}"},
         {"name": ENV_POOL_TOKEN, "valueFrom": {"secretKeyRef": token_ref}},
-        # The pool's signing key, from the Secret the SDK makes (kubemap.signing): named only.
+        # The pool's signing key, from the Secret the SDK makes (kubemap.task.signing): named only.
         key_env(pool_secret_name(pool_resource_name(pool_name)), POOL_KEY_ENV),
     ]
     kubemap_env = [

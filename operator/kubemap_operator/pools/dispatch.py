@@ -21,15 +21,15 @@ from datetime import UTC, datetime, timedelta
 
 from kubemap.core.policy import FailureBudget
 from kubemap.core.status import Phase
-from kubemap.models import MapTaskSpec, MapTaskStatus
-from kubemap.worker import decisive_failure
+from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
+from kubemap.runtime.worker import decisive_failure
 
-from kubemap_operator.observe import PodState, WorkerReport
-from kubemap_operator.planner import Event, Limits, plan
-from kubemap_operator.plantypes import Plan
 from kubemap_operator.pools.leases import Lease, Leases, chunk_floor, guided_chunk
 from kubemap_operator.pools.retrystate import restore_counts, with_counts
-from kubemap_operator.status import rfc3339, set_condition
+from kubemap_operator.statusfields import rfc3339, set_condition
+from kubemap_operator.tasks.observe import PodState, WorkerReport
+from kubemap_operator.tasks.planner import Event, Limits, plan
+from kubemap_operator.tasks.plantypes import Plan
 
 FLUSH_SECONDS = 1.0
 # A verdict that ends a task (cancelled, failed fast, out of time) while leases run takes them

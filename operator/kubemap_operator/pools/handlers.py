@@ -8,16 +8,16 @@ from typing import Any
 
 import kopf
 from kubemap.contract import GROUP, VERSION
-from kubemap.poolmodels import POOL_PLURAL
+from kubemap.resources.workerpool import POOL_PLURAL
 
 from kubemap_operator.kubeapi import KubeApi
 from kubemap_operator.pools.dispatch import Dispatcher, PoolKey, TaskKey
-from kubemap_operator.pools.poolapi import PoolApi
+from kubemap_operator.pools.kubecalls import PoolApi
 from kubemap_operator.pools.reconcile import PoolReconciler
 from kubemap_operator.pools.server import DispatcherApp
 from kubemap_operator.pools.tokens import dispatcher_key
-from kubemap_operator.reconciler import Reconciler
 from kubemap_operator.settings import Settings
+from kubemap_operator.tasks.reconcile import Reconciler
 
 log = logging.getLogger("kubemap.pools")
 POOL_RESYNC_SECONDS = 10.0

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from kubemap.contract import EXIT_INFRA_ERROR, EXIT_OK, EXIT_USAGE_ERROR, EXIT_USER_ERROR
 
-from kubemap_operator.observe import ObservedPod, PodState, WorkerReport
+from kubemap_operator.tasks.observe import ObservedPod, PodState, WorkerReport
 
 GUIDED_K = 1  # OpenMP guided: chunk = remaining / (k x workers)
 # A chunk costs a few round trips (lease, two ranged GETs, a result PUT, the report: tens of

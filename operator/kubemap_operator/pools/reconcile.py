@@ -15,20 +15,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
-from kubemap.poolmodels import WorkerPoolSpec, WorkerPoolStatus, pool_resource_name
+from kubemap.resources.workerpool import WorkerPoolSpec, WorkerPoolStatus, pool_resource_name
 from kubernetes.client.exceptions import ApiException
 
-from kubemap_operator.observe import parse_time
 from kubemap_operator.pools.builder import (
     ANNOTATION_TEMPLATE_HASH,
     deployment,
     token_secret,
 )
 from kubemap_operator.pools.dispatch import Dispatcher, PoolKey
-from kubemap_operator.pools.poolapi import PoolApi
+from kubemap_operator.pools.kubecalls import PoolApi
 from kubemap_operator.pools.tokens import pool_token
 from kubemap_operator.settings import Settings
-from kubemap_operator.status import clip, rfc3339
+from kubemap_operator.statusfields import clip, rfc3339
+from kubemap_operator.tasks.observe import parse_time
 
 log = logging.getLogger("kubemap.pools")
 

@@ -16,10 +16,10 @@ from datetime import datetime, timedelta
 
 from kubemap.contract import EXIT_USER_ERROR
 from kubemap.core.ranges import IndexRanges, RangesSyntaxError
-from kubemap.models import MapTaskStatus
+from kubemap.resources.maptask import MapTaskStatus
 
-from kubemap_operator.observe import PodState, WorkerReport
 from kubemap_operator.pools.leases import Lease, Leases
+from kubemap_operator.tasks.observe import PodState, WorkerReport
 
 MAX_INTERVALS = 1000  # bounded like failedIndexes; past it the most-failed counts are kept
 MAX_CHARS = 16000  # the CRD field's maxLength is 16384

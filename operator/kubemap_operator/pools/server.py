@@ -28,9 +28,9 @@ from aiohttp import web
 from kubemap.core.policy import Cause
 from kubemap.core.ranges import IndexRanges, RangesSyntaxError
 
-from kubemap_operator.observe import WorkerReport
 from kubemap_operator.pools.dispatch import Dispatcher, PoolKey
 from kubemap_operator.pools.tokens import token_ok
+from kubemap_operator.tasks.observe import WorkerReport
 
 LONG_POLL_SECONDS = 20.0
 # A backstop for stop(): the long polls are woken and answer at once, so this only bounds a

@@ -13,8 +13,8 @@ from kubemap.backends.base import Backend, RunHandle
 from kubemap.errors import ConfigError
 
 _MODULES = {
-    "local": ("kubemap.backends.local", "LocalBackend"),
-    "kubernetes": ("kubemap.backends.kubernetes", "KubernetesBackend"),
+    "local": ("kubemap.backends.local.backend", "LocalBackend"),
+    "kubernetes": ("kubemap.backends.kubernetes.backend", "KubernetesBackend"),
 }
 
 

@@ -6,8 +6,8 @@ task's size -- results, error records -- stays in the store, where `MapRun` read
 backend only reports small counts and a phase, through `kubemap.core.status.run_status`.
 
 Two implementations, both executing `kubemap.core.plan.plan`:
-  - `kubemap.backends.local.LocalBackend`: processes on this machine (the default).
-  - `kubemap.backends.kubernetes.KubernetesBackend`: a MapTask reconciled by the operator.
+  - `kubemap.backends.local.backend.LocalBackend`: processes on this machine (the default).
+  - `kubemap.backends.kubernetes.backend.KubernetesBackend`: a MapTask reconciled by the operator.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import RunStatus
 from kubemap.errors import TimeoutError
-from kubemap.models import RunOptions
+from kubemap.resources.maptask import RunOptions
 from kubemap.stores.base import Store
 
 

@@ -94,7 +94,7 @@ def test_a_restricted_pod_of_the_image_runs_in_a_container_and_its_logs_are_read
     script = (
         "import os; print('uid', os.getuid()); "
         "print('cgroup', open('/proc/self/cgroup').read().count('kubepods')); "
-        "import kubemap.worker; print('worker importable')"
+        "import kubemap.runtime.worker; print('worker importable')"
     )
     pod = {
         "apiVersion": "v1",

@@ -1,0 +1,378 @@
+"""Reconcile one MapTask: read what is, ask the planner, do what it says, in a safe order.
+
+Order matters for exactly-once counting: the status (the record of outcomes) is written
+first; only then do finished pods lose their finalizer or get deleted, and only then are
+new pods created. A crash between steps leaves state that the next reconcile, from the
+same observations, plans the same way: ranges union idempotently, and deterministic pod
+names turn a repeated create into HTTP 409.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+from kubemap.contract import ANNOTATION_RETRY, task_label
+from kubemap.core.ranges import IndexRanges
+from kubemap.core.status import Phase, Reason
+from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from kubemap_operator import metrics
+from kubemap_operator.kubeapi import CreateFailed, TaskApi, Throttled
+from kubemap_operator.pools.dispatch import Dispatcher
+from kubemap_operator.pools.pooltasks import reconcile_pool_task
+from kubemap_operator.ratelimit import TokenBucket
+from kubemap_operator.settings import Settings
+from kubemap_operator.statusfields import clip, describe, rfc3339, set_condition
+from kubemap_operator.tasks import logkeeper
+from kubemap_operator.tasks.builder import TaskRef, build_pod, pod_name
+from kubemap_operator.tasks.filelisting import reconcile_listing
+from kubemap_operator.tasks.observe import observe_pod
+from kubemap_operator.tasks.planner import Event, Limits, Plan, plan
+from kubemap_operator.workqueue import WorkQueue
+
+EventSink = Callable[[dict[str, Any], Event], None]
+CREATE_CONCURRENCY = 8
+ERROR_RETRY_SECONDS = 2.0
+
+
+def owned_by(pod: dict[str, Any], uid: str) -> bool:
+    return any(
+        ref.get("uid") == uid for ref in (pod.get("metadata") or {}).get("ownerReferences") or []
+    )
+
+
+def status_wire(status: MapTaskStatus) -> dict[str, Any]:
+    """The status as a merge patch: fields that became None are removed explicitly."""
+    data = status.model_dump(by_alias=True, mode="json")
+    data["conditions"] = [c.to_wire() for c in status.conditions]
+    return data
+
+
+class Reconciler:
+    def __init__(
+        self,
+        api: TaskApi,
+        settings: Settings,
+        *,
+        limiter: TokenBucket | None = None,
+        post_event: EventSink | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self.limiter = limiter or TokenBucket(settings.pod_create_qps, settings.pod_create_burst)
+        self.post_event = post_event or (lambda body, event: None)
+        self.clock = clock
+        self.limits = Limits(
+            backoff_base_seconds=settings.backoff_base_seconds,
+            failed_pods_kept=settings.failed_pods_kept,
+        )
+        self._batch = max(1, settings.pod_create_burst)
+        self._loggers: dict[tuple[str, str], Any] = {}
+        self.queue: WorkQueue[tuple[str, str]] = WorkQueue(
+            self._run_once, longest_delay=settings.reconcile_interval
+        )
+        self.dispatcher: Dispatcher | None = None  # set when warm pools are on
+
+    async def trigger(
+        self, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter[Any]
+    ) -> None:
+        """Reconcile now; if a reconcile of this task is running, run once more after it."""
+        self._loggers[(namespace, name)] = logger
+        await self.queue.trigger((namespace, name))
+
+    async def _run_once(self, key: tuple[str, str]) -> float | None:
+        namespace, name = key
+        logger = self._loggers.get(key) or logging.getLogger("kubemap.operator")
+        try:
+            return await self.reconcile(namespace, name, logger)
+        except (ApiException, OSError, HTTPError) as exc:
+            if (
+                isinstance(exc, ApiException)
+                and exc.status
+                and exc.status < 500
+                and exc.status not in (409, 429)
+            ):
+                raise  # refused for good (403, 422...): kopf logs it and backs off
+            # A hiccup of the API server: try again soon, not at kopf's 60 s error backoff.
+            logger.warning(f"reconcile failed, retrying in {ERROR_RETRY_SECONDS:g}s: {exc}")
+            return ERROR_RETRY_SECONDS
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.queue.forget((namespace, name))
+        self._loggers.pop((namespace, name), None)
+        metrics.observe_phase(namespace, name, None)
+        if self.dispatcher is not None:
+            self.dispatcher.forget((namespace, name))
+
+    async def reconcile(self, namespace: str, name: str, logger: Any) -> float | None:
+        started = time.monotonic()
+        try:
+            return await self._reconcile(namespace, name, logger)
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+    async def _reconcile(self, namespace: str, name: str, logger: Any) -> float | None:
+        body = await self.api.get_task(namespace, name)
+        if body is None:
+            self.forget(namespace, name)
+            return None
+        meta = body.get("metadata") or {}
+        uid = str(meta.get("uid", ""))
+        pods = [
+            p for p in await self.api.list_pods(namespace, task_label(name)) if owned_by(p, uid)
+        ]
+        if meta.get("deletionTimestamp"):
+            await self._let_go(namespace, pods)
+            return None
+        try:
+            spec = MapTaskSpec.model_validate(body.get("spec") or {})
+        except pydantic.ValidationError as exc:
+            await self._reject(namespace, name, body, exc, logger)
+            return None
+        status = MapTaskStatus.model_validate(body.get("status") or {})
+        token = (meta.get("annotations") or {}).get(ANNOTATION_RETRY)
+        rerun_asked = bool(token) and token != status.retry_token  # a pool task reruns on leases
+        live = not status.phase.finished or rerun_asked
+        if spec.pool is not None and self.dispatcher is None and live:
+            await self._refuse_pool(namespace, name, body, spec.pool, status, token, logger)
+            return None
+        if spec.files is not None:  # the files are listed (in a pod) before anything runs
+            ref = TaskRef(name, namespace, uid)
+            now = self.clock()
+            listed = await reconcile_listing(
+                self.api, self.settings, ref, spec, status, pods, now, logger
+            )
+            if listed is None:
+                return None
+            spec, status = listed
+        pooled = spec.pool is not None and self.dispatcher is not None
+        if pooled and (not status.phase.finished or rerun_asked):
+            return await reconcile_pool_task(self, body, spec, status, logger, token)
+        now = self.clock()
+        observed = [o for o in (observe_pod(p, now) for p in pods) if o is not None]
+        result = plan(
+            spec,
+            status,
+            observed,
+            now,
+            generation=meta.get("generation"),
+            limits=self.limits,
+            retry_token=(meta.get("annotations") or {}).get(ANNOTATION_RETRY),
+            stop_first=True,  # a verdict first stops the running pods, then counts them
+        )
+        await self._apply(TaskRef(name, namespace, uid), body, spec, status, result, pods, logger)
+        metrics.observe_phase(namespace, name, result.status.phase)
+        if len(result.create) > self._batch:
+            return 0.05 if result.requeue_after is None else min(0.05, result.requeue_after)
+        return result.requeue_after
+
+    async def _apply(
+        self,
+        task: TaskRef,
+        body: dict[str, Any],
+        spec: MapTaskSpec,
+        old: MapTaskStatus,
+        result: Plan,
+        pods: list[dict[str, Any]],
+        logger: Any,
+    ) -> None:
+        if result.status != old:
+            await self.api.patch_status(task.namespace, task.name, status_wire(result.status))
+            newly_failed = IndexRanges.parse(result.status.failed_indexes) - IndexRanges.parse(
+                old.failed_indexes
+            )
+            if newly_failed:
+                metrics.INDEXES_FAILED.inc(len(newly_failed))
+        for event in result.events:
+            (logger.warning if event.type == "Warning" else logger.info)(
+                f"{event.reason}: {event.message}"
+            )
+            self.post_event(body, event)
+        by_name = {(p.get("metadata") or {}).get("name"): p for p in pods}
+        for pod_name_ in (*result.release, *result.delete):
+            pod = by_name.get(pod_name_)
+            if pod is not None:
+                await self.api.remove_finalizer(task.namespace, pod)
+        doomed = [by_name[n] for n in result.delete if n in by_name]
+        await logkeeper.keep_failed(self.api, task.namespace, body, doomed, logger)
+        for pod_name_ in result.delete:
+            await self.api.delete_pod(task.namespace, pod_name_)
+            metrics.PODS_DELETED.inc()
+        for pod_name_ in result.stop:  # keeps its finalizer: its outcome is still to record
+            await self.api.delete_pod(task.namespace, pod_name_)
+        if result.create:
+            await self._create(task, body, spec, result, logger)
+        if result.delete_task:
+            logger.info(
+                f"deleting the finished task: ttlSecondsAfterFinished={spec.ttl_seconds_after_finished}"
+            )
+            await self.api.delete_task(task.namespace, task.name)
+
+    async def _create(
+        self, task: TaskRef, body: dict[str, Any], spec: MapTaskSpec, result: Plan, logger: Any
+    ) -> None:
+        semaphore = asyncio.Semaphore(CREATE_CONCURRENCY)
+        started: list[tuple[int, int]] = []
+        retried: list[int] = []
+        stop: list[str] = []
+
+        async def one(request: Any) -> None:
+            async with semaphore:
+                if stop:
+                    return
+                await self.limiter.acquire()
+                if stop:  # throttled or refused while this one waited for a token
+                    return
+                manifest = build_pod(task, spec, request, self.settings)
+                try:
+                    outcome = await self.api.create_pod(task.namespace, manifest)
+                except Throttled as exc:
+                    metrics.THROTTLED.inc()
+                    self.limiter.pause(exc.retry_after)
+                    stop.append(
+                        f"API server asked to slow down (429), retrying in {exc.retry_after:.0f}s"
+                    )
+                    return
+                except CreateFailed as exc:
+                    stop.append(
+                        f"pod {manifest['metadata']['name']} refused ({exc.status}): {exc.reason}"
+                    )
+                    return
+                if outcome == "created":
+                    metrics.PODS_CREATED.inc()
+                    started.append((request.start, request.start + request.count))
+                    if request.attempt > 0:
+                        retried.append(request.start)
+
+        # One reconcile creates at most a burst of pods, so it stays short and the status
+        # fresh; the pods' own events (and a quick requeue) bring the next round.
+        await asyncio.gather(*(one(r) for r in result.create[: self._batch]))
+        if retried:  # the status reports the retries spent: one write per round, not per pod
+            await self.api.patch_status(
+                task.namespace, task.name, {"retries": result.status.retries + len(retried)}
+            )
+        if started:
+            ranges = IndexRanges.from_spans(started)
+            event = Event(
+                "Normal",
+                "PodsStarted",
+                f"started {len(started)} pod(s) for indices {describe(ranges)}",
+            )
+            logger.info(event.message)
+            self.post_event(body, event)
+        if stop:
+            logger.warning(stop[0])
+            self.post_event(body, Event("Warning", "PodCreateFailed", clip(stop[0], 1000)))
+
+    async def _let_go(self, namespace: str, pods: list[dict[str, Any]]) -> None:
+        """The task is being deleted: free its pods so the garbage collector can remove them."""
+        for pod in pods:
+            await self.api.remove_finalizer(namespace, pod)
+
+    async def _refuse_pool(
+        self,
+        namespace: str,
+        name: str,
+        body: dict[str, Any],
+        pool: str,
+        old: MapTaskStatus,
+        token: str | None,
+        logger: Any,
+    ) -> None:
+        """spec.pool, but this operator runs no dispatcher (the chart's pools.enabled=false):
+        fail the task before anything runs. Pods instead would be the wrong shape (a pool
+        task asks for one item per pod, parallelism 10,000) and not what the user chose."""
+        message = clip(
+            f"spec.pool is {pool!r}, but this operator runs no warm-pool dispatcher (the chart "
+            "value pools.enabled is false): enable it with `helm upgrade ... --set "
+            "pools.enabled=true`, or submit the task without spec.pool (pool=) to run it in pods"
+        )
+        if old.phase is Phase.FAILED and old.message == message and old.retry_token == token:
+            return
+        moment = self.clock()
+        now = rfc3339(moment)
+        failed = old.model_copy(
+            update={
+                "phase": Phase.FAILED,
+                "message": message,
+                "completion_time": now,
+                "start_time": old.start_time or now,
+                "retry_token": token if token else old.retry_token,  # a rerun is answered too
+                "conditions": set_condition(
+                    list(old.conditions), "Failed", reason=Reason.POOL_UNAVAILABLE.value,
+                    message=message, now=moment,
+                ),
+            }
+        )  # fmt: skip
+        await self.api.patch_status(namespace, name, status_wire(failed))
+        metrics.observe_phase(namespace, name, Phase.FAILED)
+        logger.error(message)
+        self.post_event(body, Event("Warning", Reason.POOL_UNAVAILABLE.value, message))
+
+    async def _reject(
+        self,
+        namespace: str,
+        name: str,
+        body: dict[str, Any],
+        exc: pydantic.ValidationError,
+        logger: Any,
+    ) -> None:
+        message = clip(invalid_spec_message(exc))
+        old = MapTaskStatus.model_validate(body.get("status") or {})
+        if old.phase is Phase.FAILED and old.message == message:
+            return
+        moment = self.clock()
+        now = rfc3339(moment)
+        failed = MapTaskStatus(
+            phase=Phase.FAILED,
+            message=message,
+            completion_time=now,
+            start_time=old.start_time or now,
+            conditions=set_condition(
+                [], "Failed", reason=Reason.INVALID_SPEC.value, message=message, now=moment
+            ),
+        )
+        await self.api.patch_status(namespace, name, status_wire(failed))
+        logger.error(message)
+        self.post_event(body, Event("Warning", "InvalidSpec", message))
+
+
+def invalid_spec_message(exc: pydantic.ValidationError) -> str:
+    """'invalid spec: spec.template.image: ...': the first error, with the field's path as
+    written in the MapTask (camelCase), so a YAML user finds it."""
+    first = exc.errors()[0]
+    path = ".".join(["spec", *(str(part) for part in first.get("loc") or ())])
+    reason = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid spec: {path}: {reason}{more}; fix the MapTask and apply it again"
+
+
+async def release_orphan(api: TaskApi, pod: dict[str, Any]) -> bool:
+    """A pod with our finalizer whose task is gone or being deleted: drop the finalizer."""
+    meta = pod.get("metadata") or {}
+    namespace = str(meta.get("namespace", ""))
+    owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    if owner is None:
+        await api.remove_finalizer(namespace, pod)
+        return True
+    try:
+        task = await api.get_task(namespace, str(owner.get("name")))
+    except ApiException:
+        return False
+    gone = task is None or (task.get("metadata") or {}).get("uid") != owner.get("uid")
+    if gone or (task or {}).get("metadata", {}).get("deletionTimestamp"):
+        await api.remove_finalizer(namespace, pod)
+        return True
+    return False
+
+
+__all__ = ["Reconciler", "pod_name", "release_orphan"]

@@ -1,0 +1,390 @@
+"""The SDK surface: kubemap.map, kubemap.submit and MapRun.
+
+    results = kubemap.map(fn, inputs, parallelism=8, retries=2)
+    run = kubemap.submit(fn, inputs, backend="kubernetes", store="s3://bucket/runs")
+    run.wait(); run.results(); run.failures()
+
+submit() writes the task's files to the store (the function, then the inputs, streamed
+from any iterable, then task.json) and starts the run on the chosen backend. Results and
+failure records live in the store; MapRun reads them from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sized
+from typing import Any
+
+from kubemap.api.options import validate_options
+from kubemap.api.prepare import forget, upload  # forget: streaming.imap uses it too
+from kubemap.api.progress import ProgressBar, want_progress
+from kubemap.api.streaming import as_completed, fill_missing, imap
+from kubemap.backends import RunHandle, get_backend
+from kubemap.backends.base import still_running
+from kubemap.core.ranges import IndexRanges
+from kubemap.core.status import Phase, Reason, RunStatus, run_status
+from kubemap.errors import (
+    CancelledError,
+    ConfigError,
+    MapTaskError,
+    RemoteError,
+    StoreError,
+    TimeoutError,
+)
+from kubemap.resources.maptask import RunOptions
+from kubemap.stores import Store, default_store_url, open_store
+from kubemap.task.data import (
+    iter_results,
+    succeeded_indexes,
+    write_function,
+)
+from kubemap.task.meta import read_total
+from kubemap.task.signing import Signer
+from kubemap.task.statusfile import read_status, tally
+
+__all__ = ["MapRun", "forget", "imap", "map", "submit", "upload"]
+
+POLL_SECONDS = 0.1  # how often a progress bar refreshes
+
+
+class MapRun:
+    """A submitted run. Results and failures are read from the store, in input order."""
+
+    def __init__(
+        self, name: str, task: Store, total: int, handle: RunHandle, options: RunOptions
+    ) -> None:
+        self._name = name
+        self._task = task
+        self._total = total
+        self._handle = handle
+        self._options = options
+        # A signed task's result objects are checked with it (kubemap.task.signing); handles of
+        # unsigned runs (local) have none.
+        self._signer: Signer | None = getattr(handle, "signer", None)
+
+    def __repr__(self) -> str:
+        status = self.status()
+        return (
+            f"<MapRun {self._name} {status.phase.value} {status.succeeded}/{status.total} "
+            f"at {self._task.url}>"
+        )
+
+    @property
+    def name(self) -> str:
+        """The task's name: its folder in the store and, on Kubernetes, the MapTask's name."""
+        return self._name
+
+    @property
+    def store_url(self) -> str:
+        """Where the task's files, results and error records are."""
+        return self._task.url
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    # What kubemap.api.streaming and kubemap.api.cache build on (public, so that neither reaches
+    # into a run's private state). A CachedRun's are those of the task that ran its misses:
+    # that task's indices are not the caller's, which is why a CachedRun answers every
+    # index-bearing question (results, failures, not_run, as_completed) itself.
+    @property
+    def task_store(self) -> Store:
+        """The task's folder in the store: fn.pkl, the inputs, results/ and errors/."""
+        return self._task
+
+    @property
+    def handle(self) -> RunHandle:
+        """The backend's handle of the run (the current one: retry() starts another)."""
+        return self._handle
+
+    @property
+    def options(self) -> RunOptions:
+        """The validated options the run was submitted with (and a retry runs with)."""
+        return self._options
+
+    @property
+    def signer(self) -> Signer | None:
+        """What checks a signed task's result objects (kubemap.task.signing); None if unsigned."""
+        return self._signer
+
+    def status(self) -> RunStatus:
+        return self._handle.status()
+
+    def wait(self, timeout: float | None = None, progress: bool | None = None) -> RunStatus:
+        """Block until the run finishes; return its final status (a failed run does not raise
+        here: results() does). Raises kubemap.TimeoutError if `timeout` seconds pass first;
+        the run goes on. progress: None shows a bar on a terminal for runs longer than ~1 s."""
+        if not want_progress(progress):
+            return self._handle.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with ProgressBar(self._total, self._name, delay=0.0 if progress else 1.0) as bar:
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                step = POLL_SECONDS if left is None else min(POLL_SECONDS, left)
+                with contextlib.suppress(TimeoutError):
+                    status = self._handle.wait(step)
+                    bar.show(status)
+                    return status
+                status = self._handle.status()
+                bar.show(status)
+                if left == 0.0:
+                    return self._handle.wait(0)  # raises TimeoutError with the counts
+
+    def done(self) -> bool:
+        """True once the run finished (succeeded, failed or cancelled)."""
+        return self._handle.done()
+
+    def results(
+        self,
+        partial: bool | None = None,
+        *,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Every result in input order; waits (up to `timeout` s) for the run to finish first.
+
+        Raises MapTaskError if an index failed beyond its retries or was never run,
+        kubemap.TimeoutError if the run hit its timeout, CancelledError if it was cancelled.
+        partial=True returns the list anyway with None where there is no result (failures()
+        and not_run() tell those apart); the default (None) does that only when the run
+        succeeded while tolerating failures (min_success_ratio < 1).
+        return_exceptions=True never raises for an index: each one without a result holds
+        its RemoteError (type "NotRun" for one that never ran) instead.
+        """
+        status = self.wait(timeout, progress=False)
+        tolerated = status.phase is Phase.SUCCEEDED and status.failed > 0
+        if not partial and not return_exceptions and not (partial is None and tolerated):
+            self.raise_for_status(status)
+        values: list[Any] = [None] * self._total
+        for index, value in iter_results(self._task, self._signer):
+            if 0 <= index < self._total:
+                values[index] = value
+        if return_exceptions:
+            done = succeeded_indexes(self._task)
+            for index, error in fill_missing(self, status, IndexRanges.span(0, self._total) - done):
+                values[index] = error
+        return values
+
+    def as_completed(
+        self, *, return_exceptions: bool = False, timeout: float | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        """(index, result) pairs as their slices finish, in constant memory. Every index
+        comes out exactly once, as its result or as its exception: with
+        return_exceptions=True each index without a result is yielded, at the end, with its
+        RemoteError (type "NotRun" for one never run); without it, once every result is
+        out, they raise together: MapTaskError (also when min_success_ratio < 1 tolerated
+        them), kubemap.TimeoutError or CancelledError. See kubemap.api.streaming."""
+        return as_completed(self, return_exceptions=return_exceptions, timeout=timeout)
+
+    def not_run(self) -> IndexRanges:
+        """The indices that were never run: no result and no failure record (for a finished
+        run; while it runs, what has not finished yet)."""
+        return tally(self._task, self.status()).partition.not_run
+
+    def failures(self) -> dict[int, RemoteError]:
+        """Index -> RemoteError for every index without a result whose last attempt failed
+        (for a finished run, also indices whose result is missing for another reason)."""
+        return tally(self._task, self.status()).failures
+
+    def cancel(self) -> bool:
+        """Stop the run; results that finished stay in the store. False if it had already
+        finished (nothing changes then)."""
+        return self._handle.cancel()
+
+    def delete(self) -> int:
+        """Delete the task's files from the store (after you have its results)."""
+        return self._task.delete_prefix()
+
+    def retry(self, fn: Callable[..., Any] | None = None) -> MapRun:
+        """Run again, into this task and its result set, only the indices without a result
+        (failed and never run), with fresh retry budgets; `fn` replaces the function (a
+        fix). Indices that succeeded never run again. Returns this run, running again;
+        results() afterwards returns the whole list in order. Only a finished run retries."""
+        status = self.status()
+        if not status.finished:
+            raise ConfigError(
+                f"task {self._name} is still running ({status.counts()}): wait() for it or "
+                "cancel() it before retry()"
+            )
+        done = succeeded_indexes(self._task) & IndexRanges.span(0, self._total)
+        if len(done) == self._total:
+            return self  # nothing is missing: nothing runs
+        if fn is not None:
+            if not callable(fn):
+                raise ConfigError(f"fn must be callable, got {type(fn).__name__}: pass a function")
+            write_function(self._task, fn, self._signer)
+        backend = get_backend(self._options.backend)
+        self._handle = backend.retry(self._task, self._total, self._options, self._name, done)
+        return self
+
+    def raise_for_status(self, status: RunStatus) -> None:
+        """Raise what results() raises for a run that ended with `status` (MapTaskError,
+        kubemap.TimeoutError, CancelledError, ConfigError, StoreError); return if it
+        succeeded without a failure. A run that tolerated failures (min_success_ratio < 1)
+        gets its MapTaskError too: as_completed() and imap() raise it at the end."""
+        if status.phase is Phase.SUCCEEDED and status.failed == 0:
+            return
+        where = f"finished results stay in {self._task.url}; read them with results(partial=True)"
+        counts = status.counts()
+        if status.reason is Reason.DEADLINE:
+            raise TimeoutError(f"task {self._name} timed out: {status.message or counts}; {where}")
+        if status.reason is Reason.CANCELLED:
+            raise CancelledError(f"task {self._name} was cancelled ({counts}); {where}")
+        if status.reason in (Reason.INVALID_SPEC, Reason.POOL_UNAVAILABLE):
+            raise ConfigError(f"task {self._name} was refused: {status.message}")
+        counted = tally(self._task, status)  # the one split: failures(), not_run(), the CLI
+        failures = counted.failures
+        if status.reason is Reason.INFRASTRUCTURE and not failures:
+            raise StoreError(status.message or f"task {self._name} failed in the store")
+        succeeded = len(counted.partition.succeeded)
+        error = MapTaskError(
+            failures,
+            total=self._total,
+            name=self._name,
+            not_run=counted.partition.not_run,
+            succeeded=succeeded,
+            why=status.message,
+        )
+        attach = f"kubemap.MapRun.attach({self._name!r}, store={self._store_base()!r})"
+        note = (
+            f"Results of the {succeeded} that succeeded stay in {self._task.url}: {attach}"
+            ".results(partial=True); run the rest with min_success_ratio below 1, or rerun "
+            "only what is missing with .retry()"
+            if succeeded  # with no result, there is nothing to read: say what can be done
+            else f"No input has a result; once the cause is fixed, {attach}.retry() reruns "
+            f"them (the task stays in {self._task.url})"
+        )
+        error.args = (f"{error}\n\n{note}",)
+        raise error
+
+    def _store_base(self) -> str:
+        return self._task.url.rsplit("/", 1)[0]
+
+    @classmethod
+    def attach(
+        cls,
+        name: str,
+        *,
+        store: str | None = None,
+        backend: str = "local",
+        namespace: str | None = None,
+        **options: Any,
+    ) -> MapRun:
+        """A task submitted earlier (by this process or another), to follow it and read its
+        results. backend="kubernetes" follows the MapTask `name` in the cluster (its store is
+        the MapTask's, unless given); otherwise the status is what the store recorded.
+        `options` (retries, parallelism...) are those a retry() runs with. A task submitted
+        with cache=True comes back as a CachedRun: every index is the caller's."""
+        from kubemap.api.cache import attach_cached
+
+        if backend == "kubernetes":
+            from kubemap.backends.kubernetes.backend import attach_maptask
+
+            task, total, handle = attach_maptask(name, store=store, namespace=namespace)
+            opts = validate_options({"backend": backend, "namespace": namespace, **options})
+            return attach_cached(cls(name, task, total, handle, opts))
+        task = open_store(store or default_store_url()).child(name)
+        total = read_total(task)
+        opts = validate_options({"store": store, "backend": backend, **options})
+        return attach_cached(cls(name, task, total, StoredRun(name, task, total), opts))
+
+
+class StoredRun:
+    """A RunHandle for a task read back from the store: its status.json when a local run
+    wrote one, else what the result objects say."""
+
+    def __init__(self, name: str, task: Store, total: int) -> None:
+        self.name = name
+        self._task = task
+        self._total = total
+
+    def status(self) -> RunStatus:
+        record = read_status(self._task)
+        if record is not None:
+            return run_status(record, total=self._total)
+        parts = tally(self._task, RunStatus(Phase.FAILED, self._total)).partition
+        complete = len(parts.succeeded) == self._total
+        return RunStatus(
+            phase=Phase.SUCCEEDED if complete else Phase.FAILED,
+            total=self._total,
+            succeeded=len(parts.succeeded),
+            failed=len(parts.failed),
+            reason=None if complete else Reason.FAILED_INDEXES,
+        )
+
+    def wait(self, timeout: float | None = None) -> RunStatus:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            current = self.status()
+            if current.finished:
+                return current
+            if deadline is not None and time.monotonic() >= deadline:
+                raise still_running(self.name, current, timeout)
+            time.sleep(POLL_SECONDS * 5)
+
+    def done(self) -> bool:
+        return self.status().finished
+
+    def cancel(self) -> bool:
+        return False  # nobody here runs it: cancel it where it runs
+
+
+def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> MapRun:
+    """Upload `fn` and `inputs` to the store and start running; return at once."""
+    opts = validate_options(options)
+    if opts.cache or opts.cache_version is not None:
+        from kubemap.api.cache import submit_cached
+
+        return submit_cached(fn, inputs, opts)
+    backend, task, name, total = upload(fn, inputs, opts)
+    handle = backend.start(task, total, opts, name)
+    return MapRun(name, task, total, handle, opts)
+
+
+def map(
+    fn: Callable[..., Any],
+    inputs: Iterable[Any],
+    /,
+    *,
+    return_exceptions: bool = False,
+    **options: Any,
+) -> list[Any]:
+    """fn applied to every input, in input order; blocks until done.
+
+    Raises MapTaskError (with the remote traceback) if an input failed beyond its retries;
+    results that finished stay in the store (see the error's note). return_exceptions=True
+    puts each failed index's RemoteError in its place instead of raising; it also tries
+    every input (min_success_ratio defaults to 0 then: no fail-fast). Ctrl-C cancels the
+    run, unless detach=True, which leaves a Kubernetes task running (MapRun.attach reads it).
+    """
+    detach = bool(options.pop("detach", False))  # Ctrl-C leaves a cluster task running
+    if return_exceptions:
+        options = {"min_success_ratio": 0.0, **options}
+    opts = validate_options(options)
+    if isinstance(inputs, Sized) and not isinstance(inputs, (str, bytes)) and len(inputs) == 0:
+        return []
+    run = submit(fn, inputs, **options)
+    try:
+        status = run.wait()
+    except KeyboardInterrupt:
+        if not detach:
+            run.cancel()
+        sys.stderr.write(
+            f"kubemap: interrupted; task {run.name} "
+            + ("left running (detach=True)" if detach else "cancelled")
+            + f"; its results stay in {run.store_url}\n"
+        )
+        raise
+    values = run.results(return_exceptions=return_exceptions)
+    if status.failed and not return_exceptions:
+        warnings.warn(
+            f"{status.failed} of {status.total} inputs of task {run.name} failed (tolerated by "
+            f"min_success_ratio={opts.min_success_ratio:g}); their results are None",
+            stacklevel=2,
+        )
+    elif opts.store is None and run.store_url.startswith("file://"):
+        forget(run.task_store)  # results returned, nothing lost; keep the default store small
+    return values

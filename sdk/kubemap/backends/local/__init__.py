@@ -1,0 +1,1 @@
+"""The embedded local backend: the run engine's plan executed with local worker processes as its pods."""

@@ -1,0 +1,332 @@
+"""pydantic v2 models at the edges: the MapTask spec and status, and the SDK's options.
+
+These models are the single source of truth: crds/maptask.yaml is generated from them
+(`kubemap crd`), and a test fails when the two drift. Field names are snake_case in Python
+and camelCase on the wire, as Kubernetes users expect.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from kubemap.core.status import Phase
+from kubemap.runtime.packages import check_packages
+
+MAX_INLINE_ITEMS = 1000
+MAX_ITEM_LENGTH = 4096
+MAX_COUNT = 100_000_000
+# The chart's values.schema.json (s3.defaultStore) holds the same rule; a test compares them.
+STORE_URL_PATTERN = r"^(s3|file)://.+$"
+
+
+class _Wire(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are an error."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Mode(enum.StrEnum):
+    FUNCTION = "Function"  # the kubemap image runs `python -m kubemap.worker`
+    CONTAINER = "Container"  # any image; index and item in the environment
+
+
+class StoreRef(_Wire):
+    """Where the task's data lives. Credentials come from a Secret, never from the spec."""
+
+    # The operator's pods reach S3 (s3://) or a directory they mount (file://): a plain path
+    # or another scheme (gs://) would fail in every pod, so the API server refuses it.
+    url: str = Field(
+        description="Store prefix, s3://bucket/prefix or file:///dir; the task's files go under <url>/<task name>/.",
+        min_length=1,
+        max_length=1024,
+        pattern=STORE_URL_PATTERN,
+    )
+    endpoint: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="S3 endpoint URL (AWS_ENDPOINT_URL_S3) for S3-compatible servers.",
+    )
+    region: str | None = Field(default=None, max_length=64)
+    secret_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY keys, read by worker pods.",
+    )
+
+
+class FilesSpec(_Wire):
+    """Container mode over files: one item per object matching input + glob; each pod gets its
+    file at $KUBEMAP_INPUT_PATH and its $KUBEMAP_OUTPUT_DIR is uploaded to output/<name>/."""
+
+    input: str = Field(
+        description="Prefix URL of the input files, s3://bucket/prefix/ (or file:///dir/).",
+        min_length=1,
+        max_length=1024,
+        pattern=STORE_URL_PATTERN,
+    )
+    glob: str = Field(
+        default="**",
+        min_length=1,
+        max_length=1024,
+        description="Which keys below input are items: `*` and `?` within a path segment, "
+        "`**` across segments, `[abc]` a class; default every object.",
+    )
+    output: str = Field(
+        description="Prefix URL the outputs go to: what a pod writes under $KUBEMAP_OUTPUT_DIR "
+        "lands at <output>/<the file's name below input>/..., each object written once.",
+        min_length=1,
+        max_length=1024,
+        pattern=STORE_URL_PATTERN,
+    )
+    skip_existing: bool = Field(
+        default=False,
+        description="Skip files this program already processed (a cache in the store keyed by "
+        "image, command, args, env, input, glob, output and version, and each file's size and "
+        "ETag): adding 10 files to 1,000 runs 10.",
+    )
+    version: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Bump to reprocess every file with skipExisting (part of the cache key).",
+    )
+
+
+class PodTemplate(_Wire):
+    """The parts of a pod a MapTask lets users set. Kubernetes types are passed through."""
+
+    image: str | None = Field(default=None, max_length=512)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    command: list[str] | None = Field(default=None, max_length=64)
+    args: list[str] | None = Field(default=None, max_length=256)
+    env: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    resources: dict[str, Any] | None = None
+    node_selector: dict[str, str] | None = None
+    service_account_name: str | None = Field(default=None, max_length=253)
+    tolerations: list[dict[str, Any]] | None = Field(default=None, max_length=64)
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class MapTaskSpec(_Wire):
+    """What to run, how many, and how failures are handled."""
+
+    mode: Mode = Mode.CONTAINER
+    count: int | None = Field(
+        default=None, ge=0, le=MAX_COUNT, description="Number of indices (or give items)."
+    )
+    items: list[str] | None = Field(
+        default=None,
+        max_length=MAX_INLINE_ITEMS,
+        description="Container mode: inline items; pod i gets items[i] as KUBEMAP_ITEM.",
+    )
+    items_per_pod: int = Field(default=1, ge=1, le=100_000)
+    parallelism: int = Field(default=10, ge=1, le=10_000)
+    backoff_limit_per_index: int = Field(default=0, ge=0, le=100)
+    max_failed_indexes: int | None = Field(default=None, ge=0)
+    min_success_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    suspend: bool = False
+    store: StoreRef | None = None
+    template: PodTemplate = Field(default_factory=PodTemplate)
+    pool: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Run on the warm workers of this WorkerPool (same namespace) instead of pods.",
+    )
+    packages: list[str] | None = Field(
+        default=None,
+        max_length=64,
+        description="Pool tasks: pip requirements the workers install (once each) for this task.",
+    )
+    files: FilesSpec | None = None
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> MapTaskSpec:
+        if self.files is not None:
+            _check_files(self)
+            if self.pool is not None:
+                raise ValueError("files runs pods of your image; pool is for function mode")
+            if self.packages:
+                _check_task_packages(self.packages, self.pool)
+            return self
+        if self.items is not None:
+            if self.mode is Mode.FUNCTION:
+                raise ValueError(
+                    "items is for container mode; function mode reads inputs from the store"
+                )
+            if self.count is not None and self.count != len(self.items):
+                raise ValueError(
+                    f"count ({self.count}) differs from len(items) ({len(self.items)}): give one of them"
+                )
+        elif self.count is None:
+            raise ValueError("give count (number of indices) or items (inline list)")
+        if self.mode is Mode.FUNCTION and self.store is None:
+            raise ValueError(
+                "function mode needs store.url, where the SDK uploaded fn.pkl and inputs"
+            )
+        if self.mode is Mode.CONTAINER and not self.template.image:
+            raise ValueError("container mode needs template.image")
+        if self.pool is not None and self.mode is not Mode.FUNCTION:
+            raise ValueError("pool is for function mode: pool workers run the task's fn.pkl")
+        if self.packages:
+            _check_task_packages(self.packages, self.pool)
+        return self
+
+    @property
+    def total(self) -> int:
+        return len(self.items) if self.items is not None else int(self.count or 0)
+
+
+def _check_files(spec: MapTaskSpec) -> None:
+    """spec.files: the items come from the listing, one file per pod, your image runs it."""
+    if spec.mode is not Mode.CONTAINER:
+        raise ValueError("files is for Container mode: your image runs once per file")
+    if spec.items is not None:
+        raise ValueError(
+            "give files or items, not both: with files every matching object is an item"
+        )
+    if spec.count is not None:
+        raise ValueError("give files or count, not both: the listing of files gives the count")
+    if spec.items_per_pod != 1:
+        raise ValueError("files runs one file per pod: remove itemsPerPod (or set it to 1)")
+    if not spec.template.image or not spec.template.command:
+        raise ValueError(
+            "files needs template.image and template.command: the program that reads "
+            "$KUBEMAP_INPUT_PATH and writes under $KUBEMAP_OUTPUT_DIR"
+        )
+
+
+class Condition(_Wire):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: str | None = None
+
+
+class MapTaskStatus(_Wire):
+    """Bounded whatever the task's size: index sets are compressed ranges ("0-3,7")."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+    phase: Phase = Phase.PENDING
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    active: int = 0
+    not_run: int = 0  # total - succeeded - failed - active: never run (yet)
+    retries: int = 0  # attempts started beyond the first of their slice
+    succeeded_indexes: str = ""
+    failed_indexes: str = ""
+    conditions: list[Condition] = Field(default_factory=list)
+    start_time: str | None = None
+    completion_time: str | None = None
+    observed_generation: int | None = None
+    message: str | None = None
+    # The kubemap.io/retry token last honoured, and the first attempt number of its round:
+    # pods of earlier rounds (attempt below it) are no part of the rerun's plan.
+    retry_token: str | None = Field(default=None, max_length=128)
+    attempt_base: int = Field(default=0, ge=0)
+    # Warm pools only: user failures so far of indices still to be retried, as
+    # "failures:ranges;..." ("1:3-5,9;2:7"), so a restarted dispatcher grants no extra retry
+    # (in pod mode the pods' annotations carry these counts).
+    pool_failures: str | None = Field(default=None, max_length=16384)
+    # spec.files: how many objects matched and how many of those were skipped (already
+    # processed); None until the listing pod finished. total = listed - skipped.
+    listed: int | None = Field(default=None, ge=0)
+    skipped: int | None = Field(default=None, ge=0)
+
+
+class RunOptions(BaseModel):
+    """Options of kubemap.map / kubemap.submit; keyword-only in the API, validated here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    parallelism: int | None = Field(default=None, ge=1, le=10_000)
+    items_per_pod: int | None = Field(default=None, ge=1, le=100_000)
+    retries: int = Field(default=0, ge=0, le=100)
+    min_success_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    timeout: float | None = Field(default=None, gt=0)
+    backend: Literal["local", "kubernetes"] = "local"
+    store: str | None = None
+    name: str | None = Field(
+        default=None, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+    )
+    # per-item cache (kubemap.api.cache): reuse results keyed by function identity and item
+    cache: bool = False
+    cache_version: str | None = Field(default=None, max_length=128)
+    # Kubernetes backend only
+    image: str | None = None
+    namespace: str | None = None
+    resources: dict[str, Any] | None = None
+    env: dict[str, str] | None = None
+    node_selector: dict[str, str] | None = None
+    tolerations: list[dict[str, Any]] | None = Field(default=None, max_length=64)
+    service_account: str | None = None
+    # The S3 endpoint as the pods reach it, when it is not the operator's default (a MinIO
+    # the SDK reaches through a port-forward, a node network of its own).
+    store_endpoint: str | None = Field(default=None, max_length=1024, pattern=r"^https?://")
+    pool: str | None = Field(
+        default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+    )
+    packages: list[str] | None = Field(default=None, max_length=64)  # pool tasks only
+
+    @model_validator(mode="after")
+    def _check_packages(self) -> RunOptions:
+        if self.backend == "local":
+            _refuse_cluster_options(self)
+        if self.packages:
+            _check_task_packages(self.packages, self.pool if self.backend == "kubernetes" else None)
+        return self
+
+
+# Options only a cluster run honours. The local backend would ignore them, and a user who
+# forgot backend= would believe their pool, image or namespace ran the work: refused here,
+# the one place every surface's options pass (map, submit, imap, Executor, joblib, CLI).
+KUBERNETES_ONLY = (
+    "pool",
+    "image",
+    "namespace",
+    "resources",
+    "env",
+    "node_selector",
+    "tolerations",
+    "service_account",
+    "store_endpoint",
+)
+
+
+def _refuse_cluster_options(options: RunOptions) -> None:
+    given = [
+        f"{k}={getattr(options, k)!r}" for k in KUBERNETES_ONLY if getattr(options, k) is not None
+    ]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: Kubernetes options, and this run is local (backend='local', "
+            'the default): pass backend="kubernetes" to run on the cluster, or leave '
+            + ("it" if len(given) == 1 else "them")
+            + " out to run here"
+        )
+
+
+def _check_task_packages(packages: list[str], pool: str | None) -> None:
+    """Runtime packages are installed by warm pool workers; pods and local runs do not."""
+    if pool is None:
+        raise ValueError(
+            "packages= is installed by warm pool workers: run with backend='kubernetes', "
+            "pool=<name>, or bake the packages into image= (locally: pip install them)"
+        )
+    check_packages(packages)

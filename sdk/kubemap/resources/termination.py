@@ -1,0 +1,76 @@
+"""The one-line JSON a worker leaves in its pod's termination log, for the operator.
+
+{"v":1,"succeeded":"0-2,4","failed":"3"} after a run; {"v":1,"infra":...,"cause":{...}} when
+the platform or the store failed; {"v":1,"refused":...,"cause":{"kind":"version",...}} for a
+task from another Python minor. core.attempts.Report parses them back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from kubemap.errors import CorruptTaskError, StoreError
+from kubemap.task.signing import TamperedError
+
+if TYPE_CHECKING:
+    from kubemap.runtime.worker import SliceOutcome
+
+SUMMARY_LIMIT = 4096
+CAUSE_MESSAGE_LIMIT = 300
+
+
+def store_error_code(exc: Exception) -> str:
+    """The S3 error code of a store failure ("InvalidAccessKeyId"), from the exception or,
+    failing that, from the "(Code: message)" the store puts in its message."""
+    code = str(getattr(exc, "code", "") or "")
+    if not code:
+        found = re.search(r"\(([A-Z][A-Za-z]+):", str(exc))
+        code = found.group(1) if found else ""
+    return code
+
+
+def summary_line(outcome: SliceOutcome) -> str:
+    """`{"v":1,"succeeded":"0-2,4","failed":"3"}`, at most SUMMARY_LIMIT bytes."""
+    done = outcome.succeeded | outcome.skipped
+    full: dict[str, Any] = {"v": 1, "succeeded": str(done), "failed": str(outcome.failed)}
+    first = next(iter(sorted(outcome.errors.items())), None)
+    if first is not None:  # the operator names it in the task's message: "ValueError: bad 3"
+        full["error"] = f"{first[1].type}: {first[1].message}"[:200]
+    for candidate in (full, {"v": 1, "failed": str(outcome.failed)}, {"v": 1, "truncated": True}):
+        line = json.dumps(candidate, separators=(",", ":"))
+        if len(line.encode()) <= SUMMARY_LIMIT:
+            return line
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def infra_cause(exc: StoreError) -> dict[str, str]:
+    """The machine-readable why of an infrastructure failure, for the termination message."""
+    first_line = (str(exc).splitlines() or [""])[0]
+    kind = "corrupt" if isinstance(exc, CorruptTaskError) else "store"
+    cause = {
+        # "corrupt": no retry cures it (core.plan fails those indices at once); "tampered":
+        # the task's files were changed after submission (core.policy stops the task)
+        "kind": "tampered" if isinstance(exc, TamperedError) else kind,
+        "code": exc.code or store_error_code(exc) or type(exc).__name__,
+        "bucket": exc.bucket,
+        "message": first_line[:CAUSE_MESSAGE_LIMIT],
+    }
+    return {key: value for key, value in cause.items() if value}
+
+
+def infra_line(exc: StoreError) -> str:
+    line = {"v": 1, "infra": str(exc)[:2000], "cause": infra_cause(exc)}
+    return json.dumps(line, separators=(",", ":"))
+
+
+def refused_line(reason: str, submitted: str, worker: str) -> str:
+    cause = {
+        "kind": "version",
+        "code": "PythonVersionMismatch",
+        "python": submitted,
+        "worker": worker,
+        "message": reason[:CAUSE_MESSAGE_LIMIT],
+    }
+    return json.dumps({"v": 1, "refused": reason, "cause": cause}, separators=(",", ":"))
