@@ -27,7 +27,8 @@ from kubemap.contract import (
     RESULTS_PREFIX,
 )
 from kubemap.core.ranges import IndexRanges
-from kubemap.runtime.worker import SliceOutcome, run_slice, summary_line
+from kubemap.resources.termination import SliceOutcome, summary_line
+from kubemap.runtime.worker import run_slice
 from kubemap.stores import Store, open_store
 from kubemap.task import data as taskdata
 

@@ -19,10 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from kubemap.core.policy import FailureBudget
+from kubemap.core.policy import FailureBudget, decisive_failure
 from kubemap.core.status import Phase
 from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
-from kubemap.runtime.worker import decisive_failure
 
 from kubemap_operator.pools.leases import Lease, Leases, chunk_floor, guided_chunk
 from kubemap_operator.pools.retrystate import restore_counts, with_counts

@@ -164,3 +164,12 @@ def systematic_cause(
         if n >= needed and key[0] != "lost":  # lost pods (node gone) are not systematic
             return first[key]
     return None
+
+
+def decisive_failure(*, allowed_failures: int | None, retries: int | None, failures: int) -> bool:
+    """True when a failure now ends the task: it tolerates none, and this attempt was the
+    index's last (`failures`: the user failures its slice had before; core.plan retries an
+    index while failures + 1 <= retries). An unknown policy (None) never stops a slice."""
+    if allowed_failures is None or retries is None:
+        return False
+    return allowed_failures == 0 and failures >= retries

@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
-from kubemap.errors import CorruptTaskError, StoreError
+from kubemap.core.ranges import IndexRanges
+from kubemap.errors import CorruptTaskError, RemoteError, StoreError
 from kubemap.task.signing import TamperedError
-
-if TYPE_CHECKING:
-    from kubemap.runtime.worker import SliceOutcome
 
 SUMMARY_LIMIT = 4096
 CAUSE_MESSAGE_LIMIT = 300
+
+
+@dataclass(frozen=True)
+class SliceOutcome:
+    """What one run of a slice did. `errors` holds the records written for `failed`."""
+
+    succeeded: IndexRanges = field(default_factory=IndexRanges)
+    failed: IndexRanges = field(default_factory=IndexRanges)
+    skipped: IndexRanges = field(default_factory=IndexRanges)  # had results (earlier attempt)
+    errors: dict[int, RemoteError] = field(default_factory=dict)
+    # Left unrun after a failure that decides the task (stop_at_failure) or a Stopped:
+    # neither succeeded nor failed, so the planners count them as not run once it ends.
+    unrun: IndexRanges = field(default_factory=IndexRanges)
 
 
 def store_error_code(exc: Exception) -> str:

@@ -37,7 +37,7 @@ import urllib3
 from kubemap.contract import RESULTS_PREFIX, parse_result_key
 from kubemap.core.ranges import IndexRanges
 from kubemap.errors import StoreError
-from kubemap.resources.termination import infra_cause
+from kubemap.resources.termination import SliceOutcome, infra_cause
 from kubemap.resources.workerpool import ENV_DISPATCHER, ENV_POOL, ENV_POOL_TOKEN, python_minor
 from kubemap.runtime.packages import (
     ActiveEnvironment,
@@ -47,7 +47,7 @@ from kubemap.runtime.packages import (
     package_set,
     pool_packages,
 )
-from kubemap.runtime.worker import SliceOutcome, Stopped, Terminated, run_slice
+from kubemap.runtime.worker import Stopped, Terminated, run_slice
 from kubemap.stores import open_store
 from kubemap.stores.base import Store
 from kubemap.task import data as taskdata

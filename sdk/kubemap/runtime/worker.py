@@ -28,7 +28,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -47,6 +47,7 @@ from kubemap.contract import (
     EXIT_USER_ERROR,
     result_key,
 )
+from kubemap.core.policy import decisive_failure
 from kubemap.core.ranges import IndexRanges
 from kubemap.errors import (
     ConfigError,
@@ -55,10 +56,9 @@ from kubemap.errors import (
     StoreError,
 )
 from kubemap.resources.termination import (
-    infra_cause,
+    SliceOutcome,
     infra_line,
     refused_line,
-    store_error_code,
     summary_line,
 )
 from kubemap.stores import Store, open_store
@@ -67,44 +67,8 @@ from kubemap.task import signing
 from kubemap.task.meta import read_meta, version_mismatch
 from kubemap.task.signing import Signer
 
-__all__ = [  # the termination-line helpers moved to kubemap.resources.termination; importable here too
-    "SliceOutcome",
-    "Stopped",
-    "Terminated",
-    "WorkerEnv",
-    "decisive_failure",
-    "infra_cause",
-    "main",
-    "record_infra_failure",
-    "run_slice",
-    "store_error_code",
-    "summary_line",
-]
-
 _WRITE_RESULT_TRIES = 8
 _TRACEBACKS_LOGGED = 3
-
-
-@dataclass(frozen=True)
-class SliceOutcome:
-    """What one run of a slice did. `errors` holds the records written for `failed`."""
-
-    succeeded: IndexRanges = field(default_factory=IndexRanges)
-    failed: IndexRanges = field(default_factory=IndexRanges)
-    skipped: IndexRanges = field(default_factory=IndexRanges)  # had results (earlier attempt)
-    errors: dict[int, RemoteError] = field(default_factory=dict)
-    # Left unrun after a failure that decides the task (stop_at_failure) or a Stopped:
-    # neither succeeded nor failed, so the planners count them as not run once it ends.
-    unrun: IndexRanges = field(default_factory=IndexRanges)
-
-
-def decisive_failure(*, allowed_failures: int | None, retries: int | None, failures: int) -> bool:
-    """True when a failure now ends the task: it tolerates none, and this attempt was the
-    index's last (`failures`: the user failures its slice had before; core.plan retries an
-    index while failures + 1 <= retries). An unknown policy (None) never stops a slice."""
-    if allowed_failures is None or retries is None:
-        return False
-    return allowed_failures == 0 and failures >= retries
 
 
 class Terminated(BaseException):

@@ -49,7 +49,7 @@ class TaskMeta:
     python: str = ""  # e.g. "3.11.9"; "" in tasks written before kubemap recorded it
     cloudpickle: str = ""
     # The failure policy a worker needs to stop its slice at a failure that decides the task
-    # (worker.decisive_failure): retries per index and how many indices may fail for good.
+    # (core.policy.decisive_failure): retries per index and how many indices may fail for good.
     # None in tasks written before kubemap recorded them (or not by the SDK): never stop.
     retries: int | None = None
     allowed_failures: int | None = None

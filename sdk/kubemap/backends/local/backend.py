@@ -30,12 +30,12 @@ from kubemap.contract import EXIT_INFRA_ERROR, EXIT_OK, EXIT_USER_ERROR
 from kubemap.core.attempts import Attempt, AttemptState, Report
 from kubemap.core.chunking import ChunkPlanner, worker_count
 from kubemap.core.plan import Decision, Recorded, Rules, Verdict, plan
-from kubemap.core.policy import Cause, FailureBudget
+from kubemap.core.policy import Cause, FailureBudget, decisive_failure
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase, Reason, RunStatus, outcome_message, restate_counts
 from kubemap.errors import StoreError
 from kubemap.resources.maptask import RunOptions
-from kubemap.runtime.worker import decisive_failure, record_infra_failure
+from kubemap.runtime.worker import record_infra_failure
 from kubemap.stores.base import Store
 from kubemap.task.data import succeeded_indexes, write_error
 from kubemap.task.statusfile import tally, write_status

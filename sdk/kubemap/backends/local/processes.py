@@ -43,7 +43,8 @@ from typing import Any
 # Imported in the parent, before any fork, so that no worker pays for the imports again.
 from kubemap.core.ranges import IndexRanges
 from kubemap.errors import CorruptTaskError
-from kubemap.runtime.worker import run_slice, store_error_code
+from kubemap.resources.termination import store_error_code
+from kubemap.runtime.worker import run_slice
 from kubemap.stores import open_store
 from kubemap.task.data import read_function
 
@@ -61,7 +62,7 @@ class Job:
     # The run it belongs to: a warm worker reloads fn.pkl for a new run of the same task,
     # whose function MapRun.retry(fn=...) may have replaced.
     run: str = ""
-    # A failure in this job decides the run (worker.decisive_failure): stop the slice there.
+    # A failure in this job decides the run (core.policy.decisive_failure): stop the slice there.
     stop_at_failure: bool = False
 
 
