@@ -38,12 +38,6 @@ class TokenBucket:
             wait = max(wait, (1 - self._tokens) / self.rate)
         return wait
 
-    def try_acquire(self) -> bool:
-        if self.delay() > 0:
-            return False
-        self._tokens -= 1
-        return True
-
     async def acquire(self) -> None:
         async with self._lock:
             while True:

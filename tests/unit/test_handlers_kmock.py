@@ -358,17 +358,27 @@ async def test_http_429_pauses_creation_for_retry_after() -> None:
     assert bucket.delay() == 0.0
 
 
-def test_token_bucket_rate_and_burst() -> None:
+@pytest.mark.asyncio
+async def test_token_bucket_rate_and_burst() -> None:
     from kubemap_operator.ratelimit import TokenBucket
 
     now = [0.0]
     bucket = TokenBucket(rate=2, burst=3, clock=lambda: now[0])
-    assert [bucket.try_acquire() for _ in range(4)] == [True, True, True, False]
+
+    async def take_free() -> int:
+        """Tokens taken without waiting (the clock stands still)."""
+        taken = 0
+        while bucket.delay() == 0:
+            await bucket.acquire()
+            taken += 1
+        return taken
+
+    assert await take_free() == 3
     assert bucket.delay() == pytest.approx(0.5)
     now[0] += 0.5
-    assert bucket.try_acquire() and not bucket.try_acquire()
+    assert await take_free() == 1
     now[0] += 100
-    assert sum(bucket.try_acquire() for _ in range(10)) == 3  # never more than the burst
+    assert await take_free() == 3  # never more than the burst
 
 
 @pytest.mark.asyncio
