@@ -1,4 +1,6 @@
-"""Operator settings, read once from the environment (the table in .coord/OPERATOR_CONTRACT.md)."""
+"""Operator settings, read once from the environment (Settings.from_env): a field `x_y` comes
+from KUBEMAP_X_Y (pip_env excepted, see its comment), which
+charts/kubemap/templates/deployment.yaml sets from the chart values."""
 
 from __future__ import annotations
 
