@@ -14,8 +14,8 @@ from kubemap.stores import open_store
 from kubemap.task import data as taskdata
 from kubemap.task import filemode as filetask
 from kubemap_operator.settings import Settings
-from kubemap_operator.tasks.builder import TaskRef, build_pod
-from kubemap_operator.tasks.filelisting import build_lister_pod, listing_outcome
+from kubemap_operator.tasks.builder import TaskRef, build_lister_pod, build_pod
+from kubemap_operator.tasks.filelisting import listing_outcome
 from kubemap_operator.tasks.observe import observe_pod
 from kubemap_operator.tasks.planner import PodRequest
 from pydantic import ValidationError

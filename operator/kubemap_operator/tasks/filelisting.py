@@ -1,25 +1,16 @@
-"""spec.files: the listing pod, the per-file pod layout, and the listing step of a reconcile.
+"""The listing step of a spec.files task's reconcile: run the listing pod (built in
+kubemap_operator.tasks.builder), read its outcome, record the count in the status.
 
-Design in kubemap.task.filemode. Why init containers and not a wrapper: the user's image is any
-image (busybox, ImageMagick...), with no Python to run a kubemap wrapper in, so the kubemap
-image does the store work in its own containers around it, sharing an emptyDir:
-
-    init  kubemap-fetch   (kubemap image)  the item's file -> /kubemap/input/file
-    init  worker          (user's image)   the user's command, unchanged
-    main  kubemap-upload  (kubemap image)  /kubemap/output/** -> <output>/<name>/, once
-
-Init containers run in order and each must succeed, so the upload runs only after the
-program succeeded, and a failing program fails the pod with its own exit code. Every
-container gets the restricted security context of the operator's pod defaults.
+The count is written to the status before the listing pod is deleted, so a crash in
+between lists nothing twice.
 """
 
 from __future__ import annotations
 
-import copy
 from datetime import datetime
 from typing import Any
 
-from kubemap.contract import ANNOTATION_ATTEMPT, LABEL_TASK, name_digest, task_label
+from kubemap.contract import ANNOTATION_ATTEMPT
 from kubemap.core.status import Phase, Reason
 from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
 from kubemap.task import filemode as filetask
@@ -28,145 +19,15 @@ from kubemap_operator.kubeapi import TaskApi
 from kubemap_operator.settings import Settings
 from kubemap_operator.statusfields import clip, rfc3339, set_condition
 from kubemap_operator.tasks.builder import (
-    MANAGED_BY,
-    MAX_NAME,
+    LISTER_ROLE,
+    ROLE_LABEL,
     TaskRef,
-    _env,
-    _store_env,
+    build_lister_pod,
+    lister_name,
+    store_url,
 )
 
-STORE_ENV = frozenset(
-    {
-        "KUBEMAP_TASK_URL",
-        "AWS_ENDPOINT_URL_S3",
-        "AWS_REGION",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-    }
-)
 LISTING_ATTEMPTS = 3  # a listing failed by the store or the node is tried this many times
-ROLE_LABEL = "kubemap.io/role"
-LISTER_ROLE = "list-files"
-FILEPOD_COMMAND = ["python", "-m", "kubemap.runtime.filetransfer"]
-LISTING_RETRY_SECONDS = 2.0
-
-
-def store_url(spec: MapTaskSpec, settings: Settings) -> str:
-    return spec.store.url if spec.store is not None else settings.default_store
-
-
-def _files_env(spec: MapTaskSpec, settings: Settings) -> list[dict[str, Any]]:
-    files = spec.files
-    assert files is not None
-    env = [
-        _env(filetask.ENV_FILES_INPUT, files.input),
-        _env(filetask.ENV_FILES_GLOB, files.glob),
-        _env(filetask.ENV_FILES_OUTPUT, files.output),
-        _env(filetask.ENV_WORK_DIR, filetask.WORK_DIR),
-    ]
-    if files.skip_existing:
-        url = filetask.cache_url(store_url(spec, settings), files, spec.template)
-        env.append(_env(filetask.ENV_FILES_CACHE, url))
-    return env
-
-
-def _kubemap_container(
-    name: str, step: str, env: list[dict[str, Any]], settings: Settings
-) -> dict[str, Any]:
-    container: dict[str, Any] = {
-        "name": name,
-        "image": settings.worker_image,
-        "command": [*FILEPOD_COMMAND, step],
-        "env": env,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": filetask.VOLUME, "mountPath": filetask.WORK_DIR}],
-    }
-    defaults = settings.worker_pod_defaults
-    if defaults.get("imagePullPolicy"):
-        container["imagePullPolicy"] = defaults["imagePullPolicy"]
-    if defaults.get("securityContext"):
-        container["securityContext"] = copy.deepcopy(dict(defaults["securityContext"]))
-    return container
-
-
-def with_files(
-    pod: dict[str, Any], task: TaskRef, spec: MapTaskSpec, settings: Settings
-) -> dict[str, Any]:
-    """Turn the plain worker pod of one index into fetch -> program -> upload."""
-    pod = copy.deepcopy(pod)
-    program = pod["spec"]["containers"][0]
-    kubemap_env = [e for e in program["env"] if not _is_user_env(e, spec)]
-    kubemap_env.extend(_files_env(spec, settings))
-    # The program reads and writes local files only: the store's credentials stay with the
-    # kubemap containers (give the program env of its own in spec.template.env if it needs any).
-    program["env"] = [
-        _env(filetask.ENV_INPUT_PATH, filetask.input_path()),
-        _env(filetask.ENV_OUTPUT_DIR, filetask.output_dir()),
-        *(e for e in program["env"] if _is_user_env(e, spec) or e["name"] not in STORE_ENV),
-    ]
-    program["name"] = filetask.PROGRAM_CONTAINER
-    program["volumeMounts"] = [{"name": filetask.VOLUME, "mountPath": filetask.WORK_DIR}]
-    fetch = _kubemap_container(filetask.FETCH_CONTAINER, "fetch", kubemap_env, settings)
-    upload = _kubemap_container(filetask.UPLOAD_CONTAINER, "upload", kubemap_env, settings)
-    pod["spec"]["initContainers"] = [fetch, program]
-    pod["spec"]["containers"] = [upload]
-    pod["spec"]["volumes"] = [{"name": filetask.VOLUME, "emptyDir": {}}]
-    return pod
-
-
-def _is_user_env(entry: dict[str, Any], spec: MapTaskSpec) -> bool:
-    return any(entry is user or entry == user for user in spec.template.env or [])
-
-
-def lister_name(task_name: str, attempt: int = 0) -> str:
-    """`<task>-list-<attempt>`, cut with a hash like the worker pods' names when long."""
-    suffix = f"-list-{attempt}"
-    if len(task_name) + len(suffix) <= MAX_NAME:
-        return task_name + suffix
-    keep = MAX_NAME - len(suffix) - 9
-    return f"{task_name[:keep].rstrip('-.')}-{name_digest(task_name)}{suffix}"
-
-
-def build_lister_pod(
-    task: TaskRef, spec: MapTaskSpec, settings: Settings, attempt: int = 0
-) -> dict[str, Any]:
-    """The pod that lists spec.files into the task's store (inputs.bin / inputs.idx)."""
-    env = [*_store_env(spec, task, settings), *_files_env(spec, settings)]
-    container = _kubemap_container(filetask.LIST_CONTAINER, "list", env, settings)
-    container.pop("volumeMounts")
-    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
-    defaults = settings.worker_pod_defaults
-    if defaults.get("podSecurityContext"):
-        pod_spec["securityContext"] = copy.deepcopy(dict(defaults["podSecurityContext"]))
-    if "automountServiceAccountToken" in defaults:
-        pod_spec["automountServiceAccountToken"] = bool(defaults["automountServiceAccountToken"])
-    template = spec.template
-    if template.node_selector:
-        pod_spec["nodeSelector"] = dict(template.node_selector)
-    if template.tolerations:
-        pod_spec["tolerations"] = copy.deepcopy(template.tolerations)
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": lister_name(task.name, attempt),
-            "namespace": task.namespace,
-            "annotations": {ANNOTATION_ATTEMPT: str(attempt)},
-            # No kubemap.io/index: the plan does not see it as an attempt of any index.
-            "labels": {**MANAGED_BY, LABEL_TASK: task_label(task.name), ROLE_LABEL: LISTER_ROLE},
-            "ownerReferences": [
-                {
-                    "apiVersion": "kubemap.io/v1alpha1",
-                    "kind": "MapTask",
-                    "name": task.name,
-                    "uid": task.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "spec": pod_spec,
-    }
 
 
 def listed_spec(spec: MapTaskSpec, status: MapTaskStatus) -> MapTaskSpec | None:
@@ -317,11 +178,4 @@ async def reconcile_listing(
     return again, merged
 
 
-__all__ = [
-    "build_lister_pod",
-    "listed_spec",
-    "lister_of",
-    "listing_outcome",
-    "reconcile_listing",
-    "with_files",
-]
+__all__ = ["listed_spec", "lister_of", "listing_outcome", "reconcile_listing"]
