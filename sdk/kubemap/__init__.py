@@ -7,7 +7,8 @@ run.wait(); run.results()
 """
 
 from kubemap.api.executor import Executor, RemoteFailure
-from kubemap.api.maprun import MapRun, imap, map, submit
+from kubemap.api.maprun import MapRun
+from kubemap.api.submit import imap, map, submit
 from kubemap.errors import (
     CancelledError,
     ClusterError,

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from kubemap.api.cache import CACHE_DIR, CachedRun
+from kubemap.api.maprun import CachedRun
 from kubemap.stores import open_store
+from kubemap.task.cacheentries import CACHE_DIR
 
 pytestmark = pytest.mark.timeout(120)
 

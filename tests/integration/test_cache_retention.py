@@ -12,7 +12,7 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from kubemap.api.cache import CachedRun
+from kubemap.api.maprun import CachedRun
 from kubemap.task import retention
 from test_gc_safety import cli
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from kubemap.api.cache import function_identity
+from kubemap.task.cacheentries import function_identity
 
 
 def make(offset: int):  # type: ignore[no-untyped-def]

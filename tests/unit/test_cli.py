@@ -170,7 +170,7 @@ def test_env_and_resources_reach_the_sdk_as_its_options(
         seen.update(options)
         raise SystemExit(0)
 
-    monkeypatch.setattr("kubemap.api.maprun.submit", fake_submit)
+    monkeypatch.setattr("kubemap.api.submit.submit", fake_submit)
     result = CliRunner().invoke(
         main, ["run", "os.path:basename", "-i", "-", "--backend", "kubernetes", *args], input="a\n"
     )

@@ -31,6 +31,7 @@ from typing import Any
 
 from kubemap.api.options import validate_options
 from kubemap.api.streaming import NOT_RUN
+from kubemap.api.submit import submit_validated
 from kubemap.errors import CancelledError, KubemapError, RemoteError, TimeoutError
 from kubemap.task.pickling import dumps
 
@@ -138,8 +139,11 @@ class Executor(futures.Executor):
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         self._options = {"backend": backend, "parallelism": max_workers, **options}
-        self._retries = validate_options(self._options).retries  # fails here, not in a thread
-        self._name = self._options.pop("name", None)
+        # Validated once, here, so that a bad option fails in the caller, not in a thread;
+        # each batch's run is named <name>-<n> from the name given.
+        self._run_options = validate_options(self._options)
+        self._name = self._run_options.name
+        self._retries = self._run_options.retries
         self._batches = itertools.count(1)
         self._batch_delay = batch_delay
         self._lock = threading.Condition()
@@ -237,18 +241,16 @@ class Executor(futures.Executor):
                 self._start(singles, bound=False)
 
     def _start(self, calls: list[_Call], *, bound: bool) -> None:
-        from kubemap.api.maprun import submit
-
-        options = dict(self._options)
+        options = self._run_options
         if self._name:
-            options["name"] = f"{self._name}-{next(self._batches)}"
+            options = options.model_copy(update={"name": f"{self._name}-{next(self._batches)}"})
         try:
             if bound:
                 items: list[Any] = [(c.args, c.kwargs) for c in calls]
-                run = submit(_bound_call(calls[0].fn, self._retries), items, **options)
+                run = submit_validated(_bound_call(calls[0].fn, self._retries), items, options)
             else:
                 items = [(c.fn, (c.args, c.kwargs), self._retries) for c in calls]
-                run = submit(_call_any, items, **options)
+                run = submit_validated(_call_any, items, options)
         except BaseException as exc:
             for call in calls:
                 call.future.set_exception(exc)

@@ -1,27 +1,28 @@
-"""The SDK surface: kubemap.map, kubemap.submit and MapRun.
+"""MapRun: the handle on a submitted run, and CachedRun, the same over inputs of which
+some came from the result cache.
 
-    results = kubemap.map(fn, inputs, parallelism=8, retries=2)
     run = kubemap.submit(fn, inputs, backend="kubernetes", store="s3://bucket/runs")
-    run.wait(); run.results(); run.failures()
+    run.wait(); run.results(); run.failures(); run.not_run(); run.retry()
 
-submit() writes the task's files to the store (the function, then the inputs, streamed
-from any iterable, then task.json) and starts the run on the chosen backend. Results and
-failure records live in the store; MapRun reads them from there.
+Results and failure records live in the store; a MapRun reads them from there, and asks
+its backend's RunHandle only for the status. MapRun.attach reads back a task submitted
+earlier, by this process or another.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
+import json
+import math
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from kubemap.api.options import validate_options
-from kubemap.api.prepare import forget, upload  # forget: streaming.imap uses it too
 from kubemap.api.progress import ProgressBar, want_progress
-from kubemap.api.streaming import as_completed, fill_missing, imap
+from kubemap.api.streaming import as_completed, fill_missing
 from kubemap.backends import RunHandle, get_backend
 from kubemap.backends.base import still_running
 from kubemap.core.ranges import IndexRanges
@@ -36,18 +37,27 @@ from kubemap.errors import (
 )
 from kubemap.resources.maptask import RunOptions
 from kubemap.stores import Store, default_store_url, open_store
+from kubemap.task.cacheentries import (
+    CONFIG_KEY,
+    DIGEST_SIZE,
+    CacheSplit,
+    function_identity,
+    read_split,
+)
 from kubemap.task.data import (
     iter_results,
     succeeded_indexes,
     write_function,
 )
 from kubemap.task.meta import read_total
+from kubemap.task.pickling import loads
 from kubemap.task.signing import Signer
 from kubemap.task.statusfile import read_status, tally
 
-__all__ = ["MapRun", "forget", "imap", "map", "submit", "upload"]
+__all__ = ["CachedRun", "MapRun", "StoredRun", "misses_options"]
 
 POLL_SECONDS = 0.1  # how often a progress bar refreshes
+FETCH_THREADS = 16  # cache entries read at once
 
 
 class MapRun:
@@ -278,18 +288,16 @@ class MapRun:
         the MapTask's, unless given); otherwise the status is what the store recorded.
         `options` (retries, parallelism...) are those a retry() runs with. A task submitted
         with cache=True comes back as a CachedRun: every index is the caller's."""
-        from kubemap.api.cache import attach_cached
-
         if backend == "kubernetes":
             from kubemap.backends.kubernetes.backend import attach_maptask
 
             task, total, handle = attach_maptask(name, store=store, namespace=namespace)
             opts = validate_options({"backend": backend, "namespace": namespace, **options})
-            return attach_cached(cls(name, task, total, handle, opts))
+            return _as_cached(cls(name, task, total, handle, opts))
         task = open_store(store or default_store_url()).child(name)
         total = read_total(task)
         opts = validate_options({"store": store, "backend": backend, **options})
-        return attach_cached(cls(name, task, total, StoredRun(name, task, total), opts))
+        return _as_cached(cls(name, task, total, StoredRun(name, task, total), opts))
 
 
 class StoredRun:
@@ -332,59 +340,176 @@ class StoredRun:
         return False  # nobody here runs it: cancel it where it runs
 
 
-def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> MapRun:
-    """Upload `fn` and `inputs` to the store and start running; return at once."""
-    opts = validate_options(options)
-    if opts.cache or opts.cache_version is not None:
-        from kubemap.api.cache import submit_cached
+def misses_options(opts: RunOptions, total: int, hits: int) -> RunOptions:
+    """The options the misses run with: min_success_ratio is the caller's, over all their
+    inputs, of which the hits already succeeded. The task only holds the misses, so its
+    ratio is what is still needed from them (0.8 of 6 inputs with 3 hits: 2 of the 3)."""
+    misses = total - hits
+    if opts.min_success_ratio >= 1.0 or misses == 0:
+        return opts
+    needed = max(0, math.ceil(total * opts.min_success_ratio - 1e-9) - hits)
+    return opts.model_copy(update={"min_success_ratio": needed / misses})
 
-        return submit_cached(fn, inputs, opts)
-    backend, task, name, total = upload(fn, inputs, opts)
-    handle = backend.start(task, total, opts, name)
-    return MapRun(name, task, total, handle, opts)
+
+def _as_cached(run: MapRun) -> MapRun:
+    """A task read back (MapRun.attach) as the CachedRun its submit returned, when it was
+    submitted with cache=True; else `run` itself. Tasks from before the hits were
+    recorded in the task come back as `run` (their misses only, in their own numbering)."""
+    found = read_split(run.task_store)
+    if found is None:
+        return run
+    split, entries = found
+    ran = misses_options(run.options, split.total, len(split.hits))
+    inner = MapRun(run.name, run.task_store, run.total, run.handle, ran)
+    return CachedRun(inner, split, open_store(entries), run.options)
 
 
-def map(
-    fn: Callable[..., Any],
-    inputs: Iterable[Any],
-    /,
-    *,
-    return_exceptions: bool = False,
-    **options: Any,
-) -> list[Any]:
-    """fn applied to every input, in input order; blocks until done.
+# -- the run the caller sees ------------------------------------------------------------
+class _CachedHandle:
+    """The inner run's status, counted over the caller's inputs: hits are successes.
+    It follows the inner run's current handle, so a retry() needs no new one."""
 
-    Raises MapTaskError (with the remote traceback) if an input failed beyond its retries;
-    results that finished stay in the store (see the error's note). return_exceptions=True
-    puts each failed index's RemoteError in its place instead of raising; it also tries
-    every input (min_success_ratio defaults to 0 then: no fail-fast). Ctrl-C cancels the
-    run, unless detach=True, which leaves a Kubernetes task running (MapRun.attach reads it).
-    """
-    detach = bool(options.pop("detach", False))  # Ctrl-C leaves a cluster task running
-    if return_exceptions:
-        options = {"min_success_ratio": 0.0, **options}
-    opts = validate_options(options)
-    if isinstance(inputs, Sized) and not isinstance(inputs, (str, bytes)) and len(inputs) == 0:
-        return []
-    run = submit(fn, inputs, **options)
-    try:
-        status = run.wait()
-    except KeyboardInterrupt:
-        if not detach:
-            run.cancel()
-        sys.stderr.write(
-            f"kubemap: interrupted; task {run.name} "
-            + ("left running (detach=True)" if detach else "cancelled")
-            + f"; its results stay in {run.store_url}\n"
+    def __init__(self, inner: MapRun, hits: int) -> None:
+        self._inner = inner
+        self._hits = hits
+        self.name = inner.name
+
+    def _mapped(self, status: RunStatus) -> RunStatus:
+        return replace(
+            status, total=status.total + self._hits, succeeded=status.succeeded + self._hits
         )
-        raise
-    values = run.results(return_exceptions=return_exceptions)
-    if status.failed and not return_exceptions:
-        warnings.warn(
-            f"{status.failed} of {status.total} inputs of task {run.name} failed (tolerated by "
-            f"min_success_ratio={opts.min_success_ratio:g}); their results are None",
-            stacklevel=2,
+
+    def status(self) -> RunStatus:
+        return self._mapped(self._inner.handle.status())
+
+    def wait(self, timeout: float | None = None) -> RunStatus:
+        return self._mapped(self._inner.handle.wait(timeout))
+
+    def done(self) -> bool:
+        return self._inner.handle.done()
+
+    def cancel(self) -> bool:
+        return self._inner.handle.cancel()
+
+
+class CachedRun(MapRun):
+    """A run over the caller's inputs of which `cache_hits` came from the cache and
+    `cache_misses` ran (as the task `inner`, whose indices number the misses only).
+    Every answer here -- status, results, failures, not_run, as_completed, retry and the
+    MapTaskError -- is in the caller's numbering: each one that holds indices is answered
+    by the inner run and mapped back, none is inherited from MapRun."""
+
+    def __init__(
+        self, inner: MapRun, split: CacheSplit, entries: Store, options: RunOptions
+    ) -> None:
+        hits = len(split.hits)
+        super().__init__(
+            inner.name, inner.task_store, split.total, _CachedHandle(inner, hits), options
         )
-    elif opts.store is None and run.store_url.startswith("file://"):
-        forget(run.task_store)  # results returned, nothing lost; keep the default store small
-    return values
+        self.inner = inner
+        self._split = split
+        self._entries = entries
+        self.cache_hits = hits
+        self.cache_misses = len(split.misses)
+
+    def __repr__(self) -> str:
+        return (
+            f"<CachedRun {self.name} {self.cache_hits} cached, {self.cache_misses} run "
+            f"at {self.store_url}>"
+        )
+
+    def _hit_values(self) -> Iterator[tuple[int, Any]]:
+        hits, digests = self._split.hits, self._split.hit_digests
+
+        def fetch(position: int) -> tuple[int, Any]:
+            name = digests[position * DIGEST_SIZE : (position + 1) * DIGEST_SIZE].hex()
+            value = loads(self._entries.get(name), what=f"cache entry {self._entries.url}/{name}")
+            return hits[position], value
+
+        if not hits:
+            return
+        with ThreadPoolExecutor(min(FETCH_THREADS, len(hits))) as pool:
+            yield from pool.map(fetch, range(len(hits)))
+
+    def _caller(self, position: int) -> int:
+        """The caller's index of the inner task's index `position`."""
+        return int(self._split.misses[position])
+
+    def _caller_error(self, error: RemoteError) -> RemoteError:
+        return error.with_index(self._caller(error.index))
+
+    def _mapped(self, value: Any) -> Any:
+        return self._caller_error(value) if isinstance(value, RemoteError) else value
+
+    def results(
+        self,
+        partial: bool | None = None,
+        *,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        try:
+            ran = self.inner.results(partial, timeout=timeout, return_exceptions=return_exceptions)
+        except MapTaskError as exc:
+            raise self._caller_failure(exc) from None
+        values: list[Any] = [None] * self.total
+        for position, value in enumerate(ran):
+            values[self._caller(position)] = self._mapped(value)
+        for index, value in self._hit_values():
+            values[index] = value
+        return values
+
+    def as_completed(
+        self, *, return_exceptions: bool = False, timeout: float | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        yield from self._hit_values()
+        try:
+            for position, value in self.inner.as_completed(
+                return_exceptions=return_exceptions, timeout=timeout
+            ):
+                yield self._caller(position), self._mapped(value)
+        except MapTaskError as exc:
+            raise self._caller_failure(exc) from None
+
+    def failures(self) -> dict[int, RemoteError]:
+        return {self._caller(i): self._caller_error(e) for i, e in self.inner.failures().items()}
+
+    def not_run(self) -> IndexRanges:
+        return IndexRanges.of(self._caller(i) for i in self.inner.not_run())
+
+    def raise_for_status(self, status: RunStatus) -> None:
+        try:
+            self.inner.raise_for_status(self.inner.status())
+        except MapTaskError as exc:
+            raise self._caller_failure(exc) from None
+
+    def retry(self, fn: Callable[..., Any] | None = None) -> CachedRun:
+        """Rerun the misses without a result; a new `fn` also fills the cache under its
+        own identity (the values it computes are its, not the old function's)."""
+        if fn is not None:
+            config = json.loads(self.task_store.get(CONFIG_KEY))
+            fn_id = function_identity(fn, self.options.cache_version)
+            entries = self._entries.url.rsplit("/", 1)[0] + "/" + fn_id
+            self.task_store.put(
+                CONFIG_KEY, json.dumps({**config, "function": fn_id, "entries": entries}).encode()
+            )
+        self.inner.retry(fn)  # the handle follows the inner run's new one
+        return self
+
+    def _caller_failure(self, exc: MapTaskError) -> MapTaskError:
+        failures = {self._caller(i): self._caller_error(e) for i, e in exc.failures.items()}
+        error = MapTaskError(
+            failures,
+            total=self.total,
+            name=exc.name,
+            not_run=IndexRanges.of(self._caller(i) for i in exc.not_run),
+            succeeded=exc.succeeded + self.cache_hits,
+            why=exc.why,
+        )
+        # The inner error's text counts the task's indices: say it again in the caller's.
+        error.args = (
+            f"{error}\n\nResults of the {error.succeeded} that succeeded ({self.cache_hits} of "
+            f"{self.total} inputs came from the cache) are in .results(partial=True), in "
+            "input order; rerun only what is missing with .retry()",
+        )
+        return error

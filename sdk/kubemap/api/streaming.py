@@ -1,4 +1,4 @@
-"""Results as they land: MapRun.as_completed(), kubemap.imap() and return_exceptions.
+"""Results as they land: MapRun.as_completed() (and kubemap.imap() over it), return_exceptions.
 
     for index, value in run.as_completed(): ...            # as slices finish
     for value in kubemap.imap(fn, inputs): ...             # in input order, streamed
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kubemap.contract import RESULTS_PREFIX, parse_result_key, result_key
 from kubemap.core.ranges import IndexRanges
@@ -28,10 +28,32 @@ from kubemap.task.data import decode_results
 from kubemap.task.signing import Signer
 
 if TYPE_CHECKING:
-    from kubemap.api.maprun import MapRun
+    from kubemap.backends import RunHandle
     from kubemap.core.status import RunStatus
 
-__all__ = ["NOT_RUN", "ResultFeed", "as_completed", "fill_missing", "imap", "not_run_error"]
+__all__ = ["NOT_RUN", "FollowedRun", "ResultFeed", "as_completed", "fill_missing", "not_run_error"]
+
+
+class FollowedRun(Protocol):
+    """What as_completed follows: a MapRun (kept apart so that this module needs no MapRun)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def total(self) -> int: ...
+    @property
+    def store_url(self) -> str: ...
+    @property
+    def task_store(self) -> Store: ...
+    @property
+    def signer(self) -> Signer | None: ...
+    @property
+    def handle(self) -> RunHandle: ...
+    def status(self) -> RunStatus: ...
+    def wait(self, timeout: float | None = None, progress: bool | None = None) -> RunStatus: ...
+    def failures(self) -> dict[int, RemoteError]: ...
+    def raise_for_status(self, status: RunStatus) -> None: ...
+
 
 FIRST_POLL = 0.02  # seconds between polls right after something arrived
 MAX_POLL = 1.0  # ... growing to this while nothing does
@@ -109,7 +131,7 @@ def not_run_error(index: int, status: RunStatus) -> RemoteError:
 
 
 def fill_missing(
-    run: MapRun, status: RunStatus, missing: IndexRanges
+    run: FollowedRun, status: RunStatus, missing: IndexRanges
 ) -> Iterator[tuple[int, RemoteError]]:
     """A RemoteError for each index without a result: its failure, or why it never ran."""
     failures = run.failures() if missing else {}
@@ -118,7 +140,7 @@ def fill_missing(
 
 
 def as_completed(
-    run: MapRun, *, return_exceptions: bool = False, timeout: float | None = None
+    run: FollowedRun, *, return_exceptions: bool = False, timeout: float | None = None
 ) -> Iterator[tuple[int, Any]]:
     """(index, result) pairs as result objects appear, until the run finishes.
 
@@ -166,58 +188,3 @@ def as_completed(
         succeeded=len(feed.delivered),
         why=f"{len(missing)} results are missing from {run.store_url}",
     )
-
-
-def imap(
-    fn: Callable[..., Any],
-    inputs: Iterable[Any],
-    /,
-    *,
-    ordered: bool = True,
-    return_exceptions: bool = False,
-    **options: Any,
-) -> Iterator[Any]:
-    """fn over inputs, results streamed as they finish: in input order (ordered=True,
-    holding only those that finished ahead of the first missing one) or as they land.
-
-    Submits on the first next(); stopping early (break, close) cancels the run.
-    return_exceptions=True yields each failed index's RemoteError in its place and tries
-    every input (min_success_ratio defaults to 0 then: no fail-fast). Without it, failed
-    indices raise MapTaskError, even tolerated ones (min_success_ratio < 1), once every
-    result before them is out: unordered, after every result; ordered, after the results
-    before the first index without one.
-    """
-    from kubemap.api import maprun as api
-
-    if return_exceptions:
-        options = {"min_success_ratio": 0.0, **options}
-
-    run = api.submit(fn, inputs, **options)
-    finished = False
-    try:
-        pairs = run.as_completed(return_exceptions=return_exceptions)
-        if not ordered:
-            for _, value in pairs:
-                yield value
-        else:
-            ahead: dict[int, Any] = {}
-            expected = 0
-            try:
-                for index, value in pairs:
-                    ahead[index] = value
-                    while expected in ahead:
-                        yield ahead.pop(expected)
-                        expected += 1
-            except MapTaskError:
-                # raised once every result is out: first hand out those before the gap
-                while expected in ahead:
-                    yield ahead.pop(expected)
-                    expected += 1
-                raise
-        finished = True
-    finally:
-        if not finished and not run.status().finished:
-            with contextlib.suppress(Exception):
-                run.cancel()
-        if finished and options.get("store") is None and run.store_url.startswith("file://"):
-            api.forget(run.task_store)  # everything was handed out: keep the default store small

@@ -144,7 +144,7 @@ def run(
     stderr says why, lists each failure, --verbose with tracebacks, and how to go on), 2 for
     bad usage, 130 when interrupted (Ctrl-C cancels the task unless --detach).
     """
-    from kubemap.api.maprun import submit
+    from kubemap.api.submit import submit
     from kubemap.cli.inputs import parse_inputs
 
     settings = {key: value for key, value in options.items() if value is not None}
