@@ -10,8 +10,8 @@ import kopf
 from kubemap.errors import ConfigError
 
 from kubemap_operator import metrics
+from kubemap_operator.registry import build_registry
 from kubemap_operator.settings import Settings
-from kubemap_operator.tasks.handlers import build_registry
 
 
 def main() -> int:
@@ -26,7 +26,7 @@ def main() -> int:
     )
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     metrics.serve(settings.metrics_port, settings.listen_address)
-    registry, _ = build_registry(settings)
+    registry = build_registry(settings)
     liveness = (
         f"http://{settings.listen_address}:{settings.liveness_port}/healthz"
         if settings.liveness_port

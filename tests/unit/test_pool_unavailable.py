@@ -3,7 +3,8 @@
 Before: the reconciler fell back to the pod path with the pool task's shape (one item per
 pod, parallelism 10,000). Now the task fails at once, with a PoolUnavailable condition whose
 message names the fix, and no pod is made; a rerun request (kubemap.io/retry) is answered the
-same way. Run by kopf itself against KMock, as tests/unit/test_handlers_kmock.py does.
+same way. Run by kopf itself against KMock, as tests/unit/test_handlers_kmock.py does, with
+every controller's handlers (kubemap_operator.registry): the pool-task controller refuses.
 """
 
 from __future__ import annotations
@@ -13,11 +14,23 @@ import logging
 from typing import Any
 
 import pytest
+import test_handlers_kmock
 from kubemap.contract import ANNOTATION_RETRY
 from kubemap.core.status import Reason, run_status
+from kubemap_operator.pools.pooltasks import PoolTasks
+from kubemap_operator.registry import build_registry
 from kubemap_operator.settings import Settings
-from kubemap_operator.tasks.reconcile import Reconciler
 from test_handlers_kmock import NS, FakeApi, maptask, running_operator, until
+
+
+@pytest.fixture
+def every_controller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """running_operator with the whole operator's registry, not only the pod controller's."""
+
+    def both(settings: Settings, api_factory: Any, **kw: Any) -> tuple[Any, None]:
+        return build_registry(settings, api_factory, **kw), None
+
+    monkeypatch.setattr(test_handlers_kmock, "build_registry", both)
 
 
 def pool_task(name: str, count: int = 6) -> dict[str, Any]:
@@ -45,7 +58,9 @@ def assert_refused(status: dict[str, Any]) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
-async def test_a_pool_task_without_a_dispatcher_fails_naming_the_fix_and_starts_no_pod() -> None:
+async def test_a_pool_task_without_a_dispatcher_fails_naming_the_fix_and_starts_no_pod(
+    every_controller: None,
+) -> None:
     settings = Settings(reconcile_interval=1.0, metrics_port=0, dispatcher_port=0)
     async with running_operator(settings) as cluster:
         await asyncio.to_thread(
@@ -75,9 +90,8 @@ async def test_a_rerun_of_a_pool_task_without_a_dispatcher_is_refused_and_answer
         "retryToken": "token-1",
     }
     api = FakeApi(task, [])
-    await Reconciler(api, Settings(metrics_port=0, dispatcher_port=0)).reconcile(
-        NS, "again", logging.getLogger("t")
-    )
+    controller = PoolTasks(api, Settings(metrics_port=0, dispatcher_port=0), dispatcher=None)
+    await controller.reconcile(NS, "again", logging.getLogger("t"))
     assert api.created == []  # not 2 pods of one item each
     (status,) = api.patches
     assert_refused(status)

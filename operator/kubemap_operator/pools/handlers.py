@@ -1,68 +1,117 @@
-"""kopf handlers of WorkerPools, and the dispatcher's start and stop with the operator."""
+"""kopf handlers of the pool side: MapTasks with spec.pool (the pool-task controller),
+WorkerPools (the pool controller), and the dispatcher's start and stop with the operator.
+
+The MapTask (pod) controller's handlers take only tasks without spec.pool, these only tasks
+with it: each task has exactly one controller, chosen by its spec.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import kopf
-from kubemap.contract import GROUP, VERSION
+from kubemap.contract import GROUP, PLURAL, VERSION
+from kubemap.core.status import Phase
 from kubemap.resources.workerpool import POOL_PLURAL
 
 from kubemap_operator.kubeapi import KubeApi
-from kubemap_operator.pools.dispatch import Dispatcher, PoolKey, TaskKey
+from kubemap_operator.pools.dispatch import Dispatcher
 from kubemap_operator.pools.kubecalls import PoolApi
+from kubemap_operator.pools.pooltasks import EventSink, PoolTasks
 from kubemap_operator.pools.reconcile import PoolReconciler
 from kubemap_operator.pools.server import DispatcherApp
 from kubemap_operator.pools.tokens import dispatcher_key
 from kubemap_operator.settings import Settings
-from kubemap_operator.tasks.reconcile import Reconciler
+from kubemap_operator.tasks.plantypes import Limits
 
 log = logging.getLogger("kubemap.pools")
 POOL_RESYNC_SECONDS = 10.0
+FINISHED = frozenset(p.value for p in Phase if p.finished)
 
 
-def register(registry: kopf.OperatorRegistry, settings: Settings, holder: dict[str, Any]) -> None:
-    """Add the pool handlers; holder["reconciler"] is the MapTask reconciler once started."""
-    if not settings.dispatcher_port:
-        return
+def has_pool(spec: kopf.Spec, **_: Any) -> bool:
+    """The routing rule: a MapTask with spec.pool belongs to the pool-task controller."""
+    return bool(spec.get("pool"))
+
+
+class Spawner:
+    """Runs callbacks of the dispatcher (plain functions) as tasks of the operator's loop,
+    keeping a reference to each until it ends."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = asyncio.get_running_loop().create_task(work())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    settings: Settings,
+    api_factory: Callable[[], KubeApi] = KubeApi,
+    *,
+    post_event: EventSink | None = None,
+) -> None:
+    """Add the pool side's handlers to the registry."""
+    spawn = Spawner()
+    dispatcher: Dispatcher | None = None
+    if settings.dispatcher_port:
+        dispatcher = Dispatcher(
+            lease_seconds=settings.lease_seconds,
+            limits=Limits(backoff_base_seconds=settings.backoff_base_seconds),
+            on_change=lambda key: spawn(lambda: pool_tasks.trigger(*key, log)),
+            on_pool_work=lambda key: spawn(lambda: pools.trigger(*key)),
+        )
+    pool_tasks = PoolTasks(api_factory(), settings, dispatcher, post_event=post_event)
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_pool_tasks(**_: Any) -> None:
+        await pool_tasks.queue.shutdown()
+
+    @kopf.on.event(
+        GROUP, VERSION, PLURAL, id="pooltask-event", when=has_pool, registry=registry
+    )  # fmt: skip
+    async def pool_task_event(
+        *, type: str, name: str, namespace: str | None, logger: Any, **_: Any
+    ) -> None:
+        if type == "DELETED":
+            pool_tasks.forget(namespace or "", name)
+            return
+        await pool_tasks.trigger(namespace or "", name, logger)
+
+    @kopf.timer(
+        GROUP, VERSION, PLURAL, id="pooltask-resync", interval=settings.reconcile_interval,
+        when=has_pool, registry=registry,
+    )  # fmt: skip
+    async def pool_task_timer(
+        *, name: str, namespace: str | None, spec: kopf.Spec, status: kopf.Status, logger: Any,
+        **_: Any,
+    ) -> None:  # fmt: skip
+        # A finished task has nothing left to time but its TTL.
+        if status.get("phase") in FINISHED and spec.get("ttlSecondsAfterFinished") is None:
+            return
+        await pool_tasks.trigger(namespace or "", name, logger)
+
+    if dispatcher is None:
+        return  # pool tasks are refused (PoolUnavailable); WorkerPools are not watched
+    pools = PoolReconciler(PoolApi(api_factory()), dispatcher, settings, dispatcher_key())
+    app = DispatcherApp(dispatcher, pools.key)
 
     @kopf.on.startup(registry=registry)
     async def start_dispatcher(**_: Any) -> None:
-        reconciler: Reconciler = holder["reconciler"]
-        loop = asyncio.get_running_loop()
-
-        def task_changed(key: TaskKey) -> None:
-            loop.call_soon(lambda: loop.create_task(reconciler.trigger(*key, log)))
-
-        def pool_work(key: PoolKey) -> None:
-            pools = holder.get("pools")
-            if pools is not None:
-                loop.call_soon(lambda: loop.create_task(pools.trigger(*key)))
-
-        dispatcher = Dispatcher(
-            lease_seconds=settings.lease_seconds,
-            limits=reconciler.limits,
-            on_change=task_changed,
-            on_pool_work=pool_work,
-        )
-        key = dispatcher_key()
-        reconciler.dispatcher = dispatcher
-        holder["pools"] = PoolReconciler(PoolApi(KubeApi()), dispatcher, settings, key)
-        app = DispatcherApp(dispatcher, key)
         await app.start(settings.listen_address, settings.dispatcher_port)
-        holder["dispatcher_app"] = app
 
     @kopf.on.cleanup(registry=registry)
     async def stop_dispatcher(**_: Any) -> None:
-        app = holder.get("dispatcher_app")
-        if app is not None:
-            await app.stop()
+        await app.stop()
 
     @kopf.on.event(GROUP, VERSION, POOL_PLURAL, id="workerpool-event", registry=registry)
     async def pool_event(*, type: str, name: str, namespace: str | None, **_: Any) -> None:
-        pools: PoolReconciler = holder["pools"]
         if type == "DELETED":
             pools.forget(namespace or "", name)
             return
@@ -73,4 +122,4 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, holder: dict[s
         registry=registry,
     )  # fmt: skip
     async def pool_timer(*, name: str, namespace: str | None, **_: Any) -> None:
-        await holder["pools"].trigger(namespace or "", name)
+        await pools.trigger(namespace or "", name)

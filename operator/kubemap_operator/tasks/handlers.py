@@ -19,7 +19,6 @@ from kubemap.contract import GROUP, LABEL_TASK, PLURAL, POD_FINALIZER, VERSION
 from kubemap.core.status import Phase
 
 from kubemap_operator.kubeapi import KubeApi
-from kubemap_operator.pools.handlers import register as register_pools
 from kubemap_operator.settings import Settings
 from kubemap_operator.tasks.planner import Event
 from kubemap_operator.tasks.reconcile import Reconciler, release_orphan
@@ -36,6 +35,11 @@ def post_kopf_event(body: dict[str, Any], event: Event) -> None:
             reason=event.reason,
             message=event.message,
         )
+
+
+def without_pool(spec: kopf.Spec, **_: Any) -> bool:
+    """Tasks with spec.pool belong to the pool-task controller (kubemap_operator.pools)."""
+    return not spec.get("pool")
 
 
 def configure(settings: Settings, kopf_settings: kopf.OperatorSettings) -> None:
@@ -95,7 +99,7 @@ def build_registry(
         def login_default(**kwargs: Any) -> kopf.ConnectionInfo | None:
             return kopf.login_via_client(**kwargs)
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, id="maptask-event", registry=registry)
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="maptask-event", when=without_pool, registry=registry)
     async def task_event(
         *, type: str, name: str, namespace: str | None, logger: Any, **_: Any
     ) -> None:
@@ -112,6 +116,7 @@ def build_registry(
         PLURAL,
         id="maptask-resync",
         interval=settings.reconcile_interval,
+        when=without_pool,
         registry=registry,
     )
     async def task_timer(
@@ -144,5 +149,4 @@ def build_registry(
         if owner is not None and owner.get("kind") == "MapTask":
             await reconciler.trigger(namespace or "", str(owner.get("name")), logger)
 
-    register_pools(registry, settings, cast(dict[str, Any], holder))
     return registry, lambda: holder.get("reconciler")

@@ -26,8 +26,6 @@ from urllib3.exceptions import HTTPError
 
 from kubemap_operator import metrics
 from kubemap_operator.kubeapi import CreateFailed, TaskApi, Throttled
-from kubemap_operator.pools.dispatch import Dispatcher
-from kubemap_operator.pools.pooltasks import reconcile_pool_task
 from kubemap_operator.ratelimit import TokenBucket
 from kubemap_operator.settings import Settings
 from kubemap_operator.statusfields import clip, describe, rfc3339, set_condition
@@ -80,7 +78,6 @@ class Reconciler:
         self.queue: WorkQueue[tuple[str, str]] = WorkQueue(
             self._run_once, longest_delay=settings.reconcile_interval
         )
-        self.dispatcher: Dispatcher | None = None  # set when warm pools are on
 
     async def trigger(
         self, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter[Any]
@@ -110,8 +107,6 @@ class Reconciler:
         self.queue.forget((namespace, name))
         self._loggers.pop((namespace, name), None)
         metrics.observe_phase(namespace, name, None)
-        if self.dispatcher is not None:
-            self.dispatcher.forget((namespace, name))
 
     async def reconcile(self, namespace: str, name: str, logger: Any) -> float | None:
         started = time.monotonic()
@@ -139,12 +134,6 @@ class Reconciler:
             await self._reject(namespace, name, body, exc, logger)
             return None
         status = MapTaskStatus.model_validate(body.get("status") or {})
-        token = (meta.get("annotations") or {}).get(ANNOTATION_RETRY)
-        rerun_asked = bool(token) and token != status.retry_token  # a pool task reruns on leases
-        live = not status.phase.finished or rerun_asked
-        if spec.pool is not None and self.dispatcher is None and live:
-            await self._refuse_pool(namespace, name, body, spec.pool, status, token, logger)
-            return None
         if spec.files is not None:  # the files are listed (in a pod) before anything runs
             ref = TaskRef(name, namespace, uid)
             now = self.clock()
@@ -154,9 +143,6 @@ class Reconciler:
             if listed is None:
                 return None
             spec, status = listed
-        pooled = spec.pool is not None and self.dispatcher is not None
-        if pooled and (not status.phase.finished or rerun_asked):
-            return await reconcile_pool_task(self, body, spec, status, logger, token)
         now = self.clock()
         observed = [o for o in (observe_pod(p, now) for p in pods) if o is not None]
         result = plan(
@@ -277,46 +263,6 @@ class Reconciler:
         """The task is being deleted: free its pods so the garbage collector can remove them."""
         for pod in pods:
             await self.api.remove_finalizer(namespace, pod)
-
-    async def _refuse_pool(
-        self,
-        namespace: str,
-        name: str,
-        body: dict[str, Any],
-        pool: str,
-        old: MapTaskStatus,
-        token: str | None,
-        logger: Any,
-    ) -> None:
-        """spec.pool, but this operator runs no dispatcher (the chart's pools.enabled=false):
-        fail the task before anything runs. Pods instead would be the wrong shape (a pool
-        task asks for one item per pod, parallelism 10,000) and not what the user chose."""
-        message = clip(
-            f"spec.pool is {pool!r}, but this operator runs no warm-pool dispatcher (the chart "
-            "value pools.enabled is false): enable it with `helm upgrade ... --set "
-            "pools.enabled=true`, or submit the task without spec.pool (pool=) to run it in pods"
-        )
-        if old.phase is Phase.FAILED and old.message == message and old.retry_token == token:
-            return
-        moment = self.clock()
-        now = rfc3339(moment)
-        failed = old.model_copy(
-            update={
-                "phase": Phase.FAILED,
-                "message": message,
-                "completion_time": now,
-                "start_time": old.start_time or now,
-                "retry_token": token if token else old.retry_token,  # a rerun is answered too
-                "conditions": set_condition(
-                    list(old.conditions), "Failed", reason=Reason.POOL_UNAVAILABLE.value,
-                    message=message, now=moment,
-                ),
-            }
-        )  # fmt: skip
-        await self.api.patch_status(namespace, name, status_wire(failed))
-        metrics.observe_phase(namespace, name, Phase.FAILED)
-        logger.error(message)
-        self.post_event(body, Event("Warning", Reason.POOL_UNAVAILABLE.value, message))
 
     async def _reject(
         self,
