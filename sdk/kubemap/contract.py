@@ -1,6 +1,6 @@
 """Names shared by the SDK, the worker, the operator and the chart.
 
-Everything here is part of the contract in DESIGN.md: changing a value breaks pods,
+Everything here is part of the contract between these parties: changing a value breaks pods,
 stores or clusters created by another version, so change it only with a migration.
 """
 

@@ -158,6 +158,18 @@ def test_workers_run_every_index_once_in_guided_chunks(harness: Harness, tmp_pat
     assert values == {i: 2 * i for i in range(500)}
 
 
+def test_a_worker_that_stops_leaves_no_heartbeat_thread(harness: Harness, tmp_path: Path) -> None:
+    before = sum(t.name == "heartbeat" for t in threading.enumerate())
+    harness.worker("w-stop")
+    harness.worker("w-stop-2")
+    assert sum(t.name == "heartbeat" for t in threading.enumerate()) == before + 2
+    harness.stop.set()
+    for worker in harness.threads:
+        worker.join(10)
+    # serve() returned in both: each took its heartbeat thread with it
+    assert sum(t.name == "heartbeat" for t in threading.enumerate()) == before
+
+
 def test_second_task_reuses_the_workers_and_tasks_share_the_pool(
     harness: Harness, tmp_path: Path
 ) -> None:

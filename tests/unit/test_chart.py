@@ -24,7 +24,7 @@ STANDARD_LABELS = (
     "app.kubernetes.io/managed-by",
 )
 
-# The operator's RBAC, exactly (.coord/OPERATOR_CONTRACT.md): nothing more may creep in.
+# The operator's RBAC, exactly (charts/kubemap/templates/clusterrole.yaml and role.yaml): nothing more may creep in.
 EXPECTED_RULES = [
     {
         "apiGroups": ["kubemap.io"],

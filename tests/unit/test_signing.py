@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from kubemap.task import signing
+from kubemap.task.results import seal_result
 from kubemap.task.signing import Signer, TamperedError
 
 KEY = bytes(range(32))
@@ -23,9 +24,16 @@ def test_function_mac_binds_task_and_bytes() -> None:
         signing.verify(signing.new_key(), "t1", "fn", b"pickled", tag, what="fn.pkl")
 
 
+def _item_macs(blobs: list[bytes]) -> bytes:
+    streamed = Signer("t", KEY).item_macs()  # how a submit makes inputs.mac
+    for i, blob in enumerate(blobs):
+        streamed.add(i, blob)
+    return bytes(streamed.data)
+
+
 def test_a_slice_is_checked_from_its_own_range_of_inputs_mac() -> None:
     blobs = [f"item{i}".encode() for i in range(10)]
-    macs = signing.sign_items(KEY, "t", blobs)
+    macs = _item_macs(blobs)
     assert len(macs) == 10 * signing.MAC_SIZE
     lo, hi = signing.macs_range(4, 3)
     signing.verify_slice(KEY, "t", 4, list(blobs[4:7]), macs[lo:hi])
@@ -41,11 +49,14 @@ def test_streamed_item_macs_equal_the_one_by_one_macs() -> None:
     streamed = Signer("t", KEY).item_macs()
     for i, blob in enumerate(blobs):
         streamed.add(i, blob)
-    assert bytes(streamed.data) == signing.sign_items(KEY, "t", blobs)
+    one_by_one = b"".join(
+        signing.mac(KEY, "t", signing.input_role(i), b) for i, b in enumerate(blobs)
+    )
+    assert bytes(streamed.data) == one_by_one
 
 
 def test_result_objects_are_sealed_per_slice() -> None:
-    sealed = signing.seal(KEY, "t", 0, 5, b"body")
+    sealed = seal_result(b"body", Signer("t", KEY), 0, 5)  # what a worker writes
     assert signing.unseal(KEY, "t", 0, 5, sealed) == b"body"
     with pytest.raises(TamperedError, match="result/5-5"):
         signing.unseal(KEY, "t", 5, 5, sealed)  # moved to another slice's key

@@ -236,14 +236,24 @@ class Heartbeat:
         self.lease: str | None = None
         self.period = 5.0
         self._wake = threading.Event()
-        threading.Thread(target=self._run, daemon=True, name="heartbeat").start()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
+        self._thread.start()
 
     def hold(self, lease: str | None, seconds: float = 15.0) -> None:
         self.lease, self.period = lease, max(0.5, seconds / 3)
         self._wake.set()
 
+    def stop(self) -> None:
+        """End the heartbeat thread (serve() returns: a worker run in a thread by the tests
+        must not leave one beating behind it)."""
+        self._stopped = True
+        self.lease = None
+        self._wake.set()
+        self._thread.join(timeout=5)
+
     def _run(self) -> None:
-        while True:
+        while not self._stopped:
             self._wake.clear()
             lease, period = self.lease, self.period
             if lease is None:
@@ -478,74 +488,81 @@ def serve(env: PoolEnv, *, stop: Callable[[], bool] = lambda: False, wait: float
     # not stop; workers run in threads by the tests must not take the test run down.
     stopper = Stopper(exit_when_stuck=threading.current_thread() is threading.main_thread())
     heartbeat = Heartbeat(client, on_lost=stopper.revoke)
-    functions = FunctionCache()
-    runtime = Runtime(os.environ)
-    refusals, backoff = 0, 0.5
-    pending: dict[str, Any] | None = None  # the last lease's report, sent with the next ask
-    _log(f"serving pool {env.pool} as {env.worker} (Python {python_minor()}) from {env.url}")
-    while not stop():
-        try:
-            ask: dict[str, Any] = {"python": python_minor(), "wait": wait}
-            if pending is not None:
-                ask["report"] = pending
-            status, grant = client.post("/v1/lease", ask, wait + 20)
-        except Terminated:
-            if pending is not None:
-                _send_report(client, pending)  # idle, but the last chunk's news still counts
-            raise
-        except Refused as exc:
-            refusals += 1
-            _log(f"the dispatcher refused this worker's credential: {exc}")
-            if refusals >= REFUSALS_BEFORE_EXIT:
-                return EXIT_REFUSED
-            time.sleep(2)
-            continue
-        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-            _log(f"dispatcher unreachable ({type(exc).__name__}); retrying in {backoff:g}s")
-            time.sleep(backoff)
-            backoff = min(5.0, backoff * 2)
-            continue
-        refusals, backoff, pending = 0, 0.5, None  # the dispatcher answered: report delivered
-        if status != 200 or not grant:
-            continue  # 204: no work within the long poll
-        stopper.begin(str(grant["lease_id"]))
-        heartbeat.hold(str(grant["lease_id"]), float(grant.get("lease_seconds", 15)))
-        try:
-            body = run_lease(grant, functions, env.key, runtime, stopper)
-        except Revoked as exc:
+    try:
+        functions = FunctionCache()
+        runtime = Runtime(os.environ)
+        refusals, backoff = 0, 0.5
+        pending: dict[str, Any] | None = None  # the last lease's report, sent with the next ask
+        _log(f"serving pool {env.pool} as {env.worker} (Python {python_minor()}) from {env.url}")
+        while not stop():
+            try:
+                ask: dict[str, Any] = {"python": python_minor(), "wait": wait}
+                if pending is not None:
+                    ask["report"] = pending
+                status, grant = client.post("/v1/lease", ask, wait + 20)
+            except Terminated:
+                if pending is not None:
+                    _send_report(client, pending)  # idle, but the last chunk's news still counts
+                raise
+            except Refused as exc:
+                refusals += 1
+                _log(f"the dispatcher refused this worker's credential: {exc}")
+                if refusals >= REFUSALS_BEFORE_EXIT:
+                    return EXIT_REFUSED
+                time.sleep(2)
+                continue
+            except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                _log(f"dispatcher unreachable ({type(exc).__name__}); retrying in {backoff:g}s")
+                time.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
+                continue
+            refusals, backoff, pending = 0, 0.5, None  # the dispatcher answered: report delivered
+            if status != 200 or not grant:
+                continue  # 204: no work within the long poll
+            stopper.begin(str(grant["lease_id"]))
+            heartbeat.hold(str(grant["lease_id"]), float(grant.get("lease_seconds", 15)))
+            try:
+                body = run_lease(grant, functions, env.key, runtime, stopper)
+            except Revoked as exc:
+                stopper.end()
+                heartbeat.hold(None)
+                kept = exc.outcome.succeeded if exc.outcome else IndexRanges()
+                _log(
+                    f"stopped lease {grant['lease_id']}: kept the {len(kept)} item(s) that finished"
+                )
+                # What finished counts in the task's verdict, which waits for this report.
+                _send_report(
+                    client, stopped_report(str(grant["lease_id"]), env.worker, exc.outcome)
+                )
+                continue
+            except NoPoolKey as exc:
+                stopper.end()
+                heartbeat.hold(None)
+                why = f"{exc}: restarting to load it"
+                _send_report(client, {"lease": grant["lease_id"], "kind": "infra", "why": why})
+                _log(why)
+                return EXIT_NO_KEY
+            except Terminated:
+                stopper.end()
+                heartbeat.hold(None)
+                _send_report(
+                    client,
+                    {
+                        "lease": grant["lease_id"],
+                        "kind": "infra",
+                        "why": f"worker {env.worker} stopped (SIGTERM)",
+                    },
+                )
+                _log("terminated (SIGTERM): lease handed back")
+                return 0
             stopper.end()
             heartbeat.hold(None)
-            kept = exc.outcome.succeeded if exc.outcome else IndexRanges()
-            _log(f"stopped lease {grant['lease_id']}: kept the {len(kept)} item(s) that finished")
-            # What finished counts in the task's verdict, which waits for this report.
-            _send_report(client, stopped_report(str(grant["lease_id"]), env.worker, exc.outcome))
-            continue
-        except NoPoolKey as exc:
-            stopper.end()
-            heartbeat.hold(None)
-            why = f"{exc}: restarting to load it"
-            _send_report(client, {"lease": grant["lease_id"], "kind": "infra", "why": why})
-            _log(why)
-            return EXIT_NO_KEY
-        except Terminated:
-            stopper.end()
-            heartbeat.hold(None)
-            _send_report(
-                client,
-                {
-                    "lease": grant["lease_id"],
-                    "kind": "infra",
-                    "why": f"worker {env.worker} stopped (SIGTERM)",
-                },
-            )
-            _log("terminated (SIGTERM): lease handed back")
-            return 0
-        stopper.end()
-        heartbeat.hold(None)
-        pending = body
-    if pending is not None:
-        _send_report(client, pending)
-    return 0
+            pending = body
+        if pending is not None:
+            _send_report(client, pending)
+        return 0
+    finally:
+        heartbeat.stop()
 
 
 def main() -> int:

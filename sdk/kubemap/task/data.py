@@ -1,4 +1,5 @@
-"""Reading and writing one task's files in a Store, in the layout of DESIGN.md.
+"""Reading and writing one task's files in a Store, in kubemap's storage layout (fn.pkl,
+inputs.bin, inputs.idx, task.json, results/, errors/: docs/architecture.md draws it).
 
 CONTRACT (other modules code against exactly these signatures; `store` is the task's
 own prefix, i.e. open_store(base).child(task_name)):

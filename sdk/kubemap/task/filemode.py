@@ -89,11 +89,6 @@ def relative_name(input_prefix_key: str, key: str) -> str:
     return key.removeprefix(base).lstrip("/") or key.rsplit("/", 1)[-1]
 
 
-def output_key(output_prefix: str, name: str, relative: str) -> str:
-    """Where one output file goes: <output>/<item name>/<path below $KUBEMAP_OUTPUT_DIR>."""
-    return f"{output_prefix.strip('/')}/{name}/{relative}".lstrip("/")
-
-
 def item_record(name: str, url: str, size: int, tag: str) -> dict[str, Any]:
     return {"name": name, "url": url, "size": size, "tag": tag}
 
@@ -111,10 +106,6 @@ def parse_listing_line(text: str | None) -> tuple[int, int] | None:
         return int(data["listed"]), int(data["skipped"])
     except (ValueError, KeyError, IndexError, TypeError):
         return None
-
-
-def names_of(items: Iterable[Mapping[str, Any]]) -> list[str]:
-    return [str(item["name"]) for item in items]
 
 
 def _terminated(statuses: Iterable[Mapping[str, Any]], name: str) -> Mapping[str, Any]:

@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,11 +105,6 @@ def unsigned(what: str, task: str, missing: str) -> TamperedError:
     return TamperedError(f"{what} of task {task} is not signed ({missing} is missing); {_AGAIN}")
 
 
-def sign_items(key: bytes, task: str, blobs: Iterable[bytes | memoryview], start: int = 0) -> bytes:
-    """inputs.mac: the MACs of the pickled inputs, MAC_SIZE bytes each, in index order."""
-    return b"".join(mac(key, task, input_role(start + i), b) for i, b in enumerate(blobs))
-
-
 def macs_range(start: int, count: int) -> tuple[int, int]:
     """Byte range [lo, hi) of inputs.mac that holds the MACs of items start..start+count-1."""
     return start * MAC_SIZE, (start + count) * MAC_SIZE
@@ -132,11 +127,6 @@ def verify_slice(
             macs[i * MAC_SIZE : (i + 1) * MAC_SIZE],
             what=f"input {start + i} (inputs.bin)",
         )
-
-
-def seal(key: bytes, task: str, start: int, count: int, body: bytes) -> bytes:
-    """A result object's bytes: its body, then the body's MAC."""
-    return body + mac(key, task, result_role(start, count), body)
 
 
 def unseal(key: bytes, task: str, start: int, count: int, sealed: bytes | memoryview) -> bytes:

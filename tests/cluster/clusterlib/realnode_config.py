@@ -1,7 +1,7 @@
 """The real node's configuration files: containerd, the bridge CNI network, kubelet, kube-proxy.
 
 Pure functions of paths and ports, so what each component is told (and why) reads in one
-place. The settings are the ones this kind of host needs (see DESIGN.md, "Real containers"):
+place. The settings are the ones a host like this one (no container daemon, an old cgroup) needs:
 cgroup v1/hybrid with the cgroupfs driver, runc, no negative oom_score_adj, swap on.
 """
 
