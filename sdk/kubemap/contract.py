@@ -62,6 +62,7 @@ INPUTS_KEY: Final = "inputs.bin"
 INDEX_KEY: Final = "inputs.idx"
 META_KEY: Final = "task.json"  # small JSON: total, created, fn name, kubemap version
 STATUS_KEY: Final = "status.json"  # how a run no API server records ended (local runs)
+FILES_KEY: Final = "files.json"  # a files task: what its listing pod found
 RESULTS_PREFIX: Final = "results/"
 ERRORS_PREFIX: Final = "errors/"
 INDEX_ENTRY_SIZE: Final = 8  # little-endian uint64 offsets, N+1 of them

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubemap.resources import filemode as filetask
 from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
 from kubemap.runtime import filetransfer as filepod
 from kubemap.stores import open_store
 from kubemap.task import data as taskdata
-from kubemap.task import filemode as filetask
 from kubemap_operator.settings import Settings
 from kubemap_operator.tasks.builder import TaskRef, build_lister_pod, build_pod
 from kubemap_operator.tasks.filelisting import listing_outcome

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from kubemap.core.status import Phase
 from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, RunOptions, StoreRef
+from kubemap.resources.requirements import check_packages
 from kubemap.resources.workerpool import WorkerPoolSpec
 from kubemap.runtime import packages as poolpackages
 from kubemap.runtime.packages import (
@@ -21,7 +22,6 @@ from kubemap.runtime.packages import (
     ActiveEnvironment,
     Environments,
     PackageInstallError,
-    check_packages,
     package_set,
     pool_packages,
     set_hash,

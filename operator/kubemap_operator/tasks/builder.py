@@ -32,7 +32,7 @@ from kubemap.contract import (
     task_label,
 )
 from kubemap.resources.maptask import MapTaskSpec, Mode
-from kubemap.task import filemode as filetask
+from kubemap.resources import filemode as filetask
 from kubemap.task.signing import key_env, secret_name
 
 from kubemap_operator.podparts import apply_container_defaults, apply_pod_placement
@@ -233,7 +233,7 @@ def with_files(
 ) -> dict[str, Any]:
     """Turn the plain worker pod of one index into fetch -> program -> upload.
 
-    Design in kubemap.task.filemode. Why init containers and not a wrapper: the user's image is any
+    Design in kubemap.resources.filemode. Why init containers and not a wrapper: the user's image is any
     image (busybox, ImageMagick...), with no Python to run a kubemap wrapper in, so the kubemap
     image does the store work in its own containers around it, sharing an emptyDir:
 

@@ -25,7 +25,7 @@ from kubemap.contract import (
 from kubemap.core.attempts import Attempt, AttemptState, Report
 from kubemap.core.policy import Cause
 from kubemap.core.ranges import IndexRanges
-from kubemap.task.filemode import program_failure
+from kubemap.resources.filemode import program_failure
 
 # A pod that cannot be scheduled for this long is failed (for infrastructure) and replaced.
 UNSCHEDULABLE_SECONDS = 120.0

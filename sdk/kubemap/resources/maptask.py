@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from kubemap.core.status import Phase
-from kubemap.runtime.packages import check_packages
+from kubemap.resources.requirements import check_packages
 
 MAX_INLINE_ITEMS = 1000
 MAX_ITEM_LENGTH = 4096

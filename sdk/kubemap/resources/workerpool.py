@@ -14,7 +14,7 @@ from pydantic import ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from kubemap.resources.maptask import _Wire
-from kubemap.runtime.packages import check_packages
+from kubemap.resources.requirements import check_packages
 
 POOL_KIND: Final = "WorkerPool"
 POOL_PLURAL: Final = "workerpools"

@@ -1,4 +1,4 @@
-"""The kubemap containers of a files MapTask (see kubemap.task.filemode for the design).
+"""The kubemap containers of a files MapTask (see kubemap.resources.filemode for the design).
 
     python -m kubemap.runtime.filetransfer list     # the listing pod: files -> inputs.bin / inputs.idx
     python -m kubemap.runtime.filetransfer fetch    # init container: the item's file -> $KUBEMAP_INPUT_PATH
@@ -29,12 +29,13 @@ from kubemap.contract import (
     EXIT_INFRA_ERROR,
     EXIT_OK,
     EXIT_USAGE_ERROR,
+    FILES_KEY,
     RESULTS_PREFIX,
 )
 from kubemap.errors import ConfigError, StoreError
+from kubemap.resources import filemode as filetask
 from kubemap.stores import Store, open_store
 from kubemap.task import data as taskdata
-from kubemap.task import filemode as filetask
 from kubemap.task.inputfiles import READ_BUFFER, File, files
 
 USAGE = (
@@ -121,7 +122,7 @@ def run_list(environ: Mapping[str, str]) -> int:
         task.delete_prefix(prefix)
     total = taskdata.write_inputs(task, items)
     record = {**counts, "total": total, "input": input_url, "glob": glob}
-    task.put(filetask.ITEM_KEY, json.dumps(record).encode())
+    task.put(FILES_KEY, json.dumps(record).encode())
     _log(
         f"{counts['listed']} file(s) match {input_url} {glob}; {counts['skipped']} already done; {total} to run"
     )

@@ -14,7 +14,6 @@ import hashlib
 import importlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -25,37 +24,16 @@ from pathlib import Path
 
 ENV_POOL_PACKAGES = "KUBEMAP_POOL_PACKAGES"  # JSON list: the pool's spec.packages
 ENV_PACKAGE_CACHE = "KUBEMAP_PACKAGE_CACHE"  # where the environments go (an emptyDir in pods)
-MAX_PACKAGES = 64
-MAX_REQUIREMENT = 200
 INSTALL_TIMEOUT_SECONDS = 900.0
 # A failed set is not tried again for this long: the task that asked has failed by then, and
 # tasks queued behind it with the same set fail at once instead of each running pip; later
 # ones try again (the index may have been down).
 FAILURE_KEPT_SECONDS = 60.0
 COMPLETE_MARKER = ".kubemap-complete"
-# A requirement as pip takes it ("pandas==2.2.*", "tomli_w", "foo[bar]>=1; python_version>'3'"),
-# never an option: "--index-url ..." in a spec must not steer pip somewhere else.
-_REQUIREMENT = re.compile(r"^[A-Za-z0-9][^\s\\]*(\s*[;<>=!~,\[\]][^\\\n\r]*)?$")
 
 
 class PackageInstallError(Exception):
     """pip could not install a package set; permanent for the task that asked for it."""
-
-
-def check_packages(packages: Iterable[str], *, where: str = "packages") -> list[str]:
-    """The packages, validated: a short error naming the bad entry and what to do."""
-    out = [str(p).strip() for p in packages]
-    if len(out) > MAX_PACKAGES:
-        raise ValueError(
-            f"{where}: {len(out)} packages, at most {MAX_PACKAGES}: bake them into an image"
-        )
-    for p in out:
-        if not p or len(p) > MAX_REQUIREMENT or not _REQUIREMENT.match(p):
-            raise ValueError(
-                f"{where}: {p!r} is not a pip requirement (e.g. 'pandas==2.2.*'); options such "
-                "as --index-url belong in the pool's env (PIP_INDEX_URL), not in packages"
-            )
-    return out
 
 
 def package_set(*groups: Iterable[str] | None) -> tuple[str, ...]:

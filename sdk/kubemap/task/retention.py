@@ -32,6 +32,7 @@ from pathlib import Path
 
 from kubemap.contract import (
     ERRORS_PREFIX,
+    FILES_KEY,
     FN_KEY,
     INDEX_KEY,
     INPUTS_KEY,
@@ -44,7 +45,6 @@ from kubemap.stores import open_store
 from kubemap.stores.base import user_cache_dir
 from kubemap.stores.file import TMP_PREFIX
 from kubemap.task.cacheentries import CACHE_DIR, CONFIG_KEY, KEYS_KEY, MAP_KEY
-from kubemap.task.filemode import ITEM_KEY
 
 ENV_RETENTION_DAYS = "KUBEMAP_RETENTION_DAYS"
 DEFAULT_RETENTION_DAYS = 7.0
@@ -54,7 +54,7 @@ ENV_CACHE_MAX_GB = "KUBEMAP_CACHE_MAX_GB"  # unset: no size cap
 
 # What kubemap writes at the top of a task (taskdata, taskmeta, taskstatus, cache, filepod)
 TASK_FILES = frozenset(
-    {FN_KEY, INPUTS_KEY, INDEX_KEY, META_KEY, STATUS_KEY, CONFIG_KEY, KEYS_KEY, MAP_KEY, ITEM_KEY}
+    {FN_KEY, INPUTS_KEY, INDEX_KEY, META_KEY, STATUS_KEY, CONFIG_KEY, KEYS_KEY, MAP_KEY, FILES_KEY}
 )
 # ...and the names of the records in its two directories (contract.result_key, error_key)
 TASK_DIRS = {

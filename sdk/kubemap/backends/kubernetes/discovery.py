@@ -13,12 +13,16 @@ Where it looks: $KUBEMAP_OPERATOR_NAMESPACE, else the task's namespace, else kub
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubemap.errors import ClusterError
 from kubemap.stores import Store, open_store
 from kubemap.stores.s3 import S3Store
+
+if TYPE_CHECKING:
+    from kubemap.backends.kubernetes.client import Cluster
 
 CONFIGMAP_NAME = "kubemap-defaults"
 ENV_OPERATOR_NAMESPACE = "KUBEMAP_OPERATOR_NAMESPACE"
@@ -62,17 +66,12 @@ def candidate_namespaces(task_namespace: str) -> list[str]:
     return list(dict.fromkeys([task_namespace, DEFAULT_OPERATOR_NAMESPACE]))
 
 
-def find_defaults(namespace: str | None = None) -> ClusterDefaults | None:
-    """The chart's published defaults, or None when no kubemap-defaults ConfigMap is
-    readable (an older chart, another install method, or no RBAC to read it)."""
+def find_defaults(cluster: Cluster) -> ClusterDefaults | None:
+    """The chart's published defaults as `cluster` reads them, or None when no
+    kubemap-defaults ConfigMap is readable (an older chart, another install method, or no
+    RBAC to read it)."""
     from kubernetes.client.exceptions import ApiException
 
-    from kubemap.backends.kubernetes.client import Cluster
-
-    try:
-        cluster = Cluster.connect(namespace)
-    except ClusterError:
-        return None
     for ns in candidate_namespaces(cluster.namespace):
         try:
             found: Any = cluster.call(
@@ -120,11 +119,12 @@ def chart_store(defaults: ClusterDefaults) -> ChartStore:
     )
 
 
-def prepare_kubernetes_submit(
-    store: str | None, image: str | None, namespace: str | None
+def check_submit(
+    store: str | None, image: str | None, defaults: Callable[[], ClusterDefaults | None]
 ) -> ChartStore | None:
     """Checks before a Kubernetes submit: refuse a worker image whose Python minor is known
-    and differs from ours; return the chart's default store when the caller gave none."""
+    and differs from ours; return the chart's default store when the caller gave none.
+    `defaults` reads the chart's defaults; it is called only when they are needed."""
     from kubemap.contract import ENV_STORE
     from kubemap.task.meta import image_python, refuse_image_python
 
@@ -133,14 +133,32 @@ def prepare_kubernetes_submit(
     need_store = not store and not os.environ.get(ENV_STORE, "").strip()
     if image and not need_store:
         return None
-    defaults = find_defaults(namespace)
-    if defaults is None:
+    found = defaults()
+    if found is None:
         return None
     if not image:
-        worker_python = defaults.worker_python or image_python(defaults.worker_image)
+        worker_python = found.worker_python or image_python(found.worker_image)
         refuse_image_python(
-            worker_python, f"the cluster's worker image {defaults.worker_image} ({defaults.where})"
+            worker_python, f"the cluster's worker image {found.worker_image} ({found.where})"
         )
-    if need_store and defaults.store:
-        return chart_store(defaults)
+    if need_store and found.store:
+        return chart_store(found)
     return None
+
+
+def prepare_kubernetes_submit(
+    store: str | None, image: str | None, namespace: str | None
+) -> ChartStore | None:
+    """check_submit with a connection of its own, for a caller that has no backend at hand.
+    A submit asks its backend instead (KubernetesBackend.discover), which reuses the one
+    connection of the submit."""
+    from kubemap.backends.kubernetes.client import Cluster
+
+    def read() -> ClusterDefaults | None:
+        try:
+            cluster = Cluster.connect(namespace)
+        except ClusterError:
+            return None  # no cluster: the backend's preflight says so, naming the fix
+        return find_defaults(cluster)
+
+    return check_submit(store, image, read)

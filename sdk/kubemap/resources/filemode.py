@@ -43,7 +43,6 @@ PROGRAM_CONTAINER = "worker"  # the user's program: the name logs and messages u
 UPLOAD_CONTAINER = "kubemap-upload"
 LIST_CONTAINER = "kubemap-list"
 FILES_CACHE_DIR = "_cache/files"
-ITEM_KEY = "files.json"  # in the task: what the listing found
 
 
 def input_path(work_dir: str = WORK_DIR) -> str:
