@@ -46,6 +46,8 @@ ENV_FAILURES: Final = "KUBEMAP_FAILURES"
 # Where the worker writes its one-line outcome summary; the kubelet copies the file
 # into the pod's status (state.terminated.message) so the operator needs no S3 access.
 ENV_TERMINATION_LOG: Final = "KUBEMAP_TERMINATION_LOG"
+ENV_POOL_PACKAGES: Final = "KUBEMAP_POOL_PACKAGES"  # JSON list: a WorkerPool's spec.packages
+ENV_PACKAGE_CACHE: Final = "KUBEMAP_PACKAGE_CACHE"  # where pool workers install them (an emptyDir)
 DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"
 
 # --- Worker exit codes --------------------------------------------------------------

@@ -14,7 +14,7 @@ import hashlib
 import json
 from typing import Any
 
-from kubemap.contract import API_VERSION, ENV_TASK_URL
+from kubemap.contract import API_VERSION, ENV_PACKAGE_CACHE, ENV_POOL_PACKAGES, ENV_TASK_URL
 from kubemap.resources.workerpool import (
     ENV_DISPATCHER,
     ENV_POOL,
@@ -26,7 +26,6 @@ from kubemap.resources.workerpool import (
     WorkerPoolSpec,
     pool_resource_name,
 )
-from kubemap.runtime.packages import ENV_PACKAGE_CACHE, ENV_POOL_PACKAGES
 from kubemap.task.signing import POOL_KEY_ENV, key_env, pool_secret_name
 
 from kubemap_operator.podparts import apply_container_defaults, apply_pod_placement

@@ -22,8 +22,8 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-ENV_POOL_PACKAGES = "KUBEMAP_POOL_PACKAGES"  # JSON list: the pool's spec.packages
-ENV_PACKAGE_CACHE = "KUBEMAP_PACKAGE_CACHE"  # where the environments go (an emptyDir in pods)
+from kubemap.contract import ENV_PACKAGE_CACHE, ENV_POOL_PACKAGES
+
 INSTALL_TIMEOUT_SECONDS = 900.0
 # A failed set is not tried again for this long: the task that asked has failed by then, and
 # tasks queued behind it with the same set fail at once instead of each running pip; later
