@@ -11,6 +11,7 @@ from typing import Final
 
 # --- Custom resource -------------------------------------------------------------
 GROUP: Final = "kubemap.io"
+MAX_TASK_NAME: Final = 40  # DNS-1123, and short enough for the pod names made from it
 VERSION: Final = "v1alpha1"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
 KIND: Final = "MapTask"

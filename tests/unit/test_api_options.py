@@ -6,7 +6,8 @@ import re
 from typing import Any
 
 import pytest
-from kubemap.api.options import slugify, task_name, validate_options
+from kubemap.api.options import validate_options
+from kubemap.api.prepare import slugify, task_name
 from kubemap.errors import ConfigError
 from kubemap.resources.maptask import RunOptions
 

@@ -1,4 +1,4 @@
-"""Turning the keyword options of map/submit into a validated RunOptions, and naming tasks.
+"""Turning the keyword options of map/submit into a validated RunOptions.
 
 Pure logic, no I/O: a bad option becomes a ConfigError that names the option, the value
 given and what is allowed, instead of pydantic's generic report.
@@ -7,17 +7,13 @@ given and what is allowed, instead of pydantic's generic report.
 from __future__ import annotations
 
 import difflib
-import re
-import secrets
 from typing import Any
 
 from pydantic import ValidationError
 
+from kubemap.contract import MAX_TASK_NAME
 from kubemap.errors import ConfigError
 from kubemap.resources.maptask import RunOptions
-
-MAX_NAME = 40
-SUFFIX_HEX = 8
 
 
 def validate_options(options: dict[str, Any]) -> RunOptions:
@@ -54,7 +50,7 @@ def _allowed(field: str, error: Any) -> str:
         return f"use one of {ctx.get('expected', '')}"
     if field == "name":
         return (
-            f"a task name is at most {MAX_NAME} characters of lowercase letters, digits and '-', "
+            f"a task name is at most {MAX_TASK_NAME} characters of lowercase letters, digits and '-', "
             "starting and ending with a letter or digit (DNS-1123)"
         )
     bounds = RunOptions.model_fields[field].metadata if field in RunOptions.model_fields else []
@@ -66,17 +62,3 @@ def _allowed(field: str, error: Any) -> str:
                 limits.append(f"{word} {value}")
     message = str(error["msg"])
     return message + (f" (allowed: {' and '.join(limits)})" if limits else "")
-
-
-def slugify(text: str) -> str:
-    """Lowercase DNS-1123 label characters only: "my_func" -> "my-func"."""
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug
-
-
-def task_name(fn: Any, suffix: str | None = None) -> str:
-    """`<function name slug>-<8 random hex>`, at most 40 characters, DNS-1123."""
-    raw = getattr(fn, "__name__", None) or type(fn).__name__
-    slug = slugify("lambda" if raw == "<lambda>" else str(raw)) or "map"
-    slug = slug[: MAX_NAME - SUFFIX_HEX - 1].rstrip("-") or "map"
-    return f"{slug}-{suffix or secrets.token_hex(SUFFIX_HEX // 2)}"

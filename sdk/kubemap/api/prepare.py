@@ -1,4 +1,5 @@
-"""Writing a task's files before a run starts: check the arguments, pick the store, sign.
+"""Writing a task before a run starts: check the arguments, name the task, pick the store,
+sign, write its files.
 
 Kubernetes runs are signed (kubemap.task.signing): the backend hands out the task's signer before
 anything is uploaded, and fn.pkl and the inputs are written with their MACs.
@@ -7,13 +8,14 @@ anything is uploaded, and fn.pkl and the inputs are written with their MACs.
 from __future__ import annotations
 
 import contextlib
+import re
+import secrets
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
-from kubemap.api.options import task_name
 from kubemap.backends import Backend, get_backend
 from kubemap.backends.kubernetes.discovery import prepare_kubernetes_submit
-from kubemap.contract import META_KEY
+from kubemap.contract import MAX_TASK_NAME, META_KEY
 from kubemap.core.policy import FailureBudget
 from kubemap.errors import ConfigError, StoreError
 from kubemap.resources.maptask import RunOptions
@@ -22,6 +24,8 @@ from kubemap.task import retention
 from kubemap.task.data import write_function, write_inputs
 from kubemap.task.meta import TaskMeta, write_meta
 from kubemap.task.signing import Signer
+
+SUFFIX_HEX = 8
 
 
 @runtime_checkable
@@ -88,3 +92,17 @@ def _qualname(fn: Any) -> str:
     module = getattr(fn, "__module__", None) or ""
     qual = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
     return f"{module}:{qual}" if module else str(qual)
+
+
+def slugify(text: str) -> str:
+    """Lowercase DNS-1123 label characters only: "my_func" -> "my-func"."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug
+
+
+def task_name(fn: Any, suffix: str | None = None) -> str:
+    """`<function name slug>-<8 random hex>`, at most 40 characters, DNS-1123."""
+    raw = getattr(fn, "__name__", None) or type(fn).__name__
+    slug = slugify("lambda" if raw == "<lambda>" else str(raw)) or "map"
+    slug = slug[: MAX_TASK_NAME - SUFFIX_HEX - 1].rstrip("-") or "map"
+    return f"{slug}-{suffix or secrets.token_hex(SUFFIX_HEX // 2)}"
