@@ -1,4 +1,5 @@
-"""A client-side token bucket for pod creation, shared by every task the operator runs.
+"""How fast the operator goes: a token bucket for pod creation, shared by every task, and a
+per-object backoff after errors.
 
 Besides QPS and burst, the API server can say "slow down" (HTTP 429 with Retry-After):
 `pause(seconds)` holds every caller until then, as client-go's flowcontrol does.
@@ -8,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 
 class TokenBucket:
@@ -50,3 +54,40 @@ class TokenBucket:
     def pause(self, seconds: float) -> None:
         """The server said 429 Retry-After: hold every creation for that long."""
         self._paused_until = max(self._paused_until, self._clock() + max(0.0, seconds))
+
+
+class FailureBackoff(Generic[K]):
+    """Per-object exponential backoff, as client-go's ItemExponentialFailureRateLimiter: the
+    n-th failure in a row of one key waits base * 2**(n-1) seconds, at most `cap`; a success
+    (or forgetting the key) starts it over. One object failing never slows another."""
+
+    def __init__(
+        self, base: float = 0.5, cap: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if base <= 0 or cap < base:
+            raise ValueError(f"base ({base}) must be > 0 and cap ({cap}) >= base")
+        self.base = base
+        self.cap = cap
+        self._clock = clock
+        self._failures: dict[K, int] = {}
+        self._due: dict[K, float] = {}
+
+    def failed(self, key: K) -> float:
+        """One more failure of key: seconds to wait before its next try."""
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay = min(self.cap, self.base * 2.0 ** min(failures - 1, 64))
+        self._due[key] = self._clock() + delay
+        return delay
+
+    def succeeded(self, key: K) -> None:
+        self._failures.pop(key, None)
+        self._due.pop(key, None)
+
+    def failures(self, key: K) -> int:
+        """Failures of key in a row, since its last success."""
+        return self._failures.get(key, 0)
+
+    def waiting(self, key: K) -> bool:
+        """Key failed and its backoff has not run out yet (a periodic resync should skip it)."""
+        return self._clock() < self._due.get(key, 0.0)

@@ -401,3 +401,32 @@ async def test_an_invalid_spec_fails_with_a_condition_naming_the_field() -> None
 
     seen = run_status(status, total=4)
     assert seen.reason is Reason.INVALID_SPEC  # the SDK sees the reason, not a generic failure
+
+
+@pytest.mark.asyncio
+async def test_api_errors_back_off_per_task_and_a_success_resets() -> None:
+    """Before: every failed reconcile came back after a fixed 2 s, however long the API failed."""
+    from kubemap_operator.tasks.reconcile import Reconciler
+    from kubernetes.client.exceptions import ApiException
+
+    class FlakyApi(FakeApi):
+        broken = True
+
+        async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+            if self.broken:
+                raise ApiException(status=503, reason="Service Unavailable")
+            await super().patch_status(namespace, name, status)
+
+    task = maptask("t", count=4, parallelism=2)
+    task["metadata"]["uid"] = "uid-t"
+    api = FlakyApi(task, [])
+    reconciler = Reconciler(api, Settings(metrics_port=0))
+    key = (NS, "t")
+    assert [await reconciler.run_once(key) for _ in range(5)] == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert reconciler.backing_off(NS, "t")  # the periodic timer leaves it to its backoff
+    api.broken = False
+    assert await reconciler.run_once(key) not in (16.0, 0.5)  # the plan's own requeue
+    assert not reconciler.backing_off(NS, "t")
+    api.broken = True
+    api.task = {**api.task, "status": {}}  # a status to write again, and the write fails
+    assert await reconciler.run_once(key) == 0.5  # the next failure starts over

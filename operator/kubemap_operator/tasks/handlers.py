@@ -131,7 +131,10 @@ def build_registry(
         # A finished task has nothing left to time but its TTL (its pods' events still count).
         if status.get("phase") in FINISHED and spec.get("ttlSecondsAfterFinished") is None:
             return
-        await holder["reconciler"].trigger(namespace or "", name, logger)
+        reconciler = holder["reconciler"]
+        if reconciler.backing_off(namespace or "", name):
+            return  # its failure backoff wakes it (or a change does): a tick does not cut it short
+        await reconciler.trigger(namespace or "", name, logger)
 
     @kopf.on.event(
         "v1", "pods", id="worker-pod-event", labels={LABEL_TASK: kopf.PRESENT}, registry=registry

@@ -26,7 +26,7 @@ from urllib3.exceptions import HTTPError
 
 from kubemap_operator import metrics
 from kubemap_operator.kubeapi import CreateFailed, TaskApi, Throttled
-from kubemap_operator.ratelimit import TokenBucket
+from kubemap_operator.ratelimit import FailureBackoff, TokenBucket
 from kubemap_operator.settings import Settings
 from kubemap_operator.statusfields import clip, describe, rfc3339, set_condition
 from kubemap_operator.tasks import logkeeper
@@ -38,7 +38,6 @@ from kubemap_operator.workqueue import WorkQueue
 
 EventSink = Callable[[dict[str, Any], Event], None]
 CREATE_CONCURRENCY = 8
-ERROR_RETRY_SECONDS = 2.0
 
 
 def owned_by(pod: dict[str, Any], uid: str) -> bool:
@@ -67,6 +66,7 @@ class Reconciler:
         self.api = api
         self.settings = settings
         self.limiter = limiter or TokenBucket(settings.pod_create_qps, settings.pod_create_burst)
+        self.backoff: FailureBackoff[tuple[str, str]] = FailureBackoff()
         self.post_event = post_event or (lambda body, event: None)
         self.clock = clock
         self.limits = Limits(
@@ -76,7 +76,7 @@ class Reconciler:
         self._batch = max(1, settings.pod_create_burst)
         self._loggers: dict[tuple[str, str], Any] = {}
         self.queue: WorkQueue[tuple[str, str]] = WorkQueue(
-            self._run_once, longest_delay=settings.reconcile_interval
+            self.run_once, longest_delay=settings.reconcile_interval
         )
 
     async def trigger(
@@ -86,11 +86,14 @@ class Reconciler:
         self._loggers[(namespace, name)] = logger
         await self.queue.trigger((namespace, name))
 
-    async def _run_once(self, key: tuple[str, str]) -> float | None:
+    async def run_once(self, key: tuple[str, str]) -> float | None:
+        """Reconcile key once (the queue's callback): seconds until it wants to run again.
+        An API hiccup is retried after the key's own exponential backoff (0.5 s, 1 s, 2 s...
+        up to 60 s, reset by a success), not after a fixed delay nor kopf's 60 s."""
         namespace, name = key
         logger = self._loggers.get(key) or logging.getLogger("kubemap.operator")
         try:
-            return await self.reconcile(namespace, name, logger)
+            delay = await self.reconcile(namespace, name, logger)
         except (ApiException, OSError, HTTPError) as exc:
             if (
                 isinstance(exc, ApiException)
@@ -99,12 +102,20 @@ class Reconciler:
                 and exc.status not in (409, 429)
             ):
                 raise  # refused for good (403, 422...): kopf logs it and backs off
-            # A hiccup of the API server: try again soon, not at kopf's 60 s error backoff.
-            logger.warning(f"reconcile failed, retrying in {ERROR_RETRY_SECONDS:g}s: {exc}")
-            return ERROR_RETRY_SECONDS
+            retry = self.backoff.failed(key)
+            failures = self.backoff.failures(key)
+            logger.warning(f"reconcile failed ({failures} in a row), retrying in {retry:g}s: {exc}")
+            return retry
+        self.backoff.succeeded(key)
+        return delay
+
+    def backing_off(self, namespace: str, name: str) -> bool:
+        """The task's last reconcile failed and its backoff runs: a timer tick waits for it."""
+        return self.backoff.waiting((namespace, name))
 
     def forget(self, namespace: str, name: str) -> None:
         self.queue.forget((namespace, name))
+        self.backoff.succeeded((namespace, name))
         self._loggers.pop((namespace, name), None)
         metrics.observe_phase(namespace, name, None)
 
