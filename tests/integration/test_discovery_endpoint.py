@@ -2,7 +2,7 @@
 chart's S3 endpoint (ConfigMap kubemap-defaults), without writing it, or anything else, into
 the caller's os.environ: a library must not change its caller's environment.
 
-No cluster runs here: the ConfigMap read (discovery.find_defaults) and the calls that need
+No cluster runs here: the ConfigMap (a fake cluster answers it) and the calls that need
 an API server (preflight, the signer's pool key, creating the MapTask) are replaced; the
 upload goes to a real SeaweedFS that only the discovered endpoint reaches."""
 
@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
 import kubemap
 import pytest
-from kubemap.backends.kubernetes import discovery
 from kubemap.backends.kubernetes.backend import KubernetesBackend
+from kubemap.backends.kubernetes.client import Cluster
 from kubemap.backends.kubernetes.discovery import ClusterDefaults
 from kubemap.contract import FN_KEY, INDEX_KEY, INPUTS_KEY, META_KEY
 from kubemap.task.signing import Signer, new_key
@@ -29,6 +30,27 @@ ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_D
 
 class Started(Exception):
     """Raised where the MapTask would be created: everything before it has run."""
+
+
+class ChartCluster:
+    """A cluster whose only object is the chart's kubemap-defaults ConfigMap."""
+
+    def __init__(self, defaults: ClusterDefaults) -> None:
+        self.namespace = defaults.namespace
+        data = {"defaultStore": defaults.store, "s3Endpoint": defaults.s3_endpoint}
+        data["s3Region"] = defaults.s3_region
+        self.core = SimpleNamespace(
+            read_namespaced_config_map=lambda name, ns: SimpleNamespace(data=data)
+        )
+
+    def call(self, what: str, fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+
+def published(monkeypatch: pytest.MonkeyPatch, defaults: ClusterDefaults) -> None:
+    """The SDK's connect (wherever a submit makes it) reaches a cluster publishing `defaults`."""
+    fake = ChartCluster(defaults)
+    monkeypatch.setattr(Cluster, "connect", classmethod(lambda cls, namespace=None: fake))
 
 
 @pytest.fixture
@@ -43,7 +65,7 @@ def chart(s3_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tu
     defaults = ClusterDefaults(
         "kubemap-system", store, s3_server.endpoint, s3_server.region, "", ""
     )
-    monkeypatch.setattr(discovery, "find_defaults", lambda namespace=None: defaults)
+    published(monkeypatch, defaults)
     started: list[Any] = []
 
     def start(self: Any, task: Any, total: int, options: Any, name: str) -> Any:
@@ -92,12 +114,8 @@ def test_an_endpoint_the_caller_configured_still_wins(
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
     store, started = chart
-    monkeypatch.setattr(
-        discovery,
-        "find_defaults",
-        lambda namespace=None: ClusterDefaults(
-            "kubemap-system", store, "http://127.0.0.1:9", "", "", ""
-        ),
+    published(
+        monkeypatch, ClusterDefaults("kubemap-system", store, "http://127.0.0.1:9", "", "", "")
     )
     before = dict(os.environ)
     with pytest.raises(Started):

@@ -11,11 +11,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import chartkit as ck
-from kubemap.backends.kubernetes import discovery
 from kubemap.backends.kubernetes.discovery import (
     ChartStore,
     ClusterDefaults,
-    prepare_kubernetes_submit,
+    check_submit,
 )
 from kubemap.errors import ConfigError
 from kubemap.stores.s3 import S3Store
@@ -87,10 +86,13 @@ def test_notes_never_say_pip_install_kubemap() -> None:
     assert 'backend="kubernetes")' in notes  # no store needed: the ConfigMap gives it
 
 
+def first(published: list[ClusterDefaults]) -> ClusterDefaults | None:
+    return published[0] if published else None
+
+
 @pytest.fixture
 def published(monkeypatch: pytest.MonkeyPatch) -> list[ClusterDefaults]:
     found: list[ClusterDefaults] = []
-    monkeypatch.setattr(discovery, "find_defaults", lambda ns=None: found[0] if found else None)
     for name in ("KUBEMAP_STORE", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
@@ -108,7 +110,7 @@ def test_no_store_given_uses_the_charts_default_and_endpoint(
         )
     )
     before = dict(os.environ)
-    found = prepare_kubernetes_submit(None, None, None)
+    found = check_submit(None, None, lambda: first(published))
     assert found == ChartStore("s3://kubemap/tasks", "http://s3.local:8333", "eu-west-3")
     store = found.open()
     assert isinstance(store, S3Store)
@@ -138,9 +140,9 @@ def test_a_given_store_or_endpoint_wins(
             "kubemap-system", "s3://kubemap/tasks", "http://s3.local:8333", "", "", HERE
         )
     )
-    assert prepare_kubernetes_submit("s3://mine/x", None, None) is None
+    assert check_submit("s3://mine/x", None, lambda: first(published)) is None
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")
-    found = prepare_kubernetes_submit(None, None, None)
+    found = check_submit(None, None, lambda: first(published))
     assert found == ChartStore("s3://kubemap/tasks")  # the caller's own endpoint is used
     assert str(found.open().child("t").client.meta.endpoint_url) == "http://127.0.0.1:9000"
     assert os.environ["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9000"
@@ -151,15 +153,15 @@ def test_the_cluster_image_with_another_python_is_refused_at_submit(
 ) -> None:
     published.append(ClusterDefaults("kubemap-system", "s3://k/t", "", "", "me/kubemap:1", "3.2"))
     with pytest.raises(ConfigError, match=rf"Python 3\.2 but this SDK runs Python {HERE}"):
-        prepare_kubernetes_submit(None, None, None)
+        check_submit(None, None, lambda: first(published))
 
 
 def test_an_image_naming_another_python_is_refused_before_any_lookup(
     published: list[ClusterDefaults],
 ) -> None:
     with pytest.raises(ConfigError, match=r"image python:3\.2-slim runs Python 3\.2"):
-        prepare_kubernetes_submit("s3://k/t", "python:3.2-slim", None)
-    assert prepare_kubernetes_submit("s3://k/t", f"python:{HERE}-slim", None) is None
+        check_submit("s3://k/t", "python:3.2-slim", lambda: first(published))
+    assert check_submit("s3://k/t", f"python:{HERE}-slim", lambda: first(published)) is None
 
 
 @pytest.mark.parametrize(

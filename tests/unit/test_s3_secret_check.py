@@ -22,34 +22,26 @@ class FakeCluster:
         return self.answer
 
 
-@pytest.fixture
-def chart_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    defaults = discovery.ClusterDefaults.from_data("kubemap-system", {"s3Secret": "team-s3"})
-    monkeypatch.setattr(discovery, "find_defaults", lambda namespace=None: defaults)
+CHART = discovery.ClusterDefaults.from_data("kubemap-system", {"s3Secret": "team-s3"})
 
 
-@pytest.mark.usefixtures("chart_secret")
 def test_a_namespace_without_the_charts_secret_is_refused_with_the_command() -> None:
     cluster = FakeCluster("ns1", answer=False)
     with pytest.raises(ConfigError) as info:
-        require_s3_secret(cluster)  # type: ignore[arg-type]
+        require_s3_secret(cluster, CHART)  # type: ignore[arg-type]
     assert cluster.asked == ["team-s3"]
     assert "kubectl create secret generic team-s3 -n ns1" in str(info.value)
     assert "nothing was submitted" in str(info.value)
 
 
-@pytest.mark.usefixtures("chart_secret")
 @pytest.mark.parametrize("answer", [True, None], ids=["present", "forbidden"])
 def test_a_present_or_unreadable_secret_does_not_block(answer: bool | None) -> None:
     cluster = FakeCluster("ns1", answer=answer)
-    require_s3_secret(cluster)  # type: ignore[arg-type]
+    require_s3_secret(cluster, CHART)  # type: ignore[arg-type]
     assert cluster.asked == ["team-s3"]
 
 
-def test_without_the_charts_defaults_the_default_name_is_checked(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(discovery, "find_defaults", lambda namespace=None: None)
+def test_without_the_charts_defaults_the_default_name_is_checked() -> None:
     cluster = FakeCluster("ns2", answer=False)
     with pytest.raises(ConfigError, match='Secret "kubemap-s3"'):
-        require_s3_secret(cluster)  # type: ignore[arg-type]
+        require_s3_secret(cluster, None)  # type: ignore[arg-type]

@@ -18,14 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from kubemap.backends.kubernetes import keys
 from kubemap.backends.kubernetes.client import Cluster
 from kubemap.backends.kubernetes.client import message_of as _message
-from kubemap.backends.kubernetes.workerpools import (  # noqa: F401  (part of this module's API)
-    DEFAULT_REPLICAS,
-    PoolCreatedWarning,
-    check_pool_python,
-    ensure_pool,
-    get_pool,
-    list_pools,
-)
+from kubemap.backends.kubernetes.workerpools import DEFAULT_REPLICAS, get_pool
 from kubemap.contract import API_VERSION, GROUP, VERSION
 from kubemap.errors import ClusterError, ConfigError
 from kubemap.resources.workerpool import (

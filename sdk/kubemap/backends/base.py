@@ -56,6 +56,11 @@ class Backend(Protocol):
 
     name: str
 
+    def discover(self, options: RunOptions) -> Store | None:
+        """Before anything is written: the store this backend's install names for runs when
+        the caller named none (None: the caller's), after checks that need no store."""
+        ...
+
     def preflight(self, store_url: str, options: RunOptions) -> None:
         """Refuse, with a ConfigError or ClusterError, what would fail only after the upload."""
         ...

@@ -22,6 +22,13 @@ from kubernetes.client.exceptions import ApiException
 from kubemap.backends.base import wait_by_polling
 from kubemap.backends.kubernetes import keys
 from kubemap.backends.kubernetes.client import Cluster, ClusterClient, message_of
+from kubemap.backends.kubernetes.discovery import ClusterDefaults, check_submit, find_defaults
+from kubemap.backends.kubernetes.workerpools import (
+    create_default_pool,
+    get_pool,
+    new_pool_replicas,
+    refuse_other_python,
+)
 from kubemap.contract import ANNOTATION_RETRY, API_VERSION, GROUP, KIND, PLURAL, VERSION
 from kubemap.core.batching import auto_items_per_pod
 from kubemap.core.ranges import IndexRanges
@@ -83,17 +90,11 @@ def build_maptask(name: str, store_url: str, total: int, options: RunOptions) ->
     }
 
 
-def require_s3_secret(cluster: Cluster) -> None:
+def require_s3_secret(cluster: Cluster, defaults: ClusterDefaults | None) -> None:
     """Refuse, before anything is uploaded, a namespace without the Secret worker pods read
     their S3 keys from: its pods would wait for it for ever (CreateContainerConfigError).
     Its name is the chart's (kubemap-defaults s3Secret), else kubemap-s3. A user who may not
     read Secrets is not blocked: the operator then fails the task naming the Secret."""
-    from kubemap.backends.kubernetes.discovery import find_defaults
-
-    try:
-        defaults = find_defaults(cluster.namespace)
-    except ClusterError:
-        defaults = None
     name = (defaults.s3_secret if defaults else "") or DEFAULT_S3_SECRET
     if cluster.secret_exists(name) is not False:
         return
@@ -196,17 +197,56 @@ def attach_maptask(
     return task, total, KubeRunHandle(cluster, name, total, task, signer=signer)
 
 
+_UNREAD: Any = object()  # a pool the submit has not read yet (None: read, and missing)
+
+
 class KubernetesBackend:
+    """Runs tasks as MapTasks. One instance serves one submit (get_backend makes a new one
+    per call) and keeps what the submit's steps share -- discover, preflight, task_signer,
+    start -- so that a submit connects to the cluster once, reads the chart's defaults
+    once and reads its WorkerPool once."""
+
     name = "kubernetes"
 
     def __init__(self) -> None:
         self._signers: dict[str, Signer] = {}
+        self._cluster: Cluster | None = None
+        self._defaults: dict[str, ClusterDefaults | None] = {}
+        self._pools: dict[str, dict[str, Any] | None] = {}  # read by preflight, used by start
+
+    def connect(self, namespace: str | None) -> Cluster:
+        """The submit's connection: made by the first step that needs it, then reused."""
+        if self._cluster is None or (namespace and namespace != self._cluster.namespace):
+            self._cluster = Cluster.connect(namespace)
+        return self._cluster
+
+    def chart_defaults(self, namespace: str | None) -> ClusterDefaults | None:
+        """The chart's defaults (kubemap-defaults), read once; None when there are none, or
+        no cluster or ConfigMap can be reached (the preflight then names what is wrong)."""
+        try:
+            cluster = self.connect(namespace)
+        except ClusterError:
+            return None
+        if cluster.namespace not in self._defaults:
+            try:
+                self._defaults[cluster.namespace] = find_defaults(cluster)
+            except ClusterError:
+                self._defaults[cluster.namespace] = None
+        return self._defaults[cluster.namespace]
+
+    def discover(self, options: RunOptions) -> Store | None:
+        """Before anything is written: refuse a worker image of another Python; the chart's
+        default store (through the chart's S3 endpoint) when the caller named none."""
+        found = check_submit(
+            options.store, options.image, lambda: self.chart_defaults(options.namespace)
+        )
+        return found.open() if found else None
 
     def task_signer(self, name: str, options: RunOptions) -> Signer:
         """The signer of task `name`, before its files are uploaded: a fresh key, or on a
         pool the pool's key (read or created now: its workers cannot mount one per task)."""
         if options.pool:
-            key = keys.pool_key(Cluster.connect(options.namespace), options.pool).key
+            key = keys.pool_key(self.connect(options.namespace), options.pool).key
         else:
             key = new_key()
         signer = Signer(name, key)
@@ -214,9 +254,10 @@ class KubernetesBackend:
         return signer
 
     def preflight(self, store_url: str, options: RunOptions) -> None:
-        """Before uploading anything: an S3 store, a reachable API, the MapTask CRD installed."""
+        """Before uploading anything: an S3 store, a reachable API, the MapTask CRD installed,
+        the S3 Secret of the pods, and a pool whose workers run our Python."""
         _require_s3(store_url)
-        cluster = Cluster.connect(options.namespace)
+        cluster = self.connect(options.namespace)
         try:
             cluster.call(
                 "list MapTasks",
@@ -232,21 +273,23 @@ class KubernetesBackend:
                 f"cannot list MapTasks in namespace {cluster.namespace} at {cluster.host}: "
                 f"{message_of(exc)}; check your RBAC or pick another namespace"
             ) from None
-        require_s3_secret(cluster)
+        require_s3_secret(cluster, self.chart_defaults(options.namespace))
         if options.pool:
-            from kubemap.backends.kubernetes.workerpools import check_pool_python
-
-            check_pool_python(cluster, options.pool)
+            pool = get_pool(cluster, options.pool)
+            refuse_other_python(pool, options.pool)
+            self._pools[options.pool] = pool
 
     def start(self, task: Store, total: int, options: RunOptions, name: str) -> KubeRunHandle:
         body = build_maptask(name, task.url, total, options)
-        cluster = Cluster.connect(options.namespace)
+        cluster = self.connect(options.namespace)
         signer = self._signers.pop(name, None)
         if options.pool:
-            from kubemap.backends.kubernetes.workerpools import ensure_pool, get_pool
-
-            ensure_pool(cluster, options.pool, replicas=options.parallelism)
-            pool = get_pool(cluster, options.pool) or {}
+            pool = self._pools.pop(options.pool, _UNREAD)
+            if pool is _UNREAD:
+                pool = get_pool(cluster, options.pool)
+            if pool is None:
+                replicas = new_pool_replicas(options.parallelism)
+                pool = create_default_pool(cluster, options.pool, replicas=replicas)
             uid = (pool.get("metadata") or {}).get("uid")
             if signer is not None and uid:
                 keys.adopt_pool_key(cluster, options.pool, str(uid))
@@ -270,7 +313,7 @@ class KubernetesBackend:
         """Ask the operator to rerun what has no result: a new kubemap.io/retry token (and
         spec.suspend false, for a cancelled task). The operator keeps the succeeded indices
         it recorded; `succeeded` (from the store) is not needed here."""
-        cluster = Cluster.connect(options.namespace)
+        cluster = self.connect(options.namespace)
         token = request_retry(cluster, name)
         return KubeRunHandle(cluster, name, total, task, retry_token=token)
 

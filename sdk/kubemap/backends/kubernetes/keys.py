@@ -74,13 +74,13 @@ def pool_key(cluster: Cluster, pool: str) -> Signer:
         key = read_key(cluster, name)
         if key is not None:
             return Signer("", key)
-        body = key_secret(name, new_key(), {LABEL_POOL: pool})
+        key = new_key()
         try:
             cluster.call(
                 f"create Secret {name}",
                 cluster.core.create_namespaced_secret,
                 cluster.namespace,
-                body,
+                key_secret(name, key, {LABEL_POOL: pool}),
             )
         except ApiException as exc:
             if exc.status == 409:
@@ -88,6 +88,7 @@ def pool_key(cluster: Cluster, pool: str) -> Signer:
             raise ClusterError(
                 f"creating the pool key Secret {name} was refused: {message_of(exc)}; {_RIGHTS}"
             ) from None
+        return Signer("", key)
     raise ClusterError(f"the pool key Secret {name} keeps changing: retry the submit")
 
 

@@ -68,12 +68,12 @@ def list_pools(cluster: Cluster) -> list[dict[str, Any]]:
     return list(body.get("items") or [])
 
 
-def check_pool_python(cluster: Cluster, name: str) -> None:
-    """Refuse, before anything is uploaded, a pool whose workers run another Python minor."""
-    body = get_pool(cluster, name)
-    if body is None:
+def refuse_other_python(pool: dict[str, Any] | None, name: str) -> None:
+    """Refuse, before anything is uploaded, a pool (its body, None: not made yet) whose
+    workers run another Python minor."""
+    if pool is None:
         return  # created at start; its workers check every lease against the task
-    advertised = WorkerPoolStatus.model_validate(body.get("status") or {}).python_version
+    advertised = WorkerPoolStatus.model_validate(pool.get("status") or {}).python_version
     mine = python_minor()
     if advertised and mine not in advertised.split(","):
         raise ConfigError(
@@ -83,15 +83,18 @@ def check_pool_python(cluster: Cluster, name: str) -> None:
         )
 
 
-def ensure_pool(cluster: Cluster, name: str, *, replicas: int | None = None) -> bool:
-    """Create the pool with default settings unless it exists; True if this call made it.
+def new_pool_replicas(parallelism: int | None) -> int:
+    """The size of a pool made for a task that named a missing one: as many workers as
+    the task may use at once (its parallelism, at most 100), else DEFAULT_REPLICAS."""
+    return min(parallelism or DEFAULT_REPLICAS, 100)
+
+
+def create_default_pool(cluster: Cluster, name: str, *, replicas: int) -> dict[str, Any]:
+    """Create the pool a task named and nobody made, with default settings; its body.
 
     Making one is said out loud (PoolCreatedWarning, naming its size and how to delete it):
     a mistyped pool name would otherwise start a second pool of workers nobody knows of."""
-    if get_pool(cluster, name) is not None:
-        return False
-    size = min(replicas or DEFAULT_REPLICAS, 100)
-    spec = WorkerPoolSpec(replicas=size, max_replicas=max(100, size))
+    spec = WorkerPoolSpec(replicas=replicas, max_replicas=max(100, replicas))
     body = {
         "apiVersion": API_VERSION,
         "kind": POOL_KIND,
@@ -99,20 +102,20 @@ def ensure_pool(cluster: Cluster, name: str, *, replicas: int | None = None) -> 
         "spec": spec.to_wire(),
     }
     try:
-        cluster.call(
+        created = cluster.call(
             f"create WorkerPool {name}",
             cluster.custom.create_namespaced_custom_object,
             GROUP, VERSION, cluster.namespace, POOL_PLURAL, body,
         )  # fmt: skip
     except ApiException as exc:
         if exc.status == 409:  # made meanwhile by another submit: fine, and not ours to announce
-            return False
+            return get_pool(cluster, name) or {}
         raise ClusterError(f"creating WorkerPool {name} was refused: {_message(exc)}") from None
     ns = cluster.namespace
     _warn_created(
         f"no WorkerPool {name!r} existed in namespace {ns}, so kubemap created it with "
-        f"{size} worker{'' if size == 1 else 's'} (they stop after {spec.idle_ttl_seconds} s "
-        f"idle); if the name is a typo, delete it with `kubemap pool delete {name} -n {ns}` "
-        f"(`kubemap pool list -n {ns}` shows the pools)"
+        f"{replicas} worker{'' if replicas == 1 else 's'} (they stop after "
+        f"{spec.idle_ttl_seconds} s idle); if the name is a typo, delete it with "
+        f"`kubemap pool delete {name} -n {ns}` (`kubemap pool list -n {ns}` shows the pools)"
     )
-    return True
+    return dict(created)

@@ -57,6 +57,10 @@ class LocalBackend:
 
     name = "local"
 
+    def discover(self, options: RunOptions) -> Store | None:
+        """No install to ask: the caller's store, or the default one."""
+        return None
+
     def preflight(self, store_url: str, options: RunOptions) -> None:
         """Any store works locally: nothing to check before the upload."""
 
