@@ -50,7 +50,8 @@ class WorkerPool:
         cluster: Cluster | None = None,
     ) -> None:
         self.name = name
-        self.cluster = cluster or Cluster.connect(namespace)
+        # WorkerPools exist only on a cluster: no local backend to suggest instead.
+        self.cluster = cluster or Cluster.connect(namespace, alternative=None)
         try:
             self.spec = WorkerPoolSpec(
                 replicas=replicas,

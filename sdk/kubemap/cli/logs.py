@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kubemap.cli.tasks import NAMESPACE, _fail
-from kubemap.cli.where import backend_option, locate, store_option
+from kubemap.cli.exits import exit_with_error
+from kubemap.cli.where import backend_option, locate, namespace_option, store_option
 from kubemap.contract import (
     ANNOTATION_ATTEMPT,
     ANNOTATION_COUNT,
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 @click.option(
     "--index", "index", type=int, default=None, help="Only the latest pod that ran this index."
 )
-@NAMESPACE
+@namespace_option
 @backend_option("the task is")
 @store_option
 def logs_cmd(
@@ -38,13 +38,13 @@ def logs_cmd(
     found = locate(name, backend=backend, store=store, namespace=namespace)
     if found.local or found.cluster is None:
         flags = found.flags()
-        _fail(
+        exit_with_error(
             f"task {name} ran on this machine: it has no pods, and its functions' output went "
             f"to the terminal that ran it; its failures with their tracebacks: `kubemap "
             f"results {name}{flags} --verbose`"
         )
     cluster = found.cluster
-    assert cluster is not None  # _fail exited otherwise
+    assert cluster is not None  # exit_with_error exited otherwise
     pods = cluster.call(
         "list pods",
         cluster.core.list_namespaced_pod,
@@ -66,7 +66,7 @@ def logs_cmd(
         return
     if not chosen:
         where = f"index {index}" if index is not None else "this task"
-        _fail(
+        exit_with_error(
             f"no pod of {where} exists any more (succeeded pods are removed); "
             f"for function-mode failures see `kubemap results {name}`"
         )
@@ -85,7 +85,7 @@ def logs_cmd(
             continue
         click.echo(str(text), nl=not str(text).endswith("\n"))
     if unreadable:
-        _fail(
+        exit_with_error(
             f"could not read the logs of {len(unreadable)} of {len(chosen)} pod(s): check "
             f"`kubectl logs {unreadable[0]} -n {cluster.namespace}` (RBAC on pods/log, or the "
             "pod never started)"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kubemap.cli.tasks import _guard
+from kubemap.cli.exits import one_line_errors
 from kubemap.resources.crds import render_pool_crd
 
 CRD_FILE = Path(__file__).resolve().parents[3] / "crds" / "workerpool.yaml"
@@ -71,7 +71,7 @@ def list_cmd(namespace: str | None) -> None:
     from kubemap.resources.workerpool import WorkerPoolStatus
 
     rows = [("NAME", "REPLICAS", "READY", "BUSY", "IDLE", "TASKS", "PYTHON")]
-    for body in list_pools(Cluster.connect(namespace)):
+    for body in list_pools(Cluster.connect(namespace, alternative=None)):
         st = WorkerPoolStatus.model_validate(body.get("status") or {})
         rows.append(
             (body["metadata"]["name"], str(st.replicas), str(st.ready), str(st.busy),
@@ -127,5 +127,5 @@ def crd_cmd(check: bool) -> None:
 
 def register(group: click.Group) -> None:
     for command in pool_group.commands.values():
-        _guard(command, cluster_only=True)
+        one_line_errors(command)
     group.add_command(pool_group)

@@ -11,11 +11,13 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
-from kubemap.cli.outcome import in_cli_words, outcome, print_outcome, why
+from kubemap.cli.exits import exit_with_error, one_line_errors
+from kubemap.cli.logs import logs_cmd
+from kubemap.cli.outcome import outcome, print_outcome, why
 from kubemap.cli.where import (
     KUBERNETES,
     LOCAL,
@@ -27,13 +29,13 @@ from kubemap.cli.where import (
     connect,
     local_tasks,
     locate,
+    namespace_option,
     store_option,
 )
 from kubemap.contract import (
     LABEL_TASK,
     task_label,
 )
-from kubemap.errors import KubemapError
 from kubemap.resources.crds import render_crd
 from kubemap.resources.maptask import MapTaskStatus
 
@@ -41,36 +43,12 @@ if TYPE_CHECKING:
     from kubemap.backends.kubernetes.client import Cluster
 
 
-def _connect(namespace: str | None) -> Cluster:
-    # The Kubernetes client takes ~1 s to import: only cluster commands pay for it, so
-    # `kubemap run` on the local backend never loads it.
-    return connect(namespace)
-
-
-NAMESPACE = click.option(
-    "-n", "--namespace", default=None, help="Namespace (default: the kubeconfig context's)."
-)
 CRD_FILE = Path(__file__).resolve().parents[3] / "crds" / "maptask.yaml"
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
-def _task(cluster: Cluster, name: str) -> dict[str, Any]:
-    body = cluster.get(name)
-    if body is None:
-        _fail(
-            f"no MapTask {name!r} in namespace {cluster.namespace}: see `kubemap list -n {cluster.namespace}`"
-        )
-    assert body is not None
-    return body
 
 
 @click.command("get", short_help="Show one task's progress (local or a MapTask).")
 @click.argument("name")
-@NAMESPACE
+@namespace_option
 @backend_option("the task is")
 @store_option
 def get_cmd(name: str, namespace: str | None, backend: str | None, store: str | None) -> None:
@@ -145,7 +123,7 @@ def _short(text: str, limit: int = 200) -> str:
 
 
 @click.command("list", short_help="List tasks: this machine's and the cluster's MapTasks.")
-@NAMESPACE
+@namespace_option
 @backend_option("to list")
 @store_option
 @click.option(
@@ -185,7 +163,7 @@ def list_cmd(
             rows.append((*row, "-", retries, when, task.run.store_url) if wide else (*row, when))
     if backend != LOCAL:
         try:
-            cluster = _connect(namespace)
+            cluster = connect(namespace)
         except NoCluster:
             if backend == KUBERNETES:
                 raise
@@ -253,7 +231,7 @@ def _created(text: str | None) -> datetime | None:
 
 @click.command("cancel", short_help="Cancel a task (a MapTask's running pods are deleted).")
 @click.argument("name")
-@NAMESPACE
+@namespace_option
 @backend_option("the task is")
 @store_option
 def cancel_cmd(name: str, namespace: str | None, backend: str | None, store: str | None) -> None:
@@ -287,7 +265,7 @@ def _cancel_local(where: Where) -> None:
         return
     raw = open_store(str(where.store)).child(where.name).get(STATUS_KEY)
     runner = json.loads(raw).get("runner") or {}
-    _fail(
+    exit_with_error(
         f"task {where.name} runs on this machine in process {runner.get('pid', '?')} on "
         f"{runner.get('host', '?')}, which alone can stop it: press Ctrl-C there (or "
         f"`kill -INT {runner.get('pid', 'PID')}`); its finished results stay in the store"
@@ -296,7 +274,7 @@ def _cancel_local(where: Where) -> None:
 
 @click.command("results", short_help="Print a task's results as JSON lines (local or MapTask).")
 @click.argument("name")
-@NAMESPACE
+@namespace_option
 @backend_option("the task is")
 @store_option
 @click.option(
@@ -347,7 +325,7 @@ def results_cmd(
 def _container_has_no_results(name: str, status: MapTaskStatus) -> None:
     """Container tasks write no results kubemap could read: say what there is instead."""
     failed = f" (failed: {_short(status.failed_indexes)})" if status.failed_indexes else ""
-    _fail(
+    exit_with_error(
         f"MapTask {name} runs a container (mode Container): kubemap keeps no results for it, "
         f"only its status, {status.phase.value}: {status.succeeded} of {status.total} indices "
         f"succeeded, {status.failed} failed{failed}. Its output is in the pods' logs: "
@@ -367,37 +345,14 @@ def crd_cmd(check: bool) -> None:
         click.echo(text, nl=False)
         return
     if not CRD_FILE.is_file():
-        _fail(f"{CRD_FILE} not found: run from a kubemap checkout")
+        exit_with_error(f"{CRD_FILE} not found: run from a kubemap checkout")
     if CRD_FILE.read_text() != text:
-        _fail(
+        exit_with_error(
             f"{CRD_FILE} differs from the models: regenerate it with `kubemap crd > crds/maptask.yaml`"
         )
     click.echo(f"{CRD_FILE} is up to date")
 
 
-def _guard(command: click.Command, *, cluster_only: bool = False) -> click.Command:
-    """kubemap errors print as one clear line, not a traceback. A `cluster_only` command
-    (WorkerPools exist only on a cluster) has no local alternative to offer."""
-    callback = command.callback
-    assert callback is not None
-
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return callback(*args, **kwargs)
-        except KubemapError as exc:
-            message = in_cli_words(str(exc))
-            if cluster_only:
-                message = message.replace(", or use --backend local", "").replace(
-                    "or use --backend local", ""
-                )
-            _fail(message)
-
-    command.callback = wrapped
-    return command
-
-
 def register(group: click.Group) -> None:
-    from kubemap.cli.logs import logs_cmd  # it builds on this module's helpers
-
     for command in (get_cmd, list_cmd, logs_cmd, cancel_cmd, results_cmd, crd_cmd):
-        group.add_command(_guard(command))
+        group.add_command(one_line_errors(command))

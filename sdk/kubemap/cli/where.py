@@ -39,6 +39,12 @@ def backend_option(what: str) -> Callable[[F], F]:
     )
 
 
+def namespace_option(f: F) -> F:
+    return click.option(
+        "-n", "--namespace", default=None, help="Namespace (default: the kubeconfig context's)."
+    )(f)
+
+
 def store_option(f: F) -> F:
     return click.option(
         "--store",

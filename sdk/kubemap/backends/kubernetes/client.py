@@ -24,6 +24,8 @@ INSTALL_HINT = (
     "install kubemap into the cluster first: "
     "helm install kubemap charts/kubemap --namespace kubemap-system --create-namespace"
 )
+# What a caller without a cluster can do instead, for the SDK's runs.
+LOCAL_ALTERNATIVE = "use backend='local'"
 T = TypeVar("T")
 # Ask the API server for an object's metadata only (a Secret's data is never sent).
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
@@ -54,7 +56,16 @@ class Cluster:
     host: str
 
     @classmethod
-    def connect(cls, namespace: str | None = None, context: str | None = None) -> Cluster:
+    def connect(
+        cls,
+        namespace: str | None = None,
+        context: str | None = None,
+        *,
+        alternative: str | None = LOCAL_ALTERNATIVE,
+    ) -> Cluster:
+        """Connect with the current kubeconfig (or the in-cluster account). Without one the
+        ClusterError names how to configure one and, unless None, the caller's
+        `alternative` to a cluster (a WorkerPool has none)."""
         current_ns = "default"
         try:
             config.load_incluster_config()
@@ -66,9 +77,10 @@ class Cluster:
                 _, active = config.list_kube_config_contexts()
                 current_ns = (active or {}).get("context", {}).get("namespace") or current_ns
             except (config.ConfigException, OSError, TypeError) as exc:
+                otherwise = f", or {alternative}" if alternative else ""
                 raise ClusterError(
-                    f"no Kubernetes configuration found ({exc}): set KUBECONFIG or ~/.kube/config, "
-                    "or use backend='local'"
+                    f"no Kubernetes configuration found ({exc}): set KUBECONFIG or "
+                    f"~/.kube/config{otherwise}"
                 ) from None
         api = client.ApiClient()
         return cls(api=api, namespace=namespace or current_ns, host=str(api.configuration.host))
