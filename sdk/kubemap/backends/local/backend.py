@@ -2,7 +2,7 @@
 
 A driver thread asks `kubemap.core.plan.plan` -- the same function the operator executes
 for pods -- what to start, record and conclude; it sends the slices to forked worker
-processes (localpool.ProcessPool) and turns each reply into an attempt for the next plan.
+processes (processes.WorkerProcesses) and turns each reply into an attempt for the next plan.
 So retries, failure classes, the failure budget, systematic infrastructure failures and
 the verdict's message are decided exactly as on a cluster. What is local: slice sizes adapt
 to the measured speed (chunking.ChunkPlanner) unless `items_per_pod` is given, retries wait
@@ -25,7 +25,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from kubemap.backends.base import still_running
-from kubemap.backends.local.processes import WARM, Broken, Done, Job, ProcessPool
+from kubemap.backends.local.processes import WARM_WORKERS, Broken, Done, Job, WorkerProcesses
 from kubemap.contract import EXIT_INFRA_ERROR, EXIT_OK, EXIT_USER_ERROR
 from kubemap.core.attempts import Attempt, AttemptState, Report
 from kubemap.core.chunking import ChunkPlanner, worker_count
@@ -114,7 +114,7 @@ class LocalRun:
             total, min_success_ratio=options.min_success_ratio
         ).allowed
         self._status = RunStatus(phase=Phase.PENDING, total=total)
-        self._pool: ProcessPool | None = None
+        self._workers: WorkerProcesses | None = None
         self._thread: threading.Thread | None = None
         self._wake_r: int | None = None
         self._wake_w: int | None = None
@@ -150,7 +150,7 @@ class LocalRun:
             self._finished.set()
             return
         # Fork (or take warm) workers here, in the caller's thread, before this run starts one.
-        self._pool = WARM.acquire(
+        self._workers = WARM_WORKERS.acquire(
             worker_count(self.total, self.parallelism, self.options.items_per_pod)
         )
         self._wake_r, self._wake_w = os.pipe()
@@ -173,12 +173,12 @@ class LocalRun:
             self._status = status
 
     def _drive(self) -> None:
-        assert self._pool is not None
-        pool = self._pool
+        assert self._workers is not None
+        workers = self._workers
         try:
-            verdict = self._loop(pool)
+            verdict = self._loop(workers)
         except BaseException as exc:  # a bug or a broken store: never leave waiters hanging
-            pool.kill()
+            workers.kill()
             verdict = Verdict(Phase.FAILED, Reason.INFRASTRUCTURE, f"local backend failed: {exc}")
         try:
             self._conclude(verdict)
@@ -208,7 +208,7 @@ class LocalRun:
         return Rules(
             total=self.total,
             items_per_slice=size,
-            parallelism=self._pool.size if self._pool else self.parallelism,
+            parallelism=self._workers.size if self._workers else self.parallelism,
             retries=self.options.retries,
             min_success_ratio=self.options.min_success_ratio,
             deadline_seconds=self.options.timeout,
@@ -216,7 +216,7 @@ class LocalRun:
             backoff_base_seconds=LOCAL_BACKOFF_BASE,
         )
 
-    def _loop(self, pool: ProcessPool) -> Verdict:
+    def _loop(self, workers: WorkerProcesses) -> Verdict:
         """Plan, start what the plan says, wait for replies; until the plan's verdict."""
         while True:
             now = datetime.now(UTC)
@@ -224,13 +224,16 @@ class LocalRun:
             self._record(decision)
             if decision.verdict is not None:
                 # A success leaves idle workers: the next run in this process takes them.
-                pool.kill() if decision.verdict.phase is not Phase.SUCCEEDED else WARM.release(pool)
+                if decision.verdict.phase is Phase.SUCCEEDED:
+                    WARM_WORKERS.release(workers)
+                else:
+                    workers.kill()
                 return decision.verdict
-            self._start(pool, decision)
+            self._start(workers, decision)
             self._publish()
             wait_for = IDLE_TICK if decision.next_due is None else min(IDLE_TICK, decision.next_due)
             assert self._wake_r is not None
-            events = pool.poll(max(0.0, wait_for), extra=[self._wake_r])  # type: ignore[list-item]
+            events = workers.poll(max(0.0, wait_for), extra=[self._wake_r])  # type: ignore[list-item]
             self._drain_wake()
             for event in events:
                 self._observe(event)
@@ -243,11 +246,11 @@ class LocalRun:
             if finished and name not in decision.kept and name not in unrecorded:
                 del self._attempts[name]  # its outcome is recorded: nothing left to keep
 
-    def _start(self, pool: ProcessPool, decision: Decision) -> None:
-        idle = pool.idle()
+    def _start(self, workers: WorkerProcesses, decision: Decision) -> None:
+        idle = workers.idle()
         for request, worker in zip(decision.start, idle, strict=False):
             name = f"{request.start}-{request.attempt}-{next(self._names)}"
-            pool.send(
+            workers.send(
                 worker,
                 Job(
                     self.task.url,
@@ -365,7 +368,7 @@ class LocalRun:
         failed = self._recorded.failed - done
         phase, reason, message = verdict.phase, verdict.reason, verdict.message
         if phase is not Phase.SUCCEEDED:
-            # Its workers are dead (pool.kill waits for them): the store is final, and a
+            # Its workers are dead (workers.kill waits for them): the store is final, and a
             # slice that ended after the verdict left its records there. Count as the SDK's
             # failures() and not_run() do (kubemap.task.statusfile.tally), with the same counts
             # in the message.

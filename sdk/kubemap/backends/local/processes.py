@@ -1,4 +1,4 @@
-"""A small process pool for the local backend: one pipe per worker, kill on demand.
+"""The local backend's worker processes: one pipe per worker, kill on demand.
 
 Why not concurrent.futures or multiprocessing.Pool: the local backend must stop running
 work on a timeout or cancel (neither can kill a running task), must know which slice a
@@ -13,11 +13,11 @@ and a script needs the usual `if __name__ == "__main__":` guard.
 Each worker keeps the task's function loaded across slices: fn.pkl is read once per
 worker process, not once per slice.
 
-Between runs the pool stays warm (WarmPool): the next `kubemap.map` in this process takes
-the same worker processes instead of forking new ones, as a warm WorkerPool does on a
+Between runs the workers stay warm (WarmWorkers): the next `kubemap.map` in this process
+takes the same worker processes instead of forking new ones, as a warm WorkerPool does on a
 cluster. So, as on a cluster, a worker runs the function as pickled (by value from
 __main__, by reference from modules imported in the worker): module globals the caller
-changes after the workers started are not seen by them. A pool is not reused when sys.path
+changes after the workers started are not seen by them. Workers are not reused when sys.path
 changed since its workers were forked (they could not import what the caller now can), nor
 when os.environ (credentials) or the working directory changed, nor in a forked child of its
 owner, nor after a run killed its workers (cancel, failure, timeout).
@@ -155,7 +155,7 @@ class _Worker:
 
 
 @dataclass
-class ProcessPool:
+class WorkerProcesses:
     """`size` forked worker processes; send jobs to idle ones, poll for events."""
 
     size: int
@@ -174,11 +174,15 @@ class ProcessPool:
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w.process.pid is not None]
 
+    def owned_here(self) -> bool:
+        """Forked by this process (not inherited by a forked child of it)."""
+        return self._owner == os.getpid()
+
     def reusable(self) -> bool:
         """Fit for another run: not stopped, ours (not a forked child's), same environment."""
         return (
             not self.stopped
-            and self._owner == os.getpid()
+            and self.owned_here()
             and self._fingerprint == _fingerprint()
             and self.busy == 0
         )
@@ -285,44 +289,44 @@ class ProcessPool:
             worker.job = None
 
 
-class WarmPool:
-    """The process pool kept between local runs of this process: one idle pool at most.
+class WarmWorkers:
+    """The worker processes kept between local runs of this process: one idle set at most.
 
-    A run takes it (growing or shrinking it to its size) or, when another run holds it or
-    it is unfit, gets a new one; a run that succeeded hands its pool back, a run that ended
-    otherwise kills its workers (they may still run its slices). Closed at exit."""
+    A run takes them (growing or shrinking them to its size) or, when another run holds
+    them or they are unfit, gets new ones; a run that succeeded hands its workers back, a
+    run that ended otherwise kills them (they may still run its slices). Closed at exit."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle: ProcessPool | None = None
-        self.created = 0  # pools forked (tests count them)
+        self._idle: WorkerProcesses | None = None
+        self.created = 0  # sets of workers forked (tests count them)
 
-    def acquire(self, size: int) -> ProcessPool:
+    def acquire(self, size: int) -> WorkerProcesses:
         with self._lock:
-            pool, self._idle = self._idle, None
-        if pool is not None and pool.reusable():
-            pool.refit(size)
-            return pool
-        if pool is not None and pool._owner == os.getpid():
-            pool.kill()
+            workers, self._idle = self._idle, None
+        if workers is not None and workers.reusable():
+            workers.refit(size)
+            return workers
+        if workers is not None and workers.owned_here():
+            workers.kill()
         self.created += 1
-        return ProcessPool(size)
+        return WorkerProcesses(size)
 
-    def release(self, pool: ProcessPool) -> None:
-        if not pool.reusable():
-            pool.kill()
+    def release(self, workers: WorkerProcesses) -> None:
+        if not workers.reusable():
+            workers.kill()
             return
         with self._lock:
-            old, self._idle = self._idle, pool
+            old, self._idle = self._idle, workers
         if old is not None:
             old.close()
 
     def shutdown(self) -> None:
         with self._lock:
-            pool, self._idle = self._idle, None
-        if pool is not None and pool._owner == os.getpid():
-            pool.close(grace=1.0)
+            workers, self._idle = self._idle, None
+        if workers is not None and workers.owned_here():
+            workers.close(grace=1.0)
 
 
-WARM = WarmPool()
-atexit.register(WARM.shutdown)
+WARM_WORKERS = WarmWorkers()
+atexit.register(WARM_WORKERS.shutdown)

@@ -1,7 +1,7 @@
 """The local backend keeps its worker processes warm between kubemap.map calls of a process.
 
-Counted: the worker PIDs each call ran on (os.getpid() in the function), and the pools the
-process forked (localpool.WARM.created)."""
+Counted: the worker PIDs each call ran on (os.getpid() in the function), and the sets of
+workers the process forked (processes.WARM_WORKERS.created)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from kubemap.backends.local.processes import WARM
+from kubemap.backends.local.processes import WARM_WORKERS
 from kubemap.resources.maptask import Phase
 
 pytestmark = pytest.mark.timeout(120)
@@ -49,10 +49,10 @@ def pids(store: str, fn: object = pid_of, n: int = 40, workers: int = 2) -> set[
 
 def test_two_calls_run_on_the_same_worker_processes(store: str) -> None:
     first = pids(store)
-    created = WARM.created
+    created = WARM_WORKERS.created
     second = pids(store)
     assert len(first) == 2 and second == first
-    assert WARM.created == created  # nothing forked for the second call
+    assert WARM_WORKERS.created == created  # nothing forked for the second call
     assert os.getpid() not in first
 
 
@@ -63,7 +63,7 @@ def test_another_function_on_warm_workers_gets_its_own_results(store: str) -> No
     assert {p for p, _ in out} == first
 
 
-def test_more_workers_grow_the_pool_and_fewer_shrink_it(store: str) -> None:
+def test_more_workers_grow_the_warm_set_and_fewer_shrink_it(store: str) -> None:
     two = pids(store, workers=2)
     four = pids(store, slow_pid, n=8, workers=4)
     assert len(four) == 4 and two <= four  # the two warm ones, plus two new
@@ -92,7 +92,7 @@ def test_a_worker_that_crashed_is_replaced_and_the_next_call_still_works(store: 
         kubemap.map(die_on_three, range(6), store=store, parallelism=2, items_per_pod=1)
     assert info.value.failures[3].type == "WorkerDied"
     after = pids(store)
-    assert len(after) == 2 and after.isdisjoint(before)  # a failed run's pool is not kept
+    assert len(after) == 2 and after.isdisjoint(before)  # a failed run's workers are not kept
 
 
 def test_a_worker_killed_while_idle_is_replaced_before_the_next_call(store: str) -> None:
