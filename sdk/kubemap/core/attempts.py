@@ -82,6 +82,8 @@ class Attempt:
     cause: Cause | None = None  # the observed infrastructure cause (pod level), if any
     report: Report | None = None
     finished_at: datetime | None = None
+    # How it ended, for a backend without exit codes (a warm pool's worker reports it).
+    ended: ExitKind | None = None
 
     @property
     def span(self) -> IndexRanges:
@@ -116,9 +118,17 @@ class Attempt:
             return ExitKind.OK
         if self.infra_reason is not None or self.cause is not None:
             return ExitKind.INFRA
+        if self.ended is not None:
+            return ExitKind.INFRA if self.ended is ExitKind.OK else self.ended
         kind = classify_exit(self.exit_code)
         # A failed attempt with exit 0: the platform killed a finished container.
         return ExitKind.INFRA if kind is ExitKind.OK else kind
+
+    def ending(self) -> str:
+        """'exit code 1', or what the worker reported when there is no exit code."""
+        if self.exit_code is None and self.ended is not None:
+            return f"reported {self.ended.value} failure"
+        return f"exit code {self.exit_code}"
 
     def infra_cause(self) -> Cause | None:
         """The infrastructure cause of a failed attempt: the pod's, else the worker's."""

@@ -88,7 +88,7 @@ class Decision:
 
 
 @dataclass
-class _Retry:
+class Retry:
     ranges: IndexRanges
     attempt: int
     failures: int
@@ -97,10 +97,10 @@ class _Retry:
 
 
 @dataclass
-class _Outcome:
+class Outcome:
     succeeded: IndexRanges
     failed: IndexRanges
-    retries: list[_Retry] = field(default_factory=list)
+    retries: list[Retry] = field(default_factory=list)
     deferred: set[str] = field(default_factory=set)  # attempts kept as the record of a success
     waiting: set[str] = field(default_factory=set)  # attempts kept as the record of a retry
     notes: list[str] = field(default_factory=list)
@@ -131,10 +131,13 @@ def latest_spans(attempts: list[Attempt], done: IndexRanges) -> list[tuple[Attem
     return out
 
 
-def _judge(
+def judge(
     spans: list[tuple[Attempt, IndexRanges]], rules: Rules, recorded: Recorded, now: datetime
-) -> _Outcome:
-    out = _Outcome(succeeded=recorded.succeeded, failed=recorded.failed)
+) -> Outcome:
+    """What finished attempts mean for their unrecorded indices: recorded successes, final
+    failures, retries (when due) and causes. A backend that learns of one attempt's end at a
+    time (the warm-pool dispatcher) judges just that attempt."""
+    out = Outcome(succeeded=recorded.succeeded, failed=recorded.failed)
     successes: list[tuple[str, IndexRanges]] = []
     final: list[IndexRanges] = []
     for one, mine in spans:
@@ -155,7 +158,7 @@ def _judge(
             detail = None
             if report is not None:  # the worker's own words: "Python 3.12 here, 3.11 in the SDK"
                 detail = report.error or (report.cause.message if report.cause else None)
-            out.usage_error = f"{one.describe()}: exit code {one.exit_code} (usage error): " + (
+            out.usage_error = f"{one.describe()}: {one.ending()} (usage error): " + (
                 detail or "the worker's environment breaks the kubemap contract"
             )
         if ok:
@@ -170,13 +173,13 @@ def _judge(
                     out.first_error = (user.intervals[0][0], error)
                 out.notes.append(
                     f"indices {describe(user)} failed after {failures} attempt(s) "
-                    f"({one.describe()}: exit code {one.exit_code}{': ' + error if error else ''})"
+                    f"({one.describe()}: {one.ending()}{': ' + error if error else ''})"
                 )
             else:
                 due = finished + timedelta(
                     seconds=retry_delay(failures, rules.backoff_base_seconds)
                 )
-                out.retries.append(_Retry(user, one.attempt + 1, failures, one.infra_failures, due))
+                out.retries.append(Retry(user, one.attempt + 1, failures, one.infra_failures, due))
                 out.waiting.add(one.name)
         if rest:
             cause = one.infra_cause()
@@ -193,7 +196,7 @@ def _judge(
                 final.append(rest)
                 out.notes.append(
                     f"indices {describe(rest)} lost {infra} attempts to infrastructure failures "
-                    f"(last: {cause or f'exit code {one.exit_code}'})"
+                    f"(last: {cause or one.ending()})"
                 )
             else:
                 # A lost pod (deleted, evicted, node gone) is replaced at once, and so is the
@@ -203,7 +206,7 @@ def _judge(
                 lost = cause is not None and cause.kind == "lost"
                 wait = 0.0 if lost else retry_delay(infra - 1, rules.backoff_base_seconds)
                 due = finished + timedelta(seconds=wait)
-                out.retries.append(_Retry(rest, one.attempt + 1, one.failures, infra, due))
+                out.retries.append(Retry(rest, one.attempt + 1, one.failures, infra, due))
                 out.waiting.add(one.name)
     out.failed = IndexRanges.from_spans(
         [*recorded.failed.intervals, *(iv for r in final for iv in r.intervals)]
@@ -235,7 +238,7 @@ def _chunks(ranges: IndexRanges, size: int) -> list[tuple[int, int]]:
 
 def _requests(
     rules: Rules,
-    outcome: _Outcome,
+    outcome: Outcome,
     pending: IndexRanges,
     capacity: int,
     now: datetime,
@@ -266,7 +269,7 @@ def _requests(
 
 def stopped_failures(
     outcome_failed: IndexRanges,
-    retries: list[_Retry],
+    retries: list[Retry],
     spans: list[tuple[Attempt, IndexRanges]],
     succeeded: IndexRanges,
 ) -> IndexRanges:
@@ -283,9 +286,9 @@ def stopped_failures(
     return IndexRanges.from_spans(spans_all) - succeeded
 
 
-def _verdict(
+def verdict_of(
     rules: Rules,
-    outcome: _Outcome,
+    outcome: Outcome,
     recorded_all: IndexRanges,
     now: datetime,
     start: datetime,
@@ -367,7 +370,7 @@ def plan(rules: Rules, recorded: Recorded, attempts: list[Attempt], now: datetim
     total = rules.total
     done = recorded.succeeded | recorded.failed
     spans = latest_spans(attempts, done)
-    outcome = _judge(spans, rules, recorded, now)
+    outcome = judge(spans, rules, recorded, now)
     active = [a for a in attempts if a.state is AttemptState.ACTIVE]
     recorded_all = outcome.succeeded | outcome.failed
     covered = IndexRanges.from_spans(iv for a in attempts for iv in a.span.intervals)
@@ -384,7 +387,7 @@ def plan(rules: Rules, recorded: Recorded, attempts: list[Attempt], now: datetim
     }
     stopped = stopped_failures(outcome.failed, outcome.retries, spans, outcome.succeeded)
     common["stopped"] = stopped
-    verdict = _verdict(rules, outcome, recorded_all, now, start, stopped)
+    verdict = verdict_of(rules, outcome, recorded_all, now, start, stopped)
     if verdict is not None:
         if verdict.phase is not Phase.SUCCEEDED:
             common["failed"] = stopped
@@ -406,4 +409,15 @@ def plan(rules: Rules, recorded: Recorded, attempts: list[Attempt], now: datetim
     )
 
 
-__all__ = ["Decision", "Recorded", "Rules", "Verdict", "latest_spans", "plan"]
+__all__ = [
+    "Decision",
+    "Outcome",
+    "Recorded",
+    "Retry",
+    "Rules",
+    "Verdict",
+    "judge",
+    "latest_spans",
+    "plan",
+    "verdict_of",
+]
