@@ -259,7 +259,7 @@ def test_foreign_credentials_are_refused(harness: Harness, tmp_path: Path) -> No
         )
         assert answer.status == 401
     assert harness.app.refused == 3
-    assert harness.status(key).active == 0 and not harness.dispatcher.tasks[key].leases.by_name
+    assert harness.status(key).active == 0 and not harness.dispatcher.tasks[key].leases
 
 
 def test_a_recovered_task_skips_what_the_store_already_holds(

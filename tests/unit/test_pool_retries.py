@@ -16,9 +16,8 @@ from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase
 from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, StoreRef
 from kubemap_operator.pools.dispatch import FLUSH_SECONDS, Dispatcher, Grant
-from kubemap_operator.pools.leases import Lease, Leases
 from kubemap_operator.pools.retrystate import counts_in_play, decode, encode
-from kubemap_operator.tasks.observe import PodState, WorkerReport
+from kubemap_operator.tasks.observe import WorkerReport
 from kubemap_operator.tasks.planner import Limits
 
 POOL = ("ns", "p")
@@ -84,7 +83,7 @@ def test_the_retry_budget_holds_across_a_restart(crash: str, retries: int) -> No
     if crash == "while the retry runs":
         retry = lease(before)
         assert retry is not None and retry.attempt == 1
-        assert before.tasks[KEY].leases.by_name["0-1"].failures == 1
+        assert before.tasks[KEY].leases["0-1"].failures == 1
     status = flushed(before, clock, status, total, retries)
     assert decode(status.pool_failures) == {1: IndexRanges.span(0, total)}
     # -- the operator restarts: a new dispatcher, state from the API only ------------------
@@ -108,20 +107,37 @@ def test_without_a_restart_the_counts_are_the_same() -> None:
 
 
 def test_counts_follow_the_highest_attempt_and_skip_recorded_indices() -> None:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    leases = Leases()
-    waiting = Lease(0, 10, 1, 1, 0, "w", expires=now)  # its second user failure, on 2-4
-    waiting.finish("user", WorkerReport(IndexRanges.span(0, 2), IndexRanges.span(2, 5)), now)
-    running = Lease(10, 5, 1, 1, 0, "w", expires=now + timedelta(seconds=9))  # a retry
-    clean = Lease(15, 100_000, 0, 0, 0, "w", expires=now + timedelta(seconds=9))
-    for one in (waiting, running, clean):
-        leases.by_name[one.name] = one
-    assert running.state is PodState.ACTIVE
-    counts = counts_in_play(leases, done=IndexRanges.span(0, 2))
+    # (user failures so far, indices): a retry waiting after its second failure on 2-4 (its
+    # successes 0-1 are recorded), a retry running on 10-14, and a clean lease of 100,000.
+    waiting = (2, IndexRanges.span(0, 5))
+    running = (1, IndexRanges.span(5, 15))
+    clean = (0, IndexRanges.span(15, 100_015))
+    counts = counts_in_play([waiting, running, clean], done=IndexRanges.span(0, 2))
     assert counts == {2: IndexRanges.span(2, 5), 1: IndexRanges.span(5, 15)}
     assert encode(counts) == "2:2-4;1:5-14"
     assert decode("2:2-4;1:5-14") == counts
     assert decode("x:1;2:oops;3:7") == {3: IndexRanges.span(7, 8)}  # damaged parts skipped
+
+
+def test_the_dispatcher_puts_the_counts_of_waiting_and_running_retries_in_play() -> None:
+    clock, runs = Clock(), Counter[int]()
+    d = new_dispatcher(clock)
+    d.seen(POOL, "w2", "3.11")  # two workers: chunks of 5 and 3 of the 10
+    status, _, _ = d.sync(KEY, "u", spec(10, 3), MapTaskStatus(), URL, "3.11", 1)
+    assert status is not None
+    first, second = lease(d), lease(d)
+    assert first is not None and second is not None and (first.count, second.count) == (5, 3)
+    fail(d, first, runs)  # 0-4 failed once: a retry waits
+    retry = lease(d)
+    assert retry is not None and (retry.start, retry.attempt) == (0, 1)
+    span = IndexRanges.span(0, retry.count)
+    two = IndexRanges.of([2])
+    assert d.report(POOL, retry.lease_id, "user", WorkerReport(span - two, two))
+    again = lease(d)  # index 2, second retry, running
+    assert again is not None and (again.start, again.count, again.attempt) == (2, 1, 2)
+    counted = flushed(d, clock, status, 10, 3)
+    # 2 has failed twice (its retry runs), 4 once (its retry waits); 5-7 run clean
+    assert decode(counted.pool_failures) == {2: IndexRanges.of([2]), 1: IndexRanges.of([4])}
 
 
 def test_a_rerun_round_is_served_by_the_same_dispatcher_with_a_new_function_version() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from kubemap.core.batching import MAX_ITEMS_PER_POD, auto_items_per_pod
+from kubemap.core.policy import ExitKind
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase
 from kubemap.resources.crds import render_pool_crd
@@ -16,7 +17,13 @@ from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, StoreRef
 from kubemap.resources.workerpool import WorkerPoolSpec
 from kubemap_operator.pools.builder import deployment, token_secret
 from kubemap_operator.pools.dispatch import FLUSH_SECONDS, Dispatcher
-from kubemap_operator.pools.leases import Lease, chunk_floor, guided_chunk
+from kubemap_operator.pools.leases import (
+    IllegalTransition,
+    Lease,
+    LeaseState,
+    chunk_floor,
+    guided_chunk,
+)
 from kubemap_operator.pools.tokens import pool_token, token_ok
 from kubemap_operator.settings import Settings
 from kubemap_operator.tasks.observe import PodState, WorkerReport
@@ -167,7 +174,7 @@ def test_an_expired_lease_is_an_infrastructure_failure_and_spends_no_retry() -> 
     clock.advance(6)  # no heartbeat: the lease is lost, as a pod lost with its node
     again = lease_now(dispatcher, "w2")
     assert (again["start"], again["attempt"]) == (0, 1)
-    lease = dispatcher.tasks[key].leases.by_name["0-1"]
+    lease = dispatcher.tasks[key].leases["0-1"]
     assert lease.failures == 0 and lease.infra_failures == 1  # no user retry spent
     done = IndexRanges.span(0, int(again["count"]))
     assert dispatcher.report(("ns", "p"), str(again["id"]), "ok", WorkerReport(done, IndexRanges()))
@@ -211,13 +218,21 @@ def test_a_worker_of_another_python_minor_never_gets_the_task_and_it_fails_clear
     )
 
 
-def test_lease_turns_into_the_attempt_plan_reads() -> None:
+def test_a_reported_lease_is_the_attempt_the_core_judges_without_a_made_up_exit_code() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    lease = Lease(4, 3, 2, 1, 0, "w", expires=now)
-    lease.finish("user", WorkerReport(IndexRanges.span(4, 6), IndexRanges.span(6, 7)), now)
-    seen = lease.observed()
+    lease = Lease(4, 3, 2, 1, 0, "w", expires=now, leased_at=now)
+    assert lease.state is LeaseState.OFFERED
+    lease.renew(now, 5)
+    assert lease.state is LeaseState.LEASED
+    report = WorkerReport(IndexRanges.span(4, 6), IndexRanges.span(6, 7))
+    seen = lease.reported(ExitKind.USER, report, now, "")
     assert (seen.start, seen.count, seen.attempt, seen.failures) == (4, 3, 2, 1)
-    assert seen.state is PodState.FAILED and seen.exit_code == 3 and seen.infra_reason is None
+    assert seen.state is PodState.FAILED and seen.kind() is ExitKind.USER
+    assert seen.exit_code is None and seen.infra_reason is None and seen.report == report
+    assert lease.state is LeaseState.REPORTED
+    for late in (lambda: lease.renew(now, 5), lease.revoke, lambda: lease.expire(now)):
+        with pytest.raises(IllegalTransition):  # a final lease stays final
+            late()
 
 
 def test_a_cancel_takes_the_leases_back_and_its_verdict_counts_what_they_kept() -> None:

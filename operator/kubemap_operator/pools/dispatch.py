@@ -1,42 +1,71 @@
-"""The dispatcher: hands out leases on the chunks of pool tasks, another adapter of plan().
+"""The dispatcher: leases the chunks of pool tasks to warm workers, as a small state machine.
+
+Every index of a task is in exactly one place: recorded (succeeded, or failed for good),
+pending (never leased, or a retry waiting for its turn), in one live lease, or, once the
+task has ended, not run. Each event works on one task and one lease:
+
+    lease request  take a chunk from a pending entry; the lease is OFFERED
+    heartbeat      renew the worker's leases (LEASED), or say which it lost
+    report         the lease is REPORTED; the run engine judges that one attempt
+                   (kubemap.core.plan.judge) and says whether the task is over (verdict_of)
+    expiry         leases past their time are EXPIRED and judged as lost attempts; this
+                   happens in one place, `_expire_due`, at the start of every entry point
+
+Policy (retries, backoff, failure budget, fail-fast, systematic causes, the phase and its
+reason) is the core's; the dispatcher only keeps the state it needs to ask. The MapTask
+status is projected from that state when the pool-task controller asks (`sync`), at most
+once per FLUSH_SECONDS and at once when the task finishes: no Kubernetes write per item
+or per chunk.
 
 State lives in memory and is rebuilt, after a restart, from what outlives the process: the
-MapTask status (indices recorded as succeeded or failed) and the store (result objects are
-write-once, and a re-leased slice of a recovered task skips indices that have results). So
-a restart loses nothing but the leases in flight, whose chunks are simply offered again.
-
-Progress reaches the API only through `sync`, which the reconciler calls and which hands
-back a status at most once per FLUSH_SECONDS (and at once when the task finishes): no
-Kubernetes write per item or per chunk.
+MapTask status (indices recorded as succeeded or failed, the failure counts of indices in
+play) and the store (result objects are write-once, and a re-leased slice of a recovered
+task skips indices that have results). A restart loses only the leases in flight, whose
+chunks are offered again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from kubemap.core.policy import FailureBudget, decisive_failure
-from kubemap.core.status import Phase
+from kubemap.core.attempts import Attempt, AttemptState, Report
+from kubemap.core.plan import (
+    Outcome,
+    Recorded,
+    Retry,
+    Rules,
+    Verdict,
+    judge,
+    stopped_failures,
+    verdict_of,
+)
+from kubemap.core.policy import Cause, ExitKind, FailureBudget, decisive_failure
+from kubemap.core.ranges import IndexRanges
+from kubemap.core.status import CONDITION_OF_PHASE, Phase, partition
 from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
 
-from kubemap_operator.pools.leases import Lease, Leases, chunk_floor, guided_chunk
-from kubemap_operator.pools.retrystate import restore_counts, with_counts
-from kubemap_operator.statusfields import rfc3339, set_condition
-from kubemap_operator.tasks.observe import PodState, WorkerReport
-from kubemap_operator.tasks.planner import Event, Limits, plan
-from kubemap_operator.tasks.plantypes import Plan
+from kubemap_operator.pools.leases import Lease, Pending, chunk_floor, guided_chunk
+from kubemap_operator.pools.retrystate import counts_in_play, encode, recorded, restored
+from kubemap_operator.statusfields import clip, rfc3339, set_condition
+from kubemap_operator.tasks.observe import parse_time
+from kubemap_operator.tasks.planner import rules_of
+from kubemap_operator.tasks.plantypes import Event, Limits
 
 FLUSH_SECONDS = 1.0
 # A verdict that ends a task (cancelled, failed fast, out of time) while leases run takes them
 # back first and waits this long for their workers to stop and report what they kept, so the
 # verdict counts the items that finished (lose nothing done); a worker silent that long is
-# stuck or gone, and its lease is dropped.
+# stuck or gone, and its lease is lost.
 STOP_WAIT_SECONDS = 3.0
 WORKER_GONE_SECONDS = 60.0  # a worker not heard from this long is no longer counted
+KEPT_CAUSES = 64  # infrastructure causes kept for the systematic-failure rule
+KEPT_NOTES = 8
 TaskKey = tuple[str, str]  # namespace, MapTask name
 PoolKey = tuple[str, str]  # namespace, WorkerPool name
 
@@ -47,17 +76,50 @@ class PoolTask:
     uid: str
     pool: PoolKey
     spec: MapTaskSpec
-    status: MapTaskStatus
+    status: MapTaskStatus  # the last projection (or, once finished, the final status)
     task_url: str
     python: str | None
     recovered: bool  # known to an earlier operator: results may exist that the status lacks
-    leases: Leases = field(default_factory=Leases)
+    rules: Rules
+    started_at: datetime
+    generation: int | None = None
+    # -- where every index is (one place each) ----------------------------------------
+    succeeded: IndexRanges = field(default_factory=IndexRanges)
+    failed: IndexRanges = field(default_factory=IndexRanges)  # for good
+    fresh: Pending = field(default_factory=lambda: Pending(IndexRanges(), 0))
+    retries: list[Pending] = field(default_factory=list)
+    leases: dict[str, Lease] = field(default_factory=dict)  # live leases (offered, leased)
+    # successes the status cannot hold yet (too many ranges): judged again with the next
+    held: list[tuple[Attempt, IndexRanges]] = field(default_factory=list)
+    leased: int = 0  # indices in live leases
+    done: int = 0  # indices recorded
+    # -- what the core's verdict reads, kept from the attempts judged -----------------
+    causes: list[Cause] = field(default_factory=list)
+    usage_error: str | None = None
+    first_error: tuple[int, str] | None = None
+    notes: list[str] = field(default_factory=list)
+    too_scattered: bool = False
+    infra_note: str | None = None
+    ending: Verdict | None = None  # a verdict held while the leases are taken back
+    stopping_until: datetime | None = None
+    # -- the status flush and what the pool reconcile reads -----------------------------
     flushed: MapTaskStatus | None = None
     flushed_at: datetime | None = None
     events: list[Event] = field(default_factory=list)
     served_by: set[str] = field(default_factory=set)
     seconds_per_item: float | None = None  # measured from finished leases (moving average)
-    stopping_until: datetime | None = None  # its leases were taken back: the verdict waits
+
+    @property
+    def finished(self) -> bool:
+        return self.status.phase.finished
+
+    def recorded_all(self) -> IndexRanges:
+        return self.succeeded | self.failed
+
+    def in_play(self) -> list[tuple[int, IndexRanges]]:
+        """(user failures so far, indices) of every retry waiting and lease running."""
+        out = [(p.failures, p.ranges) for p in self.retries if p.failures]
+        return out + [(x.failures, x.span) for x in self.leases.values() if x.failures]
 
 
 @dataclass
@@ -122,6 +184,10 @@ class Dispatcher:
         self.tasks: dict[TaskKey, PoolTask] = {}
         self.pools: dict[PoolKey, PoolState] = {}
         self._turn = itertools.count()
+        # Live leases by expiry time; a renewal pushes a new entry and leaves the old one to
+        # be skipped when it comes up (lazy deletion): renewing costs O(log n), not a search.
+        self._expiry: list[tuple[datetime, int, TaskKey, Lease]] = []
+        self._pushes = itertools.count()
         # The operator is stopping: long polls answer at once and no lease is granted (it
         # would die with this process); the workers ask the next operator.
         self.closing = False
@@ -146,9 +212,9 @@ class Dispatcher:
         return [t for t in self.tasks.values() if t.pool == key]
 
     def has_work(self, key: PoolKey) -> bool:
-        return any(not t.status.phase.finished for t in self.pool_tasks(key))
+        return any(not t.finished for t in self.pool_tasks(key))
 
-    # -- tasks (called by the reconciler) -------------------------------------------
+    # -- tasks (called by the pool-task controller) -----------------------------------
     def sync(
         self,
         key: TaskKey,
@@ -161,6 +227,8 @@ class Dispatcher:
     ) -> tuple[MapTaskStatus | None, list[Event], float | None]:
         """Register or refresh a task; return (status to write or None, events, requeue)."""
         assert spec.pool is not None
+        self._expire_due()
+        now = self.clock()
         task = self.tasks.get(key)
         if task is None or task.uid != uid:
             task = PoolTask(
@@ -172,32 +240,35 @@ class Dispatcher:
                 task_url=task_url,
                 python=python,
                 recovered=status.start_time is not None,
+                rules=rules_of(spec, self.limits),
+                started_at=now,
                 flushed=status,
             )
             self.tasks[key] = task
-            if task.recovered:
-                restore_counts(task.status, task.leases, self.clock())
+            self._begin_round(task, status)
             self.on_pool_work(task.pool)
             self.pool(task.pool).wakeup.set()  # idle workers long-polling: here is work
-        task.spec = spec
+        task.spec, task.rules, task.generation = spec, rules_of(spec, self.limits), generation
         if status.retry_token != task.status.retry_token and not status.phase.finished:
             # A rerun round (kubemap.io/retry) of a task this dispatcher saw finish.
-            task.status, task.leases, task.recovered, task.flushed = status, Leases(), True, status
-        if status.phase.finished and not task.status.phase.finished:
+            task.recovered, task.flushed, task.flushed_at = True, status, None
+            self._begin_round(task, status)
+            self.pool(task.pool).wakeup.set()
+        if status.phase.finished and not task.finished:
             task.status = status  # finished elsewhere (an older operator): follow the API
             self._revoke_all(task)
-        was_finished = task.status.phase.finished
-        self._replan(task, generation=generation)
-        if task.status.phase.finished and not was_finished:
-            self.on_pool_work(task.pool)  # cancelled or timed out: the pool's status follows
+        if not task.finished:
+            self._decide(task)  # cancelled, out of time, or a held verdict whose wait is over
+        if not task.finished:
+            task.status = self._project(task, now)
+            self.pool(task.pool).last_work = now
         events, task.events = task.events, []
-        now = self.clock()
         if task.flushed is not None and task.status == task.flushed:
-            return None, events, None if task.status.phase.finished else FLUSH_SECONDS
+            return None, events, None if task.finished else FLUSH_SECONDS
         due = task.flushed_at is None or (now - task.flushed_at).total_seconds() >= FLUSH_SECONDS
-        if due or task.status.phase.finished:
+        if due or task.finished:
             task.flushed, task.flushed_at = task.status, now
-            return task.status, events, None if task.status.phase.finished else FLUSH_SECONDS
+            return task.status, events, None if task.finished else FLUSH_SECONDS
         wait = FLUSH_SECONDS - (now - (task.flushed_at or now)).total_seconds()
         return None, events, max(0.05, wait)
 
@@ -235,6 +306,7 @@ class Dispatcher:
             self.seen(pool, worker, python)
             if self.closing:
                 return None
+            self._expire_due()
             grant = self._offer(pool, worker, python)
             was_busy = state.workers[worker].busy
             state.workers[worker].busy = grant is not None
@@ -251,15 +323,19 @@ class Dispatcher:
                 await asyncio.wait_for(state.wakeup.wait(), timeout=min(1.0, left))
 
     def heartbeat(self, pool: PoolKey, worker: str, lease_ids: list[str]) -> list[str]:
-        """Renew the worker's leases; return the ids it no longer holds (task gone, expired)."""
+        """Renew the worker's leases; return the ids it no longer holds (task gone, expired,
+        or taken back)."""
+        self._expire_due()
         lost = []
         now = self.clock()
         for lease_id in lease_ids:
             found = self._find(pool, lease_id)
-            if found is None or found[1].state is not PodState.ACTIVE or found[1].revoked:
+            if found is None or found[0].ending is not None:
                 lost.append(lease_id)
-            else:
-                found[1].renew(now, self.lease_seconds)
+                continue
+            task, lease = found
+            lease.renew(now, self.lease_seconds)
+            self._push_expiry(task, lease)
         return lost
 
     async def watch(
@@ -285,111 +361,61 @@ class Dispatcher:
             known.nudge.set()
 
     def report(
-        self, pool: PoolKey, lease_id: str, kind: str, report: WorkerReport | None, why: str = ""
+        self, pool: PoolKey, lease_id: str, kind: str, report: Report | None, why: str = ""
     ) -> bool:
-        """The worker finished (or gave up) its lease; False if the lease is unknown."""
+        """The worker finished (or gave up) its lease; False if the lease is not live (never
+        granted, or expired, lost or reported already: a result is counted once)."""
+        self._expire_due()
         found = self._find(pool, lease_id)
         if found is None:
             return False
         task, lease = found
-        if lease.state is PodState.ACTIVE:
-            now = self.clock()
-            lease.finish(kind, report, now, why)
-            if kind == "ok":
-                took = (now - (lease.leased_at or now)).total_seconds() / lease.count
-                old = task.seconds_per_item
-                task.seconds_per_item = took if old is None else 0.7 * old + 0.3 * took
+        now = self.clock()
+        attempt = lease.reported(ExitKind(kind), report, now, why)
+        self._close(task, lease)
+        if kind == "ok":
+            took = (now - lease.leased_at).total_seconds() / lease.count
+            old = task.seconds_per_item
+            task.seconds_per_item = took if old is None else 0.7 * old + 0.3 * took
         worker = self.pool(pool).workers.get(lease.worker)
         if worker is not None:
             worker.busy = False
-        before = task.status.phase
-        self._replan(task)
+        self._judge(task, attempt, lease.span)
         self.pool(pool).wakeup.set()
-        if task.status.phase.finished and not before.finished:
-            self.pool(pool).tasks_done.add(task.uid)
-            self.on_change(task.key)
-            self.on_pool_work(pool)  # refresh the pool's status: tasks served, idle since
         return True
 
-    # -- the plan adapter -------------------------------------------------------------
+    # -- transitions ------------------------------------------------------------------
     def _find(self, pool: PoolKey, lease_id: str) -> tuple[PoolTask, Lease] | None:
+        """The live lease of that id (offered or leased), with its task."""
         task_name, _, lease_name = lease_id.partition("/")
         task = self.tasks.get((pool[0], task_name))
         if task is None or task.pool != pool:
             return None
-        lease = task.leases.by_name.get(lease_name)
+        lease = task.leases.get(lease_name)
         return (task, lease) if lease is not None else None
 
-    def _plan(self, task: PoolTask, chunk: int, generation: int | None = None) -> Plan:
-        spec = task.spec.model_copy(update={"items_per_pod": chunk})
-        now = self.clock()
-        if task.leases.expire(now):
-            self.pool(task.pool).wakeup.set()
-        return plan(
-            spec,
-            task.status,
-            task.leases.observed(),
-            now,
-            generation=generation,
-            limits=self.limits,
-        )
-
-    def _apply(self, task: PoolTask, result: Plan) -> None:
-        task.status = result.status
-        task.events.extend(result.events)
-        finished = [
-            n for n in (*result.release, *result.delete)
-            if (lease := task.leases.by_name.get(n)) is not None and lease.state is not PodState.ACTIVE
-        ]  # fmt: skip
-        task.leases.drop(finished)
-        if task.status.phase.finished:
-            self._revoke_all(task)  # their reports will get 410 Gone
-        task.status = with_counts(task.status, task.leases)
-
-    def _revoke_all(self, task: PoolTask) -> None:
-        """Take back every lease of a task that is over: its workers stop the function."""
-        holders = {lease.worker for lease in task.leases.active()}
-        task.leases.drop(list(task.leases.by_name))
-        for worker in holders:
-            self._nudge(task.pool, worker)
-
-    def _replan(self, task: PoolTask, generation: int | None = None) -> None:
-        if task.status.phase.finished:
-            return
-        result = self._plan(task, self._chunk(task), generation)
-        if self._hold(task, result):
-            return
-        self._apply(task, result)
-        if not task.status.phase.finished:
-            self.pool(task.pool).last_work = self.clock()
-
-    def _hold(self, task: PoolTask, result: Plan) -> bool:
-        """A verdict that ends the task while leases run: take them back (their workers stop
-        and report what finished) and hold the verdict until they have, or STOP_WAIT_SECONDS
-        passed; True while it is held."""
-        active = task.leases.active()
-        if not result.status.phase.finished or not active:
-            return False
-        now = self.clock()
-        if task.stopping_until is None:
-            task.stopping_until = now + timedelta(seconds=STOP_WAIT_SECONDS)
-            for lease in active:
-                lease.revoked = True
-                self._nudge(task.pool, lease.worker)
-        return now < task.stopping_until
-
-    def _chunk(self, task: PoolTask) -> int:
-        if task.leases.expire(self.clock()):  # a lost lease is remaining work again
-            self.pool(task.pool).wakeup.set()
-        done = task.status.succeeded + task.status.failed
-        leased = sum(lease.count for lease in task.leases.active())
-        remaining = max(0, task.spec.total - done - leased)
-        live = max(len(self.live_workers(task.pool)), self.pool(task.pool).replicas)
-        workers = max(1, min(task.spec.parallelism, live))
-        return guided_chunk(remaining, workers, floor=chunk_floor(task.seconds_per_item))
+    def _begin_round(self, task: PoolTask, status: MapTaskStatus) -> None:
+        """Where each index is, from the status alone (a new task, a restart, a rerun)."""
+        self._revoke_all(task)
+        task.status = status
+        task.started_at = parse_time(status.start_time) or self.clock()
+        task.succeeded = IndexRanges.parse(status.succeeded_indexes)
+        task.failed = IndexRanges.parse(status.failed_indexes)
+        task.done = len(task.succeeded) + len(task.failed - task.succeeded)
+        base = status.attempt_base
+        task.retries = restored(status, base) if task.recovered else []
+        waiting = IndexRanges.from_spans(iv for p in task.retries for iv in p.ranges.intervals)
+        # A recovered task's first attempts are numbered above those of the operator before,
+        # whose workers may still report leases of the same name.
+        attempt = base + (1 if task.recovered else 0)
+        every = IndexRanges.span(0, task.spec.total)
+        task.fresh = Pending(every - recorded(status) - waiting, attempt)
+        task.held, task.causes, task.notes = [], [], []
+        task.usage_error, task.first_error, task.too_scattered = None, None, False
+        task.infra_note, task.ending, task.stopping_until = None, None, None
 
     def _offer(self, pool: PoolKey, worker: str, python: str) -> Grant | None:
-        tasks = [t for t in self.pool_tasks(pool) if not t.status.phase.finished]
+        tasks = [t for t in self.pool_tasks(pool) if not t.finished]
         if not tasks:
             return None
         turn = next(self._turn)  # round robin: no task starves another on a shared pool
@@ -397,43 +423,237 @@ class Dispatcher:
             if task.python and task.python != python:
                 self._refuse_python(task, python)
                 continue
-            if task.stopping_until is not None:
+            if task.ending is not None:
                 continue  # ending: its leases are being taken back
-            result = self._plan(task, self._chunk(task))
-            if self._hold(task, result):
-                continue
-            self._apply(task, result)
-            if not result.create:
-                continue
-            request = result.create[0]
-            attempt = request.attempt + (1 if task.recovered and request.attempt == 0 else 0)
-            lease = Lease(
-                start=request.start,
-                count=request.count,
-                attempt=attempt,
-                failures=request.failures,
-                infra_failures=request.infra_failures,
-                worker=worker,
-                expires=self.clock() + timedelta(seconds=self.lease_seconds),
-                leased_at=self.clock(),
-            )
-            task.leases.by_name[lease.name] = lease
-            task.served_by.add(worker)
-            self.pool(pool).last_work = self.clock()
-            return Grant(
-                lease_id=f"{task.key[1]}/{lease.name}",
-                task=task.key[1],
-                task_url=task.task_url,
-                start=lease.start,
-                count=lease.count,
-                total=task.spec.total,
-                attempt=lease.attempt,
-                lease_seconds=self.lease_seconds,
-                packages=tuple(task.spec.packages or ()),
-                version=task.status.retry_token or "",
-                stop_at_failure=_decisive(task.spec, lease.failures),
-            )
+            grant = self._grant(task, pool, worker)
+            if grant is not None:
+                return grant
         return None
+
+    def _grant(self, task: PoolTask, pool: PoolKey, worker: str) -> Grant | None:
+        """(none) -> OFFERED: the first chunk of the lowest due retry, else of fresh work."""
+        if len(task.leases) >= task.spec.parallelism:
+            return None
+        now = self.clock()
+        due = [p for p in task.retries if p.ranges and (p.due is None or p.due <= now)]
+        entry = min(due, key=lambda p: p.ranges.intervals[0]) if due else task.fresh
+        if not entry.ranges:
+            return None
+        start, count = entry.take(self._chunk(task))
+        if entry is not task.fresh and not entry.ranges:
+            task.retries.remove(entry)
+        lease = Lease(
+            start=start,
+            count=count,
+            attempt=entry.attempt,
+            failures=entry.failures,
+            infra_failures=entry.infra_failures,
+            worker=worker,
+            expires=now + timedelta(seconds=self.lease_seconds),
+            leased_at=now,
+        )
+        assert lease.name not in task.leases, lease.name
+        task.leases[lease.name] = lease
+        task.leased += count
+        self._push_expiry(task, lease)
+        task.served_by.add(worker)
+        self.pool(pool).last_work = now
+        return Grant(
+            lease_id=f"{task.key[1]}/{lease.name}",
+            task=task.key[1],
+            task_url=task.task_url,
+            start=lease.start,
+            count=lease.count,
+            total=task.spec.total,
+            attempt=lease.attempt,
+            lease_seconds=self.lease_seconds,
+            packages=tuple(task.spec.packages or ()),
+            version=task.status.retry_token or "",
+            stop_at_failure=_decisive(task.spec, lease.failures),
+        )
+
+    def _chunk(self, task: PoolTask) -> int:
+        remaining = max(0, task.spec.total - task.done - task.leased)
+        live = max(len(self.live_workers(task.pool)), self.pool(task.pool).replicas)
+        workers = max(1, min(task.spec.parallelism, live))
+        return guided_chunk(remaining, workers, floor=chunk_floor(task.seconds_per_item))
+
+    def _push_expiry(self, task: PoolTask, lease: Lease) -> None:
+        heapq.heappush(self._expiry, (lease.expires, next(self._pushes), task.key, lease))
+
+    def _expire_due(self) -> None:
+        """OFFERED | LEASED -> EXPIRED, for every lease past its time: the one place."""
+        now = self.clock()
+        while self._expiry and self._expiry[0][0] <= now:
+            _, _, key, lease = heapq.heappop(self._expiry)
+            task = self.tasks.get(key)
+            if task is None or task.leases.get(lease.name) is not lease or lease.expires > now:
+                continue  # reported, taken back or renewed since: a stale entry
+            attempt = lease.expire(now)
+            self._close(task, lease)
+            self._judge(task, attempt, lease.span)
+            self.pool(task.pool).wakeup.set()  # its chunk is remaining work again
+
+    def _close(self, task: PoolTask, lease: Lease) -> None:
+        del task.leases[lease.name]
+        task.leased -= lease.count
+
+    def _revoke_all(self, task: PoolTask) -> None:
+        """OFFERED | LEASED -> LOST, for every lease of a task that is over or gone: their
+        workers stop the function (their heartbeat says lost, their report gets 410)."""
+        for lease in list(task.leases.values()):
+            lease.revoke()
+            self._close(task, lease)
+            self._nudge(task.pool, lease.worker)
+
+    # -- asking the core ----------------------------------------------------------------
+    def _judge(self, task: PoolTask, attempt: Attempt, span: IndexRanges) -> None:
+        """Record what one finished attempt says, then ask whether the task is over."""
+        if task.finished:
+            return
+        now = self.clock()
+        spans = [(attempt, span), *task.held]
+        outcome = judge(
+            spans, task.rules, Recorded(task.succeeded, task.failed, task.started_at), now
+        )
+        task.held = [(a, mine) for a, mine in spans if a.name in outcome.deferred]
+        if outcome.failed - task.failed and outcome.notes:
+            task.events.append(
+                Event("Warning", "IndexFailed", clip("; ".join(outcome.notes), 1000))
+            )
+        task.succeeded, task.failed = outcome.succeeded, outcome.failed
+        task.done = len(task.succeeded) + len(task.failed - task.succeeded)
+        task.retries.extend(
+            Pending(r.ranges, r.attempt, r.failures, r.infra_failures, r.due)
+            for r in outcome.retries
+        )
+        task.causes = [*task.causes, *outcome.causes][-KEPT_CAUSES:]
+        task.usage_error = task.usage_error or outcome.usage_error
+        task.first_error = task.first_error or outcome.first_error
+        task.notes = [*task.notes, *outcome.notes][:KEPT_NOTES]
+        task.too_scattered = task.too_scattered or outcome.too_scattered
+        note = next((clip(str(c), 512) for c in reversed(outcome.causes)), None)
+        if note is not None and note != task.infra_note:
+            # Worth a condition (and an Event) even while the task goes on: `kubectl
+            # describe mt` shows it before the task gives up.
+            task.infra_note = note
+            task.events.append(Event("Warning", "InfrastructureError", clip(note, 1000)))
+        self._decide(task)
+
+    def _verdict(self, task: PoolTask, now: datetime) -> Verdict | None:
+        outcome = Outcome(
+            succeeded=task.succeeded,
+            failed=task.failed,
+            notes=task.notes,
+            first_error=task.first_error,
+            causes=task.causes,
+            usage_error=task.usage_error,
+            too_scattered=task.too_scattered,
+        )
+        recorded_all = task.recorded_all()
+        found = verdict_of(task.rules, outcome, recorded_all, now, task.started_at, task.failed)
+        if found is None or found.phase is Phase.SUCCEEDED:
+            return found
+        # A stop: its message counts what the status will (the retries that never come).
+        stopped = self._stopped(task, now)
+        return verdict_of(task.rules, outcome, recorded_all, now, task.started_at, stopped)
+
+    def _stopped(self, task: PoolTask, now: datetime) -> IndexRanges:
+        """What counts as failed if the task stops now (kubemap.core.plan.stopped_failures):
+        O(retries + leases), asked once, when the task ends."""
+        retries = [
+            Retry(p.ranges, p.attempt, p.failures, p.infra_failures, p.due or now)
+            for p in task.retries
+        ]
+        running: list[tuple[Attempt, IndexRanges]] = [
+            (
+                Attempt(x.name, x.start, x.count, x.attempt, x.failures, x.infra_failures,
+                        AttemptState.ACTIVE),
+                x.span,
+            )
+            for x in task.leases.values()
+        ]  # fmt: skip
+        return stopped_failures(task.failed, retries, running, task.succeeded)
+
+    def _decide(self, task: PoolTask) -> None:
+        """The core's verdict, if any: a stop first takes the leases back and waits (up to
+        STOP_WAIT_SECONDS) for their reports of what finished; then the task ends."""
+        now = self.clock()
+        verdict = self._verdict(task, now)
+        if verdict is None:
+            task.ending, task.stopping_until = None, None
+            return
+        if task.leases and verdict.phase is not Phase.SUCCEEDED:
+            if task.ending is None:
+                task.ending = verdict
+                task.stopping_until = now + timedelta(seconds=STOP_WAIT_SECONDS)
+                for lease in task.leases.values():
+                    self._nudge(task.pool, lease.worker)
+            assert task.stopping_until is not None
+            if now < task.stopping_until:
+                return
+        self._finish(task, verdict, now)
+
+    def _finish(self, task: PoolTask, verdict: Verdict, now: datetime) -> None:
+        if verdict.phase is not Phase.SUCCEEDED:
+            task.failed = self._stopped(task, now)  # counted as the verdict's message says
+            task.done = len(task.succeeded) + len(task.failed - task.succeeded)
+        self._revoke_all(task)
+        task.retries, task.fresh = [], Pending(IndexRanges(), 0)
+        task.status = self._project(task, now, verdict)
+        task.events.append(
+            Event(
+                "Normal" if verdict.phase is Phase.SUCCEEDED else "Warning",
+                verdict.phase.value,
+                clip(verdict.message, 1000),
+            )
+        )
+        self.pool(task.pool).tasks_done.add(task.uid)
+        self.on_change(task.key)
+        self.on_pool_work(task.pool)  # refresh the pool's status: tasks served, idle since
+
+    # -- the status -------------------------------------------------------------------
+    def _project(
+        self, task: PoolTask, now: datetime, verdict: Verdict | None = None
+    ) -> MapTaskStatus:
+        """The MapTask status of this state: O(leases + ranges), on a flush, not per event."""
+        total = task.spec.total
+        active = IndexRanges.from_spans((x.start, x.start + x.count) for x in task.leases.values())
+        parts = partition(total, succeeded=task.succeeded, failed=task.failed, active=active)
+        old = task.status
+        conditions = list(old.conditions)
+        if task.infra_note is not None:
+            conditions = set_condition(
+                conditions, "InfrastructureTrouble", reason="InfrastructureError",
+                message=task.infra_note, now=now,
+            )  # fmt: skip
+        update: dict[str, object] = {
+            "total": total,
+            "start_time": old.start_time or rfc3339(task.started_at),
+            "observed_generation": task.generation or old.observed_generation,
+            "succeeded": len(parts.succeeded),
+            "failed": len(parts.failed),
+            "active": len(task.leases),
+            "not_run": len(parts.not_run),
+            "succeeded_indexes": str(task.succeeded),
+            "failed_indexes": str(task.failed),
+            "phase": Phase.RUNNING,
+            "message": None,
+            "conditions": conditions,
+            "pool_failures": encode(counts_in_play(task.in_play(), task.recorded_all())),
+        }
+        if verdict is not None:
+            update |= {
+                "phase": verdict.phase,
+                "message": clip(verdict.message),
+                "completion_time": rfc3339(now),
+                "pool_failures": None,
+                "conditions": set_condition(
+                    conditions, CONDITION_OF_PHASE[verdict.phase],
+                    reason=verdict.reason.value, message=verdict.message, now=now,
+                ),
+            }  # fmt: skip
+        return old.model_copy(update=update)
 
     def _refuse_python(self, task: PoolTask, python: str) -> None:
         """Every live worker runs another Python minor: the task can never run here."""
@@ -445,11 +665,12 @@ class Dispatcher:
             f"{task.pool[1]} run Python {python}; submit from Python {python} or use a pool "
             f"whose image has Python {task.python}"
         )
-        task.status = task.status.model_copy(
+        task.status = self._project(task, now).model_copy(
             update={
                 "phase": Phase.FAILED,
                 "message": message,
                 "completion_time": rfc3339(now),
+                "pool_failures": None,
                 "conditions": set_condition(
                     list(task.status.conditions),
                     "Failed",
@@ -466,7 +687,7 @@ class Dispatcher:
 
 def _decisive(spec: MapTaskSpec, failures: int) -> bool:
     """Whether a user failure in a chunk whose indices failed `failures` times before ends
-    the task (the plan retries while failures + 1 <= retries, within the failure budget)."""
+    the task (the core retries while failures + 1 <= retries, within the failure budget)."""
     allowed = FailureBudget.of(
         spec.total,
         min_success_ratio=spec.min_success_ratio,

@@ -1,20 +1,30 @@
-"""Leases of one pool task, as the run engine's plan sees them (pure, no I/O).
+"""Leases and the work still to lease, of one pool task (pure, no I/O).
 
-A lease is an attempt of the slice [start, start+count), exactly as a pod is in pod mode,
-so the same plan() decides retries, failure budgets and the verdict: a lease is turned into
-the ObservedPod the planner reads. A lease that expires without a heartbeat is an
-infrastructure failure of its attempt (a lost pod), which spends no user retry.
+A lease is one attempt of the slice [start, start + count), held by one worker. Its states
+and the only transitions between them:
+
+    (none) --grant--> OFFERED --renew--> LEASED --renew--> LEASED
+    OFFERED | LEASED --report--> REPORTED   the worker's outcome, judged once
+    OFFERED | LEASED --expire--> EXPIRED    no heartbeat before `expires`: lost with its
+                                            worker (an infrastructure failure, no user retry)
+    OFFERED | LEASED --revoke--> LOST       taken back: the task ended, was deleted, ...
+
+REPORTED, EXPIRED and LOST are final: a final lease is never renewed, reported or granted
+again (a late report gets 410 Gone). Work not leased yet is a `Pending` entry: indices with
+the attempt metadata of their next lease (a retry carries its failure counts and the moment
+it is due). Taking a chunk from an entry costs interval arithmetic on that entry only.
 """
 
 from __future__ import annotations
 
+import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from kubemap.contract import EXIT_INFRA_ERROR, EXIT_OK, EXIT_USAGE_ERROR, EXIT_USER_ERROR
-
-from kubemap_operator.tasks.observe import ObservedPod, PodState, WorkerReport
+from kubemap.core.attempts import Attempt, AttemptState, Report
+from kubemap.core.policy import ExitKind
+from kubemap.core.ranges import IndexRanges
 
 GUIDED_K = 1  # OpenMP guided: chunk = remaining / (k x workers)
 # A chunk costs a few round trips (lease, two ranged GETs, a result PUT, the report: tens of
@@ -22,85 +32,102 @@ GUIDED_K = 1  # OpenMP guided: chunk = remaining / (k x workers)
 MIN_CHUNK_SECONDS = 0.25
 
 
+class LeaseState(enum.StrEnum):
+    OFFERED = "offered"  # granted; its worker has not renewed it yet
+    LEASED = "leased"  # renewed by its worker at least once
+    REPORTED = "reported"
+    EXPIRED = "expired"
+    LOST = "lost"
+
+    @property
+    def live(self) -> bool:
+        return self in (LeaseState.OFFERED, LeaseState.LEASED)
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
 @dataclass
 class Lease:
     start: int
     count: int
     attempt: int
-    failures: int
+    failures: int  # user failures of these indices before this attempt
     infra_failures: int
     worker: str
     expires: datetime
-    leased_at: datetime | None = None
-    state: PodState = PodState.ACTIVE
-    exit_code: int | None = None
-    infra_reason: str | None = None
-    report: WorkerReport | None = None
-    finished_at: datetime | None = None
-    revoked: bool = False  # taken back: its worker stops and reports what it kept
+    leased_at: datetime
+    state: LeaseState = LeaseState.OFFERED
 
     @property
     def name(self) -> str:
         return f"{self.start}-{self.attempt}"
 
-    def observed(self) -> ObservedPod:
-        return ObservedPod(
+    @property
+    def span(self) -> IndexRanges:
+        return IndexRanges.span(self.start, self.start + self.count)
+
+    def _leave(self, to: LeaseState) -> None:
+        if not self.state.live:
+            raise IllegalTransition(f"lease {self.name} is {self.state}, cannot become {to}")
+        self.state = to
+
+    def renew(self, now: datetime, seconds: float) -> None:
+        self._leave(LeaseState.LEASED)
+        self.expires = now + timedelta(seconds=seconds)
+
+    def reported(self, kind: ExitKind, report: Report | None, now: datetime, why: str) -> Attempt:
+        """REPORTED: the attempt the run engine judges (how it ended, as the worker said)."""
+        self._leave(LeaseState.REPORTED)
+        infra = why or "the worker reported an infrastructure failure"
+        return self._attempt(kind, report, now, infra if kind is ExitKind.INFRA else None)
+
+    def expire(self, now: datetime) -> Attempt:
+        """EXPIRED: an infrastructure failure of its attempt, as a pod lost with its node."""
+        self._leave(LeaseState.EXPIRED)
+        why = f"lease expired: worker {self.worker} stopped heartbeating"
+        return self._attempt(ExitKind.INFRA, None, now, why)
+
+    def revoke(self) -> None:
+        """LOST: taken back; its worker stops, and its indices are nobody's attempt now."""
+        self._leave(LeaseState.LOST)
+
+    def _attempt(
+        self, kind: ExitKind, report: Report | None, now: datetime, infra_reason: str | None
+    ) -> Attempt:
+        ok = kind is ExitKind.OK
+        return Attempt(
             name=self.name,
             start=self.start,
             count=self.count,
             attempt=self.attempt,
             failures=self.failures,
             infra_failures=self.infra_failures,
-            state=self.state,
-            exit_code=self.exit_code,
-            infra_reason=self.infra_reason,
-            report=self.report,
-            finished_at=self.finished_at,
+            state=AttemptState.SUCCEEDED if ok else AttemptState.FAILED,
+            infra_reason=infra_reason,
+            report=report,
+            finished_at=now,
+            ended=kind,
         )
-
-    def finish(self, kind: str, report: WorkerReport | None, now: datetime, why: str = "") -> None:
-        """The worker's outcome: 'ok', 'user', 'infra' or 'usage' (as classify_exit says).
-
-        'usage' is what no retry cures (pip cannot install the task's packages): the plan
-        fails the task at once with the worker's words, as for a pod's usage error."""
-        self.state = PodState.SUCCEEDED if kind == "ok" else PodState.FAILED
-        codes = {"ok": EXIT_OK, "user": EXIT_USER_ERROR, "usage": EXIT_USAGE_ERROR}
-        self.exit_code = codes.get(kind, EXIT_INFRA_ERROR)
-        self.report = report
-        self.finished_at = now
-        if kind == "infra":
-            self.infra_reason = why or "the worker reported an infrastructure failure"
-
-    def expire_if_due(self, now: datetime) -> bool:
-        if self.state is PodState.ACTIVE and now >= self.expires:
-            self.finish(
-                "infra", None, now, f"lease expired: worker {self.worker} stopped heartbeating"
-            )
-            return True
-        return False
-
-    def renew(self, now: datetime, seconds: float) -> None:
-        self.expires = now + timedelta(seconds=seconds)
 
 
 @dataclass
-class Leases:
-    """Every lease of one task that the plan still needs to see, by name."""
+class Pending:
+    """Indices to lease, with the attempt metadata of their next lease."""
 
-    by_name: dict[str, Lease] = field(default_factory=dict)
+    ranges: IndexRanges
+    attempt: int
+    failures: int = 0
+    infra_failures: int = 0
+    due: datetime | None = None  # a retry's backoff; None: now
 
-    def observed(self) -> list[ObservedPod]:
-        return [lease.observed() for lease in self.by_name.values()]
-
-    def active(self) -> list[Lease]:
-        return [lease for lease in self.by_name.values() if lease.state is PodState.ACTIVE]
-
-    def expire(self, now: datetime) -> list[Lease]:
-        return [lease for lease in self.by_name.values() if lease.expire_if_due(now)]
-
-    def drop(self, names: tuple[str, ...] | list[str]) -> None:
-        for name in names:
-            self.by_name.pop(name, None)
+    def take(self, size: int) -> tuple[int, int]:
+        """The first `size` indices of the lowest interval: (start, count); they leave."""
+        lo, hi = self.ranges.intervals[0]
+        count = max(1, min(size, hi - lo))
+        self.ranges = self.ranges - IndexRanges.span(lo, lo + count)
+        return lo, count
 
 
 def chunk_floor(seconds_per_item: float | None) -> int:
