@@ -6,11 +6,10 @@ The official client is synchronous; calls run in worker threads so kopf's event 
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from kubemap.contract import GROUP, LABEL_TASK, PLURAL, POD_FINALIZER, VERSION
+from kubemap.contract import GROUP, PLURAL, POD_FINALIZER, VERSION
 from kubemap.errors import api_error_message
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -47,13 +46,14 @@ class TaskApi(Protocol):
     podControl). KubeApi is the real one."""
 
     async def get_task(self, namespace: str, name: str) -> dict[str, Any] | None: ...
-    async def list_pods(self, namespace: str, task_label: str) -> list[dict[str, Any]]: ...
     async def create_pod(
         self, namespace: str, body: dict[str, Any]
     ) -> Literal["created", "exists"]: ...
     async def remove_finalizer(self, namespace: str, pod: dict[str, Any]) -> None: ...
     async def delete_pod(self, namespace: str, name: str) -> None: ...
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]: ...
     async def delete_task(self, namespace: str, name: str) -> None: ...
 
 
@@ -93,17 +93,6 @@ class KubeApi:
                 return None
             raise
         return dict(body)
-
-    async def list_pods(self, namespace: str, task_label: str) -> list[dict[str, Any]]:
-        result = await asyncio.to_thread(
-            self.core.list_namespaced_pod,
-            namespace,
-            label_selector=f"{LABEL_TASK}={task_label}",
-            _preload_content=False,
-        )
-        data = json.loads(result.data)
-        items: list[dict[str, Any]] = data.get("items") or []
-        return items
 
     async def create_pod(
         self, namespace: str, body: dict[str, Any]
@@ -158,8 +147,12 @@ class KubeApi:
             if exc.status != 404:
                 raise
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        await asyncio.to_thread(
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch the status; the object after the patch (the caller's cache needs its
+        resourceVersion)."""
+        body = await asyncio.to_thread(
             self.custom.patch_namespaced_custom_object_status,
             GROUP,
             VERSION,
@@ -169,6 +162,7 @@ class KubeApi:
             {"status": status},
             _content_type=MERGE_PATCH,
         )
+        return dict(body)
 
     async def delete_task(self, namespace: str, name: str) -> None:
         try:

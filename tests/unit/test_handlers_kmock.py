@@ -16,10 +16,11 @@ from typing import Any, Literal
 import kmock
 import kopf
 import pytest
-from kubemap.contract import LABEL_TASK, POD_FINALIZER
+from kubemap.contract import LABEL_TASK, POD_FINALIZER, task_label
 from kubemap_operator.kubeapi import KubeApi
 from kubemap_operator.settings import Settings
 from kubemap_operator.tasks.handlers import build_registry
+from kubemap_operator.tasks.watchcache import WatchCache
 from kubernetes import client
 
 NS = "ns"
@@ -257,7 +258,10 @@ async def test_suspend_cancels_and_deletes_pods() -> None:
 
 
 class FakeApi:
-    """Records calls in order; create answers follow a script (e.g. 429 after two pods)."""
+    """Records calls in order; create answers follow a script (e.g. 429 after two pods).
+
+    The watch cache (`cache_of`) shows its task and pods as a watch would; a reconcile that
+    read the API instead would be recorded as "get" here."""
 
     def __init__(
         self, task: dict[str, Any], pods: list[dict[str, Any]], throttle_after: int | None = None
@@ -270,15 +274,22 @@ class FakeApi:
         self.patches: list[dict[str, Any]] = []
 
     async def get_task(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("get")
         return self.task
 
-    async def list_pods(self, namespace: str, task_label: str) -> list[dict[str, Any]]:
-        return self.pods
-
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
         self.calls.append(f"status {status.get('succeededIndexes')}")
         self.patches.append(status)
-        self.task = {**self.task, "status": {**(self.task.get("status") or {}), **status}}
+        meta = self.task["metadata"]
+        version = str(int(meta.get("resourceVersion") or 0) + 1)
+        self.task = {
+            **self.task,
+            "metadata": {**meta, "resourceVersion": version},
+            "status": {**(self.task.get("status") or {}), **status},
+        }
+        return self.task
 
     async def remove_finalizer(self, namespace: str, pod: dict[str, Any]) -> None:
         self.calls.append(f"release {pod['metadata']['name']}")
@@ -299,6 +310,13 @@ class FakeApi:
 
     async def delete_task(self, namespace: str, name: str) -> None:
         self.calls.append("delete-task")
+
+
+def cache_of(api: FakeApi) -> WatchCache:
+    """The watches' view: the fake's task as it is now (later writes show only through the
+    reconciler's own write-through) and its pod list (the test edits it as the watch would)."""
+    name = api.task["metadata"]["name"]
+    return WatchCache({(NS, name): [api.task]}, {(NS, task_label(name)): api.pods})
 
 
 def _succeeded_pod(name: str, index: int) -> dict[str, Any]:
@@ -327,7 +345,7 @@ async def test_outcome_is_recorded_before_the_finalizer_goes_and_before_new_pods
     task = maptask("t", count=4, parallelism=2)
     task["metadata"]["uid"] = "uid-t"
     api = FakeApi(task, [_succeeded_pod("t-0-0", 0)])
-    reconciler = Reconciler(api, Settings(metrics_port=0))
+    reconciler = Reconciler(api, Settings(metrics_port=0), cache=cache_of(api))
     await reconciler.reconcile(NS, "t", logging.getLogger("test"))
     assert api.calls == [
         "status 0",
@@ -350,7 +368,7 @@ async def test_http_429_pauses_creation_for_retry_after() -> None:
     api = FakeApi(task, [], throttle_after=2)
     now = [100.0]
     bucket = TokenBucket(rate=5, burst=3, clock=lambda: now[0])
-    reconciler = Reconciler(api, Settings(metrics_port=0), limiter=bucket)
+    reconciler = Reconciler(api, Settings(metrics_port=0), cache=cache_of(api), limiter=bucket)
     await reconciler.reconcile(NS, "t", logging.getLogger("test"))
     assert len(api.created) == 2  # the third create got 429: the round stops there
     assert bucket.delay() == pytest.approx(7.0)  # nobody creates until Retry-After has passed
@@ -391,7 +409,9 @@ async def test_an_invalid_spec_fails_with_a_condition_naming_the_field() -> None
     task["metadata"]["uid"] = "uid-t"
     task["spec"]["template"] = {}  # container mode without an image: only the model refuses it
     api = FakeApi(task, [])
-    await Reconciler(api, Settings(metrics_port=0)).reconcile(NS, "t", logging.getLogger("t"))
+    await Reconciler(api, Settings(metrics_port=0), cache=cache_of(api)).reconcile(
+        NS, "t", logging.getLogger("t")
+    )
     assert api.created == []
     (status,) = api.patches
     assert status["phase"] == "Failed"
@@ -412,15 +432,17 @@ async def test_api_errors_back_off_per_task_and_a_success_resets() -> None:
     class FlakyApi(FakeApi):
         broken = True
 
-        async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        async def patch_status(
+            self, namespace: str, name: str, status: dict[str, Any]
+        ) -> dict[str, Any]:
             if self.broken:
                 raise ApiException(status=503, reason="Service Unavailable")
-            await super().patch_status(namespace, name, status)
+            return await super().patch_status(namespace, name, status)
 
     task = maptask("t", count=4, parallelism=2)
     task["metadata"]["uid"] = "uid-t"
     api = FlakyApi(task, [])
-    reconciler = Reconciler(api, Settings(metrics_port=0))
+    reconciler = Reconciler(api, Settings(metrics_port=0), cache=cache_of(api))
     key = (NS, "t")
     assert [await reconciler.run_once(key) for _ in range(5)] == [0.5, 1.0, 2.0, 4.0, 8.0]
     assert reconciler.backing_off(NS, "t")  # the periodic timer leaves it to its backoff
@@ -428,5 +450,62 @@ async def test_api_errors_back_off_per_task_and_a_success_resets() -> None:
     assert await reconciler.run_once(key) not in (16.0, 0.5)  # the plan's own requeue
     assert not reconciler.backing_off(NS, "t")
     api.broken = True
-    api.task = {**api.task, "status": {}}  # a status to write again, and the write fails
+    reconciler.cache.forget(NS, "t")  # back to the watch's task, whose status is not written yet
     assert await reconciler.run_once(key) == 0.5  # the next failure starts over
+
+
+def _running_pod(name: str, index: int) -> dict[str, Any]:
+    pod = _succeeded_pod(name, index)
+    pod["status"] = {"phase": "Running"}
+    return pod
+
+
+@pytest.mark.asyncio
+async def test_a_reconcile_reads_the_watch_cache_not_the_api() -> None:
+    """Before: every reconcile made a GET of the MapTask and a LIST of its pods."""
+    import logging
+
+    from kubemap_operator.tasks.reconcile import Reconciler
+
+    task = maptask("t", count=4, parallelism=2)
+    task["metadata"]["uid"] = "uid-t"
+    api = FakeApi(task, [])
+    reconciler = Reconciler(api, Settings(metrics_port=0), cache=cache_of(api))
+    log = logging.getLogger("test")
+    await reconciler.reconcile(NS, "t", log)
+    assert api.calls == ["status ", "create t-0-0", "create t-1-0"]
+    # Steady state: the pods run, events come (each one a reconcile), nothing is to be done.
+    api.pods[:] = [_running_pod("t-0-0", 0), _running_pod("t-1-0", 1)]
+    await reconciler.reconcile(NS, "t", log)  # the watch shows them: one status write (active 2)
+    api.calls.clear()
+    for _ in range(5):
+        await reconciler.reconcile(NS, "t", log)
+    assert api.calls == []  # 0 API calls per reconcile: no GET, no LIST, no write
+
+
+@pytest.mark.asyncio
+async def test_a_lagging_watch_neither_undoes_a_status_nor_creates_a_pod_twice() -> None:
+    """The watch shows neither the status just written nor the pod just created: the next
+    reconcile still plans from them (the cache lays the operator's own writes over it)."""
+    import logging
+
+    from kubemap_operator.tasks.reconcile import Reconciler
+
+    task = maptask("t", count=4, parallelism=2)
+    task["metadata"]["uid"] = "uid-t"
+    api = FakeApi(task, [_succeeded_pod("t-0-0", 0), _running_pod("t-1-0", 1)])
+    reconciler = Reconciler(api, Settings(metrics_port=0), cache=cache_of(api))
+    log = logging.getLogger("test")
+    await reconciler.reconcile(NS, "t", log)
+    assert api.calls == ["status 0", "release t-0-0", "delete t-0-0", "create t-2-0"]
+    # The watch has shown none of it yet, and then shows t-0-0 gone (its DELETED event can come
+    # before the MapTask's status event: two streams). Index 0 stays done, t-2-0 is not made
+    # again, and no other pod takes its place beyond parallelism 2.
+    api.calls.clear()
+    api.pods[:] = [_running_pod("t-1-0", 1)]
+    await reconciler.reconcile(NS, "t", log)
+    assert api.calls == ["status 0"]  # index 0 kept; only `active` changed: t-2-0 now counts
+    assert api.patches[-1]["active"] == 2
+    api.calls.clear()
+    await reconciler.reconcile(NS, "t", log)
+    assert api.calls == []

@@ -1,5 +1,7 @@
 """kopf handlers: thin, level-based. Every event or timer tick reconciles from what is observed.
 
+* two kopf indexes keep the MapTasks and their pods as the watches show them: a reconcile
+  reads them (tasks/watchcache.py), not the API;
 * any MapTask event, and a timer per MapTask -> reconcile that task;
 * any event of a kubemap worker pod -> reconcile its task, or, when the task is gone or
   being deleted, drop the pod's tracking finalizer so the garbage collector can remove it.
@@ -22,6 +24,7 @@ from kubemap_operator.kubeapi import KubeApi
 from kubemap_operator.settings import Settings
 from kubemap_operator.tasks.planner import Event
 from kubemap_operator.tasks.reconcile import Reconciler, release_orphan
+from kubemap_operator.tasks.watchcache import WatchCache
 
 FINISHED = frozenset(p.value for p in Phase if p.finished)
 
@@ -77,10 +80,31 @@ def build_registry(
     registry = kopf.OperatorRegistry()
     holder: dict[str, Reconciler] = {}
 
+    # The watch cache (tasks/watchcache.py): kopf keeps these indexes from the watches it runs
+    # anyway, filled before any handler runs, so a reconcile neither GETs nor LISTs.
+    @kopf.index(GROUP, VERSION, PLURAL, id="kubemap_tasks", when=without_pool, registry=registry)
+    def kubemap_tasks(
+        body: kopf.Body, name: str, namespace: str | None, **_: Any
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(namespace or "", name): dict(body)}
+
+    @kopf.index(
+        "v1", "pods", id="kubemap_task_pods", labels={LABEL_TASK: kopf.PRESENT}, registry=registry
+    )
+    def kubemap_task_pods(
+        body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(namespace or "", str(labels[LABEL_TASK])): dict(body)}
+
     @kopf.on.startup(registry=registry)
-    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         configure(settings_, settings)
-        holder["reconciler"] = Reconciler(api_factory(), settings_, post_event=post_kopf_event)
+        # kopf hands startup handlers its live (still empty) indexes: the cache reads them as
+        # they fill, from reconciles that run outside kopf's handlers (the work queue's).
+        cache = WatchCache(kwargs["kubemap_tasks"], kwargs["kubemap_task_pods"])
+        holder["reconciler"] = Reconciler(
+            api_factory(), settings_, cache=cache, post_event=post_kopf_event
+        )
 
     settings_ = settings
 

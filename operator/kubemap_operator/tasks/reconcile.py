@@ -1,4 +1,5 @@
-"""Reconcile one MapTask: read what is, ask the planner, do what it says, in a safe order.
+"""Reconcile one MapTask: read what is (from the watch cache, no API read), ask the planner,
+do what it says, in a safe order.
 
 Order matters for exactly-once counting: the status (the record of outcomes) is written
 first; only then do finished pods lose their finalizer or get deleted, and only then are
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
-from kubemap.contract import ANNOTATION_RETRY, task_label
+from kubemap.contract import ANNOTATION_RETRY
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase, Reason
 from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
@@ -34,6 +35,7 @@ from kubemap_operator.tasks.builder import TaskRef, build_pod, pod_name
 from kubemap_operator.tasks.filelisting import reconcile_listing
 from kubemap_operator.tasks.observe import observe_pod
 from kubemap_operator.tasks.planner import Event, Limits, Plan, plan
+from kubemap_operator.tasks.watchcache import WatchCache, WriteThrough
 from kubemap_operator.workqueue import WorkQueue
 
 EventSink = Callable[[dict[str, Any], Event], None]
@@ -59,11 +61,13 @@ class Reconciler:
         api: TaskApi,
         settings: Settings,
         *,
+        cache: WatchCache,
         limiter: TokenBucket | None = None,
         post_event: EventSink | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.api = api
+        self.cache = cache
+        self.api = WriteThrough(api, cache)  # what this reconciler writes, the cache shows
         self.settings = settings
         self.limiter = limiter or TokenBucket(settings.pod_create_qps, settings.pod_create_burst)
         self.backoff: FailureBackoff[tuple[str, str]] = FailureBackoff()
@@ -116,6 +120,7 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         self.queue.forget((namespace, name))
         self.backoff.succeeded((namespace, name))
+        self.cache.forget(namespace, name)
         self._loggers.pop((namespace, name), None)
         metrics.observe_phase(namespace, name, None)
 
@@ -127,15 +132,13 @@ class Reconciler:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
     async def _reconcile(self, namespace: str, name: str, logger: Any) -> float | None:
-        body = await self.api.get_task(namespace, name)
+        body = self.cache.task(namespace, name)
         if body is None:
             self.forget(namespace, name)
             return None
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid", ""))
-        pods = [
-            p for p in await self.api.list_pods(namespace, task_label(name)) if owned_by(p, uid)
-        ]
+        pods = [p for p in self.cache.pods(namespace, name) if owned_by(p, uid)]
         if meta.get("deletionTimestamp"):
             await self._let_go(namespace, pods)
             return None
