@@ -2,9 +2,10 @@
 
 With `items_per_pod` given, every slice has exactly that many indices, as pods would on
 a cluster. Otherwise sizes adapt, so that neither tiny nor slow items suffer:
-  - guided self-scheduling: a slice takes 1/(2P) of what remains, so early slices are
-    big (little overhead) and the last ones small (workers finish together);
-  - a floor of total/(16P) keeps the number of slices near 6 per worker for tiny items;
+  - guided self-scheduling: a slice takes 1/(2W) of what remains (W workers share the
+    slices), so early slices are big (little overhead) and the last ones small (workers
+    finish together);
+  - a floor of total/(16W) keeps the number of slices near 6 per worker for tiny items;
   - a ramp and a time cap: the first slices are a single index, each later one at most
     4x the largest finished so far, and never more than ~TARGET_SECONDS of work at the
     measured rate, so slow items still give frequent progress and lose little on a
@@ -24,10 +25,11 @@ GUIDED_DIVISOR = 2
 
 @dataclass
 class ChunkPlanner:
-    """Hands out fresh slices [start, start+count) in order until `total` is covered."""
+    """Hands out fresh slices [start, start+count) in order until `total` is covered, to be
+    shared by `workers` workers (the guided divisor; the run's parallelism bounds it)."""
 
     total: int
-    parallelism: int
+    workers: int
     items_per_pod: int | None = None
     target_seconds: float = TARGET_SECONDS
     next_start: int = 0
@@ -37,9 +39,9 @@ class ChunkPlanner:
     def __post_init__(self) -> None:
         if self.total < 0:
             raise ValueError("total must be >= 0")
-        if self.parallelism < 1:
-            raise ValueError("parallelism must be >= 1")
-        self._floor = max(1, math.ceil(self.total / (FLOOR_SLICES_PER_WORKER * self.parallelism)))
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
+        self._floor = max(1, math.ceil(self.total / (FLOOR_SLICES_PER_WORKER * self.workers)))
 
     @property
     def exhausted(self) -> bool:
@@ -56,7 +58,7 @@ class ChunkPlanner:
             return 0
         if self.items_per_pod is not None:
             return min(self.items_per_pod, remaining)
-        size = max(math.ceil(remaining / (GUIDED_DIVISOR * self.parallelism)), self._floor)
+        size = max(math.ceil(remaining / (GUIDED_DIVISOR * self.workers)), self._floor)
         ramp = max(1, self._largest_done * RAMP_FACTOR)
         size = min(size, ramp)
         if self._rate is not None:

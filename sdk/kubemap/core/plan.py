@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from kubemap.core.attempts import Attempt, AttemptState, SliceRequest
+from kubemap.core.parallelism import DEFAULT_PARALLELISM
 from kubemap.core.policy import (
     BACKOFF_BASE_SECONDS,
     INFRA_RETRY_LIMIT,
@@ -42,7 +43,7 @@ class Rules:
 
     total: int
     items_per_slice: int = 1
-    parallelism: int = 10
+    parallelism: int = DEFAULT_PARALLELISM
     retries: int = 0  # per index (backoffLimitPerIndex)
     min_success_ratio: float = 1.0
     max_failed_indexes: int | None = None

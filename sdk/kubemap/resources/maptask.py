@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from kubemap.core.parallelism import DEFAULT_PARALLELISM, MAX_PARALLELISM
 from kubemap.core.status import Phase
 from kubemap.resources.requirements import check_packages
 
@@ -129,7 +130,7 @@ class MapTaskSpec(_Wire):
         description="Container mode: inline items; pod i gets items[i] as KUBEMAP_ITEM.",
     )
     items_per_pod: int = Field(default=1, ge=1, le=100_000)
-    parallelism: int = Field(default=10, ge=1, le=10_000)
+    parallelism: int = Field(default=DEFAULT_PARALLELISM, ge=1, le=MAX_PARALLELISM)
     backoff_limit_per_index: int = Field(default=0, ge=0, le=100)
     max_failed_indexes: int | None = Field(default=None, ge=0)
     min_success_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
@@ -255,7 +256,8 @@ class RunOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    parallelism: int | None = Field(default=None, ge=1, le=10_000)
+    # None: the backend's default (kubemap.core.parallelism.default_parallelism)
+    parallelism: int | None = Field(default=None, ge=1, le=MAX_PARALLELISM)
     items_per_pod: int | None = Field(default=None, ge=1, le=100_000)
     retries: int = Field(default=0, ge=0, le=100)
     min_success_ratio: float = Field(default=1.0, ge=0.0, le=1.0)

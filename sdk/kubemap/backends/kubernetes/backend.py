@@ -31,6 +31,7 @@ from kubemap.backends.kubernetes.workerpools import (
 )
 from kubemap.contract import ANNOTATION_RETRY, API_VERSION, GROUP, KIND, PLURAL, VERSION
 from kubemap.core.batching import auto_items_per_pod
+from kubemap.core.parallelism import default_parallelism
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase, RunStatus, run_status
 from kubemap.errors import ClusterError, ConfigError
@@ -66,7 +67,7 @@ def build_maptask(name: str, store_url: str, total: int, options: RunOptions) ->
         service_account_name=options.service_account,
     )
     # On a pool the pool's size bounds a task, not parallelism (unless the user sets one).
-    parallelism = options.parallelism or (10_000 if options.pool else 10)
+    parallelism = options.parallelism or default_parallelism(pool=options.pool is not None)
     # A pool leases guided chunks itself; pods get a batch size chosen for them (batching.py).
     batch = options.items_per_pod or (1 if options.pool else auto_items_per_pod(total, parallelism))
     spec = MapTaskSpec(

@@ -29,6 +29,7 @@ from kubemap.backends.local.processes import WARM_WORKERS, Broken, Done, Job, Wo
 from kubemap.contract import EXIT_INFRA_ERROR, EXIT_OK, EXIT_USER_ERROR
 from kubemap.core.attempts import Attempt, AttemptState, Report
 from kubemap.core.chunking import ChunkPlanner, worker_count
+from kubemap.core.parallelism import default_parallelism
 from kubemap.core.plan import Decision, Recorded, Rules, Verdict, plan
 from kubemap.core.policy import Cause, FailureBudget, decisive_failure
 from kubemap.core.ranges import IndexRanges
@@ -46,10 +47,6 @@ MAX_CRASH_SPLITS = 64  # a crashed worker's automatic slice size is halved at mo
 
 _active_runs: weakref.WeakSet[LocalRun] = weakref.WeakSet()
 _run_ids = itertools.count()
-
-
-def default_parallelism() -> int:
-    return os.cpu_count() or 1
 
 
 class LocalBackend:
@@ -96,7 +93,7 @@ class LocalRun:
         self.total = total
         self.name = name
         self.options = options
-        self.parallelism = options.parallelism or default_parallelism()
+        self.parallelism = options.parallelism or default_parallelism(cpus=os.cpu_count() or 1)
         self._chunks = ChunkPlanner(total, self.parallelism, options.items_per_pod)
         self._size_cap: int | None = None  # lowered when a worker dies in an automatic slice
         self._crash_splits = 0
