@@ -106,7 +106,6 @@ class PoolTask:
     flushed: MapTaskStatus | None = None
     flushed_at: datetime | None = None
     events: list[Event] = field(default_factory=list)
-    served_by: set[str] = field(default_factory=set)
     seconds_per_item: float | None = None  # measured from finished leases (moving average)
 
     @property
@@ -456,7 +455,6 @@ class Dispatcher:
         task.leases[lease.name] = lease
         task.leased += count
         self._push_expiry(task, lease)
-        task.served_by.add(worker)
         self.pool(pool).last_work = now
         return Grant(
             lease_id=f"{task.key[1]}/{lease.name}",

@@ -48,7 +48,6 @@ class DispatcherApp:
     def __init__(self, dispatcher: Dispatcher, key: bytes) -> None:
         self.dispatcher = dispatcher
         self.key = key
-        self.refused = 0  # requests refused for a missing or wrong credential
         self.app = web.Application(client_max_size=MAX_BODY)
         self.app.add_routes(
             [
@@ -82,7 +81,6 @@ class DispatcherApp:
         uid = self.dispatcher.pool_uid((namespace, pool)) if namespace and pool else None
         token = auth.removeprefix("Bearer ").strip()
         if uid is None or not worker or not token_ok(self.key, namespace, pool, uid, token):
-            self.refused += 1
             # Never log the presented token: only who asked for what.
             log.warning(
                 f"refused {request.path} for pool {pool_text or '<none>'} from "
