@@ -2,8 +2,11 @@
 # Build (or reuse) the test cluster's control-plane binaries:
 #   kube-apiserver, kube-controller-manager  from ./go.mod      (k8s.io/kubernetes)
 #   etcd                                     from ./etcd/go.mod (go.etcd.io/etcd/server/v3)
+#   kueue (Kueue's manager, `up --kueue`)    `go install sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION`
+#                                            (./kueue/VERSION; built against its own go.mod)
 # into ${KUBEMAP_TESTCLUSTER_CACHE:-$HOME/.cache/kubemap-testcluster}/bin/<k8s-version>/.
-# A binary is rebuilt only when the go.mod/go.sum it comes from changed (a stamp file per binary).
+# A binary is rebuilt only when the go.mod/go.sum (or version) it comes from changed (a stamp
+# file per binary). kueue builds beside kube-controller-manager: their link steps overlap.
 # Prints the bin dir on the last line of stdout; progress and durations go to stderr.
 set -euo pipefail
 
@@ -58,9 +61,43 @@ build() {
   echo "build.sh: built $name in $((SECONDS - start))s" >&2
 }
 
+# build_kueue: `go install pkg@version` uses the kueue module's own go.mod and go.sum (checked
+# against sum.golang.org), so no go.mod of ours pins its k8s.io v0.35 dependencies. The module
+# stays in the module cache, where `testcluster up --kueue` reads its CRDs and webhooks.
+build_kueue() {
+  local version stamp want gobin
+  version="$(tr -d '[:space:]' <"$here/kueue/VERSION")"
+  stamp="$bin/.kueue.stamp"
+  want="sigs.k8s.io/kueue/cmd/kueue@$version"
+  if [[ -x "$bin/kueue" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    echo "build.sh: reusing $bin/kueue" >&2
+    return
+  fi
+  echo "build.sh: building kueue from $want (cold on 2 cores this takes minutes)..." >&2
+  local start=$SECONDS
+  gobin="$(mktemp -d "$bin/.kueue.XXXXXX")"
+  # -mod is not allowed with `go install pkg@version`: GOFLAGS is cleared for this one.
+  GOFLAGS= GOBIN="$gobin" go install -trimpath \
+      -ldflags="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$version" "$want"
+  mv -f "$gobin/kueue" "$bin/kueue"
+  rmdir "$gobin"
+  echo "$want" >"$stamp"
+  echo "build.sh: built kueue in $((SECONDS - start))s" >&2
+}
+
 total=$SECONDS
 build etcd "$here/etcd" go.etcd.io/etcd/server/v3
 build kube-apiserver "$here" k8s.io/kubernetes/cmd/kube-apiserver "$version_ldflags"
+build_kueue >"$bin/.kueue.log" 2>&1 &
+kueue_pid=$!
 build kube-controller-manager "$here" k8s.io/kubernetes/cmd/kube-controller-manager "$version_ldflags"
+kueue_rc=0
+wait "$kueue_pid" || kueue_rc=$?
+cat "$bin/.kueue.log" >&2
+rm -f "$bin/.kueue.log"
+if [[ $kueue_rc != 0 ]]; then
+  echo "build.sh: building kueue failed (exit $kueue_rc)" >&2
+  exit "$kueue_rc"
+fi
 echo "build.sh: binaries ready in $((SECONDS - total))s" >&2
 echo "$bin"
