@@ -175,11 +175,6 @@ def test_the_backend_steps_of_a_submit_share_one_connection(
     assert fake.calls["create", "maptasks"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/prepare.py reads the chart's defaults on a connection of its own "
-    "(prepare_kubernetes_submit) until it asks the backend (backend.discover)",
-)
 @pytest.mark.parametrize("pool", [None, "scorers"], ids=["pods", "pool"])
 def test_a_submit_connects_once(api: tuple[FakeApi, Counter[str]], pool: str | None) -> None:
     fake, connects = api

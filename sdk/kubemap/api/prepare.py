@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 from kubemap.backends import Backend, get_backend
-from kubemap.backends.kubernetes.discovery import prepare_kubernetes_submit
 from kubemap.contract import MAX_TASK_NAME, META_KEY
 from kubemap.core.policy import FailureBudget
 from kubemap.errors import ConfigError, StoreError
@@ -54,16 +53,12 @@ def upload(
     backend = get_backend(opts.backend)
     name = opts.name or task_name(fn)
     # Kubernetes: the chart's default store (kubemap-defaults ConfigMap), its image's Python.
-    found = (
-        prepare_kubernetes_submit(opts.store, opts.image, opts.namespace)
-        if opts.backend == "kubernetes"
-        else None
-    )
+    found = backend.discover(opts)
     store_url = opts.store or (found.url if found else None) or default_store_url()
     retention.sweep_quietly(store_url)  # failed local runs' data expires (kubemap gc)
     backend.preflight(store_url, opts)
     # The chart's store through the chart's endpoint, passed to its client, never os.environ.
-    task = (found.open() if found else open_store(store_url)).child(name)
+    task = (found or open_store(store_url)).child(name)
     if opts.name and task.exists(META_KEY):
         raise ConfigError(
             f"a task named {name!r} already exists in {task.url}: pick another name, or delete "

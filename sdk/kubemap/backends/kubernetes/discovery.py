@@ -145,20 +145,3 @@ def check_submit(
         return chart_store(found)
     return None
 
-
-def prepare_kubernetes_submit(
-    store: str | None, image: str | None, namespace: str | None
-) -> ChartStore | None:
-    """check_submit with a connection of its own, for a caller that has no backend at hand.
-    A submit asks its backend instead (KubernetesBackend.discover), which reuses the one
-    connection of the submit."""
-    from kubemap.backends.kubernetes.client import Cluster
-
-    def read() -> ClusterDefaults | None:
-        try:
-            cluster = Cluster.connect(namespace)
-        except ClusterError:
-            return None  # no cluster: the backend's preflight says so, naming the fix
-        return find_defaults(cluster)
-
-    return check_submit(store, image, read)
