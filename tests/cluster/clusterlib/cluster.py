@@ -13,14 +13,17 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from . import components, helm, kube, procs, realnode, s3
+from . import components, helm, kube, kueue, procs, realnode, s3
 from .components import Ports
 from .pki import make_pki
 from .state import CLUSTER_DIR, NAMESPACE, NODE_NAME, REPO, ClusterState, state_dir
 
 EMULATOR = CLUSTER_DIR / "node_emulator.py"
 # Teardown order: what depends on the API server stops first, etcd last.
-STOP_ORDER = ("node-emulator", "kube-controller-manager", "s3", "kube-apiserver", "etcd")
+# With Kueue the node has room beyond the tests' 2-CPU ClusterQueue (plus kubemap's operator),
+# so that the quota, not the node, is what holds pods back.
+KUEUE_NODE_CPU = "4"
+STOP_ORDER = ("kueue", "node-emulator", "kube-controller-manager", "s3", "kube-apiserver", "etcd")
 
 
 class UpError(RuntimeError):
@@ -171,7 +174,14 @@ def up() -> ClusterState:
         if EMULATOR.is_file():
             go.start(
                 "node-emulator",
-                components.node_emulator(_python(), EMULATOR, admin, NODE_NAME, d),
+                components.node_emulator(
+                    _python(),
+                    EMULATOR,
+                    admin,
+                    NODE_NAME,
+                    d,
+                    cpu=KUEUE_NODE_CPU if kueue.wanted() else None,
+                ),
                 lambda: kube.node_ready(admin, NODE_NAME),
                 90,
             )
@@ -184,6 +194,11 @@ def up() -> ClusterState:
                 realnode.start(go.start, state, pki, d)
             except realnode.RealNodeError as exc:
                 raise UpError(f"real node: {exc}") from exc
+        if kueue.wanted():
+            try:
+                kueue.start(go.start, state, pki.ca, d, bin_dir)
+            except kueue.KueueError as exc:
+                raise UpError(f"kueue: {exc}") from exc
         if helm.install(admin, state.s3_endpoint, d, d / "logs" / "helm.log"):
             wait_for_operator(go, state, admin)
     except BaseException as exc:

@@ -158,7 +158,12 @@ def weed(weed_bin: Path, state: Path, identities: Path, ports: Ports) -> list[st
 
 
 def node_emulator(
-    python: Path, script: Path, kubeconfig: Path, node_name: str, state: Path
+    python: Path,
+    script: Path,
+    kubeconfig: Path,
+    node_name: str,
+    state: Path,
+    cpu: str | None = None,
 ) -> list[str]:
     return [
         str(python),
@@ -166,4 +171,5 @@ def node_emulator(
         f"--kubeconfig={kubeconfig}",
         f"--node-name={node_name}",
         f"--state-dir={state / 'node'}",
+        *([f"--cpu={cpu}"] if cpu else []),
     ]

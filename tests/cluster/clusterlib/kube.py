@@ -14,7 +14,7 @@ from .pki import KeyPair, Pki
 from .state import NAMESPACE, S3_SECRET
 
 
-def _b64(path: Path) -> str:
+def b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
@@ -27,15 +27,15 @@ def write_kubeconfig(path: Path, server: str, pki: Pki, user: str, client: KeyPa
         "clusters": [
             {
                 "name": "kubemap-testcluster",
-                "cluster": {"server": server, "certificate-authority-data": _b64(pki.ca.cert)},
+                "cluster": {"server": server, "certificate-authority-data": b64(pki.ca.cert)},
             }
         ],
         "users": [
             {
                 "name": user,
                 "user": {
-                    "client-certificate-data": _b64(client.cert),
-                    "client-key-data": _b64(client.key),
+                    "client-certificate-data": b64(client.cert),
+                    "client-key-data": b64(client.key),
                 },
             }
         ],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,37 @@ def _ca(d: Path, name: str, common_name: str) -> KeyPair:
         cwd=d,
     )  # fmt: skip
     return ca
+
+
+def serving_cert(d: Path, name: str, common_name: str, sans: Sequence[str], ca: KeyPair) -> KeyPair:
+    """A serving certificate for ``sans`` (``IP:127.0.0.1``, ``DNS:...``) signed by ``ca``:
+    what a webhook on loopback presents to the API server, which trusts ``ca`` for it."""
+    return _signed(
+        d,
+        name,
+        f"/CN={common_name}",
+        [
+            "basicConstraints=critical,CA:FALSE",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+            "extendedKeyUsage=serverAuth",
+            "subjectAltName=" + ",".join(sans),
+        ],
+        ca,
+    )
+
+
+def self_signed_serving_cert(d: Path, name: str, common_name: str, sans: Sequence[str]) -> KeyPair:
+    """A self-signed serving certificate (its own CA): for a server nothing here verifies."""
+    pair = KeyPair(cert=d / f"{name}.crt", key=d / f"{name}.key")
+    _ec_key(pair.key)
+    _openssl(
+        "req", "-x509", "-new", "-key", str(pair.key), "-subj", f"/CN={common_name}",
+        "-days", "365", "-sha256", "-out", str(pair.cert),
+        "-addext", "subjectAltName=" + ",".join(sans),
+        "-addext", "extendedKeyUsage=serverAuth",
+        cwd=d,
+    )  # fmt: skip
+    return pair
 
 
 def make_pki(d: Path) -> Pki:
