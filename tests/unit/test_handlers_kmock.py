@@ -498,14 +498,14 @@ async def test_a_lagging_watch_neither_undoes_a_status_nor_creates_a_pod_twice()
     log = logging.getLogger("test")
     await reconciler.reconcile(NS, "t", log)
     assert api.calls == ["status 0", "release t-0-0", "delete t-0-0", "create t-2-0"]
-    # The watch has shown none of it yet, and then shows t-0-0 gone (its DELETED event can come
-    # before the MapTask's status event: two streams). Index 0 stays done, t-2-0 is not made
-    # again, and no other pod takes its place beyond parallelism 2.
+    # The watch has shown none of it yet: t-0-0 is not released and deleted again (a 404 each)
+    # and t-2-0 not created again (a 409); index 0 stays done. Only `active` is new: t-2-0.
+    api.calls.clear()
+    await reconciler.reconcile(NS, "t", log)
+    assert api.calls == ["status 0"]
+    assert api.patches[-1]["active"] == 2
+    # Then the watch shows t-0-0 gone before the MapTask's status event (two streams).
     api.calls.clear()
     api.pods[:] = [_running_pod("t-1-0", 1)]
-    await reconciler.reconcile(NS, "t", log)
-    assert api.calls == ["status 0"]  # index 0 kept; only `active` changed: t-2-0 now counts
-    assert api.patches[-1]["active"] == 2
-    api.calls.clear()
     await reconciler.reconcile(NS, "t", log)
     assert api.calls == []

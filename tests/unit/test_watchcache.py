@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubemap.contract import LABEL_TASK, task_label
-from kubemap_operator.tasks.watchcache import CREATED_UNSEEN_SECONDS, WatchCache
+from kubemap_operator.tasks.watchcache import OWN_WRITE_SECONDS, WatchCache
 
 NS = "ns"
 
@@ -59,5 +59,19 @@ def test_created_pods_count_until_the_watch_shows_them_or_for_a_while() -> None:
     shown = cache.pods(NS, "t")
     assert [p["metadata"]["name"] for p in shown] == ["t-0-0", "t-1-0", "t-2-0"]
     assert shown[1]["status"] == {"phase": "Running"}  # the watch's copy, not the manifest
-    now[0] += CREATED_UNSEEN_SECONDS + 1  # t-2-0 was never seen: not waited for any longer
+    now[0] += OWN_WRITE_SECONDS + 1  # t-2-0 was never seen: not waited for any longer
     assert [p["metadata"]["name"] for p in cache.pods(NS, "t")] == ["t-0-0", "t-1-0"]
+
+
+def test_deleted_pods_are_left_out_until_the_watch_shows_them_gone_or_for_a_while() -> None:
+    now = [0.0]
+    shown = [pod("t-0-0"), pod("t-1-0"), pod("t-2-0")]
+    pods = {(NS, task_label("t")): shown}
+    cache = WatchCache({}, pods, clock=lambda: now[0])
+    cache.deleted_pod(NS, "t", "t-0-0")
+    cache.deleted_pod(NS, "t", "t-1-0")
+    assert [p["metadata"]["name"] for p in cache.pods(NS, "t")] == ["t-2-0"]
+    del shown[0]  # the watch shows t-0-0 gone
+    assert [p["metadata"]["name"] for p in cache.pods(NS, "t")] == ["t-2-0"]
+    now[0] += OWN_WRITE_SECONDS + 1  # t-1-0 is still there (a finalizer kept it): plan it again
+    assert [p["metadata"]["name"] for p in cache.pods(NS, "t")] == ["t-1-0", "t-2-0"]

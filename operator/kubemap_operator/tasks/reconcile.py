@@ -206,6 +206,7 @@ class Reconciler:
         await logkeeper.keep_failed(self.api, task.namespace, body, doomed, logger)
         for pod_name_ in result.delete:
             await self.api.delete_pod(task.namespace, pod_name_)
+            self.cache.deleted_pod(task.namespace, task.name, pod_name_)
             metrics.PODS_DELETED.inc()
         for pod_name_ in result.stop:  # keeps its finalizer: its outcome is still to record
             await self.api.delete_pod(task.namespace, pod_name_)
@@ -317,7 +318,11 @@ def invalid_spec_message(exc: pydantic.ValidationError) -> str:
 
 
 async def release_orphan(api: TaskApi, pod: dict[str, Any]) -> bool:
-    """A pod with our finalizer whose task is gone or being deleted: drop the finalizer."""
+    """A pod with our finalizer whose task is gone or being deleted: drop the finalizer.
+
+    Asks the API server, not the watch cache: the pod's deletion can be seen before its task's,
+    and a cache still showing the task would keep the finalizer with no event left to drop it.
+    Only pods being deleted with the finalizer on come here, not every reconcile."""
     meta = pod.get("metadata") or {}
     namespace = str(meta.get("namespace", ""))
     owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)

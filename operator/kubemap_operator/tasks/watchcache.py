@@ -18,10 +18,14 @@ soon as the API server accepts it, until the watch shows it too (client-go's con
 * created pods. Until the watch shows them they count as pending pods, so the next round
   neither creates them again (their deterministic names would make that a 409, but each costs
   a call and a rate-limit token) nor starts other indices in their place beyond parallelism.
+* deleted pods whose outcome is recorded. Until the watch shows them gone they are left out,
+  so the next round does not release and delete them again (measured on the test cluster: a
+  404 for about every second reconcile, as a pod's own events wait behind its handler).
 
-Everything else a lagging watch shows (a deleted pod still there, a removed finalizer still
-on) is planned idempotently: outcomes union into ranges, and a second release or delete of a
-pod answers 404 or 409, which the API layer ignores.
+Own writes are trusted over the watch for OWN_WRITE_SECONDS at most (the status excepted):
+past that, what the watch shows wins, and a pod seen again is planned again. Everything else
+a lagging watch shows (a removed finalizer still on) is planned idempotently: outcomes union
+into ranges, and a second release of a pod answers 409, which the API layer ignores.
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ from kubemap.contract import LABEL_TASK, task_label
 from kubemap_operator.kubeapi import TaskApi
 
 Key = tuple[str, str]
-# A pod this operator created that the watch has not shown for this long is not waited for:
-# the next round may create it again (a 409 if it exists) rather than count a pod never seen.
-CREATED_UNSEEN_SECONDS = 30.0
+# A pod this operator created (deleted) that the watch has not shown (still shows) after this
+# long is taken as the watch shows it: created again (a 409 if it exists), or planned again.
+OWN_WRITE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class WatchCache:
         self._clock = clock
         self._written: dict[Key, _Written] = {}
         self._created: dict[Key, dict[str, tuple[float, dict[str, Any]]]] = {}
+        self._deleted: dict[Key, dict[str, float]] = {}
 
     def task(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The MapTask as last seen, with the status this operator last wrote; None: gone."""
@@ -81,20 +86,28 @@ class WatchCache:
         return {**body, "status": written.status}
 
     def pods(self, namespace: str, task_name: str) -> list[dict[str, Any]]:
-        """The task's pods as last seen, and those created since that the watch has not shown."""
+        """The task's pods as last seen, with those created since and without those deleted
+        since, as far as the watch has not shown it yet."""
         key = (namespace, task_label(task_name))
         seen = list(self._pods.get(key, ()))
-        created = self._created.get(key)
-        if not created:
+        created, deleted = self._created.get(key), self._deleted.get(key)
+        if not created and not deleted:
             return seen
         names = {(p.get("metadata") or {}).get("name") for p in seen}
         now = self._clock()
-        for name, (when, _) in list(created.items()):
-            if name in names or now - when > CREATED_UNSEEN_SECONDS:
-                del created[name]
-        if not created:
-            del self._created[key]
-        return [*seen, *(manifest for _, manifest in created.values())]
+        if created:
+            for name, (when, _) in list(created.items()):
+                if name in names or now - when > OWN_WRITE_SECONDS:
+                    del created[name]
+        if deleted:
+            for name, when in list(deleted.items()):
+                if name not in names or now - when > OWN_WRITE_SECONDS:
+                    del deleted[name]
+            seen = [p for p in seen if (p.get("metadata") or {}).get("name") not in deleted]
+        for mine in (self._created, self._deleted):
+            if not mine.get(key):
+                mine.pop(key, None)
+        return [*seen, *(manifest for _, manifest in (created or {}).values())]
 
     def wrote_status(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
         """The API server accepted a status write and answered with the object after it."""
@@ -110,10 +123,16 @@ class WatchCache:
         key = (namespace, str((meta.get("labels") or {}).get(LABEL_TASK, "")))
         self._created.setdefault(key, {})[str(meta.get("name"))] = (self._clock(), manifest)
 
+    def deleted_pod(self, namespace: str, task_name: str, name: str) -> None:
+        """A pod whose outcome is recorded was released and deleted: nothing left to plan."""
+        key = (namespace, task_label(task_name))
+        self._deleted.setdefault(key, {})[name] = self._clock()
+
     def forget(self, namespace: str, name: str) -> None:
         """The task is gone: drop what was laid over the watch's view of it."""
         self._written.pop((namespace, name), None)
         self._created.pop((namespace, task_label(name)), None)
+        self._deleted.pop((namespace, task_label(name)), None)
 
 
 class WriteThrough:
@@ -151,4 +170,4 @@ class WriteThrough:
         await self.api.delete_task(namespace, name)
 
 
-__all__ = ["CREATED_UNSEEN_SECONDS", "WatchCache", "WriteThrough"]
+__all__ = ["OWN_WRITE_SECONDS", "WatchCache", "WriteThrough"]
