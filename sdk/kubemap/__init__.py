@@ -21,7 +21,7 @@ from kubemap.errors import (
     StoreError,
     TimeoutError,
 )
-from kubemap.resources.maptask import RunOptions
+from kubemap.resources.options import RunOptions
 from kubemap.task.inputfiles import File, files
 
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ import pytest
 from chaoskit import NAMESPACE, get_task, report, task_pods, wait_finished
 from kubemap.backends.kubernetes.backend import KubernetesBackend
 from kubemap.contract import EXIT_INFRA_ERROR
-from kubemap.resources.maptask import RunOptions
+from kubemap.resources.options import RunOptions
 from kubemap.stores import Store, open_store
 from kubemap.task.data import write_function, write_inputs
 from kubemap.task.meta import TaskMeta, write_meta

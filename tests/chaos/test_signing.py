@@ -21,7 +21,7 @@ from chaoskit import NAMESPACE, get_task, opts, report, task_pods, wait_finished
 from faults import wait_until
 from kubemap.api.workerpool import WorkerPool
 from kubemap.backends.kubernetes.backend import KubernetesBackend, build_maptask
-from kubemap.resources.maptask import RunOptions
+from kubemap.resources.options import RunOptions
 from kubemap.stores import Store, open_store
 from kubemap.task import data as taskdata
 from kubemap.task import signing

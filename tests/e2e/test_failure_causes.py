@@ -14,7 +14,7 @@ import kubemap
 import pytest
 from e2ekit import NAMESPACE, PodWatch, opts, wait_phase
 from kubemap.backends.kubernetes.backend import build_maptask
-from kubemap.resources.maptask import RunOptions
+from kubemap.resources.options import RunOptions
 from kubemap.stores import open_store
 from kubemap.task import data as taskdata
 from kubemap.task.meta import TaskMeta, write_meta

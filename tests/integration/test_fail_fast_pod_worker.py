@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from kubemap.api.prepare import upload
 from kubemap.contract import EXIT_USER_ERROR
-from kubemap.resources.maptask import RunOptions
+from kubemap.resources.options import RunOptions
 from kubemap.stores import Store
 from kubemap.task import data as taskdata
 

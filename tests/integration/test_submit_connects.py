@@ -19,7 +19,7 @@ from kubemap.backends import get_backend
 from kubemap.backends.kubernetes import client as kubeclient
 from kubemap.backends.kubernetes.backend import KubernetesBackend
 from kubemap.backends.kubernetes.workerpools import PoolCreatedWarning
-from kubemap.resources.maptask import RunOptions
+from kubemap.resources.options import RunOptions
 from kubemap.resources.workerpool import POOL_PLURAL, python_minor
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import kube_config

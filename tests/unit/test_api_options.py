@@ -6,10 +6,9 @@ import re
 from typing import Any
 
 import pytest
-from kubemap.api.options import validate_options
 from kubemap.api.prepare import slugify, task_name
 from kubemap.errors import ConfigError
-from kubemap.resources.maptask import RunOptions
+from kubemap.resources.options import RunOptions, validate_options
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 

@@ -193,7 +193,7 @@ def test_observed_states(
 
 def test_sdk_builds_a_function_mode_maptask() -> None:
     from kubemap.backends.kubernetes.backend import build_maptask
-    from kubemap.resources.maptask import RunOptions
+    from kubemap.resources.options import RunOptions
 
     body = build_maptask(
         "sq-1",

@@ -12,8 +12,8 @@ from kubemap.resources.maptask import (
     Mode,
     Phase,
     PodTemplate,
-    RunOptions,
 )
+from kubemap.resources.options import RunOptions
 from pydantic import ValidationError
 
 IMAGE = {"template": {"image": "busybox"}}

@@ -16,7 +16,8 @@ from kubemap.core.chunking import ChunkPlanner
 from kubemap.core.parallelism import DEFAULT_PARALLELISM, MAX_PARALLELISM, default_parallelism
 from kubemap.core.plan import Rules
 from kubemap.errors import ConfigError
-from kubemap.resources.maptask import MapTaskSpec, RunOptions
+from kubemap.resources.maptask import MapTaskSpec
+from kubemap.resources.options import RunOptions
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "maptask.yaml"
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 from kubemap.core.status import Phase
-from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, RunOptions, StoreRef
+from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, StoreRef
+from kubemap.resources.options import RunOptions
 from kubemap.resources.requirements import check_packages
 from kubemap.resources.workerpool import WorkerPoolSpec
 from kubemap.runtime import packages as poolpackages

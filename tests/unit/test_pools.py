@@ -75,7 +75,7 @@ def test_the_sdk_batches_items_per_pod(total: int, parallelism: int, per_pod: in
 
 def test_sdk_maptask_batches_unless_told_and_a_pool_task_leases() -> None:
     from kubemap.backends.kubernetes.backend import build_maptask
-    from kubemap.resources.maptask import RunOptions
+    from kubemap.resources.options import RunOptions
 
     auto = build_maptask("t", "s3://b/p/t", 10_000, RunOptions(parallelism=8))["spec"]
     assert auto["itemsPerPod"] == 625 and "pool" not in auto

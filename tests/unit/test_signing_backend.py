@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from kubemap.backends.kubernetes import backend as kube
 from kubemap.errors import ConfigError
-from kubemap.resources.maptask import RunOptions
+from kubemap.resources.options import RunOptions
 from kubemap.task import signing
 from kubernetes.client.exceptions import ApiException
 

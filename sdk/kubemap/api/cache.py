@@ -28,7 +28,7 @@ from typing import Any
 from kubemap.api.maprun import CachedRun, MapRun, StoredRun, misses_options
 from kubemap.api.prepare import upload
 from kubemap.backends import RunHandle
-from kubemap.resources.maptask import RunOptions
+from kubemap.resources.options import RunOptions
 from kubemap.stores import default_store_url, open_store
 from kubemap.task.cacheentries import (
     CACHE_DIR,

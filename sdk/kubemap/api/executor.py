@@ -29,10 +29,10 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubemap.api.options import validate_options
 from kubemap.api.streaming import NOT_RUN
 from kubemap.api.submit import submit_validated
 from kubemap.errors import CancelledError, KubemapError, RemoteError, TimeoutError
+from kubemap.resources.options import validate_options
 from kubemap.task.pickling import dumps
 
 __all__ = ["Executor", "RemoteFailure"]

@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
-from kubemap.api.options import validate_options
 from kubemap.api.progress import ProgressBar, want_progress
 from kubemap.api.streaming import as_completed, fill_missing
 from kubemap.backends import RunHandle, get_backend
@@ -35,7 +34,7 @@ from kubemap.errors import (
     StoreError,
     TimeoutError,
 )
-from kubemap.resources.maptask import RunOptions
+from kubemap.resources.options import RunOptions, validate_options
 from kubemap.stores import Store, default_store_url, open_store
 from kubemap.task.cacheentries import (
     CONFIG_KEY,

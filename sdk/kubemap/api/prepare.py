@@ -17,7 +17,7 @@ from kubemap.backends import Backend, get_backend
 from kubemap.contract import MAX_TASK_NAME, META_KEY
 from kubemap.core.policy import FailureBudget
 from kubemap.errors import ConfigError, StoreError
-from kubemap.resources.maptask import RunOptions
+from kubemap.resources.options import RunOptions
 from kubemap.stores import Store, default_store_url, open_store
 from kubemap.task import retention
 from kubemap.task.data import write_function, write_inputs

@@ -20,10 +20,9 @@ from typing import Any
 
 from kubemap.api.cache import submit_cached
 from kubemap.api.maprun import MapRun
-from kubemap.api.options import validate_options
 from kubemap.api.prepare import forget, upload
 from kubemap.errors import MapTaskError
-from kubemap.resources.maptask import RunOptions
+from kubemap.resources.options import RunOptions, validate_options
 
 __all__ = ["imap", "map", "submit", "submit_validated"]
 

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import RunStatus
 from kubemap.errors import TimeoutError
-from kubemap.resources.maptask import RunOptions
+from kubemap.resources.options import RunOptions
 from kubemap.stores.base import Store
 
 

@@ -1,4 +1,4 @@
-"""pydantic v2 models at the edges: the MapTask spec and status, and the SDK's options.
+"""The MapTask resource: its spec and status as pydantic v2 models.
 
 These models are the single source of truth: crds/maptask.yaml is generated from them
 (`kubemap crd`), and a test fails when the two drift. Field names are snake_case in Python
@@ -15,7 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from kubemap.core.parallelism import DEFAULT_PARALLELISM, MAX_PARALLELISM
 from kubemap.core.status import Phase
-from kubemap.resources.requirements import check_packages
+from kubemap.resources.requirements import check_task_packages
 
 MAX_INLINE_ITEMS = 1000
 MAX_ITEM_LENGTH = 4096
@@ -159,7 +159,7 @@ class MapTaskSpec(_Wire):
             if self.pool is not None:
                 raise ValueError("files runs pods of your image; pool is for function mode")
             if self.packages:
-                _check_task_packages(self.packages, self.pool)
+                check_task_packages(self.packages, self.pool)
             return self
         if self.items is not None:
             if self.mode is Mode.FUNCTION:
@@ -181,7 +181,7 @@ class MapTaskSpec(_Wire):
         if self.pool is not None and self.mode is not Mode.FUNCTION:
             raise ValueError("pool is for function mode: pool workers run the task's fn.pkl")
         if self.packages:
-            _check_task_packages(self.packages, self.pool)
+            check_task_packages(self.packages, self.pool)
         return self
 
     @property
@@ -249,86 +249,3 @@ class MapTaskStatus(_Wire):
     # processed); None until the listing pod finished. total = listed - skipped.
     listed: int | None = Field(default=None, ge=0)
     skipped: int | None = Field(default=None, ge=0)
-
-
-class RunOptions(BaseModel):
-    """Options of kubemap.map / kubemap.submit; keyword-only in the API, validated here."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # None: the backend's default (kubemap.core.parallelism.default_parallelism)
-    parallelism: int | None = Field(default=None, ge=1, le=MAX_PARALLELISM)
-    items_per_pod: int | None = Field(default=None, ge=1, le=100_000)
-    retries: int = Field(default=0, ge=0, le=100)
-    min_success_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
-    timeout: float | None = Field(default=None, gt=0)
-    backend: Literal["local", "kubernetes"] = "local"
-    store: str | None = None
-    name: str | None = Field(
-        default=None, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-    )
-    # per-item cache (kubemap.api.cache): reuse results keyed by function identity and item
-    cache: bool = False
-    cache_version: str | None = Field(default=None, max_length=128)
-    # Kubernetes backend only
-    image: str | None = None
-    namespace: str | None = None
-    resources: dict[str, Any] | None = None
-    env: dict[str, str] | None = None
-    node_selector: dict[str, str] | None = None
-    tolerations: list[dict[str, Any]] | None = Field(default=None, max_length=64)
-    service_account: str | None = None
-    # The S3 endpoint as the pods reach it, when it is not the operator's default (a MinIO
-    # the SDK reaches through a port-forward, a node network of its own).
-    store_endpoint: str | None = Field(default=None, max_length=1024, pattern=r"^https?://")
-    pool: str | None = Field(
-        default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-    )
-    packages: list[str] | None = Field(default=None, max_length=64)  # pool tasks only
-
-    @model_validator(mode="after")
-    def _check_packages(self) -> RunOptions:
-        if self.backend == "local":
-            _refuse_cluster_options(self)
-        if self.packages:
-            _check_task_packages(self.packages, self.pool if self.backend == "kubernetes" else None)
-        return self
-
-
-# Options only a cluster run honours. The local backend would ignore them, and a user who
-# forgot backend= would believe their pool, image or namespace ran the work: refused here,
-# the one place every surface's options pass (map, submit, imap, Executor, joblib, CLI).
-KUBERNETES_ONLY = (
-    "pool",
-    "image",
-    "namespace",
-    "resources",
-    "env",
-    "node_selector",
-    "tolerations",
-    "service_account",
-    "store_endpoint",
-)
-
-
-def _refuse_cluster_options(options: RunOptions) -> None:
-    given = [
-        f"{k}={getattr(options, k)!r}" for k in KUBERNETES_ONLY if getattr(options, k) is not None
-    ]
-    if given:
-        raise ValueError(
-            f"{', '.join(given)}: Kubernetes options, and this run is local (backend='local', "
-            'the default): pass backend="kubernetes" to run on the cluster, or leave '
-            + ("it" if len(given) == 1 else "them")
-            + " out to run here"
-        )
-
-
-def _check_task_packages(packages: list[str], pool: str | None) -> None:
-    """Runtime packages are installed by warm pool workers; pods and local runs do not."""
-    if pool is None:
-        raise ValueError(
-            "packages= is installed by warm pool workers: run with backend='kubernetes', "
-            "pool=<name>, or bake the packages into image= (locally: pip install them)"
-        )
-    check_packages(packages)

@@ -30,3 +30,13 @@ def check_packages(packages: Iterable[str], *, where: str = "packages") -> list[
                 "as --index-url belong in the pool's env (PIP_INDEX_URL), not in packages"
             )
     return out
+
+
+def check_task_packages(packages: list[str], pool: str | None) -> None:
+    """Runtime packages are installed by warm pool workers; pods and local runs do not."""
+    if pool is None:
+        raise ValueError(
+            "packages= is installed by warm pool workers: run with backend='kubernetes', "
+            "pool=<name>, or bake the packages into image= (locally: pip install them)"
+        )
+    check_packages(packages)

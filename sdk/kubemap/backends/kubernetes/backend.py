@@ -35,7 +35,8 @@ from kubemap.core.parallelism import default_parallelism
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase, RunStatus, run_status
 from kubemap.errors import ClusterError, ConfigError
-from kubemap.resources.maptask import MapTaskSpec, Mode, PodTemplate, RunOptions, StoreRef
+from kubemap.resources.maptask import MapTaskSpec, Mode, PodTemplate, StoreRef
+from kubemap.resources.options import RunOptions
 from kubemap.resources.workerpool import ANNOTATION_PYTHON, python_minor
 from kubemap.stores import open_store
 from kubemap.stores.base import Store

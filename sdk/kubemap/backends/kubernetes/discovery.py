@@ -144,4 +144,3 @@ def check_submit(
     if need_store and found.store:
         return chart_store(found)
     return None
-

@@ -35,7 +35,7 @@ from kubemap.core.policy import Cause, FailureBudget, decisive_failure
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase, Reason, RunStatus, outcome_message, restate_counts
 from kubemap.errors import StoreError
-from kubemap.resources.maptask import RunOptions
+from kubemap.resources.options import RunOptions
 from kubemap.runtime.worker import record_infra_failure
 from kubemap.stores.base import Store
 from kubemap.task.data import succeeded_indexes, write_error
