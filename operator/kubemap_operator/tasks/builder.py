@@ -31,8 +31,8 @@ from kubemap.contract import (
     name_digest,
     task_label,
 )
-from kubemap.resources.maptask import MapTaskSpec, Mode
 from kubemap.resources import filemode as filetask
+from kubemap.resources.maptask import MapTaskSpec, Mode
 from kubemap.task.signing import key_env, secret_name
 
 from kubemap_operator.podparts import apply_container_defaults, apply_pod_placement

@@ -12,8 +12,8 @@ from typing import Any
 
 from kubemap.contract import ANNOTATION_ATTEMPT
 from kubemap.core.status import Phase, Reason
-from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
 from kubemap.resources import filemode as filetask
+from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
 
 from kubemap_operator.kubeapi import TaskApi
 from kubemap_operator.settings import Settings
