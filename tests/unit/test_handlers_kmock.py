@@ -509,3 +509,29 @@ async def test_a_lagging_watch_neither_undoes_a_status_nor_creates_a_pod_twice()
     api.pods[:] = [_running_pod("t-1-0", 1)]
     await reconciler.reconcile(NS, "t", log)
     assert api.calls == []
+
+
+@pytest.mark.asyncio
+async def test_the_logs_of_failed_pods_beyond_those_kept_are_recorded_before_they_go() -> None:
+    """The log keeper reads logs through the API's CoreV1Api, not through the cache's writer
+    (which has none: the e2e test of kept logs found no ConfigMap)."""
+    import logging
+
+    from kubemap_operator.tasks.reconcile import Reconciler
+    from test_logkeeper import FakeCore, failed_pod
+
+    task = maptask("t", count=3, parallelism=3, backoffLimitPerIndex=0, minSuccessRatio=0)
+    task["metadata"]["uid"] = "uid-t"
+    pods = [failed_pod(i) for i in range(3)]
+    for pod in pods:
+        pod["metadata"]["finalizers"] = [POD_FINALIZER]
+        pod["metadata"]["ownerReferences"] = [{"uid": "uid-t", "controller": True, "name": "t"}]
+    api = FakeApi(task, pods)
+    api.core = FakeCore(logs={"t-0-0": "boom at 0\n"})  # type: ignore[attr-defined]
+    settings = Settings(metrics_port=0, failed_pods_kept=1)
+    reconciler = Reconciler(api, settings, cache=cache_of(api))
+    await reconciler.reconcile(NS, "t", logging.getLogger("test"))
+    deleted = [c for c in api.calls if c.startswith("delete ")]
+    assert len(deleted) == 2  # one failed pod is kept, the other two go
+    kept = api.core.maps["t-logs"]["data"]  # type: ignore[attr-defined]
+    assert {c.removeprefix("delete t-").removesuffix("-0") for c in deleted} <= set(kept)

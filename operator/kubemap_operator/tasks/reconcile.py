@@ -68,6 +68,7 @@ class Reconciler:
     ) -> None:
         self.cache = cache
         self.api = WriteThrough(api, cache)  # what this reconciler writes, the cache shows
+        self.kube = api  # the API itself: the log keeper reads logs through its CoreV1Api
         self.settings = settings
         self.limiter = limiter or TokenBucket(settings.pod_create_qps, settings.pod_create_burst)
         self.backoff: FailureBackoff[tuple[str, str]] = FailureBackoff()
@@ -203,7 +204,7 @@ class Reconciler:
             if pod is not None:
                 await self.api.remove_finalizer(task.namespace, pod)
         doomed = [by_name[n] for n in result.delete if n in by_name]
-        await logkeeper.keep_failed(self.api, task.namespace, body, doomed, logger)
+        await logkeeper.keep_failed(self.kube, task.namespace, body, doomed, logger)
         for pod_name_ in result.delete:
             await self.api.delete_pod(task.namespace, pod_name_)
             self.cache.deleted_pod(task.namespace, task.name, pod_name_)
