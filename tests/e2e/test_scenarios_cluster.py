@@ -42,7 +42,7 @@ def cluster_options(unique: Callable[[str], str]) -> dict[str, Any]:
         "store": os.environ.get("KUBEMAP_STORE"),
         "name": unique("scn"),
         # The table counts calls per index as one pod per index runs them; without this the
-        # SDK batches (kubemap.core.batching) and a pod runs past the failing index.
+        # SDK batches (kubemap.core.slicing) and a pod runs past the failing index.
         "items_per_pod": 1,
     }
 

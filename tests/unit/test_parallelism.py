@@ -12,9 +12,9 @@ import yaml
 from kubemap.backends.kubernetes.backend import build_maptask
 from kubemap.backends.kubernetes.workerpools import DEFAULT_REPLICAS, new_pool_replicas
 from kubemap.backends.local import backend as local
-from kubemap.core.chunking import ChunkPlanner
 from kubemap.core.parallelism import DEFAULT_PARALLELISM, MAX_PARALLELISM, default_parallelism
 from kubemap.core.plan import Rules
+from kubemap.core.slicing import ChunkPlanner
 from kubemap.errors import ConfigError
 from kubemap.resources.maptask import MapTaskSpec
 from kubemap.resources.options import RunOptions

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from kubemap.core.batching import MAX_ITEMS_PER_POD, auto_items_per_pod
 from kubemap.core.policy import ExitKind
 from kubemap.core.ranges import IndexRanges
+from kubemap.core.slicing import MAX_ITEMS_PER_POD, auto_items_per_pod, chunk_floor, guided_chunk
 from kubemap.core.status import Phase
 from kubemap.resources.crds import render_pool_crd
 from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, StoreRef
@@ -21,8 +21,6 @@ from kubemap_operator.pools.leases import (
     IllegalTransition,
     Lease,
     LeaseState,
-    chunk_floor,
-    guided_chunk,
 )
 from kubemap_operator.pools.tokens import pool_token, token_ok
 from kubemap_operator.settings import Settings

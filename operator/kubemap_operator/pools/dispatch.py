@@ -47,10 +47,11 @@ from kubemap.core.plan import (
 )
 from kubemap.core.policy import Cause, ExitKind, FailureBudget, decisive_failure
 from kubemap.core.ranges import IndexRanges
+from kubemap.core.slicing import chunk_floor, guided_chunk
 from kubemap.core.status import CONDITION_OF_PHASE, Phase, partition
 from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
 
-from kubemap_operator.pools.leases import Lease, Pending, chunk_floor, guided_chunk
+from kubemap_operator.pools.leases import Lease, Pending
 from kubemap_operator.pools.retrystate import counts_in_play, encode, recorded, restored
 from kubemap_operator.statusfields import clip, rfc3339, set_condition
 from kubemap_operator.tasks.observe import parse_time

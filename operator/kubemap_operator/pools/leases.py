@@ -18,18 +18,12 @@ it is due). Taking a chunk from an entry costs interval arithmetic on that entry
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from kubemap.core.attempts import Attempt, AttemptState, Report
 from kubemap.core.policy import ExitKind
 from kubemap.core.ranges import IndexRanges
-
-GUIDED_K = 1  # OpenMP guided: chunk = remaining / (k x workers)
-# A chunk costs a few round trips (lease, two ranged GETs, a result PUT, the report: tens of
-# ms); the floor keeps each chunk at least this much work, so the tail stays cheap.
-MIN_CHUNK_SECONDS = 0.25
 
 
 class LeaseState(enum.StrEnum):
@@ -128,20 +122,3 @@ class Pending:
         count = max(1, min(size, hi - lo))
         self.ranges = self.ranges - IndexRanges.span(lo, lo + count)
         return lo, count
-
-
-def chunk_floor(seconds_per_item: float | None) -> int:
-    """Smallest chunk worth a lease: MIN_CHUNK_SECONDS of measured work (1 before a measure)."""
-    if not seconds_per_item or seconds_per_item <= 0:
-        return 1
-    return max(1, min(100_000, math.ceil(MIN_CHUNK_SECONDS / seconds_per_item)))
-
-
-def guided_chunk(remaining: int, workers: int, *, floor: int = 1, cap: int = 100_000) -> int:
-    """Guided self-scheduling: big chunks first, small at the end, so no worker straggles.
-
-    remaining / (GUIDED_K x workers), never below floor, never above cap or remaining."""
-    if remaining <= 0:
-        return max(1, floor)
-    size = math.ceil(remaining / (GUIDED_K * max(1, workers)))
-    return max(1, min(remaining, cap, max(floor, size)))

@@ -30,9 +30,9 @@ from kubemap.backends.kubernetes.workerpools import (
     refuse_other_python,
 )
 from kubemap.contract import ANNOTATION_RETRY, API_VERSION, GROUP, KIND, PLURAL, VERSION
-from kubemap.core.batching import auto_items_per_pod
 from kubemap.core.parallelism import default_parallelism
 from kubemap.core.ranges import IndexRanges
+from kubemap.core.slicing import auto_items_per_pod
 from kubemap.core.status import Phase, RunStatus, run_status
 from kubemap.errors import ClusterError, ConfigError
 from kubemap.resources.maptask import MapTaskSpec, Mode, PodTemplate, StoreRef

@@ -28,11 +28,11 @@ from kubemap.backends.base import still_running
 from kubemap.backends.local.processes import WARM_WORKERS, Broken, Done, Job, WorkerProcesses
 from kubemap.contract import EXIT_INFRA_ERROR, EXIT_OK, EXIT_USER_ERROR
 from kubemap.core.attempts import Attempt, AttemptState, Report
-from kubemap.core.chunking import ChunkPlanner, worker_count
 from kubemap.core.parallelism import default_parallelism
 from kubemap.core.plan import Decision, Recorded, Rules, Verdict, plan
 from kubemap.core.policy import Cause, FailureBudget, decisive_failure
 from kubemap.core.ranges import IndexRanges
+from kubemap.core.slicing import ChunkPlanner, worker_count
 from kubemap.core.status import Phase, Reason, RunStatus, outcome_message, restate_counts
 from kubemap.errors import StoreError
 from kubemap.resources.options import RunOptions

@@ -1,7 +1,17 @@
-"""How the local backend cuts a task into slices: pure logic, no I/O.
+"""How a task is cut into slices, on every backend: pure logic, no I/O.
 
-With `items_per_pod` given, every slice has exactly that many indices, as pods would on
-a cluster. Otherwise sizes adapt, so that neither tiny nor slow items suffer:
+Pods: when the user gives no `items_per_pod`, auto_items_per_pod sizes by count. One pod
+per item makes pod start-up (seconds) the cost of every item (often milliseconds), and the
+SDK cannot know how long an item takes: about WAVES pods per parallelism slot, so each slot
+starts only a few pods in the whole run while a slot that drew slow items still leaves the
+others work to steal; never fewer pods than parallelism allows, never more than
+MAX_ITEMS_PER_POD in one pod (its results are one object held in memory).
+
+Warm pools: each lease takes guided_chunk of what remains (OpenMP's guided schedule:
+remaining / (GUIDED_K x workers)), never below MIN_CHUNK_SECONDS of measured work.
+
+Local: with `items_per_pod` given, every slice has exactly that many indices, as pods would
+on a cluster. Otherwise ChunkPlanner adapts, so that neither tiny nor slow items suffer:
   - guided self-scheduling: a slice takes 1/(2W) of what remains (W workers share the
     slices), so early slices are big (little overhead) and the last ones small (workers
     finish together);
@@ -17,6 +27,43 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+# -- pods --
+WAVES = 2
+MAX_ITEMS_PER_POD = 10_000
+
+
+def auto_items_per_pod(total: int, parallelism: int) -> int:
+    """itemsPerPod for `total` items at `parallelism` pods at once."""
+    if total <= parallelism or parallelism < 1:
+        return 1
+    return max(1, min(MAX_ITEMS_PER_POD, math.ceil(total / (parallelism * WAVES))))
+
+
+# -- warm pool leases --
+GUIDED_K = 1  # OpenMP guided: chunk = remaining / (k x workers)
+# A chunk costs a few round trips (lease, two ranged GETs, a result PUT, the report: tens of
+# ms); the floor keeps each chunk at least this much work, so the tail stays cheap.
+MIN_CHUNK_SECONDS = 0.25
+
+
+def chunk_floor(seconds_per_item: float | None) -> int:
+    """Smallest chunk worth a lease: MIN_CHUNK_SECONDS of measured work (1 before a measure)."""
+    if not seconds_per_item or seconds_per_item <= 0:
+        return 1
+    return max(1, min(100_000, math.ceil(MIN_CHUNK_SECONDS / seconds_per_item)))
+
+
+def guided_chunk(remaining: int, workers: int, *, floor: int = 1, cap: int = 100_000) -> int:
+    """Guided self-scheduling: big chunks first, small at the end, so no worker straggles.
+
+    remaining / (GUIDED_K x workers), never below floor, never above cap or remaining."""
+    if remaining <= 0:
+        return max(1, floor)
+    size = math.ceil(remaining / (GUIDED_K * max(1, workers)))
+    return max(1, min(remaining, cap, max(floor, size)))
+
+
+# -- local slices --
 TARGET_SECONDS = 1.0  # aim for slices of about this much work once the rate is known
 RAMP_FACTOR = 4
 FLOOR_SLICES_PER_WORKER = 16

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from kubemap.core.chunking import ChunkPlanner, worker_count
+from kubemap.core.slicing import ChunkPlanner, worker_count
 
 
 def drain(planner: ChunkPlanner, seconds_per_item: float | None = None) -> list[tuple[int, int]]:
