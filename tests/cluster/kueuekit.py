@@ -188,7 +188,7 @@ class PodTally:
     admitted: set[str] = field(default_factory=set)  # its admission gate was removed
     finished: set[str] = field(default_factory=set)  # Succeeded, Failed or deleted
     running: set[str] = field(default_factory=set)  # phase Running was seen
-    preempted: set[str] = field(default_factory=set)  # TerminationTarget=True was seen
+    preempted: dict[str, str] = field(default_factory=dict)  # TerminationTarget=True: reason
     bound_while_gated: set[str] = field(default_factory=set)
     max_admitted_unfinished: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -210,11 +210,9 @@ class PodTally:
                 self.admitted.add(name)
             if pod.status.phase == "Running":
                 self.running.add(name)
-            if any(
-                c.type == PREEMPTED_CONDITION and c.status == "True"
-                for c in pod.status.conditions or []
-            ):
-                self.preempted.add(name)
+            for c in pod.status.conditions or []:
+                if c.type == PREEMPTED_CONDITION and c.status == "True":
+                    self.preempted[name] = c.reason or ""
             if kind == "DELETED" or pod.status.phase in ("Succeeded", "Failed"):
                 self.finished.add(name)
             self.max_admitted_unfinished = max(
@@ -235,7 +233,7 @@ class PodTally:
                 "finished": len(self.finished),
                 "admitted, unfinished": len(self.admitted - self.finished),
                 "max admitted at once": self.max_admitted_unfinished,
-                "preempted": sorted(self.preempted),
+                "preempted": dict(sorted(self.preempted.items())),
                 "bound while gated": sorted(self.bound_while_gated),
             }
 

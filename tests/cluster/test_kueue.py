@@ -5,7 +5,9 @@ Needs a cluster started with Kueue (``tests/cluster/testcluster up --kueue``) an
 ClusterQueue of 2 CPUs and a LocalQueue; pods of 500m labelled with the queue. A pod watch
 counts what Kueue did: every labelled pod is created gated (``kueue.x-k8s.io/admission``), at
 most 4 are ungated (admitted) and unfinished at any moment, no gated pod is ever bound to a
-node, and the gated ones are admitted as admitted ones finish.
+node, and the gated ones are admitted as admitted ones finish. With preemption on, a
+higher-priority pod gets its quota from a running one, which Kueue marks (TerminationTarget)
+and deletes before it admits the newcomer.
 
 The pods' processes run on this host (the node emulator), so a test ends a pod by creating
 the file its command waits for: nothing depends on how long anything takes.
@@ -87,7 +89,9 @@ def tally(api: Any, queue: Queue) -> Iterator[PodTally]:
         yield seen
 
 
-def _pod(name: str, queue: str, release_dir: Path) -> dict[str, Any]:
+def _pod(
+    name: str, queue: str, release_dir: Path, priority_class: str | None = None
+) -> dict[str, Any]:
     """A 500m pod in the queue that runs until the file <release_dir>/<its name> exists."""
     wait = f'while [ ! -e "{release_dir}/$POD_NAME" ]; do sleep 0.2; done'
     return {
@@ -111,6 +115,7 @@ def _pod(name: str, queue: str, release_dir: Path) -> dict[str, Any]:
                     "resources": {"requests": {"cpu": POD_CPU}},
                 }
             ],
+            **({"priorityClassName": priority_class} if priority_class else {}),
         },
     }
 
@@ -247,3 +252,70 @@ def test_deployment_pods_are_admitted_one_by_one_within_the_quota(
     apps.delete_namespaced_deployment("workers", queue.namespace)
     _wait("the Deployment's pods are gone", lambda: not pods())
     _wait("the quota is free again", lambda: kueuekit.cq_counts(api, queue) == (0, 0))
+
+
+@pytest.fixture
+def preempting_queue(api: Any) -> Iterator[Queue]:
+    """Like ``queue``, with preemption of lower-priority workloads inside the ClusterQueue."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+    namespace = f"tc-kueue-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    q = kueuekit.create_queue(
+        api, namespace, cpu=CPU_QUOTA, preemption={"withinClusterQueue": "LowerPriority"}
+    )
+    yield q
+    core.delete_namespace(namespace)
+    _wait(
+        f"namespace {namespace} is gone",
+        lambda: not any(n.metadata.name == namespace for n in core.list_namespace().items),
+    )
+    kueuekit.delete_queue(api, q)
+
+
+def test_a_higher_priority_pod_preempts_a_running_one(
+    api: Any, preempting_queue: Queue, tmp_path: Path
+) -> None:
+    """Kueue stops the preempted pod (TerminationTarget, then deletes it) before it admits the
+    preemptor: the quota is never exceeded, and the preempted pod is gone for good (whoever
+    made it must make it again)."""
+    from kubernetes import client
+
+    q = preempting_queue
+    core, scheduling = client.CoreV1Api(api), client.SchedulingV1Api(api)
+    high = f"tc-kueue-high-{uuid.uuid4().hex[:6]}"
+    scheduling.create_priority_class(
+        client.V1PriorityClass(metadata=client.V1ObjectMeta(name=high), value=1000)
+    )
+    try:
+        with PodTally(api, q.namespace) as tally:
+            for i in range(FITS):
+                core.create_namespaced_pod(q.namespace, _pod(f"low-{i}", q.local_queue, tmp_path))
+            _wait("4 low pods running", lambda: len(tally.names("running")) == FITS)
+            core.create_namespaced_pod(
+                q.namespace, _pod("high", q.local_queue, tmp_path, priority_class=high)
+            )
+            _wait("the high pod is admitted", lambda: "high" in tally.names("admitted"))
+            _wait("the high pod runs", lambda: "high" in tally.names("running"))
+            seen = tally.snapshot()
+            assert len(seen["preempted"]) == 1, seen
+            ((victim, reason),) = seen["preempted"].items()
+            assert victim.startswith("low-") and reason == "WorkloadEvictedDueToPreempted"
+            assert victim in tally.names("finished")
+            assert seen["max admitted at once"] == FITS, seen
+            assert seen["bound while gated"] == [], seen
+            _wait(
+                "the preempted pod is deleted",
+                lambda: (
+                    victim
+                    not in {p.metadata.name for p in core.list_namespaced_pod(q.namespace).items}
+                ),
+            )
+            for i in range(FITS):
+                (tmp_path / f"low-{i}").touch()
+            (tmp_path / "high").touch()
+            _wait("the quota is free again", lambda: kueuekit.cq_counts(api, q) == (0, 0))
+            assert tally.snapshot()["max admitted at once"] == FITS
+    finally:
+        scheduling.delete_priority_class(high)
