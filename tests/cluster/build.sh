@@ -90,9 +90,12 @@ build etcd "$here/etcd" go.etcd.io/etcd/server/v3
 build kube-apiserver "$here" k8s.io/kubernetes/cmd/kube-apiserver "$version_ldflags"
 build_kueue >"$bin/.kueue.log" 2>&1 &
 kueue_pid=$!
+# If another build fails (set -e), still wait for this one: no go build outlives the lock.
+trap 'wait "$kueue_pid" 2>/dev/null || true' EXIT
 build kube-controller-manager "$here" k8s.io/kubernetes/cmd/kube-controller-manager "$version_ldflags"
 kueue_rc=0
 wait "$kueue_pid" || kueue_rc=$?
+trap - EXIT
 cat "$bin/.kueue.log" >&2
 rm -f "$bin/.kueue.log"
 if [[ $kueue_rc != 0 ]]; then
