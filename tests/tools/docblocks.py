@@ -1,9 +1,10 @@
-"""The fenced code blocks of the README files, read from the files themselves.
+"""The fenced code blocks of the README files and docs/, read from the files themselves.
 
 pytest-examples finds and runs the Python blocks; shell blocks are found here with the same
-fence rule. A block's fence says where it runs: ```sh (the fast suite), ```sh test="e2e"
-(against the test cluster) or ```sh test="skip"``` (it cannot run here: it installs
-kubemap, builds images, needs docker/kind or your own registry).
+fence rule. A block's fence says where it runs: ```sh (the fast suite, tests/docs), ```sh
+test="s3" (the fast suite, against a local S3 server), ```sh test="e2e" (against the test
+cluster) or ```sh test="skip" why="..."``` (it cannot run here: it installs kubemap, builds
+images, needs docker/kind or your own registry; `why` says which).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = (REPO / "README.md", REPO / "examples" / "README.md")
-PLACES = (None, "e2e", "skip")
+DOCS = (REPO / "README.md", REPO / "examples" / "README.md", *sorted((REPO / "docs").rglob("*.md")))
+# s3: runs in tests/docs against the SeaweedFS fixture (AWS_* variables set, bucket "kubemap")
+PLACES = (None, "e2e", "skip", "s3")
 SHELLS = ("sh", "bash", "shell")
 _FENCE = re.compile(r"^```([^\s`]+)([^\n]*)\n(.*?)^```", re.M | re.S)
 _SETTING = re.compile(r"""([\w-]+)=(["'])(.*?)\2""")
