@@ -18,7 +18,12 @@ class ConfigError(KubemapError, ValueError):
 
 
 class SerializationError(KubemapError):
-    """The function or an input could not be pickled; `index` names the input (None: the function)."""
+    """The function or an input could not be pickled; `index` names the input (None: the function).
+
+    Args:
+        message: What could not be pickled, and how to make it picklable.
+        index: The input's index, or None for the function.
+    """
 
     def __init__(self, message: str, *, index: int | None = None) -> None:
         super().__init__(message)
@@ -29,7 +34,13 @@ class StoreError(KubemapError):
     """The object store could not be reached or answered an error; the message names the endpoint.
 
     `code` is the S3 error code when there is one (InvalidAccessKeyId, NoSuchBucket, ...) and
-    `bucket` the bucket: a worker reports both in its termination message."""
+    `bucket` the bucket: a worker reports both in its termination message.
+
+    Args:
+        message: What failed, naming the endpoint.
+        code: The S3 error code, if any.
+        bucket: The bucket, if any.
+    """
 
     def __init__(self, message: str, *, code: str = "", bucket: str = "") -> None:
         super().__init__(message)
@@ -75,6 +86,14 @@ class RemoteError(KubemapError):
     MyError:` catches it. Otherwise (or when that class cannot be subclassed) it is a
     plain RemoteError. Its fields: `index`, `type` (the class's name), `message`,
     `traceback` (the remote one, as text), `attempts`, `origin` ("module:qualname" or "").
+
+    Args:
+        index: The input's index.
+        type: The remote exception's class name ("NotRun" for an index never run).
+        message: Its message.
+        traceback: The remote traceback, as text.
+        attempts: How many attempts the index had.
+        origin: The exception class's "module:qualname", or "".
     """
 
     def __init__(
@@ -125,6 +144,11 @@ class RemoteError(KubemapError):
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> RemoteError:
+        """The error a worker recorded in the task's errors/ folder.
+
+        Args:
+            record: The failure record (index, type, message, traceback, attempts, class).
+        """
         return _rebuild(
             int(record["index"]),
             str(record.get("type", "Exception")),
@@ -200,6 +224,17 @@ class MapTaskError(KubemapError):
     - `not_run`: the indices with neither a result nor a failure (the run stopped first).
     - `succeeded`: the number with a result (a retry that succeeded counts here), which
       stay reachable through `MapRun.results(partial=True)` and in the store.
+
+    Its message (and `summary`) says why the run stopped and the three counts; `why` is the
+    task's own message when it has one.
+
+    Args:
+        failures: index -> RemoteError of every failed index.
+        total: The number of inputs.
+        name: The task's name.
+        not_run: The indices never run (IndexRanges: iterate it, len(), `in`).
+        succeeded: How many have a result; default total minus the others.
+        why: Why the task stopped, as its status says.
     """
 
     def __init__(

@@ -126,7 +126,19 @@ class Executor(futures.Executor):
     (store, retries, items_per_pod, image, namespace...); max_workers is parallelism.
 
     Calls are batched: each batch is one run. A `name` is the prefix of the runs' names
-    (`NAME-1`, `NAME-2`, ...), since a task name is taken once per store."""
+    (`NAME-1`, `NAME-2`, ...), since a task name is taken once per store.
+
+    Args:
+        max_workers: Workers at once (the runs' `parallelism`); None: the backend's default.
+        backend: `"local"` (default) or `"kubernetes"`.
+        batch_delay: Seconds a submit waits for company before its batch goes out as one run.
+        **options: The options of `kubemap.submit` (store, retries, items_per_pod, image,
+            namespace, cache, name...).
+
+    Raises:
+        ValueError: max_workers is 0 or less.
+        ConfigError: An option is invalid (validated here, not in a thread).
+    """
 
     def __init__(
         self,
@@ -156,6 +168,18 @@ class Executor(futures.Executor):
 
     # -- concurrent.futures.Executor -------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        """Schedule `fn(*args, **kwargs)`; calls submitted within `batch_delay` go out as one
+        run per function.
+
+        Args:
+            fn: The function.
+            *args: Its positional arguments.
+            **kwargs: Its keyword arguments.
+
+        Returns:
+            A Future that resolves as the call's slice finishes: its value, your own
+            exception (remote traceback as `__cause__`) or RemoteFailure.
+        """
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -177,7 +201,17 @@ class Executor(futures.Executor):
         chunksize: int = 1,
     ) -> Iterator[Any]:
         """As Executor.map; chunksize > 1 runs that many calls per item, as
-        ProcessPoolExecutor does."""
+        ProcessPoolExecutor does.
+
+        Args:
+            fn: The function, called as `fn(*items)` with one item of each iterable.
+            *iterables: The arguments, zipped.
+            timeout: Seconds the returned iterator waits for each result at most.
+            chunksize: Calls per item of the runs.
+
+        Returns:
+            An iterator over the results, in order.
+        """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
@@ -189,7 +223,12 @@ class Executor(futures.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As Executor.shutdown; cancel_futures=True also cancels the runs of the calls
         already running, so no work goes on (their futures, which concurrent.futures cannot
-        cancel once running, raise kubemap.CancelledError; finished calls keep their value)."""
+        cancel once running, raise kubemap.CancelledError; finished calls keep their value).
+
+        Args:
+            wait: Block until every run finished.
+            cancel_futures: Cancel the calls not started and the runs of those running.
+        """
         with self._lock:
             self._shutdown = True
             runs: list[Any] = []

@@ -60,7 +60,17 @@ FETCH_THREADS = 16  # cache entries read at once
 
 
 class MapRun:
-    """A submitted run. Results and failures are read from the store, in input order."""
+    """A submitted run. Results and failures are read from the store, in input order.
+
+    You get one from `kubemap.submit` or `MapRun.attach`, not by calling it yourself.
+
+    Args:
+        name: The task's name (its folder in the store; on Kubernetes the MapTask's name).
+        task: The task's folder in the store.
+        total: The number of inputs.
+        handle: The backend's handle that reports the run's status.
+        options: The validated options the run was submitted with.
+    """
 
     def __init__(
         self, name: str, task: Store, total: int, handle: RunHandle, options: RunOptions
@@ -93,6 +103,7 @@ class MapRun:
 
     @property
     def total(self) -> int:
+        """The number of inputs (indices 0 to total - 1)."""
         return self._total
 
     # What kubemap.api.streaming and kubemap.api.cache build on (public, so that neither reaches
@@ -120,12 +131,23 @@ class MapRun:
         return self._signer
 
     def status(self) -> RunStatus:
+        """A snapshot of the run (phase, total, succeeded, failed, active, not_run, reason,
+        message), small whatever the number of inputs; does not wait."""
         return self._handle.status()
 
     def wait(self, timeout: float | None = None, progress: bool | None = None) -> RunStatus:
         """Block until the run finishes; return its final status (a failed run does not raise
         here: results() does). Raises kubemap.TimeoutError if `timeout` seconds pass first;
-        the run goes on. progress: None shows a bar on a terminal for runs longer than ~1 s."""
+        the run goes on. progress: None shows a bar on a terminal for runs longer than ~1 s.
+
+        Args:
+            timeout: Seconds to wait at most; None waits as long as the run takes.
+            progress: Show a progress bar (True), never (False), or on a terminal for runs
+                longer than about a second (None).
+
+        Returns:
+            The final RunStatus.
+        """
         if not want_progress(progress):
             return self._handle.wait(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -162,6 +184,14 @@ class MapRun:
         succeeded while tolerating failures (min_success_ratio < 1).
         return_exceptions=True never raises for an index: each one without a result holds
         its RemoteError (type "NotRun" for one that never ran) instead.
+
+        Args:
+            partial: Return what there is (None where no result) instead of raising.
+            timeout: Seconds to wait for the run to finish.
+            return_exceptions: Put each missing result's RemoteError in its place.
+
+        Returns:
+            One value per input, in input order.
         """
         status = self.wait(timeout, progress=False)
         tolerated = status.phase is Phase.SUCCEEDED and status.failed > 0
@@ -185,7 +215,16 @@ class MapRun:
         return_exceptions=True each index without a result is yielded, at the end, with its
         RemoteError (type "NotRun" for one never run); without it, once every result is
         out, they raise together: MapTaskError (also when min_success_ratio < 1 tolerated
-        them), kubemap.TimeoutError or CancelledError. See kubemap.api.streaming."""
+        them), kubemap.TimeoutError or CancelledError. See kubemap.api.streaming.
+
+        Args:
+            return_exceptions: Yield each index without a result, at the end, with its
+                RemoteError instead of raising.
+            timeout: Seconds to wait at most for the run; then kubemap.TimeoutError.
+
+        Yields:
+            (index, result) pairs, each index once.
+        """
         return as_completed(self, return_exceptions=return_exceptions, timeout=timeout)
 
     def not_run(self) -> IndexRanges:
@@ -211,7 +250,17 @@ class MapRun:
         """Run again, into this task and its result set, only the indices without a result
         (failed and never run), with fresh retry budgets; `fn` replaces the function (a
         fix). Indices that succeeded never run again. Returns this run, running again;
-        results() afterwards returns the whole list in order. Only a finished run retries."""
+        results() afterwards returns the whole list in order. Only a finished run retries.
+
+        Args:
+            fn: A function to run instead of the one submitted (the fix); None keeps it.
+
+        Returns:
+            This run, running again (unless nothing was missing).
+
+        Raises:
+            ConfigError: The run has not finished yet.
+        """
         status = self.status()
         if not status.finished:
             raise ConfigError(
@@ -233,7 +282,11 @@ class MapRun:
         """Raise what results() raises for a run that ended with `status` (MapTaskError,
         kubemap.TimeoutError, CancelledError, ConfigError, StoreError); return if it
         succeeded without a failure. A run that tolerated failures (min_success_ratio < 1)
-        gets its MapTaskError too: as_completed() and imap() raise it at the end."""
+        gets its MapTaskError too: as_completed() and imap() raise it at the end.
+
+        Args:
+            status: The run's final status (from wait() or status()).
+        """
         if status.phase is Phase.SUCCEEDED and status.failed == 0:
             return
         where = f"finished results stay in {self._task.url}; read them with results(partial=True)"
@@ -286,7 +339,16 @@ class MapRun:
         results. backend="kubernetes" follows the MapTask `name` in the cluster (its store is
         the MapTask's, unless given); otherwise the status is what the store recorded.
         `options` (retries, parallelism...) are those a retry() runs with. A task submitted
-        with cache=True comes back as a CachedRun: every index is the caller's."""
+        with cache=True comes back as a CachedRun: every index is the caller's.
+
+        Args:
+            name: The task's name (`run.name`, `kubemap list`).
+            store: The store it was submitted to; default the default store (on Kubernetes,
+                the MapTask's own).
+            backend: `"local"` (the store's record) or `"kubernetes"` (the MapTask).
+            namespace: Kubernetes: the MapTask's namespace; default the context's.
+            **options: Options a retry() runs with (retries, parallelism, min_success_ratio).
+        """
         if backend == "kubernetes":
             from kubemap.backends.kubernetes.backend import attach_maptask
 

@@ -28,7 +28,49 @@ __all__ = ["imap", "map", "submit", "submit_validated"]
 
 
 def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> MapRun:
-    """Upload `fn` and `inputs` to the store and start running; return at once."""
+    """Upload `fn` and `inputs` to the store and start running; return at once.
+
+    The function and the inputs are pickled into the task's prefix in the store (your own
+    code by value, with cloudpickle), then the backend runs them in slices; the returned
+    MapRun follows the run and reads its results back from the store.
+
+    Args:
+        fn: The function, called once per input as `fn(item)`.
+        inputs: Any iterable (a list, a generator, `kubemap.files(...)`); it is streamed
+            into the store, never held whole.
+        **options: Keyword-only options, validated before anything is uploaded (the fields
+            of `kubemap.RunOptions`):
+
+            - `parallelism`: workers at once (local processes or pods); default the CPUs
+              here, 10 pods on Kubernetes.
+            - `items_per_pod`: inputs per worker slice; default chosen by the SDK
+              (`ceil(items / (2 x parallelism))` on Kubernetes, automatic chunks locally).
+            - `retries`: retries of each input after its code raised (default 0).
+            - `min_success_ratio`: share of inputs that must succeed (default 1.0: fail-fast,
+              the first input failed for good stops the run).
+            - `timeout`: seconds before the run is stopped (kubemap.TimeoutError).
+            - `backend`: `"local"` (default) or `"kubernetes"`.
+            - `store`: a directory, `file:///dir` or `s3://bucket/prefix`; default
+              `$KUBEMAP_STORE`, else `~/.cache/kubemap/store` (on Kubernetes, the chart's
+              `s3.defaultStore`).
+            - `name`: the task's name (DNS-1123, at most 40 characters); default
+              `<function>-<random>`.
+            - `cache`, `cache_version`: reuse per-item results keyed by the function's
+              identity (and `cache_version`) and the item's bytes.
+            - Kubernetes only: `image`, `namespace`, `resources`, `env`, `node_selector`,
+              `tolerations`, `service_account`, `store_endpoint` (the S3 endpoint as the pods
+              reach it), `pool` (a warm WorkerPool's name) and `packages` (pip requirements
+              the pool's workers install for this task).
+
+    Returns:
+        The MapRun of the task (a CachedRun with `cache=True`).
+
+    Raises:
+        ConfigError: An option is unknown, out of range, or for Kubernetes on a local run.
+        SerializationError: `fn` or an input cannot be pickled.
+        StoreError: The store cannot be written.
+        ClusterError: On Kubernetes, the cluster cannot be reached or refused the task.
+    """
     return submit_validated(fn, inputs, validate_options(options))
 
 
@@ -56,6 +98,24 @@ def map(
     puts each failed index's RemoteError in its place instead of raising; it also tries
     every input (min_success_ratio defaults to 0 then: no fail-fast). Ctrl-C cancels the
     run, unless detach=True, which leaves a Kubernetes task running (MapRun.attach reads it).
+    A successful run on the default store deletes its task afterwards.
+
+    Args:
+        fn: The function, called once per input.
+        inputs: Any iterable of picklable inputs.
+        return_exceptions: Put each failed input's RemoteError in its place instead of
+            raising, and try every input.
+        **options: The options of `kubemap.submit` (parallelism, retries,
+            min_success_ratio, backend, store, ...), and `detach=True`.
+
+    Returns:
+        The results, in input order (None for failures tolerated by min_success_ratio, with
+        a warning).
+
+    Raises:
+        MapTaskError: An input failed for good (its `failures`, `not_run` and counts).
+        TimeoutError: The run hit its `timeout`.
+        KeyboardInterrupt: Ctrl-C; the run was cancelled (unless detach=True).
     """
     detach = bool(options.pop("detach", False))  # Ctrl-C leaves a cluster task running
     if return_exceptions:
@@ -105,6 +165,17 @@ def imap(
     indices raise MapTaskError, even tolerated ones (min_success_ratio < 1), once every
     result before them is out: unordered, after every result; ordered, after the results
     before the first index without one.
+
+    Args:
+        fn: The function, called once per input.
+        inputs: Any iterable of picklable inputs.
+        ordered: Yield in input order (True) or as results land (False).
+        return_exceptions: Yield each failed input's RemoteError in its place, and try
+            every input.
+        **options: The options of `kubemap.submit`.
+
+    Yields:
+        Each input's result (or, with return_exceptions, its RemoteError).
     """
     if return_exceptions:
         options = {"min_success_ratio": 0.0, **options}

@@ -30,7 +30,30 @@ from kubemap.resources.workerpool import (
 
 
 class WorkerPool:
-    """A WorkerPool resource in a namespace of the current cluster."""
+    """A WorkerPool resource in a namespace of the current cluster: warm workers that run
+    every MapTask submitted with `pool=<name>` without starting a pod.
+
+    Making the object connects to the cluster; create() makes the resource.
+
+    Args:
+        name: The pool's name (DNS-1123, at most 40 characters).
+        namespace: Its namespace; default the kubeconfig context's.
+        replicas: Workers while there is work.
+        min_replicas: Workers kept after `idle_ttl_seconds` without work.
+        max_replicas: Upper bound for `replicas` (scale()); default 100, or `replicas`.
+        idle_ttl_seconds: Seconds without work before scaling to `min_replicas`; 0 = never.
+        image: The workers' image; default the operator's kubemap image.
+        env: Extra environment variables of the workers (overrides the operator's PIP_*).
+        resources: The worker container's resources (Kubernetes ResourceRequirements).
+        node_selector: Node labels the workers must run on.
+        service_account: The workers' ServiceAccount.
+        packages: pip requirements every worker installs once, e.g. `["pandas==2.2.*"]`.
+        cluster: A connected cluster to use instead of the kubeconfig's (tests).
+
+    Raises:
+        ConfigError: A value is out of range.
+        ClusterError: The cluster cannot be reached.
+    """
 
     def __init__(
         self,
@@ -72,9 +95,22 @@ class WorkerPool:
         return self.cluster.custom
 
     def get(self) -> dict[str, Any] | None:
+        """The WorkerPool object as the API server has it, or None if there is none."""
         return get_pool(self.cluster, self.name)
 
     def create(self, *, exist_ok: bool = False) -> WorkerPool:
+        """Create the WorkerPool (and the pool's signing-key Secret first).
+
+        Args:
+            exist_ok: A pool of that name that exists already is fine (it is left as it is).
+
+        Returns:
+            This pool.
+
+        Raises:
+            ConfigError: The pool exists (without exist_ok).
+            ClusterError: The API server refused it.
+        """
         body = {
             "apiVersion": API_VERSION,
             "kind": POOL_KIND,
@@ -103,6 +139,15 @@ class WorkerPool:
         return self
 
     def scale(self, replicas: int) -> None:
+        """Set the number of workers while there is work (raising maxReplicas, or lowering
+        minReplicas, when they are in the way).
+
+        Args:
+            replicas: The new number of workers.
+
+        Raises:
+            ConfigError: There is no such pool.
+        """
         patch: dict[str, Any] = {"replicas": replicas}
         if replicas > self.spec.max_replicas:
             patch["maxReplicas"] = replicas
@@ -125,6 +170,12 @@ class WorkerPool:
             raise ClusterError(f"updating WorkerPool {self.name} failed: {_message(exc)}") from None
 
     def status(self) -> WorkerPoolStatus:
+        """The pool's status: replicas, ready, busy and idle workers, tasks served, the
+        workers' Python, and when it went idle.
+
+        Raises:
+            ConfigError: There is no such pool.
+        """
         body = self.get()
         if body is None:
             raise ConfigError(f"no WorkerPool {self.name!r} in {self.cluster.namespace}")
@@ -132,7 +183,11 @@ class WorkerPool:
 
     def delete(self, *, missing_ok: bool = False) -> None:
         """Delete the pool (its workers stop). A pool that does not exist is a ConfigError
-        (a mistyped name must not read as done) unless missing_ok."""
+        (a mistyped name must not read as done) unless missing_ok.
+
+        Args:
+            missing_ok: A pool that does not exist is fine.
+        """
         try:
             self.cluster.call(
                 f"delete WorkerPool {self.name}",
