@@ -2,7 +2,8 @@
 
 - index.md is README.md: the README is the front page, so they cannot say different things.
 - reference/maptask.md, reference/workerpool.md and reference/chart-values.md are generated
-  from crds/*.yaml and charts/kubemap/values.yaml (docs/docsgen/reference.py), and
+  from crds/*.yaml and charts/kubemap/values.yaml (docs/docsgen/reference.py),
+  reference/cli.md from the click commands (docs/docsgen/cli.py), and
   figures/*.png from bench/RESULTS.md (docs/docsgen/figures.py): made at every build and
   never committed, so nothing can drift from its source and `mkdocs serve` needs no step.
 - A relative link to a repository file outside docs/ (`../../bench/RESULTS.md`, README's
@@ -28,10 +29,19 @@ DOCS = Path(__file__).resolve().parent
 REPO = DOCS.parent
 sys.path.insert(0, str(DOCS))
 
+from docsgen.cli import cli_page  # noqa: E402
 from docsgen.figures import figures  # noqa: E402
 from docsgen.reference import crd_page, values_page  # noqa: E402
 
+
+def _cli() -> str:
+    from kubemap.cli.main import main
+
+    return cli_page(main)
+
+
 GENERATED = {
+    "reference/cli.md": _cli,
     "reference/maptask.md": lambda: crd_page(Path("crds/maptask.yaml")),
     "reference/workerpool.md": lambda: crd_page(Path("crds/workerpool.yaml")),
     "reference/chart-values.md": lambda: values_page(Path("charts/kubemap/values.yaml")),
