@@ -32,7 +32,15 @@ NAME = "kubemap"
 
 
 class KubemapBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
-    """joblib batches -> kubemap.Executor futures."""
+    """joblib batches -> kubemap.Executor futures: the backend `joblib.parallel_config(
+    backend="kubemap", ...)` selects. joblib makes it; you pass its options through
+    parallel_config.
+
+    Args:
+        nesting_level: joblib's own (how deep in nested Parallel calls this one is).
+        **options: kubemap options (`kubemap_backend` for kubemap's `backend`, store,
+            retries, image, namespace, parallelism...), as `kubemap.Executor` takes them.
+    """
 
     supports_retrieve_callback = True
     supports_timeout = True
@@ -44,6 +52,11 @@ class KubemapBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
         self._executor: Executor | None = None
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """Workers for `n_jobs`: -1 or None means the `parallelism` option, else the CPUs.
+
+        Args:
+            n_jobs: joblib's n_jobs.
+        """
         if n_jobs is None or n_jobs < 0:
             parallelism = self._options.get("parallelism") or self._options.get("max_workers")
             return int(parallelism or os.cpu_count() or 1)
@@ -52,6 +65,12 @@ class KubemapBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
         return int(n_jobs)
 
     def configure(self, n_jobs: int = 1, parallel: Any = None, **_: Any) -> int:
+        """Start the kubemap.Executor the batches go to; returns the number of workers.
+
+        Args:
+            n_jobs: joblib's n_jobs (the runs' parallelism unless an option gives one).
+            parallel: The joblib.Parallel being run.
+        """
         self.parallel = parallel
         workers = self.effective_n_jobs(n_jobs)
         options = {k: v for k, v in self._options.items() if k != "max_workers"}
@@ -65,6 +84,12 @@ class KubemapBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
     def submit(
         self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None
     ) -> futures.Future[Any]:
+        """Send one joblib batch to the Executor.
+
+        Args:
+            func: The batch (a callable without arguments).
+            callback: Called with the future when it is done.
+        """
         if self._executor is None:
             self.configure()
         assert self._executor is not None
@@ -74,9 +99,19 @@ class KubemapBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
         return future
 
     def retrieve_result_callback(self, future: futures.Future[Any]) -> Any:
+        """The batch's results (or its exception, raised).
+
+        Args:
+            future: The batch's future.
+        """
         return future.result()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Cancel every batch, also the runs already dispatched (as loky kills its workers).
+
+        Args:
+            ensure_ready: Start a fresh Executor afterwards, for the next Parallel call.
+        """
         if self._executor is not None:
             # Cancels the runs already dispatched too, so their workers stop the function,
             # as loky kills its workers: no call goes on after joblib raised.
@@ -88,6 +123,7 @@ class KubemapBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
             )
 
     def terminate(self) -> None:
+        """Shut the Executor down, waiting for its runs."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
