@@ -41,8 +41,9 @@ def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> 
         **options: Keyword-only options, validated before anything is uploaded (the fields
             of `kubemap.RunOptions`):
 
-            - `parallelism`: workers at once (local processes or pods); default the CPUs
-              here, 10 pods on Kubernetes.
+            - `parallelism`: attempts at once (local processes, pods, or leases on a warm
+              pool); default the CPUs here, 10 pods on Kubernetes, and on a pool no bound
+              but the pool's workers.
             - `items_per_pod`: inputs per worker slice; default chosen by the SDK
               (`ceil(items / (2 x parallelism))` on Kubernetes, automatic chunks locally).
             - `retries`: retries of each input after its code raised (default 0).
