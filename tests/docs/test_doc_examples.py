@@ -55,6 +55,18 @@ def test_every_block_says_where_it_runs() -> None:
     assert len(FAST_PYTHON) >= 15, "the docs' Python examples are not found"
 
 
+def test_the_readme_starts_with_the_two_set_up_commands() -> None:
+    """What CI and users run, word for word; the docs' own first page (the README) also
+    gives the one command that serves the site."""
+    readme = [b for b in docblocks.blocks() if b.path == docblocks.REPO / "README.md"]
+    assert readme[0].source.splitlines() == [
+        "python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e . && "
+        ".venv/bin/python examples/quickstart.py",
+        "./scripts/test",
+    ]
+    assert any(".venv/bin/mkdocs serve" in b.source for b in readme)
+
+
 def test_every_doc_page_has_a_block_that_runs() -> None:
     """Each guide shows at least one example that CI executes (here or on the cluster)."""
     runs = {b.path for b in docblocks.blocks() if b.where in (None, "s3", "e2e")}
