@@ -16,10 +16,12 @@ together stay under 3000 * 14 = 42,000 characters: see tests/unit/test_status_bo
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
+import pydantic
 from kubemap.core.plan import MAX_FAILED_RANGES, MAX_SUCCEEDED_RANGES
 from kubemap.core.ranges import describe, within
-from kubemap.resources.maptask import Condition
+from kubemap.resources.maptask import Condition, MapTaskStatus
 
 MAX_MESSAGE_LENGTH = 1024
 MAX_CONDITIONS = 8
@@ -70,3 +72,20 @@ __all__ = [
     "set_condition",
     "within",
 ]
+
+
+def status_wire(status: MapTaskStatus) -> dict[str, Any]:
+    """The status as a merge patch: fields that became None are removed explicitly."""
+    data = status.model_dump(by_alias=True, mode="json")
+    data["conditions"] = [c.to_wire() for c in status.conditions]
+    return data
+
+
+def invalid_spec_message(exc: pydantic.ValidationError) -> str:
+    """'invalid spec: spec.template.image: ...': the first error, with the field's path as
+    written in the MapTask (camelCase), so a YAML user finds it."""
+    first = exc.errors()[0]
+    path = ".".join(["spec", *(str(part) for part in first.get("loc") or ())])
+    reason = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid spec: {path}: {reason}{more}; fix the MapTask and apply it again"

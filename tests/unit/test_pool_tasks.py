@@ -107,3 +107,28 @@ def test_a_retry_of_a_finished_pool_task_reruns_through_the_pool() -> None:
     grant = asyncio.run(dispatcher.lease((NS, "p"), "w", "3.11", 0))
     assert grant is not None and (grant.start, grant.count, grant.version) == (2, 1, "r1")
     assert api.created == []  # a lease, not a pod
+
+
+class _Failing(FakeApi):
+    """The API server answers 503 for the task `failures` times, then recovers."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(pool_task(), [])
+        self.failures = failures
+
+    async def get_task(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.failures:
+            self.failures -= 1
+            from kubernetes.client.exceptions import ApiException
+
+            raise ApiException(status=503, reason="unavailable")
+        return await super().get_task(namespace, name)
+
+
+def test_api_errors_back_off_per_task_exponentially_and_reset_on_success() -> None:
+    api = _Failing(failures=4)
+    controller = PoolTasks(api, SETTINGS, Dispatcher())
+    delays = [asyncio.run(controller._run_once((NS, "t"))) for _ in range(4)]
+    assert delays == [0.5, 1.0, 2.0, 4.0]  # not a fixed 2 s
+    asyncio.run(controller._run_once((NS, "t")))  # the API answers again
+    assert controller.backoff.failures((NS, "t")) == 0

@@ -25,16 +25,21 @@ from urllib3.exceptions import HTTPError
 
 from kubemap_operator import metrics
 from kubemap_operator.pools.dispatch import Dispatcher
+from kubemap_operator.ratelimit import FailureBackoff
 from kubemap_operator.settings import Settings
-from kubemap_operator.statusfields import clip, rfc3339, set_condition
+from kubemap_operator.statusfields import (
+    clip,
+    invalid_spec_message,
+    rfc3339,
+    set_condition,
+    status_wire,
+)
 from kubemap_operator.tasks import rerun
 from kubemap_operator.tasks.finishing import after_finish
 from kubemap_operator.tasks.plantypes import Event, Limits
-from kubemap_operator.tasks.reconcile import invalid_spec_message, status_wire
 from kubemap_operator.workqueue import WorkQueue
 
 EventSink = Callable[[dict[str, Any], Event], None]
-ERROR_RETRY_SECONDS = 2.0
 NO_LIMITS = Limits()  # a pool task has no pods: the pod limits of after_finish do not apply
 
 
@@ -87,6 +92,8 @@ class PoolTasks:
         self.api = api
         self.settings = settings
         self.dispatcher = dispatcher  # None: the operator runs no dispatcher (pools disabled)
+        # API errors back off per task, as the pod reconciler's do (0.5 s doubling to 60 s)
+        self.backoff: FailureBackoff[tuple[str, str]] = FailureBackoff()
         self.post_event = post_event or (lambda body, event: None)
         self.clock = clock
         self._loggers: dict[tuple[str, str], Any] = {}
@@ -108,13 +115,16 @@ class PoolTasks:
     async def _run_once(self, key: tuple[str, str]) -> float | None:
         logger = self._loggers.get(key) or logging.getLogger("kubemap.pools")
         try:
-            return await self.reconcile(*key, logger)
+            requeue = await self.reconcile(*key, logger)
         except (ApiException, OSError, HTTPError) as exc:
             code = exc.status if isinstance(exc, ApiException) else None
             if code and code < 500 and code not in (409, 429):
                 raise  # refused for good (403, 422...): kopf logs it and backs off
-            logger.warning(f"reconcile failed, retrying in {ERROR_RETRY_SECONDS:g}s: {exc}")
-            return ERROR_RETRY_SECONDS
+            retry = self.backoff.failed(key)
+            logger.warning(f"reconcile failed, retrying in {retry:g}s: {exc}")
+            return retry
+        self.backoff.succeeded(key)
+        return requeue
 
     async def reconcile(self, namespace: str, name: str, logger: Any) -> float | None:
         body = await self.api.get_task(namespace, name)

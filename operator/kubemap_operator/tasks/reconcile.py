@@ -29,7 +29,14 @@ from kubemap_operator import metrics
 from kubemap_operator.kubeapi import CreateFailed, TaskApi, Throttled
 from kubemap_operator.ratelimit import FailureBackoff, TokenBucket
 from kubemap_operator.settings import Settings
-from kubemap_operator.statusfields import clip, describe, rfc3339, set_condition
+from kubemap_operator.statusfields import (
+    clip,
+    describe,
+    invalid_spec_message,
+    rfc3339,
+    set_condition,
+    status_wire,
+)
 from kubemap_operator.tasks import logkeeper
 from kubemap_operator.tasks.builder import TaskRef, build_pod, pod_name
 from kubemap_operator.tasks.filelisting import reconcile_listing
@@ -46,13 +53,6 @@ def owned_by(pod: dict[str, Any], uid: str) -> bool:
     return any(
         ref.get("uid") == uid for ref in (pod.get("metadata") or {}).get("ownerReferences") or []
     )
-
-
-def status_wire(status: MapTaskStatus) -> dict[str, Any]:
-    """The status as a merge patch: fields that became None are removed explicitly."""
-    data = status.model_dump(by_alias=True, mode="json")
-    data["conditions"] = [c.to_wire() for c in status.conditions]
-    return data
 
 
 class Reconciler:
@@ -306,16 +306,6 @@ class Reconciler:
         await self.api.patch_status(namespace, name, status_wire(failed))
         logger.error(message)
         self.post_event(body, Event("Warning", "InvalidSpec", message))
-
-
-def invalid_spec_message(exc: pydantic.ValidationError) -> str:
-    """'invalid spec: spec.template.image: ...': the first error, with the field's path as
-    written in the MapTask (camelCase), so a YAML user finds it."""
-    first = exc.errors()[0]
-    path = ".".join(["spec", *(str(part) for part in first.get("loc") or ())])
-    reason = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"invalid spec: {path}: {reason}{more}; fix the MapTask and apply it again"
 
 
 async def release_orphan(api: TaskApi, pod: dict[str, Any]) -> bool:
