@@ -33,7 +33,7 @@ from kubemap.contract import (
     RESULTS_PREFIX,
 )
 from kubemap.errors import ConfigError, StoreError
-from kubemap.resources import filemode as filetask
+from kubemap.resources import filemode
 from kubemap.stores import Store, open_store
 from kubemap.task import data as taskdata
 from kubemap.task.inputfiles import READ_BUFFER, File, files
@@ -83,12 +83,12 @@ def list_items(
     def generate() -> Iterator[dict[str, Any]]:
         for found in files(pattern):
             counts["listed"] += 1
-            name = filetask.relative_name(base, found.key)
-            if done and bytes.fromhex(filetask.item_digest(name, found.size, found.tag)) in done:
+            name = filemode.relative_name(base, found.key)
+            if done and bytes.fromhex(filemode.item_digest(name, found.size, found.tag)) in done:
                 counts["skipped"] += 1
                 continue
             yield {
-                **filetask.item_record(name, found.url, found.size, found.tag),
+                **filemode.item_record(name, found.url, found.size, found.tag),
                 "key": found.key,
                 "root": found.root,
             }
@@ -112,9 +112,9 @@ def done_digests(cache_url: str | None) -> set[bytes]:
 
 def run_list(environ: Mapping[str, str]) -> int:
     task = open_store(_need(environ, ENV_TASK_URL))
-    input_url = _need(environ, filetask.ENV_FILES_INPUT)
-    glob = environ.get(filetask.ENV_FILES_GLOB) or "**"
-    done = done_digests(environ.get(filetask.ENV_FILES_CACHE))
+    input_url = _need(environ, filemode.ENV_FILES_INPUT)
+    glob = environ.get(filemode.ENV_FILES_GLOB) or "**"
+    done = done_digests(environ.get(filemode.ENV_FILES_CACHE))
     items, counts = list_items(input_url, glob, done)
     # A new listing numbers the files anew: records of an earlier task of this name (deleted
     # and applied again) would pass for this one's, so they go first.
@@ -126,7 +126,7 @@ def run_list(environ: Mapping[str, str]) -> int:
     _log(
         f"{counts['listed']} file(s) match {input_url} {glob}; {counts['skipped']} already done; {total} to run"
     )
-    _termination(environ, filetask.listing_line(counts["listed"], counts["skipped"]))
+    _termination(environ, filemode.listing_line(counts["listed"], counts["skipped"]))
     return EXIT_OK
 
 
@@ -147,16 +147,16 @@ def _item(environ: Mapping[str, str]) -> tuple[Store, int, dict[str, Any]]:
 
 def run_fetch(environ: Mapping[str, str]) -> int:
     _task, index, record = _item(environ)
-    work = Path(_need(environ, filetask.ENV_WORK_DIR))
-    target = Path(filetask.input_path(str(work)))
+    work = Path(_need(environ, filemode.ENV_WORK_DIR))
+    target = Path(filemode.input_path(str(work)))
     target.parent.mkdir(parents=True, exist_ok=True)
-    Path(filetask.output_dir(str(work))).mkdir(parents=True, exist_ok=True)
+    Path(filemode.output_dir(str(work))).mkdir(parents=True, exist_ok=True)
     # The object as it is now, not as listed: a rerun after the file was fixed reads the fix.
     size = open_store(record["root"]).size(record["key"])
     source = File(url=record["url"], key=record["key"], size=size, tag="", root=record["root"])
     with source.open() as src, open(target, "wb") as out:
         shutil.copyfileobj(src, out, READ_BUFFER)
-    (work / filetask.INPUT_KEY_FILE).write_text(record["name"], encoding="utf-8")
+    (work / filemode.INPUT_KEY_FILE).write_text(record["name"], encoding="utf-8")
     # The operator names the file when the program fails: this message is where it reads it.
     _termination(environ, json.dumps({"file": record["name"]}))
     _log(f"item {index}: {record['url']} ({record['size']} bytes) -> {target}")
@@ -190,15 +190,15 @@ def run_upload(environ: Mapping[str, str]) -> int:
         _log(f"item {index} ({name}) was already uploaded by another pod; keeping that one")
         _termination(environ, json.dumps({"v": 1, "succeeded": str(index)}))
         return EXIT_OK
-    output_url = _need(environ, filetask.ENV_FILES_OUTPUT)
+    output_url = _need(environ, filemode.ENV_FILES_OUTPUT)
     out = open_store(output_url)
-    directory = Path(filetask.output_dir(_need(environ, filetask.ENV_WORK_DIR)))
+    directory = Path(filemode.output_dir(_need(environ, filemode.ENV_WORK_DIR)))
     keys, kept = upload_outputs(out, name, directory) if directory.is_dir() else ([], 0)
     manifest = {"file": name, "input": record["url"], "output": output_url, "keys": keys}
     taskdata.write_results(task, index, 1, {index: manifest})  # write-once: first pod wins
-    cache = environ.get(filetask.ENV_FILES_CACHE)
+    cache = environ.get(filemode.ENV_FILES_CACHE)
     if cache:
-        digest = filetask.item_digest(name, int(record["size"]), str(record.get("tag", "")))
+        digest = filemode.item_digest(name, int(record["size"]), str(record.get("tag", "")))
         open_store(cache).put_if_absent(digest, json.dumps(manifest).encode())
     _log(f"item {index} ({name}): {len(keys)} output(s) to {output_url}, {kept} already there")
     _termination(environ, json.dumps({"v": 1, "succeeded": str(index)}))

@@ -52,7 +52,7 @@ ENV_CACHE_DAYS = "KUBEMAP_CACHE_DAYS"
 DEFAULT_CACHE_DAYS = 30.0
 ENV_CACHE_MAX_GB = "KUBEMAP_CACHE_MAX_GB"  # unset: no size cap
 
-# What kubemap writes at the top of a task (taskdata, taskmeta, taskstatus, cache, filepod)
+# What kubemap writes at the top of a task (task.data, task.meta, task.statusfile, the cache, runtime.filetransfer)
 TASK_FILES = frozenset(
     {FN_KEY, INPUTS_KEY, INDEX_KEY, META_KEY, STATUS_KEY, CONFIG_KEY, KEYS_KEY, MAP_KEY, FILES_KEY}
 )
