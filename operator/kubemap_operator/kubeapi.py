@@ -11,10 +11,14 @@ from typing import Any, Literal, Protocol
 
 from kubemap.contract import GROUP, PLURAL, POD_FINALIZER, VERSION
 from kubemap.errors import api_error_message
+from kubemap.resources.kueue import GROUP as KUEUE_GROUP
+from kubemap.resources.kueue import LOCAL_QUEUES
+from kubemap.resources.kueue import VERSION as KUEUE_VERSION
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 MERGE_PATCH = "application/merge-patch+json"
+QueueLookup = Literal["found", "missing", "no-kueue"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,12 @@ class TaskApi(Protocol):
         self, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any]: ...
     async def delete_task(self, namespace: str, name: str) -> None: ...
+
+
+class QueueApi(Protocol):
+    """Reads Kueue's LocalQueues (KubeApi is the real one)."""
+
+    async def find_local_queue(self, namespace: str, name: str) -> QueueLookup: ...
 
 
 class KubeApi:
@@ -163,6 +173,31 @@ class KubeApi:
             _content_type=MERGE_PATCH,
         )
         return dict(body)
+
+    async def find_local_queue(self, namespace: str, name: str) -> QueueLookup:
+        """Whether Kueue's LocalQueue `name` exists in `namespace` ("no-kueue": the API server
+        serves no kueue.x-k8s.io API, so no such queue can exist)."""
+        try:
+            await asyncio.to_thread(
+                self.custom.get_namespaced_custom_object,
+                KUEUE_GROUP,
+                KUEUE_VERSION,
+                namespace,
+                LOCAL_QUEUES,
+                name,
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        else:
+            return "found"
+        try:  # 404: no such queue, or no such API (discovery answers every user)
+            await asyncio.to_thread(self.custom.get_api_resources, KUEUE_GROUP, KUEUE_VERSION)
+        except ApiException as exc:
+            if exc.status == 404:
+                return "no-kueue"
+            raise
+        return "missing"
 
     async def delete_task(self, namespace: str, name: str) -> None:
         try:

@@ -57,6 +57,9 @@ class Settings:
     # PIP_INDEX_URL, PIP_EXTRA_INDEX_URL and PIP_TRUSTED_HOST (chart: operator.extraEnv),
     # passed to every pool's workers unless the pool's env sets them.
     pip_env: Mapping[str, str] = field(default_factory=dict)
+    # The Kueue LocalQueue of tasks without spec.queueName (chart: kueue.defaultQueue);
+    # empty: none (Kueue itself then uses a LocalQueue named "default" if the namespace has one).
+    default_queue: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -111,4 +114,5 @@ class Settings:
             dispatcher_url=get("DISPATCHER_URL", ""),
             lease_seconds=number("LEASE_SECONDS", 15.0),
             pip_env={k: env[k] for k in PIP_ENV if env.get(k, "").strip()},
+            default_queue=get("DEFAULT_QUEUE", ""),
         )

@@ -47,6 +47,7 @@ EXPECTED_RULES = [
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["kueue.x-k8s.io"], "resources": ["localqueues"], "verbs": ["get"]},
     # Warm pools (pools.enabled): WorkerPools, their Deployment, their token Secret.
     {
         "apiGroups": ["kubemap.io"],

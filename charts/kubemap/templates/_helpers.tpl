@@ -140,6 +140,11 @@ replica). pods/log and configmaps only to keep a failed pod's log tail after del
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# A MapTask's (or pool's) spec.queueName: whether its Kueue LocalQueue exists, read before
+# the first pod (a missing queue would keep every pod gated for ever). No Kueue: a 404.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["localqueues"]
+  verbs: ["get"]
 {{- if .Values.pools.enabled }}
 # Warm pools: watch WorkerPools, write their small status.
 - apiGroups: ["kubemap.io"]

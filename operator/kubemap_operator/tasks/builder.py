@@ -32,6 +32,7 @@ from kubemap.contract import (
     task_label,
 )
 from kubemap.resources import filemode as filetask
+from kubemap.resources.kueue import QUEUE_LABEL
 from kubemap.resources.maptask import MapTaskSpec, Mode
 from kubemap.task.signing import key_env, secret_name
 
@@ -150,12 +151,17 @@ def build_pod(
     if "automountServiceAccountToken" in defaults:
         pod_spec["automountServiceAccountToken"] = bool(defaults["automountServiceAccountToken"])
 
+    if template.priority_class_name:
+        pod_spec["priorityClassName"] = template.priority_class_name
     labels = {
         **(template.labels or {}),
         **MANAGED_BY,
         LABEL_TASK: task_label(task.name),
         LABEL_INDEX: str(request.start),
     }
+    queue = task_queue(spec, settings)
+    if queue:  # Kueue's webhook gates the pod until the queue admits it
+        labels[QUEUE_LABEL] = queue
     annotations = {
         **(template.annotations or {}),
         ANNOTATION_COUNT: str(request.count),
@@ -188,6 +194,12 @@ def build_pod(
     if spec.files is not None:  # fetch -> the user's program -> upload
         return with_files(pod, task, spec, settings)
     return pod
+
+
+def task_queue(spec: MapTaskSpec, settings: Settings) -> str | None:
+    """The Kueue LocalQueue a task's pods go to: spec.queueName, else the chart's default,
+    else None (Kueue then applies the namespace's LocalQueue "default" if there is one)."""
+    return spec.queue_name or settings.default_queue or None
 
 
 def store_url(spec: MapTaskSpec, settings: Settings) -> str:

@@ -80,7 +80,8 @@ def after_finish(
             requeue = left
     status = status.model_copy(
         update={
-            "active": sum(1 for p in pods if p.state is PodState.ACTIVE and p.name not in delete)
+            "active": sum(1 for p in pods if p.state is PodState.ACTIVE and p.name not in delete),
+            "queued": 0,
         }
     )
     return Plan(

@@ -102,8 +102,13 @@ def build_registry(
         # kopf hands startup handlers its live (still empty) indexes: the cache reads them as
         # they fill, from reconciles that run outside kopf's handlers (the work queue's).
         cache = WatchCache(kwargs["kubemap_tasks"], kwargs["kubemap_task_pods"])
+        api = api_factory()
         holder["reconciler"] = Reconciler(
-            api_factory(), settings_, cache=cache, post_event=post_kopf_event
+            api,
+            settings_,
+            cache=cache,
+            post_event=post_kopf_event,
+            queues=api,
         )
 
     settings_ = settings

@@ -26,6 +26,7 @@ from kubemap.core.attempts import Attempt, AttemptState, Report
 from kubemap.core.policy import Cause
 from kubemap.core.ranges import IndexRanges
 from kubemap.resources.filemode import program_failure
+from kubemap.resources.kueue import kueue_stop, waiting_queue
 
 # A pod that cannot be scheduled for this long is failed (for infrastructure) and replaced.
 UNSCHEDULABLE_SECONDS = 120.0
@@ -81,6 +82,9 @@ class ObservedPod(Attempt):
     # Its containers started (phase Running or later): it may write results before it ends.
     # A pod still pending can be deleted without waiting for what it did: it did nothing.
     launched: bool = True
+    # The Kueue LocalQueue the pod waits in, gated, for quota (None: not held by Kueue).
+    # Waiting for quota is neither stuck nor failing: no retry, no "unschedulable" verdict.
+    queued: str | None = None
 
     def describe(self) -> str:
         """'pod t-17-1 (index 17, attempt 2)': a pod is named, to find its logs."""
@@ -189,7 +193,12 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
     exit_code = terminated.get("exitCode") if terminated else None
     created = parse_time(meta.get("creationTimestamp"))
     state = PodState.ACTIVE
-    cause = stuck_cause(pod, created, now) if phase == "Pending" and deletion is None else None
+    queued = waiting_queue(pod) if phase == "Pending" and deletion is None else None
+    cause = (
+        stuck_cause(pod, created, now)
+        if phase == "Pending" and deletion is None and queued is None
+        else None
+    )
     if cause is not None:
         state = PodState.FAILED
     elif phase == "Succeeded":
@@ -213,7 +222,12 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
     if failure is not None:  # name the file, not only the index, as the pod's error
         start, count = _int(labels, LABEL_INDEX, 0), max(1, _int(annotations, ANNOTATION_COUNT, 1))
         report = Report(failed=IndexRanges.span(start, start + count), error=failure)
-    if state is PodState.FAILED and cause is None:
+    # Preempted (or else stopped) by Kueue: a preemption is requeued without spending anything
+    # (core.policy.requeued), Kueue's other evictions are lost pods.
+    stopped = kueue_stop(pod) if state is PodState.FAILED and cause is None else None
+    if stopped is not None:
+        infra_reason = f"pod stopped by Kueue ({stopped.code}): {stopped.message}"
+    elif state is PodState.FAILED and cause is None:
         reason = status.get("reason") or terminated.get("reason")
         disrupted = any(
             c.get("type") == "DisruptionTarget" and c.get("status") == "True"
@@ -239,7 +253,7 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
         exit_code=int(exit_code) if exit_code is not None else None,
         infra_reason=infra_reason,
         report=report,
-        cause=cause,
+        cause=cause or stopped,
         deleting=deletion is not None,
         has_finalizer=POD_FINALIZER in (meta.get("finalizers") or []),
         finished_at=finished,
@@ -247,4 +261,5 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
         stuck=cause is not None,
         is_pod=True,
         launched=phase != "Pending",
+        queued=queued,
     )

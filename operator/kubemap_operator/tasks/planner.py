@@ -23,6 +23,7 @@ from kubemap.core.status import (
     partition,
     why_of,
 )
+from kubemap.resources.kueue import waiting_message
 from kubemap.resources.maptask import Condition, MapTaskSpec, MapTaskStatus
 
 from kubemap_operator.statusfields import clip, rfc3339, set_condition
@@ -285,10 +286,13 @@ def _plan(
         set(decision.kept),
         limits,
     )
+    queued = [p for p in active_pods if p.queued]
     status_out = _upd(
         status_out,
         phase=Phase.RUNNING if (pods or decision.start) else Phase.PENDING,
-        message=None,
+        queued=len(queued),
+        # Kueue holds pods back: say so, or a task whose pods wait looks stuck.
+        message=waiting_message(queued[0].queued or "", len(queued)) if queued else None,
     )
     return Plan(
         status=status_out,

@@ -21,12 +21,13 @@ import pydantic
 from kubemap.contract import ANNOTATION_RETRY
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.status import Phase, Reason
+from kubemap.resources.kueue import kueue_absent_message, missing_queue_message
 from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kubemap_operator import metrics
-from kubemap_operator.kubeapi import CreateFailed, TaskApi, Throttled
+from kubemap_operator.kubeapi import CreateFailed, QueueApi, TaskApi, Throttled
 from kubemap_operator.ratelimit import FailureBackoff, TokenBucket
 from kubemap_operator.settings import Settings
 from kubemap_operator.statusfields import (
@@ -38,7 +39,7 @@ from kubemap_operator.statusfields import (
     status_wire,
 )
 from kubemap_operator.tasks import logkeeper
-from kubemap_operator.tasks.builder import TaskRef, build_pod, pod_name
+from kubemap_operator.tasks.builder import TaskRef, build_pod, pod_name, task_queue
 from kubemap_operator.tasks.filelisting import reconcile_listing
 from kubemap_operator.tasks.observe import observe_pod
 from kubemap_operator.tasks.planner import Event, Limits, Plan, plan
@@ -65,8 +66,10 @@ class Reconciler:
         limiter: TokenBucket | None = None,
         post_event: EventSink | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        queues: QueueApi | None = None,
     ) -> None:
         self.cache = cache
+        self.queues = queues  # None: Kueue queues are not checked (tests without an API)
         self.api = WriteThrough(api, cache)  # what this reconciler writes, the cache shows
         self.kube = api  # the API itself: the log keeper reads logs through its CoreV1Api
         self.settings = settings
@@ -149,6 +152,11 @@ class Reconciler:
             await self._reject(namespace, name, body, exc, logger)
             return None
         status = MapTaskStatus.model_validate(body.get("status") or {})
+        if not pods and status.phase is Phase.PENDING and not spec.suspend:
+            refusal = await self._queue_refusal(namespace, spec)
+            if refusal is not None:  # its pods would wait gated for ever: fail at once
+                await self._refuse(namespace, name, body, Reason.QUEUE_UNAVAILABLE, refusal, logger)
+                return None
         if spec.files is not None:  # the files are listed (in a pod) before anything runs
             ref = TaskRef(name, namespace, uid)
             now = self.clock()
@@ -225,6 +233,7 @@ class Reconciler:
         semaphore = asyncio.Semaphore(CREATE_CONCURRENCY)
         started: list[tuple[int, int]] = []
         retried: list[int] = []
+        requeued: list[int] = []
         stop: list[str] = []
 
         async def one(request: Any) -> None:
@@ -252,16 +261,21 @@ class Reconciler:
                 if outcome == "created":
                     metrics.PODS_CREATED.inc()
                     started.append((request.start, request.start + request.count))
-                    if request.attempt > 0:
+                    if request.requeue:  # preempted by Kueue: run again, not a retry
+                        requeued.append(request.start)
+                    elif request.attempt > 0:
                         retried.append(request.start)
 
         # One reconcile creates at most a burst of pods, so it stays short and the status
         # fresh; the pods' own events (and a quick requeue) bring the next round.
         await asyncio.gather(*(one(r) for r in result.create[: self._batch]))
+        counted: dict[str, int] = {}
         if retried:  # the status reports the retries spent: one write per round, not per pod
-            await self.api.patch_status(
-                task.namespace, task.name, {"retries": result.status.retries + len(retried)}
-            )
+            counted["retries"] = result.status.retries + len(retried)
+        if requeued:
+            counted["preempted"] = result.status.preempted + len(requeued)
+        if counted:
+            await self.api.patch_status(task.namespace, task.name, counted)
         if started:
             ranges = IndexRanges.from_spans(started)
             event = Event(
@@ -280,6 +294,23 @@ class Reconciler:
         for pod in pods:
             await self.api.remove_finalizer(namespace, pod)
 
+    async def _queue_refusal(self, namespace: str, spec: MapTaskSpec) -> str | None:
+        """Why the task's Kueue queue cannot admit its pods (None: it can, or no queue): read
+        once, before its first pod, so a YAML user hears it as an SDK user does."""
+        queue = task_queue(spec, self.settings)
+        if queue is None or self.queues is None:
+            return None
+        found = await self.queues.find_local_queue(namespace, queue)
+        if found == "no-kueue":
+            return kueue_absent_message(queue)
+        if found == "missing":
+            if not spec.queue_name:
+                return missing_queue_message(queue, namespace) + (
+                    " (the operator's default queue, chart value kueue.defaultQueue)"
+                )
+            return missing_queue_message(queue, namespace)
+        return None
+
     async def _reject(
         self,
         namespace: str,
@@ -289,6 +320,19 @@ class Reconciler:
         logger: Any,
     ) -> None:
         message = clip(invalid_spec_message(exc))
+        await self._refuse(namespace, name, body, Reason.INVALID_SPEC, message, logger)
+
+    async def _refuse(
+        self,
+        namespace: str,
+        name: str,
+        body: dict[str, Any],
+        reason: Reason,
+        message: str,
+        logger: Any,
+    ) -> None:
+        """Fail the task before it ran anything: condition Failed with `reason`."""
+        message = clip(message)
         old = MapTaskStatus.model_validate(body.get("status") or {})
         if old.phase is Phase.FAILED and old.message == message:
             return
@@ -300,12 +344,12 @@ class Reconciler:
             completion_time=now,
             start_time=old.start_time or now,
             conditions=set_condition(
-                [], "Failed", reason=Reason.INVALID_SPEC.value, message=message, now=moment
+                [], "Failed", reason=reason.value, message=message, now=moment
             ),
         )
         await self.api.patch_status(namespace, name, status_wire(failed))
         logger.error(message)
-        self.post_event(body, Event("Warning", "InvalidSpec", message))
+        self.post_event(body, Event("Warning", reason.value, message))
 
 
 async def release_orphan(api: TaskApi, pod: dict[str, Any]) -> bool:

@@ -295,7 +295,11 @@ class MapRun:
             raise TimeoutError(f"task {self._name} timed out: {status.message or counts}; {where}")
         if status.reason is Reason.CANCELLED:
             raise CancelledError(f"task {self._name} was cancelled ({counts}); {where}")
-        if status.reason in (Reason.INVALID_SPEC, Reason.POOL_UNAVAILABLE):
+        if status.reason in (
+            Reason.INVALID_SPEC,
+            Reason.POOL_UNAVAILABLE,
+            Reason.QUEUE_UNAVAILABLE,
+        ):
             raise ConfigError(f"task {self._name} was refused: {status.message}")
         counted = tally(self._task, status)  # the one split: failures(), not_run(), the CLI
         failures = counted.failures

@@ -61,7 +61,8 @@ def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> 
             - Kubernetes only: `image`, `namespace`, `resources`, `env`, `node_selector`,
               `tolerations`, `service_account`, `store_endpoint` (the S3 endpoint as the pods
               reach it), `pool` (a warm WorkerPool's name) and `packages` (pip requirements
-              the pool's workers install for this task).
+              the pool's workers install for this task), `queue` (the Kueue LocalQueue that
+              admits the pods) and `priority` (their PriorityClass).
 
     Returns:
         The MapRun of the task (a CachedRun with `cache=True`).

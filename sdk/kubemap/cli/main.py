@@ -102,6 +102,11 @@ def main() -> None:
 @click.option("--namespace", help="Kubernetes: namespace of the MapTask.")
 @click.option("--pool", help="Kubernetes: run on this WorkerPool's warm workers (made if missing).")
 @click.option(
+    "--queue",
+    help="Kubernetes: the Kueue LocalQueue that admits the pods (`kubectl get localqueues`).",
+)
+@click.option("--priority", help="Kubernetes: the pods' PriorityClass (Kueue preempts lower).")
+@click.option(
     "--env",
     "env",
     multiple=True,
@@ -195,6 +200,8 @@ KUBERNETES_FLAGS = {
     "image": "--image",
     "namespace": "--namespace",
     "pool": "--pool",
+    "queue": "--queue",
+    "priority": "--priority",
     "env": "--env",
     "resources": "--resources",
 }

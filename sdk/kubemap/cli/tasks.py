@@ -76,8 +76,15 @@ def get_cmd(name: str, namespace: str | None, backend: str | None, store: str | 
             else f"files:       {status.listed} listed, {status.skipped or 0} skipped "
             "(processed before), the rest are the inputs"
         )
+    if spec.get("queueName"):
+        click.echo(f"queue:       {spec['queueName']} (Kueue)")
+    if status.queued and not status.phase.finished:
+        # Kueue holds these pods back until the queue's quota has room: waiting, not stuck.
+        click.echo(f"queued:      {status.queued} pods waiting for quota")
     if status.retries:
         click.echo(f"retries:     {status.retries} spent")
+    if status.preempted:
+        click.echo(f"preempted:   {status.preempted} pods rerun (no retry spent)")
     reason = status.conditions[-1].reason if status.conditions else None
     if reason and status.phase.finished:
         click.echo(f"reason:      {reason}")

@@ -150,3 +150,6 @@ class SliceRequest:
     attempt: int = 0
     failures: int = 0
     infra_failures: int = 0
+    # The slice runs again because its last attempt was preempted (policy.requeued), not
+    # because it failed: not a retry.
+    requeue: bool = False

@@ -26,6 +26,7 @@ from kubemap.core.policy import (
     ExitKind,
     FailureBudget,
     hint,
+    requeued,
     retry_delay,
     systematic_cause,
 )
@@ -95,6 +96,7 @@ class Retry:
     failures: int
     infra_failures: int
     due: datetime
+    requeue: bool = False  # preempted, not failed: see policy.requeued
 
 
 @dataclass
@@ -182,7 +184,13 @@ def judge(
                 )
                 out.retries.append(Retry(user, one.attempt + 1, failures, one.infra_failures, due))
                 out.waiting.add(one.name)
-        if rest:
+        if rest and requeued(one.infra_cause()):
+            # Preempted: run again at once, with the same failure counts (nothing spent).
+            out.retries.append(
+                Retry(rest, one.attempt + 1, one.failures, one.infra_failures, finished, True)
+            )
+            out.waiting.add(one.name)
+        elif rest:
             cause = one.infra_cause()
             if cause is not None:
                 out.causes.append(cause)
@@ -256,7 +264,14 @@ def _requests(
             continue
         for start, count in _chunks(retry.ranges, size):
             wanted.append(
-                SliceRequest(start, count, retry.attempt, retry.failures, retry.infra_failures)
+                SliceRequest(
+                    start,
+                    count,
+                    retry.attempt,
+                    retry.failures,
+                    retry.infra_failures,
+                    requeue=retry.requeue,
+                )
             )
     for lo, hi in pending.intervals:
         if len(wanted) >= capacity:

@@ -74,6 +74,19 @@ PERMANENT_CAUSES = frozenset(
     }
 )
 
+# Causes that take an attempt back with nothing gone wrong: a queue (Kueue) preempted the pod
+# to give its quota to higher-priority work. The slice is requeued at once like a pod lost
+# with its node, but spends neither a retry nor the infrastructure budget (INFRA_RETRY_LIMIT):
+# a task preempted ten times is not a broken task. Not a sign of trouble either, so it raises
+# no InfrastructureTrouble condition and never counts toward a systematic cause.
+REQUEUE_CAUSES = frozenset({("lost", "Preempted")})
+
+
+def requeued(cause: Cause | None) -> bool:
+    """The attempt was taken back to be run again later (preempted), not failed."""
+    return cause is not None and cause.key in REQUEUE_CAUSES
+
+
 HINTS = {
     "store": "check the S3 Secret (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), the endpoint "
     "and the bucket named in spec.store",

@@ -49,6 +49,7 @@ class Reason(enum.StrEnum):
     CANCELLED = "Suspended"  # cancel(): spec.suspend is true
     INVALID_SPEC = "InvalidSpec"  # the operator refused the spec
     POOL_UNAVAILABLE = "PoolUnavailable"  # spec.pool, but the operator runs no dispatcher
+    QUEUE_UNAVAILABLE = "QueueUnavailable"  # a Kueue queue that does not exist, or no Kueue
 
     @classmethod
     def parse(cls, text: str | None) -> Reason | None:

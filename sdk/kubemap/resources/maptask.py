@@ -22,6 +22,8 @@ MAX_ITEM_LENGTH = 4096
 MAX_COUNT = 100_000_000
 # The chart's values.schema.json (s3.defaultStore) holds the same rule; a test compares them.
 STORE_URL_PATTERN = r"^(s3|file)://.+$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
 class _Wire(BaseModel):
@@ -115,6 +117,13 @@ class PodTemplate(_Wire):
     tolerations: list[dict[str, Any]] | None = Field(default=None, max_length=64)
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="PriorityClass of the worker pods: their scheduling priority, and under Kueue "
+        "the workload priority that decides which pods are preempted for which.",
+    )
 
 
 class MapTaskSpec(_Wire):
@@ -151,9 +160,23 @@ class MapTaskSpec(_Wire):
         description="Pool tasks: pip requirements the workers install (once each) for this task.",
     )
     files: FilesSpec | None = None
+    queue_name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Kueue LocalQueue (same namespace) that admits the worker pods: each pod "
+        "carries the label kueue.x-k8s.io/queue-name and waits, gated, until the queue's quota "
+        "has room. Unset: the chart's kueue.defaultQueue, else Kueue's own default (a LocalQueue "
+        "named default in the namespace). parallelism stays the upper bound.",
+    )
 
     @model_validator(mode="after")
     def _check_shape(self) -> MapTaskSpec:
+        if self.queue_name is not None and self.pool is not None:
+            raise ValueError(
+                "queueName is for tasks that run pods; a pool's workers are admitted by the "
+                "WorkerPool's own spec.queueName"
+            )
         if self.files is not None:
             _check_files(self)
             if self.pool is not None:
@@ -228,8 +251,18 @@ class MapTaskStatus(_Wire):
     succeeded: int = 0
     failed: int = 0
     active: int = 0
+    queued: int = Field(
+        default=0,
+        description="Pods of active that Kueue holds back (scheduling gate "
+        "kueue.x-k8s.io/admission): waiting for quota in their queue, not stuck.",
+    )
     not_run: int = 0  # total - succeeded - failed - active: never run (yet)
     retries: int = 0  # attempts started beyond the first of their slice
+    preempted: int = Field(
+        default=0,
+        description="Pods started again because Kueue preempted the one before: requeued, "
+        "not retried (no retry spent, not counted in retries).",
+    )
     succeeded_indexes: str = ""
     failed_indexes: str = ""
     conditions: list[Condition] = Field(default_factory=list)

@@ -52,6 +52,14 @@ class RunOptions(BaseModel):
         default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
     )
     packages: list[str] | None = Field(default=None, max_length=64)  # pool tasks only
+    # Kueue: the LocalQueue that admits the task's pods (spec.queueName), and their
+    # PriorityClass (spec.template.priorityClassName: higher preempts lower under Kueue).
+    queue: str | None = Field(
+        default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+    )
+    priority: str | None = Field(
+        default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
 
     @model_validator(mode="after")
     def _check_packages(self) -> RunOptions:
@@ -59,6 +67,11 @@ class RunOptions(BaseModel):
             _refuse_cluster_options(self)
         if self.packages:
             check_task_packages(self.packages, self.pool if self.backend == "kubernetes" else None)
+        if self.queue and self.pool:
+            raise ValueError(
+                f"queue={self.queue!r} with pool={self.pool!r}: a pool task runs on the pool's "
+                "workers, which the WorkerPool's own queueName admits; drop queue="
+            )
         return self
 
 
@@ -75,6 +88,8 @@ KUBERNETES_ONLY = (
     "tolerations",
     "service_account",
     "store_endpoint",
+    "queue",
+    "priority",
 )
 
 

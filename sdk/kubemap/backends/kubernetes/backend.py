@@ -23,6 +23,7 @@ from kubemap.backends.base import wait_by_polling
 from kubemap.backends.kubernetes import keys
 from kubemap.backends.kubernetes.client import Cluster, ClusterClient, message_of
 from kubemap.backends.kubernetes.discovery import ClusterDefaults, check_submit, find_defaults
+from kubemap.backends.kubernetes.queues import require_queue
 from kubemap.backends.kubernetes.workerpools import (
     create_default_pool,
     get_pool,
@@ -66,6 +67,7 @@ def build_maptask(name: str, store_url: str, total: int, options: RunOptions) ->
         node_selector=options.node_selector,
         tolerations=options.tolerations,
         service_account_name=options.service_account,
+        priority_class_name=options.priority,
     )
     # On a pool the pool's size bounds a task, not parallelism (unless the user sets one).
     parallelism = options.parallelism or default_parallelism(pool=options.pool is not None)
@@ -83,6 +85,7 @@ def build_maptask(name: str, store_url: str, total: int, options: RunOptions) ->
         active_deadline_seconds=math.ceil(options.timeout) if options.timeout else None,
         store=StoreRef(url=base, endpoint=options.store_endpoint),
         template=template,
+        queue_name=options.queue,
     )
     return {
         "apiVersion": API_VERSION,
@@ -257,7 +260,8 @@ class KubernetesBackend:
 
     def preflight(self, store_url: str, options: RunOptions) -> None:
         """Before uploading anything: an S3 store, a reachable API, the MapTask CRD installed,
-        the S3 Secret of the pods, and a pool whose workers run our Python."""
+        the S3 Secret of the pods, Kueue's LocalQueue when queue= is given, and a pool whose
+        workers run our Python."""
         _require_s3(store_url)
         cluster = self.connect(options.namespace)
         try:
@@ -276,6 +280,8 @@ class KubernetesBackend:
                 f"{message_of(exc)}; check your RBAC or pick another namespace"
             ) from None
         require_s3_secret(cluster, self.chart_defaults(options.namespace))
+        if options.queue:
+            require_queue(cluster, options.queue)
         if options.pool:
             pool = get_pool(cluster, options.pool)
             refuse_other_python(pool, options.pool)
