@@ -18,7 +18,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 MERGE_PATCH = "application/merge-patch+json"
-QueueLookup = Literal["found", "missing", "no-kueue"]
+# "unknown": the operator may not read LocalQueues (403): the pods go to Kueue unchecked.
+QueueLookup = Literal["found", "missing", "no-kueue", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,8 @@ class KubeApi:
                 name,
             )
         except ApiException as exc:
+            if exc.status == 403:
+                return "unknown"
             if exc.status != 404:
                 raise
         else:

@@ -20,6 +20,7 @@ from kubemap.contract import LABEL_TASK, POD_FINALIZER, task_label
 from kubemap.core.status import Phase, Reason
 from kubemap.resources.kueue import ADMISSION_GATE, QUEUE_LABEL
 from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
+from kubemap_operator.kubeapi import QueueLookup
 from kubemap_operator.settings import Settings
 from kubemap_operator.tasks.builder import TaskRef, build_pod
 from kubemap_operator.tasks.observe import ObservedPod, PodState, observe_pod
@@ -232,15 +233,15 @@ class FakeApi:
         self.patches: list[dict[str, Any]] = []
         self.lookups: list[tuple[str, str]] = []
 
-    async def find_local_queue(
-        self, namespace: str, name: str
-    ) -> Literal["found", "missing", "no-kueue"]:
+    async def find_local_queue(self, namespace: str, name: str) -> QueueLookup:
         self.lookups.append((namespace, name))
-        return (
-            "found"
-            if self.queue == "found"
-            else ("no-kueue" if self.queue == "none" else "missing")
-        )
+        answers: dict[str, QueueLookup] = {
+            "found": "found",
+            "none": "no-kueue",
+            "missing": "missing",
+            "forbidden": "unknown",
+        }
+        return answers[self.queue]
 
     async def get_task(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.task
@@ -308,8 +309,10 @@ async def test_a_queue_that_cannot_admit_fails_the_task_before_any_pod(
 
 
 @pytest.mark.asyncio
-async def test_a_queue_that_exists_is_read_once_then_pods_are_made() -> None:
-    api = FakeApi(maptask(), [], "found")
+@pytest.mark.parametrize("queue", ["found", "forbidden"])
+async def test_a_queue_that_exists_is_read_once_then_pods_are_made(queue: str) -> None:
+    # forbidden: the operator may not read LocalQueues (403): the pods go to Kueue unchecked.
+    api = FakeApi(maptask(), [], queue)
     await reconciler(api).reconcile("ns", "t", logging.getLogger("test"))
     assert len(api.created) == 4 and api.lookups == [("ns", "lq")]
     # No queue anywhere: nothing to read.

@@ -301,6 +301,11 @@ class Reconciler:
         if queue is None or self.queues is None:
             return None
         found = await self.queues.find_local_queue(namespace, queue)
+        if found == "unknown":
+            logging.getLogger("kubemap.operator").warning(
+                f"cannot read LocalQueue {namespace}/{queue} (403): give the operator get on "
+                "localqueues.kueue.x-k8s.io (the chart's RBAC does); its pods go to Kueue unchecked"
+            )
         if found == "no-kueue":
             return kueue_absent_message(queue)
         if found == "missing":
