@@ -26,6 +26,7 @@ import platform
 import signal
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -61,9 +62,10 @@ from kubemap.resources.termination import (
     refused_line,
     summary_line,
 )
+from kubemap.resources.workerpool import ENV_POOL
 from kubemap.stores import Store, open_store
 from kubemap.task import data as taskdata
-from kubemap.task import signing
+from kubemap.task import signing, timings
 from kubemap.task.meta import read_meta, version_mismatch
 from kubemap.task.signing import Signer
 
@@ -126,7 +128,49 @@ def run_slice(
     With stop_at_failure (the caller knows a failure now decides the task: decisive_failure),
     the first user failure ends the slice: the items after it are not run (fail-fast: one bad
     input leaves the rest unrun) and are reported as `unrun`; what finished before is kept.
+    Each run leaves a timing record in the task's store (task.timings), unless
+    KUBEMAP_TIMINGS=0; a record that cannot be written never fails the slice.
     """
+    clock = SliceClock(task, start, count, attempt) if timings.recording_enabled() else None
+    try:
+        outcome = _run_slice(
+            task,
+            start,
+            count,
+            fn=fn,
+            attempt=attempt,
+            skip_done=skip_done,
+            signer=signer,
+            stop_at_failure=stop_at_failure,
+            clock=clock,
+        )
+    except Stopped as exc:
+        if clock is not None:
+            clock.record(exc.outcome)
+        raise
+    except Exception as exc:
+        # A plain StoreError means the store did not answer: another write would only wait
+        # for it again. Anything else (a corrupt task, a missing module) is worth a record.
+        if clock is not None and type(exc) is not StoreError:
+            clock.record(None, error=f"{type(exc).__name__}: {exc}")
+        raise
+    if clock is not None:
+        clock.record(outcome)
+    return outcome
+
+
+def _run_slice(
+    task: Store,
+    start: int,
+    count: int,
+    *,
+    fn: Callable[..., Any] | None,
+    attempt: int,
+    skip_done: bool,
+    signer: Signer | None,
+    stop_at_failure: bool,
+    clock: SliceClock | None,
+) -> SliceOutcome:
     span = IndexRanges.span(start, start + count)
     done = (
         taskdata.done_in_slice(task, start, count) if skip_done and attempt > 0 else IndexRanges()
@@ -137,10 +181,12 @@ def run_slice(
     if fn is None:
         fn = taskdata.read_function(task, signer)
     items = taskdata.read_slice(task, start, count, signer=signer)
+    times = clock.fetched() if clock is not None else None
     values: dict[int, Any] = {}
     records: dict[int, dict[str, Any]] = {}
     stopped: Stopped | None = None
     for index in todo:
+        began = time.perf_counter()
         try:
             values[index] = fn(items[index - start])
         except Exception as exc:
@@ -150,6 +196,11 @@ def run_slice(
         except Stopped as exc:  # what finished before the stop is kept, not thrown away
             stopped = exc
             break
+        finally:
+            if times is not None:
+                times.add(index, time.perf_counter() - began)
+    if clock is not None:
+        clock.computed()
     blob = _encode(values, records, attempt, sealed=signer is not None)
     for index, record in records.items():
         taskdata.write_error(task, index, record)
@@ -167,6 +218,88 @@ def run_slice(
         stopped.outcome = outcome
         raise stopped
     return outcome
+
+
+class SliceClock:
+    """Times one run of a slice (fetch, compute, write, and each item) and writes its
+    record (task.timings) at the end, ignoring any error doing so."""
+
+    def __init__(self, task: Store, start: int, count: int, attempt: int) -> None:
+        self.task, self.start, self.count, self.attempt = task, start, count, attempt
+        self.wall = time.time()
+        self.boot = _boot_seconds()
+        self.began = self.mark = time.perf_counter()
+        self.fetch = self.compute = 0.0
+        self.items = timings.ItemTimes()
+
+    def fetched(self) -> timings.ItemTimes:
+        now = time.perf_counter()
+        self.fetch, self.mark = now - self.mark, now
+        return self.items
+
+    def computed(self) -> None:
+        now = time.perf_counter()
+        self.compute, self.mark = now - self.mark, now
+
+    def record(self, outcome: SliceOutcome | None, error: str | None = None) -> None:
+        now = time.perf_counter()
+        if not self.compute and not self.fetch:  # nothing ran: the whole time was fetching
+            self.fetch, self.mark = now - self.began, now
+        kept = outcome or SliceOutcome()
+        record = timings.SliceTiming(
+            first=self.start,
+            count=self.count,
+            attempt=self.attempt,
+            worker=worker_identity(),
+            start=self.wall,
+            fetch=self.fetch,
+            compute=self.compute,
+            write=now - self.mark,
+            ran=sum(self.items.buckets.values()),
+            succeeded=len(kept.succeeded),
+            failed=len(kept.failed),
+            skipped=len(kept.skipped),
+            unrun=len(kept.unrun),
+            slowest=self.items.slowest,
+            buckets=dict(self.items.buckets),
+            boot=self.boot,
+            error=error,
+        )
+        try:
+            timings.write_timing(self.task, record)
+        except Exception as exc:  # recording must never fail the slice it describes
+            _log(
+                f"could not write the timing record of items {self.start}.."
+                f"{self.start + self.count - 1}: {type(exc).__name__}: {exc}"
+            )
+
+
+def worker_identity(environ: Mapping[str, str] | None = None) -> str:
+    """Who ran a slice: the pod's name in a pod (its HOSTNAME), else host:pid (the local
+    backend's worker processes share a host)."""
+    env = os.environ if environ is None else environ
+    host = env.get("HOSTNAME") or socket.gethostname()
+    if env.get(ENV_TASK_URL) or env.get(ENV_POOL):
+        return host
+    return f"{host}:{os.getpid()}"
+
+
+_booted_pid: int | None = None
+
+
+def _boot_seconds() -> float | None:
+    """Seconds from this process's start to now, on its first slice only (None after, and
+    where /proc cannot say): a pod's start-up as the pod sees it."""
+    global _booted_pid
+    if _booted_pid == os.getpid():
+        return None
+    _booted_pid = os.getpid()
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def _fill_cache(task: Store, start: int, count: int, values: dict[int, Any]) -> None:

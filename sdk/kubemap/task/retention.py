@@ -45,6 +45,7 @@ from kubemap.stores import open_store
 from kubemap.stores.base import user_cache_dir
 from kubemap.stores.file import TMP_PREFIX
 from kubemap.task.cacheentries import CACHE_DIR, CONFIG_KEY, KEYS_KEY, MAP_KEY
+from kubemap.task.timings import TIMING_NAME, TIMINGS_PREFIX
 
 ENV_RETENTION_DAYS = "KUBEMAP_RETENTION_DAYS"
 DEFAULT_RETENTION_DAYS = 7.0
@@ -56,10 +57,12 @@ ENV_CACHE_MAX_GB = "KUBEMAP_CACHE_MAX_GB"  # unset: no size cap
 TASK_FILES = frozenset(
     {FN_KEY, INPUTS_KEY, INDEX_KEY, META_KEY, STATUS_KEY, CONFIG_KEY, KEYS_KEY, MAP_KEY, FILES_KEY}
 )
-# ...and the names of the records in its two directories (contract.result_key, error_key)
+# ...and the names of the records in its directories (contract.result_key, error_key,
+# task.timings.timing_key)
 TASK_DIRS = {
     RESULTS_PREFIX.rstrip("/"): re.compile(r"\d{12}-\d+"),
     ERRORS_PREFIX.rstrip("/"): re.compile(r"\d{12}\.json"),
+    TIMINGS_PREFIX.rstrip("/"): TIMING_NAME,
 }
 TASK_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")  # DNS-1123, as options checks
 META_FIELDS = ("total", "function", "created", "version")  # in every task.json kubemap wrote
@@ -168,7 +171,7 @@ def _records(task_dir: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
 
 
 def _check_records(task_dir: Path) -> None:
-    """results/ and errors/ hold only kubemap's record files (read before removing)."""
+    """results/, errors/ and timings/ hold only kubemap's record files (read before removing)."""
     for sub, entry in _records(task_dir):
         where = f"{sub}/{entry.name}"
         if entry.is_symlink():
