@@ -523,6 +523,7 @@ def _register_cluster_commands() -> None:
         return
     cli_cluster.register(main)
     importlib.import_module("kubemap.cli.pools").register(main)  # kubemap pool ...
+    importlib.import_module("kubemap.cli.timeline").register(main)  # kubemap timeline
 
 
 _register_cluster_commands()
