@@ -4,6 +4,10 @@ A Deployment (not pods the operator makes one by one) keeps the workers: the pla
 controller replaces a deleted or crashed worker, and scaling is one field. Its pods carry
 `kubemap.io/pool=<name>` (what the chart's NetworkPolicy admits to the dispatcher) and meet
 the restricted Pod Security Standard through the operator's worker pod defaults.
+
+With spec.queueName the Deployment and its pod template carry Kueue's queue label: Kueue's
+deployment integration admits each pod on its own against the queue's quota, counting the
+container's resource requests (spec.resources, else the chart's default worker resources).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 from typing import Any
 
 from kubemap.contract import API_VERSION, ENV_PACKAGE_CACHE, ENV_POOL_PACKAGES, ENV_TASK_URL
+from kubemap.resources.kueue import QUEUE_LABEL
 from kubemap.resources.workerpool import (
     ENV_DISPATCHER,
     ENV_POOL,
@@ -47,6 +52,11 @@ def owner(pool_name: str, uid: str) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def queue_labels(spec: WorkerPoolSpec) -> dict[str, str]:
+    """Kueue's queue label, for a pool in a queue (none otherwise)."""
+    return {QUEUE_LABEL: spec.queue_name} if spec.queue_name else {}
 
 
 def token_secret(namespace: str, pool_name: str, uid: str, token: str) -> dict[str, Any]:
@@ -151,8 +161,10 @@ def worker_template(
     pod_spec["automountServiceAccountToken"] = bool(
         defaults.get("automountServiceAccountToken", False)
     )
+    # The label on the template too, not only where Kueue copies it from: the template hash
+    # (and so a rollout) follows a change of queue.
     return {
-        "metadata": {"labels": {**POOL_MANAGED_BY, LABEL_POOL: pool_name}},
+        "metadata": {"labels": {**POOL_MANAGED_BY, LABEL_POOL: pool_name, **queue_labels(spec)}},
         "spec": pod_spec,
     }
 
@@ -176,7 +188,7 @@ def deployment(
         "metadata": {
             "name": pool_resource_name(pool_name),
             "namespace": namespace,
-            "labels": {**POOL_MANAGED_BY, LABEL_POOL: pool_name},
+            "labels": {**POOL_MANAGED_BY, LABEL_POOL: pool_name, **queue_labels(spec)},
             "annotations": {ANNOTATION_TEMPLATE_HASH: template_hash(template)},
             "ownerReferences": [owner(pool_name, uid)],
         },

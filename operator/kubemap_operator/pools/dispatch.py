@@ -142,7 +142,10 @@ class PoolState:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     last_work: datetime | None = None
     tasks_done: set[str] = field(default_factory=set)
-    replicas: int = 0  # workers the pool reconcile wants: sizes chunks before they are all up
+    # Workers that lease or are about to, as the pool reconcile counts them: every wanted
+    # replica of a pool, only the Kueue-admitted ones of a queued pool (a gated worker never
+    # runs). Sizes chunks before the workers are all up and asking.
+    runnable: int = 0
 
 
 @dataclass(frozen=True)
@@ -473,7 +476,7 @@ class Dispatcher:
 
     def _chunk(self, task: PoolTask) -> int:
         remaining = max(0, task.spec.total - task.done - task.leased)
-        live = max(len(self.live_workers(task.pool)), self.pool(task.pool).replicas)
+        live = max(len(self.live_workers(task.pool)), self.pool(task.pool).runnable)
         workers = max(1, min(task.spec.parallelism, live))
         return guided_chunk(remaining, workers, floor=chunk_floor(task.seconds_per_item))
 

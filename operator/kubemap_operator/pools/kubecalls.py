@@ -6,14 +6,15 @@ Secrets are only ever created or patched, never read: the token is derived (toke
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from kubemap.contract import GROUP, VERSION
-from kubemap.resources.workerpool import POOL_PLURAL
+from kubemap.resources.workerpool import LABEL_POOL, POOL_PLURAL
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kubemap_operator.kubeapi import MERGE_PATCH, KubeApi
+from kubemap_operator.kubeapi import MERGE_PATCH, KubeApi, QueueLookup
 
 
 class PoolApi:
@@ -52,6 +53,18 @@ class PoolApi:
             _content_type=MERGE_PATCH,
         )
 
+    async def list_pool_pods(self, namespace: str, pool: str) -> list[dict[str, Any]]:
+        result = await asyncio.to_thread(
+            self.kube.core.list_namespaced_pod,
+            namespace,
+            label_selector=f"{LABEL_POOL}={pool}",
+            _preload_content=False,
+        )
+        return list(json.loads(result.data).get("items") or [])
+
+    async def find_local_queue(self, namespace: str, name: str) -> QueueLookup:
+        return await self.kube.find_local_queue(namespace, name)
+
     async def put_secret(self, namespace: str, body: dict[str, Any]) -> None:
         """Create the Secret, or overwrite its data when it exists (no read needed)."""
         try:
@@ -81,8 +94,6 @@ class PoolApi:
             if exc.status == 404:
                 return None
             raise
-        import json
-
         data: dict[str, Any] = json.loads(result.data)
         return data
 

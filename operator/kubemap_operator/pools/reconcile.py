@@ -4,18 +4,30 @@ Level-based like the MapTask reconcile: every event or timer tick looks at the p
 Deployment and the dispatcher's view of the workers, and writes only what differs. The
 replica count is `replicas` while the pool has work (or was busy within idleTTLSeconds),
 else `minReplicas`; a task arriving on an idle pool triggers a reconcile at once.
+
+A pool with spec.queueName is Kueue's to admit: its status counts the workers admitted and
+the workers waiting for quota (census.py, from a LIST of its pods), the dispatcher sizes chunks by
+the admitted ones, and a queue that cannot admit anything is said in status.message: Kueue
+absent (no worker runs: unqueued workers would bypass the quota the pool asked for), or a
+LocalQueue that does not exist (the workers wait, gated, until it does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
-from kubemap.resources.workerpool import WorkerPoolSpec, WorkerPoolStatus, pool_resource_name
+from kubemap.resources.kueue import QUEUE_LABEL, kueue_absent_message, missing_queue_message
+from kubemap.resources.workerpool import (
+    WorkerPoolSpec,
+    WorkerPoolStatus,
+    pool_resource_name,
+)
 from kubernetes.client.exceptions import ApiException
 
 from kubemap_operator.pools.builder import (
@@ -23,6 +35,7 @@ from kubemap_operator.pools.builder import (
     deployment,
     token_secret,
 )
+from kubemap_operator.pools.census import count_workers
 from kubemap_operator.pools.dispatch import Dispatcher, PoolKey
 from kubemap_operator.pools.kubecalls import PoolApi
 from kubemap_operator.pools.tokens import pool_token
@@ -81,6 +94,16 @@ class PoolReconciler:
             max(0.05, delay), lambda: loop.create_task(self.trigger(*key))
         )
 
+    async def queue_problem(self, namespace: str, queue: str) -> tuple[str, bool] | None:
+        """What stops the queue from admitting the pool's workers: (message, whether to run
+        no worker at all), or None when nothing does."""
+        found = await self.api.find_local_queue(namespace, queue)
+        if found == "no-kueue":
+            return kueue_absent_message(queue) + "; no worker runs until then", True
+        if found == "missing":
+            return missing_queue_message(queue, namespace), False
+        return None
+
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         handle = self._timers.pop(key, None)
@@ -122,8 +145,18 @@ class PoolReconciler:
         ttl = spec.idle_ttl_seconds
         scaled_down = ttl > 0 and idle_for >= ttl
         replicas = spec.min_replicas if scaled_down else spec.replicas
-        state.replicas = replicas
+        problem = await self.queue_problem(namespace, spec.queue_name) if spec.queue_name else None
+        if problem is not None and problem[1]:
+            replicas = 0
         ready = await self._ensure_deployment(namespace, name, uid, spec, replicas)
+        counts = (
+            count_workers(await self.api.list_pool_pods(namespace, name))
+            if spec.queue_name
+            else None
+        )
+        # Workers that lease, or are about to: the admitted ones of a queued pool (the gated
+        # ones never run), every wanted one of another.
+        state.runnable = min(replicas, counts.admitted) if counts is not None else replicas
         workers = self.dispatcher.live_workers(key)
         busy = sum(1 for w in workers if w.busy)
         pythons = sorted({w.python for w in workers if w.python})
@@ -136,15 +169,20 @@ class PoolReconciler:
             tasks_served=max(old.tasks_served, base + len(state.tasks_done)),
             python_version=",".join(pythons) or old.python_version,
             idle_since=None if has_work else rfc3339(busy_at),
-            message=None,
+            admitted=counts.admitted if counts is not None else None,
+            waiting=counts.waiting if counts is not None else None,
+            message=clip(problem[0]) if problem is not None else None,
         )
         if status != old:
             wire = status.model_dump(by_alias=True, mode="json")
             await self.api.patch_pool_status(namespace, name, wire)
         if not has_work and ttl > 0 and not scaled_down:
             return ttl - idle_for + 0.5  # wake up to scale down
-        if ready != replicas:
-            return 2.0  # follow the workers coming up or going away
+        made = counts.admitted + counts.waiting if counts is not None else replicas
+        if ready != state.runnable or made != replicas:
+            # Follow the workers coming up or going away. Workers waiting for quota are
+            # steady: the resync timer sees them admitted.
+            return 2.0
         return None
 
     async def _ensure_deployment(
@@ -164,8 +202,14 @@ class PoolReconciler:
             ANNOTATION_TEMPLATE_HASH
         )
         if have_hash != want_hash:
-            patch.setdefault("spec", {})["template"] = wanted["spec"]["template"]
-            patch["metadata"] = {"annotations": {ANNOTATION_TEMPLATE_HASH: want_hash}}
+            template = copy.deepcopy(wanted["spec"]["template"])
+            # merge patch: None removes the queue label of a pool taken out of its queue
+            template["metadata"]["labels"][QUEUE_LABEL] = spec.queue_name
+            patch.setdefault("spec", {})["template"] = template
+            patch["metadata"] = {
+                "annotations": {ANNOTATION_TEMPLATE_HASH: want_hash},
+                "labels": {QUEUE_LABEL: spec.queue_name},
+            }
         if patch:
             await self.api.patch_deployment(namespace, pool_resource_name(name), patch)
         return int((current.get("status") or {}).get("readyReplicas") or 0)

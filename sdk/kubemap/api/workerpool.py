@@ -4,6 +4,8 @@
     pool.create()                   # or kubemap.map(fn, xs, backend="kubernetes", pool="scorers")
     pool.scale(16); pool.status(); pool.delete()
     kubemap.WorkerPool("frames", packages=["pandas==2.2.*"])   # pip-installed once per worker
+    kubemap.WorkerPool("shared", replicas=6, queue="team-a",   # admitted by a Kueue LocalQueue
+                       resources={"requests": {"cpu": "500m"}})
 A MapTask names its pool in spec.pool; `kubemap.map(..., pool=name)` creates the pool with
 these defaults when it does not exist yet, and says so (PoolCreatedWarning: a mistyped name
 must not start workers unseen). delete() of a pool that does not exist is a ConfigError.
@@ -18,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from kubemap.backends.kubernetes import keys
 from kubemap.backends.kubernetes.client import Cluster
 from kubemap.backends.kubernetes.client import message_of as _message
+from kubemap.backends.kubernetes.queues import require_queue
 from kubemap.backends.kubernetes.workerpools import DEFAULT_REPLICAS, get_pool
 from kubemap.contract import API_VERSION, GROUP, VERSION
 from kubemap.errors import ClusterError, ConfigError
@@ -48,6 +51,9 @@ class WorkerPool:
         node_selector: Node labels the workers must run on.
         service_account: The workers' ServiceAccount.
         packages: pip requirements every worker installs once, e.g. `["pandas==2.2.*"]`.
+        queue: A Kueue LocalQueue of the namespace that admits the workers, one by one, by
+            their resource requests (`resources`); the ones beyond the quota wait, and
+            status() counts them (`admitted`, `waiting`). Needs Kueue on the cluster.
         cluster: A connected cluster to use instead of the kubeconfig's (tests).
 
     Raises:
@@ -70,6 +76,7 @@ class WorkerPool:
         node_selector: dict[str, str] | None = None,
         service_account: str | None = None,
         packages: list[str] | None = None,
+        queue: str | None = None,
         cluster: Cluster | None = None,
     ) -> None:
         self.name = name
@@ -87,6 +94,7 @@ class WorkerPool:
                 node_selector=node_selector,
                 service_account_name=service_account,
                 packages=list(packages) if packages else None,
+                queue_name=queue,
             )
         except ValueError as exc:
             raise ConfigError(f"WorkerPool {name}: {exc}") from None
@@ -108,9 +116,12 @@ class WorkerPool:
             This pool.
 
         Raises:
-            ConfigError: The pool exists (without exist_ok).
+            ConfigError: The pool exists (without exist_ok), or its queue cannot admit it
+                (Kueue is not installed, or there is no such LocalQueue).
             ClusterError: The API server refused it.
         """
+        if self.spec.queue_name:
+            require_queue(self.cluster, self.spec.queue_name)
         body = {
             "apiVersion": API_VERSION,
             "kind": POOL_KIND,
@@ -171,7 +182,7 @@ class WorkerPool:
 
     def status(self) -> WorkerPoolStatus:
         """The pool's status: replicas, ready, busy and idle workers, tasks served, the
-        workers' Python, and when it went idle.
+        workers' Python, when it went idle, and in a queue the workers admitted and waiting.
 
         Raises:
             ConfigError: There is no such pool.

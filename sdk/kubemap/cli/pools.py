@@ -40,6 +40,11 @@ def pool_group() -> None:
     multiple=True,
     help="A pip requirement every worker installs once (repeat for more), e.g. 'pandas==2.2.*'.",
 )
+@click.option(
+    "--queue",
+    default=None,
+    help="Kueue LocalQueue that admits the workers, each by its resource requests.",
+)
 @click.option("--namespace", "-n", default=None, help="Namespace (default: the context's).")
 def create_cmd(
     name: str,
@@ -48,6 +53,7 @@ def create_cmd(
     idle_ttl: int,
     image: str | None,
     packages: tuple[str, ...],
+    queue: str | None,
     namespace: str | None,
 ) -> None:
     """Create the WorkerPool NAME: warm workers that run the MapTasks submitted with
@@ -56,26 +62,30 @@ def create_cmd(
 
     pool = WorkerPool(
         name, namespace=namespace, replicas=replicas, min_replicas=min_replicas,
-        idle_ttl_seconds=idle_ttl, image=image, packages=list(packages) or None,
+        idle_ttl_seconds=idle_ttl, image=image, packages=list(packages) or None, queue=queue,
     ).create()  # fmt: skip
-    click.echo(f"workerpool {pool.name} created in {pool.cluster.namespace} ({replicas} workers)")
+    where = f", queue {queue}" if queue else ""
+    click.echo(
+        f"workerpool {pool.name} created in {pool.cluster.namespace} ({replicas} workers{where})"
+    )
 
 
 @pool_group.command("list")
 @click.option("--namespace", "-n", default=None, help="Namespace (default: the context's).")
 def list_cmd(namespace: str | None) -> None:
-    """Every WorkerPool in the namespace: its workers (ready, busy, idle), the tasks they
-    served and their Python."""
+    """Every WorkerPool in the namespace: its workers (ready, busy, idle; in a Kueue queue,
+    admitted and waiting for quota), the tasks they served and their Python."""
     from kubemap.backends.kubernetes.client import Cluster
     from kubemap.backends.kubernetes.workerpools import list_pools
     from kubemap.resources.workerpool import WorkerPoolStatus
 
-    rows = [("NAME", "REPLICAS", "READY", "BUSY", "IDLE", "TASKS", "PYTHON")]
+    rows = [("NAME", "REPLICAS", "READY", "BUSY", "IDLE", "ADMITTED", "WAITING", "TASKS", "PYTHON")]
     for body in list_pools(Cluster.connect(namespace, alternative=None)):
         st = WorkerPoolStatus.model_validate(body.get("status") or {})
+        queued = [str(n) if n is not None else "-" for n in (st.admitted, st.waiting)]
         rows.append(
             (body["metadata"]["name"], str(st.replicas), str(st.ready), str(st.busy),
-             str(st.idle), str(st.tasks_served), st.python_version or "-")
+             str(st.idle), *queued, str(st.tasks_served), st.python_version or "-")
         )  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:

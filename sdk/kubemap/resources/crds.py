@@ -307,6 +307,8 @@ POOL_DOCS = {
     "spec.tolerations": "Worker pod tolerations (Kubernetes Toleration objects).",
     "status": "Workers ready, busy and idle; written only when a number changes.",
     "status.idleSince": "When the pool last ran out of work; unset while a task runs.",
+    "status.admitted": "With spec.queueName: workers Kueue admitted (running or starting).",
+    "status.waiting": "With spec.queueName: workers waiting, gated, for quota in the queue.",
 }
 
 
@@ -354,6 +356,8 @@ def build_pool_crd() -> dict[str, Any]:
         ("Ready", "integer", ".status.ready"),
         ("Busy", "integer", ".status.busy"),
         ("Idle", "integer", ".status.idle"),
+        ("Admitted", "integer", ".status.admitted"),
+        ("Waiting", "integer", ".status.waiting"),
         ("Tasks", "integer", ".status.tasksServed"),
         ("Python", "string", ".status.pythonVersion"),
         ("Idle-Since", "date", ".status.idleSince"),

@@ -13,7 +13,7 @@ from typing import Any, Final
 from pydantic import ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from kubemap.resources.maptask import _Wire
+from kubemap.resources.maptask import DNS_LABEL, _Wire
 from kubemap.resources.requirements import check_packages
 
 POOL_KIND: Final = "WorkerPool"
@@ -70,6 +70,14 @@ class WorkerPoolSpec(_Wire):
         max_length=64,
         description="pip requirements every worker installs once (PIP_INDEX_URL etc. from env).",
     )
+    queue_name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Kueue LocalQueue (same namespace) that admits the workers: the Deployment "
+        "carries the label kueue.x-k8s.io/queue-name, each worker is admitted on its own and "
+        "the ones beyond the quota wait, gated (status.waiting). Needs Kueue on the cluster.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> WorkerPoolSpec:
@@ -100,4 +108,8 @@ class WorkerPoolStatus(_Wire):
     tasks_served: int = 0
     python_version: str | None = None  # major.minor the workers run
     idle_since: str | None = None  # RFC 3339; unset while a task is running
+    # With spec.queueName: workers Kueue admitted (ungated) and workers waiting for quota
+    # (gated); unset for a pool outside Kueue.
+    admitted: int | None = None
+    waiting: int | None = None
     message: str | None = None
