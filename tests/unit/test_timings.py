@@ -153,6 +153,12 @@ def test_the_summary_names_the_slow_worker_and_item() -> None:
     assert "slowest worker: b" in text and "index 33" in text
 
 
+def test_microsecond_noise_is_no_straggler() -> None:
+    timings = [record(i * 10, 10, per_item=2e-6) for i in range(5)]
+    timings.append(record(50, 10, per_item=9e-6))  # 4.5x the median, but 70 us late in all
+    assert stragglers(timings) == [] and summarize(timings).stragglers == 0
+
+
 def test_throughput_accounts_for_every_item() -> None:
     timings = [record(i * 10, 10, start=i * 0.1) for i in range(20)]
     points = list(throughput(timings, bins=30))

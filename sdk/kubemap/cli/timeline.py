@@ -48,9 +48,9 @@ def timeline_cmd(
     """Draw task NAME's slices on a workers x time chart, with items/s over time and where
     the time went (pod start, fetch, compute, write): a self-contained HTML page (no network
     needed to open it), or a PNG with --png. Every slice is one bar, coloured by outcome;
-    retries have a dashed outline, stragglers (over 2x the median time per item) a thick one.
-    The records come from the task's store, so a task run on this machine and a MapTask on a
-    cluster are drawn alike."""
+    retries have a dashed outline, stragglers (over 2x the median time per item, and 0.1 s
+    late) a thick one. The records come from the task's store, so a task run on this
+    machine and a MapTask on a cluster are drawn alike."""
     task = _task_store(name, store=store, backend=backend, namespace=namespace)
     timings = read_timings(task)
     if not timings:

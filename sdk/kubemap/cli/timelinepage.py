@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from html import escape
 
 from kubemap.errors import ConfigError
-from kubemap.task.timings import SliceTiming, Summary, stragglers, summarize, throughput
+from kubemap.task.timings import (
+    STRAGGLER_SECONDS,
+    SliceTiming,
+    Summary,
+    stragglers,
+    summarize,
+    throughput,
+)
 
 COLOURS = {
     "succeeded": "#4c9a5f",
@@ -69,7 +76,8 @@ def summary_lines(summary: Summary) -> list[str]:
         f"items/s:       {rate}",
         f"item time:     p50 {seconds_text(summary.p50)}, p95 {seconds_text(summary.p95)}",
         "time split:    " + ", ".join(f"{k} {v}" for k, v in _split_text(summary)),
-        f"stragglers:    {summary.stragglers} slice(s) over 2x the median time per item",
+        f"stragglers:    {summary.stragglers} slice(s) over 2x the median time per item "
+        f"(and {STRAGGLER_SECONDS:g} s late)",
     ]
     worker = summary.slowest_worker
     if worker is not None:
@@ -140,7 +148,7 @@ def _legend() -> str:
     )
     items.append(
         '<span><i class="sw" style="border:2.5px solid #111"></i>straggler (over 2x the median '
-        "time per item)</span>"
+        f"time per item, and {STRAGGLER_SECONDS:g} s late)</span>"
     )
     return f'<p class="legend">{"".join(items)}</p>'
 

@@ -51,7 +51,8 @@ BUCKETS_PER_OCTAVE = 4
 MIN_ITEM_SECONDS = 1e-6  # shorter item times count in this bucket
 TWINS = 8  # suffixed keys a twin (a duplicate pod, a local rerun) tries before giving up
 READ_THREADS = 16
-STRAGGLER_FACTOR = 2.0  # a slice whose per-item time is over 2x the median is a straggler
+STRAGGLER_FACTOR = 2.0  # a slice whose per-item time is over 2x the median is a straggler...
+STRAGGLER_SECONDS = 0.1  # ...if that cost it this much time (microsecond items are noise)
 
 
 def recording_enabled(environ: dict[str, str] | None = None) -> bool:
@@ -301,12 +302,19 @@ def median_per_item(timings: Iterable[SliceTiming]) -> float | None:
 
 
 def stragglers(timings: Iterable[SliceTiming]) -> list[SliceTiming]:
-    """Slices whose compute time per item is over STRAGGLER_FACTOR x the median slice's."""
+    """Slices whose compute time per item is over STRAGGLER_FACTOR x the median slice's,
+    and that lost at least STRAGGLER_SECONDS to it."""
     timings = list(timings)
     median = median_per_item(timings)
     if median is None or median <= 0:
         return []
-    return [t for t in timings if t.per_item is not None and t.per_item > STRAGGLER_FACTOR * median]
+    return [
+        t
+        for t in timings
+        if t.per_item is not None
+        and t.per_item > STRAGGLER_FACTOR * median
+        and t.compute - median * t.ran >= STRAGGLER_SECONDS
+    ]
 
 
 def summarize(timings: Iterable[SliceTiming]) -> Summary:
