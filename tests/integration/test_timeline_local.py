@@ -231,3 +231,20 @@ def test_gc_keeps_a_task_with_a_foreign_file_in_timings(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "kept noted: timings/my-notes.txt is not a record kubemap writes" in done.stdout
     assert (store / "noted" / "timings" / "my-notes.txt").read_text() == "mine\n"
+
+
+def test_a_pool_worker_is_named_by_its_pod_and_claims_no_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = _task(tmp_path)
+    monkeypatch.setattr(worker, "_booted_pid", None)  # as in a fresh process
+    monkeypatch.setenv("KUBEMAP_POOL", "default/warm")
+    monkeypatch.setenv("HOSTNAME", "kubemap-pool-warm-5d9f-abcde")
+    worker.run_slice(task, 0, 5)
+    monkeypatch.delenv("KUBEMAP_POOL")
+    monkeypatch.setattr(worker, "_booted_pid", None)
+    worker.run_slice(task, 5, 5)
+    pooled, local = sorted(read_timings(task), key=lambda t: t.first)
+    assert pooled.worker == "kubemap-pool-warm-5d9f-abcde" and pooled.boot is None
+    assert local.worker == f"kubemap-pool-warm-5d9f-abcde:{os.getpid()}"
+    assert local.boot is not None  # a process's first slice, where /proc says when it began

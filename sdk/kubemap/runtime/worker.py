@@ -289,9 +289,10 @@ _booted_pid: int | None = None
 
 def _boot_seconds() -> float | None:
     """Seconds from this process's start to now, on its first slice only (None after, and
-    where /proc cannot say): a pod's start-up as the pod sees it."""
+    where /proc cannot say): a pod's start-up as the pod sees it. A warm pool's worker says
+    None: it may have waited idle for its first lease, which is no start-up of the task's."""
     global _booted_pid
-    if _booted_pid == os.getpid():
+    if _booted_pid == os.getpid() or os.environ.get(ENV_POOL):
         return None
     _booted_pid = os.getpid()
     try:
