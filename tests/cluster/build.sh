@@ -2,11 +2,14 @@
 # Build (or reuse) the test cluster's control-plane binaries:
 #   kube-apiserver, kube-controller-manager  from ./go.mod      (k8s.io/kubernetes)
 #   etcd                                     from ./etcd/go.mod (go.etcd.io/etcd/server/v3)
+#   kubeletstream (the emulator's kubelet    from ./go.mod      (./kubeletstream: the kubelet's
+#     endpoint: port-forward, logs)                              portforward package, v0.35)
 #   kueue (Kueue's manager, `up --kueue`)    `go install sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION`
 #                                            (./kueue/VERSION; built against its own go.mod)
 # into ${KUBEMAP_TESTCLUSTER_CACHE:-$HOME/.cache/kubemap-testcluster}/bin/<k8s-version>/.
 # A binary is rebuilt only when the go.mod/go.sum (or version) it comes from changed (a stamp
-# file per binary). kueue builds beside kube-controller-manager: their link steps overlap.
+# file per binary; kubeletstream's also covers its own sources). kueue builds beside
+# kube-controller-manager: their link steps overlap.
 # Prints the bin dir on the last line of stdout; progress and durations go to stderr.
 set -euo pipefail
 
@@ -42,12 +45,13 @@ for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
   version_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 
-# build NAME MODULE_DIR PACKAGE [EXTRA_LDFLAGS]
+# build NAME MODULE_DIR PACKAGE [EXTRA_LDFLAGS [SOURCE_DIR]]
+# SOURCE_DIR: a package of ours, whose *.go files count in the stamp besides go.mod/go.sum.
 build() {
-  local name="$1" moddir="$2" pkg="$3" extra="${4:-}"
+  local name="$1" moddir="$2" pkg="$3" extra="${4:-}" srcdir="${5:-}"
   local stamp want
   stamp="$bin/.$name.stamp"
-  want="$(cat "$moddir/go.mod" "$moddir/go.sum" | sha256sum | cut -d' ' -f1) $pkg"
+  want="$(cat "$moddir/go.mod" "$moddir/go.sum" ${srcdir:+"$srcdir"/*.go} | sha256sum | cut -d' ' -f1) $pkg"
   if [[ -x "$bin/$name" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     echo "build.sh: reusing $bin/$name" >&2
     return
@@ -93,6 +97,7 @@ kueue_pid=$!
 # If another build fails (set -e), still wait for this one: no go build outlives the lock.
 trap 'wait "$kueue_pid" 2>/dev/null || true' EXIT
 build kube-controller-manager "$here" k8s.io/kubernetes/cmd/kube-controller-manager "$version_ldflags"
+build kubeletstream "$here" ./kubeletstream "" "$here/kubeletstream"
 kueue_rc=0
 wait "$kueue_pid" || kueue_rc=$?
 trap - EXIT

@@ -44,12 +44,18 @@ What it is NOT - read this before trusting a result from it:
   LANG/LC_ALL/TZ, KUBEMAP_TESTCLUSTER_ID (testcluster's marker, so `down` finds strays),
   KUBEMAP_TERMINATION_LOG, KUBECONFIG (the pod's own) and the pod spec's variables. Nothing else leaks from the emulator, in particular not its admin
   KUBECONFIG.
-* Logs are not served: pods/log needs a kubelet HTTP endpoint, so `kubectl logs` (and
-  anything built on pods/log) fails on this cluster ("dial tcp: lookup <node>: no such
-  host"). Read the files instead: each container's stdout+stderr go to
-  STATE_DIR/pods/<namespace>_<pod>_<uid>/<container>.log (appended across restarts;
-  STATE_DIR is --state-dir, which `testcluster up` sets to <its state dir>/node).
-  For the same reason `kubectl exec`, `attach` and `port-forward` do not work.
+* Logs and port-forward are served by a separate process, kubeletstream (Go, built by
+  build.sh from ./kubeletstream with the kubelet's own portforward package), which
+  `testcluster up` starts before the emulator and passes to it as --kubelet-port: the Node
+  then advertises InternalIP 127.0.0.1 and daemonEndpoints.kubeletEndpoint.Port, so the
+  API server proxies pods/log and pods/portforward there (after RBAC), over HTTPS with the
+  cluster CA both ways. `kubectl logs` (follow, --tail, --limit-bytes; no --previous and
+  no timestamps: one file per container, appended across restarts, lines carry no time)
+  reads each container's stdout+stderr from STATE_DIR/pods/<namespace>_<pod>_<uid>/
+  <container>.log (STATE_DIR is --state-dir, which `testcluster up` sets to <its state
+  dir>/node); `-f` ends when the container's process does. Port-forward dials
+  127.0.0.1:<port>, since pods share the host's network. Without --kubelet-port (the
+  emulator run alone) neither works. `kubectl exec` and `attach` do not work.
 * containerID is emulator://<pid>: the pid is the leader of the container's process group,
   so a test can kill it to simulate a crash.
 * Only Warning events are recorded (Failed, BackOff, FailedMount, DeadlineExceeded,

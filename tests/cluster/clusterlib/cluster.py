@@ -23,7 +23,15 @@ EMULATOR = CLUSTER_DIR / "node_emulator.py"
 # With Kueue the node has room beyond the tests' 2-CPU ClusterQueue (plus kubemap's operator),
 # so that the quota, not the node, is what holds pods back.
 KUEUE_NODE_CPU = "4"
-STOP_ORDER = ("kueue", "node-emulator", "kube-controller-manager", "s3", "kube-apiserver", "etcd")
+STOP_ORDER = (
+    "kueue",
+    "node-emulator",
+    "kubelet-stream",
+    "kube-controller-manager",
+    "s3",
+    "kube-apiserver",
+    "etcd",
+)
 
 
 class UpError(RuntimeError):
@@ -173,6 +181,12 @@ def up() -> ClusterState:
         )
         if EMULATOR.is_file():
             go.start(
+                "kubelet-stream",
+                components.kubelet_stream(bin_dir, pki, d, ports),
+                lambda: kube.https_ok(f"https://127.0.0.1:{ports.kubelet}/healthz", pki),
+                30,
+            )
+            go.start(
                 "node-emulator",
                 components.node_emulator(
                     _python(),
@@ -181,6 +195,7 @@ def up() -> ClusterState:
                     NODE_NAME,
                     d,
                     cpu=KUEUE_NODE_CPU if kueue.wanted() else None,
+                    kubelet_port=ports.kubelet,
                 ),
                 lambda: kube.node_ready(admin, NODE_NAME),
                 90,

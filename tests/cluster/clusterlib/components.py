@@ -34,6 +34,7 @@ class Ports:
     weed_volume_grpc: int
     weed_filer: int
     weed_filer_grpc: int
+    kubelet: int  # the emulated node's kubelet endpoint (kubeletstream)
 
 
 def etcd(bin_dir: Path, state: Path, ports: Ports) -> list[str]:
@@ -86,6 +87,11 @@ def kube_apiserver(bin_dir: Path, pki: Pki, ports: Ports) -> list[str]:
         f"--proxy-client-key-file={pki.front_proxy_client.key}",
         # Nodes' IPs before their hostnames, which nothing here resolves (logs, exec).
         "--kubelet-preferred-address-types=InternalIP,Hostname",
+        # pods/log, pods/portforward: the API server presents this client cert to a node's
+        # kubelet endpoint and verifies the endpoint's serving cert against the cluster CA.
+        f"--kubelet-client-certificate={pki.apiserver_kubelet_client.cert}",
+        f"--kubelet-client-key={pki.apiserver_kubelet_client.key}",
+        f"--kubelet-certificate-authority={pki.ca.cert}",
         "--profiling=false",
         "--v=1",
     ]
@@ -157,6 +163,19 @@ def weed(weed_bin: Path, state: Path, identities: Path, ports: Ports) -> list[st
     ]
 
 
+def kubelet_stream(bin_dir: Path, pki: Pki, state: Path, ports: Ports) -> list[str]:
+    """The emulated node's kubelet endpoint: port-forward and container logs, served from
+    the emulator's pod directories, to clients with a cert from the cluster CA."""
+    return [
+        str(bin_dir / "kubeletstream"),
+        f"--listen=127.0.0.1:{ports.kubelet}",
+        f"--tls-cert-file={pki.kubelet.cert}",
+        f"--tls-private-key-file={pki.kubelet.key}",
+        f"--client-ca-file={pki.ca.cert}",
+        f"--pods-dir={state / 'node' / 'pods'}",
+    ]
+
+
 def node_emulator(
     python: Path,
     script: Path,
@@ -164,6 +183,7 @@ def node_emulator(
     node_name: str,
     state: Path,
     cpu: str | None = None,
+    kubelet_port: int | None = None,
 ) -> list[str]:
     return [
         str(python),
@@ -172,4 +192,5 @@ def node_emulator(
         f"--node-name={node_name}",
         f"--state-dir={state / 'node'}",
         *([f"--cpu={cpu}"] if cpu else []),
+        *([f"--kubelet-port={kubelet_port}"] if kubelet_port else []),
     ]

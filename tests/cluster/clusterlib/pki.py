@@ -1,6 +1,7 @@
 """Certificates and keys for the test cluster, made with the ``openssl`` command line.
 
-One CA signs the API server's serving certificate and every client certificate. Client
+One CA signs the API server's serving certificate, the node emulator's kubelet endpoint's
+(``kubelet``) and every client certificate. Client
 identities follow Kubernetes' conventions: the common name is the user, each organisation
 a group, so ``O=system:masters`` makes the admin and ``CN=system:kube-controller-manager``
 matches the controller manager's bootstrap RBAC role.
@@ -39,6 +40,8 @@ class Pki:
     controller_manager: KeyPair
     front_proxy_ca: KeyPair  # the aggregation layer's own CA (requestheader authentication)
     front_proxy_client: KeyPair
+    kubelet: KeyPair  # serves the emulator's kubelet endpoint (kubeletstream) on 127.0.0.1
+    apiserver_kubelet_client: KeyPair  # the API server's client cert towards kubelets
     sa_key: Path  # signs ServiceAccount tokens (kube-apiserver, kube-controller-manager)
     sa_pub: Path  # verifies them (kube-apiserver)
 
@@ -152,6 +155,10 @@ def make_pki(d: Path) -> Pki:
     front_proxy_client = _signed(
         d, "front-proxy-client", "/CN=front-proxy-client", client, front_proxy_ca
     )
+    kubelet = serving_cert(d, "kubelet", "kubemap-node-0", ("IP:127.0.0.1",), ca)
+    kubelet_client = _signed(
+        d, "apiserver-kubelet-client", "/CN=kube-apiserver-kubelet-client", client, ca
+    )
     sa_key, sa_pub = d / "sa.key", d / "sa.pub"
     _openssl(
         "genpkey",
@@ -171,6 +178,8 @@ def make_pki(d: Path) -> Pki:
         controller_manager=kcm,
         front_proxy_ca=front_proxy_ca,
         front_proxy_client=front_proxy_client,
+        kubelet=kubelet,
+        apiserver_kubelet_client=kubelet_client,
         sa_key=sa_key,
         sa_pub=sa_pub,
     )

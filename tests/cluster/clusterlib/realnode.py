@@ -26,7 +26,7 @@ from typing import Any
 
 from . import hoststate, kube, procs
 from . import realnode_config as cfg
-from .pki import KeyPair, Pki, _signed
+from .pki import KeyPair, Pki, _signed, serving_cert
 from .state import CLUSTER_DIR, ClusterState
 
 ENV = "KUBEMAP_TESTCLUSTER_REAL_NODE"
@@ -259,8 +259,14 @@ def start(start_proc: Start, state: ClusterState, pki: Pki, d: Path) -> None:
     proxy_kc = _client_kubeconfig(
         paths.root / "pki", pki, state.apiserver_url, "kube-proxy", "/CN=system:kube-proxy"
     )
+    # The API server verifies kubelets' serving certs against the cluster CA
+    # (--kubelet-certificate-authority); it reaches this one at GATEWAY.
+    serving = serving_cert(
+        paths.root / "pki", "kubelet-serving", cfg.REAL_NODE_NAME,
+        (f"IP:{cfg.GATEWAY}", "IP:127.0.0.1", f"DNS:{cfg.REAL_NODE_NAME}"), pki.ca,
+    )  # fmt: skip
     paths.kubelet_config.write_text(
-        cfg.kubelet_yaml(paths, pki.ca.cert, ports["kubelet"], ports["kubelet_healthz"])
+        cfg.kubelet_yaml(paths, pki.ca.cert, ports["kubelet"], ports["kubelet_healthz"], serving)
     )
     paths.kube_proxy_config.write_text(
         cfg.kube_proxy_yaml(paths, proxy_kc, ports["proxy_healthz"], ports["proxy_metrics"])

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .pki import KeyPair
+
 REAL_NODE_NAME = "kubemap-real-0"
 # Pods opt in to the real node: it carries this label and a NoSchedule taint with the same key,
 # so the emulator keeps every pod that does not ask for real containers.
@@ -129,9 +131,10 @@ def cni_conflist(paths: NodePaths) -> str:
     )
 
 
-def kubelet_yaml(paths: NodePaths, ca: Path, port: int, healthz_port: int) -> str:
+def kubelet_yaml(paths: NodePaths, ca: Path, port: int, healthz_port: int, serving: KeyPair) -> str:
     # Reached only from the API server on 127.0.0.1 (logs, exec): anonymous and AlwaysAllow
     # keep the test cluster free of kubelet client certificates; nothing else can connect.
+    # Its serving cert comes from the cluster CA, which the API server checks it against.
     return f"""apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: 127.0.0.1
@@ -144,6 +147,8 @@ authentication:
   webhook: {{enabled: false}}
   x509: {{clientCAFile: "{ca}"}}
 authorization: {{mode: AlwaysAllow}}
+tlsCertFile: "{serving.cert}"
+tlsPrivateKeyFile: "{serving.key}"
 containerRuntimeEndpoint: unix://{paths.containerd_sock}
 cgroupDriver: cgroupfs
 failCgroupV1: false

@@ -44,6 +44,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory", default="24Gi", help="node capacity: memory (default 24Gi)")
     p.add_argument("--pods", default="200", help="node capacity: pods (default 200)")
     p.add_argument(
+        "--kubelet-port",
+        type=int,
+        default=0,
+        help="port of the node's kubelet endpoint on 127.0.0.1 (kubeletstream, which serves "
+        "logs and port-forward), published in the Node's status; 0: none",
+    )
+    p.add_argument(
         "--restart-backoff",
         type=float,
         default=1.0,
@@ -106,7 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     api = Api(args.kubeconfig, args.apiserver_url)
-    node_cfg = NodeConfig(name=args.node_name, cpu=args.cpu, memory=args.memory, pods=args.pods)
+    node_cfg = NodeConfig(
+        name=args.node_name,
+        cpu=args.cpu,
+        memory=args.memory,
+        pods=args.pods,
+        kubelet_port=args.kubelet_port,
+    )
     agent = NodeAgent(api, node_cfg)
     while True:
         try:

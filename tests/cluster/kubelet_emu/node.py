@@ -30,6 +30,7 @@ class NodeConfig:
     memory: str
     pods: str
     host_ip: str = "127.0.0.1"
+    kubelet_port: int = 0  # where kubeletstream serves logs and port-forward; 0: nothing
 
     @property
     def allocatable(self) -> dict[str, str]:
@@ -97,7 +98,7 @@ def node_status(cfg: NodeConfig, *, ready_since: float, now: float, kubelet_vers
             {"type": "InternalIP", "address": cfg.host_ip},
             {"type": "Hostname", "address": cfg.name},
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.kubelet_port}},
         "nodeInfo": {
             "machineID": "",
             "systemUUID": "",
