@@ -37,11 +37,13 @@ class FakeCore:
         self.writes = 0
         self.log_reads = 0
 
-    def read_namespaced_pod_log(self, name: str, namespace: str, **kw: Any) -> str:
+    def read_namespaced_pod_log(self, name: str, namespace: str, **kw: Any) -> Any:
         self.log_reads += 1
         if self.log_status:
             raise ApiException(status=self.log_status, reason="Internal Server Error")
-        return self.logs.get(name, "")
+        # As the real client answers with _preload_content=False: the raw HTTP response.
+        assert kw.get("_preload_content") is False, "a decoded log reads as b'...' (#2596)"
+        return SimpleNamespace(data=self.logs.get(name, "").encode())
 
     def read_namespaced_config_map(self, name: str, namespace: str) -> Any:
         if name not in self.maps:

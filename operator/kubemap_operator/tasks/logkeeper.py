@@ -112,12 +112,18 @@ async def keep_failed(
 
 async def _read_tail(core: Any, namespace: str, name: str) -> tuple[str | None, str | None]:
     try:
-        text = await asyncio.to_thread(
-            core.read_namespaced_pod_log, name, namespace, limit_bytes=TAIL_BYTES * 2
+        # Raw bytes, decoded here: kubernetes-client 36 returns the repr of the bytes when it
+        # decodes a log itself (kubernetes-client/python#2596).
+        response = await asyncio.to_thread(
+            core.read_namespaced_pod_log,
+            name,
+            namespace,
+            limit_bytes=TAIL_BYTES * 2,
+            _preload_content=False,
         )
     except ApiException as exc:
         return None, f"HTTP {exc.status} {exc.reason}"
-    return str(text), None
+    return bytes(response.data).decode("utf-8", "replace"), None
 
 
 async def _read(core: Any, namespace: str, name: str) -> dict[str, str] | None:

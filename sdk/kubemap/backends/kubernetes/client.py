@@ -228,18 +228,21 @@ class Cluster:
     def pod_log(self, pod: str, *, tail_lines: int | None = None) -> str:
         """A pod's log; ClusterError (with the API server's reason) when it cannot be read."""
         try:
-            text = self.call(
+            # Raw bytes, decoded here: kubernetes-client 36 returns the repr of the bytes
+            # ("b'...\\n...'") when it decodes a log itself (kubernetes-client/python#2596).
+            response = self.call(
                 "read logs",
                 self.core.read_namespaced_pod_log,
                 pod,
                 self.namespace,
                 tail_lines=tail_lines,
+                _preload_content=False,
             )
         except ApiException as exc:
             raise ClusterError(
                 f"cannot read the logs of pod {pod} in {self.namespace}: {message_of(exc)}"
             ) from None
-        return str(text)
+        return bytes(response.data).decode("utf-8", "replace")
 
 
 def _missing_resource(exc: ApiException) -> bool:
