@@ -16,6 +16,7 @@ from kubemap.contract import (
     LABEL_TASK,
     task_label,
 )
+from kubemap.errors import ClusterError
 
 if TYPE_CHECKING:
     from kubemap.backends.kubernetes.client import Cluster
@@ -74,16 +75,13 @@ def logs_cmd(
     for start, attempt, pod_name in sorted(chosen):
         click.echo(f"==> {pod_name} (index {start}, attempt {attempt}) <==")
         try:
-            text = cluster.call(
-                "read logs", cluster.core.read_namespaced_pod_log, pod_name, cluster.namespace
-            )
-        except Exception as exc:  # a pod that never started has no logs: say so, go on
-            reason = getattr(exc, "reason", None) or exc
-            click.echo(f"error: cannot read the logs of pod {pod_name}: {reason}", err=True)
+            text = cluster.pod_log(pod_name)
+        except ClusterError as exc:  # a pod that never started has no logs: say so, go on
+            click.echo(f"error: {exc}", err=True)
             unreadable.append(pod_name)
             _print_termination(by_name[pod_name])
             continue
-        click.echo(str(text), nl=not str(text).endswith("\n"))
+        click.echo(text, nl=not text.endswith("\n"))
     if unreadable:
         exit_with_error(
             f"could not read the logs of {len(unreadable)} of {len(chosen)} pod(s): check "
