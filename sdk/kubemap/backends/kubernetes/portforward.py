@@ -112,11 +112,17 @@ class Forwarder:
                 )
             except ApiException as exc:
                 raise self._refused(exc) from None
+            except AttributeError as exc:
+                # The client re-raises a failed websocket handshake (an ApiException with no
+                # body) as AttributeError from `e.body.decode()`: the cause is its context.
+                if not isinstance(exc.__context__, ApiException):
+                    raise
+                raise self._refused(exc.__context__) from None
         self.connections += 1
         return stream
 
     def _refused(self, exc: ApiException) -> ClusterError:
-        reason = str(exc.reason or exc)
+        reason = str(exc.reason or exc).split(" -+-+- ")[0]  # not the response's headers
         where = f"pod {self.pod.namespace}/{self.pod.name}"
         if "403" in reason or exc.status == 403:
             return ClusterError(
