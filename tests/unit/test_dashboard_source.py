@@ -4,8 +4,11 @@ a pool's workers from the dispatcher, the task's store from its spec or the char
 from __future__ import annotations
 
 import asyncio
+import socket
 
+from kubemap.pages.server import DashboardApp
 from kubemap.stores.s3 import S3Store
+from kubemap_operator.dashboard.handlers import serve
 from kubemap_operator.dashboard.source import ClusterSource, pool_projection, task_projection
 from kubemap_operator.settings import Settings
 
@@ -40,3 +43,18 @@ def test_rows_and_stores_come_from_the_projections() -> None:
     view = asyncio.run(source.pool("ns", "warm"))
     assert view is not None and view.row.busy == 1 and [t.name for t in view.tasks] == ["b"]
     assert source.rerun_command(rows[0]) == f"kubemap retry {rows[0].name} -n ns"
+
+
+def test_a_taken_port_leaves_the_operator_running_without_a_dashboard() -> None:
+    async def attempt() -> tuple[bool, bool]:
+        source = ClusterSource({}, {}, Settings(), None)
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            refused = await serve(DashboardApp(source), taken.getsockname()[1])
+        app = DashboardApp(source)
+        served = await serve(app, 0)
+        await app.stop()
+        return refused, served
+
+    assert asyncio.run(attempt()) == (False, True)

@@ -5,6 +5,7 @@ in the operator's namespace decides who sees it."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import kopf
@@ -17,6 +18,22 @@ from kubemap_operator.pools.dispatch import Dispatcher
 from kubemap_operator.settings import Settings
 
 HOST = "127.0.0.1"
+log = logging.getLogger("kubemap.dashboard")
+
+
+async def serve(app: DashboardApp, port: int) -> bool:
+    """Start listening; False (logged) when the port is taken: a read-only page is no
+    reason for the operator to stop reconciling."""
+    try:
+        await app.start(HOST, port)
+    except OSError as exc:
+        log.error(
+            f"dashboard not served: cannot listen on {HOST}:{port} ({exc.strerror}); set the "
+            "chart value dashboard.port to a free port"
+        )
+        await app.stop()
+        return False
+    return True
 
 
 def register(
@@ -46,8 +63,8 @@ def register(
             dispatcher,
         )  # fmt: skip
         app = DashboardApp(source)
-        await app.start(HOST, settings.dashboard_port)
-        holder["app"] = app
+        if await serve(app, settings.dashboard_port):
+            holder["app"] = app
 
     @kopf.on.cleanup(registry=registry)
     async def stop_dashboard(**_: Any) -> None:
