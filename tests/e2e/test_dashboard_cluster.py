@@ -10,6 +10,7 @@ emulator until it streams). Screenshots go to a temporary directory, printed."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -19,10 +20,12 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import kubemap
 import pytest
 from e2ekit import NAMESPACE, opts
+from kubemap.api.workerpool import WorkerPool
 from kubemap.task.timings import read_timings
 from kubernetes import client
 
@@ -207,3 +210,30 @@ def test_without_pods_portforward_the_error_names_the_permission(
         rbac.delete_namespaced_role_binding(name, ns)
         rbac.delete_namespaced_role(name, ns)
         core.delete_namespaced_service_account(name, ns)
+
+
+def test_a_pools_page_lists_its_workers_busy_then_idle(
+    core: client.CoreV1Api, pool: Callable[..., WorkerPool], unique: Callable[[str], str]
+) -> None:
+    _, port = operator_pod(core)
+    wp = pool(replicas=2, idle_ttl_seconds=0)
+    api = f"http://127.0.0.1:{port}/api/pools/{NAMESPACE}/{wp.name}"
+
+    def look() -> dict[str, Any]:
+        with urllib.request.urlopen(api, timeout=30) as answer:
+            return dict(json.load(answer))
+
+    run = kubemap.submit(planted(-1, -1), range(40), **opts(name=unique("dashpool"), pool=wp.name))
+    seen_busy = False
+    while not run.status().phase.finished:
+        page = look()
+        seen_busy = seen_busy or ('data-worker="' in page["html"] and ">busy<" in page["html"])
+        time.sleep(0.5)
+    assert seen_busy, "no worker was shown busy while the task ran"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as answer:
+        assert f'data-pool="{NAMESPACE}/{wp.name}"' in answer.read().decode()
+    deadline = time.monotonic() + 60
+    while ">busy<" in look()["html"] and time.monotonic() < deadline:
+        time.sleep(1)
+    page = look()["html"]
+    assert ">busy<" not in page and page.count(">idle<") >= 1
