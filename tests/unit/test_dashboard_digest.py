@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 from kubemap.pages.digest import digest
-from kubemap.pages.html import records_section
+from kubemap.pages.html import INDEX_TASKS, index_rows, records_section
+from kubemap.pages.views import TaskRow
 from kubemap.task.timings import SliceTiming
 
 
@@ -50,3 +51,10 @@ def test_an_empty_task_has_an_empty_digest() -> None:
     d = digest([])
     assert d["slices"] == 0 and d["lanes"] == [] and d["slowestWorker"] is None
     assert "no slice has finished" in records_section(d, (), 0, "")
+
+
+def test_the_index_lists_the_newest_tasks_and_counts_the_rest() -> None:
+    rows = [TaskRow("ns", f"t{i}") for i in range(INDEX_TASKS + 5)]
+    tables = index_rows(rows, [])
+    assert tables["tasks"].count("<tr data-task=") == INDEX_TASKS
+    assert "and 5 older task(s) not listed" in tables["tasks"]

@@ -142,7 +142,9 @@ def dashboard_cmd(
 
     With a cluster configured (KUBECONFIG), it port-forwards 127.0.0.1:PORT to the kubemap
     operator's pod, which serves the dashboard on its loopback only: you need `create` on
-    `pods/portforward` in the operator's namespace, as for `kubectl port-forward`. Without a
+    `pods/portforward` in the operator's namespace, as for `kubectl port-forward`. The
+    operator is looked for in $KUBEMAP_OPERATOR_NAMESPACE, else in -n's namespace (default:
+    the context's) and kubemap-system; the pages show every namespace it watches. Without a
     cluster, or with --local, it serves this machine's tasks from the local store itself."""
     if not local:
         try:

@@ -19,6 +19,7 @@ from kubemap.pages.timeline import COLOURS, SPLIT_COLOURS, seconds_text
 from kubemap.pages.views import Failure, PoolRow, PoolView, TaskRow
 
 POLL_MS = 2000
+INDEX_TASKS = 300  # tasks the index lists, newest first
 WIDTH = 1100
 LABELS = 200
 
@@ -115,8 +116,15 @@ catch(e){}setTimeout(poll,__POLL__)}setTimeout(poll,__POLL__);
 
 
 def index_rows(tasks: Sequence[TaskRow], pools: Sequence[PoolRow]) -> dict[str, str]:
+    """The index's tables: the newest INDEX_TASKS tasks (a page every 2 s stays small)."""
+    more = len(tasks) - INDEX_TASKS
+    note = (
+        f'<tr><td colspan=9 class="note">and {more:,} older task(s) not listed</td></tr>'
+        if more > 0
+        else ""
+    )
     return {
-        "tasks": _TASK_HEAD + "".join(task_cells(t) for t in tasks),
+        "tasks": _TASK_HEAD + "".join(task_cells(t) for t in tasks[:INDEX_TASKS]) + note,
         "pools": _POOL_HEAD + "".join(pool_cells(p) for p in pools),
     }
 
