@@ -58,3 +58,8 @@ def test_the_index_lists_the_newest_tasks_and_counts_the_rest() -> None:
     tables = index_rows(rows, [])
     assert tables["tasks"].count("<tr data-task=") == INDEX_TASKS
     assert "and 5 older task(s) not listed" in tables["tasks"]
+
+
+def test_lanes_are_in_the_workers_natural_order() -> None:
+    d = digest(records(workers=12, per_worker=1))
+    assert [lane["worker"] for lane in d["lanes"]] == [f"w-{i}" for i in range(12)]

@@ -15,6 +15,7 @@ seconds, is slow. The digest is what the page draws instead, computed where the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,11 @@ from kubemap.task.timings import SliceTiming, stragglers, summarize, throughput
 LANES = 40
 BINS = 120
 TOP = 10  # slowest slices and workers listed
+
+
+def natural(name: str) -> list[Any]:
+    """Sort key: pod-2 before pod-10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _rounded(value: float | None, digits: int = 6) -> float | None:
@@ -85,10 +91,10 @@ def digest(
     width = span / bins if span > 0 else 1.0
 
     # Which workers keep a lane of their own: all of them, or the slowest per item.
-    names = sorted(per_worker)
+    names = sorted(per_worker, key=natural)
     if len(names) > lanes:
         by_speed = sorted(names, key=lambda n: -(per_worker[n].per_item or 0.0))
-        own = sorted(by_speed[: lanes - 1])
+        own = sorted(by_speed[: lanes - 1], key=natural)
     else:
         own = names
     lane_of = {name: i for i, name in enumerate(own)}
