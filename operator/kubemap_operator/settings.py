@@ -53,6 +53,8 @@ class Settings:
     dispatcher_port: int = 8787
     dispatcher_url: str = ""
     lease_seconds: float = 15.0
+    # The read-only dashboard (kubemap_operator/dashboard/), on 127.0.0.1 only (0: off).
+    dashboard_port: int = 8788
     # The package index pool workers pip-install runtime packages from: the operator's own
     # PIP_INDEX_URL, PIP_EXTRA_INDEX_URL and PIP_TRUSTED_HOST (chart: operator.extraEnv),
     # passed to every pool's workers unless the pool's env sets them.
@@ -113,6 +115,7 @@ class Settings:
             dispatcher_port=int(number("DISPATCHER_PORT", 8787)),
             dispatcher_url=get("DISPATCHER_URL", ""),
             lease_seconds=number("LEASE_SECONDS", 15.0),
+            dashboard_port=int(number("DASHBOARD_PORT", 8788)),
             pip_env={k: env[k] for k in PIP_ENV if env.get(k, "").strip()},
             default_queue=get("DEFAULT_QUEUE", ""),
         )

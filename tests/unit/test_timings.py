@@ -8,9 +8,9 @@ import math
 from html.parser import HTMLParser
 
 import pytest
-from kubemap.cli.timelinepage import render_html, summary_lines
 from kubemap.core.parallelism import MAX_PARALLELISM
 from kubemap.core.slicing import ChunkPlanner, auto_items_per_pod, chunk_floor, guided_chunk
+from kubemap.pages.timeline import render_html, summary_lines
 from kubemap.stores import open_store
 from kubemap.task import retention
 from kubemap.task.timings import (

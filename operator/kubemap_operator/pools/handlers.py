@@ -56,8 +56,8 @@ def register(
     api_factory: Callable[[], KubeApi] = KubeApi,
     *,
     post_event: EventSink | None = None,
-) -> None:
-    """Add the pool side's handlers to the registry."""
+) -> Dispatcher | None:
+    """Add the pool side's handlers to the registry; returns the dispatcher (None: off)."""
     spawn = Spawner()
     dispatcher: Dispatcher | None = None
     if settings.dispatcher_port:
@@ -98,7 +98,7 @@ def register(
         await pool_tasks.trigger(namespace or "", name, logger)
 
     if dispatcher is None:
-        return  # pool tasks are refused (PoolUnavailable); WorkerPools are not watched
+        return None  # pool tasks are refused (PoolUnavailable); WorkerPools are not watched
     pools = PoolReconciler(PoolApi(api_factory()), dispatcher, settings, dispatcher_key())
     app = DispatcherApp(dispatcher, pools.key)
 
@@ -123,3 +123,5 @@ def register(
     )  # fmt: skip
     async def pool_timer(*, name: str, namespace: str | None, **_: Any) -> None:
         await pools.trigger(namespace or "", name)
+
+    return dispatcher

@@ -524,6 +524,7 @@ def _register_cluster_commands() -> None:
     cli_cluster.register(main)
     importlib.import_module("kubemap.cli.pools").register(main)  # kubemap pool ...
     importlib.import_module("kubemap.cli.timeline").register(main)  # kubemap timeline
+    importlib.import_module("kubemap.cli.dashboard").register(main)  # kubemap dashboard
 
 
 _register_cluster_commands()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import click
 
 from kubemap.cli.exits import exit_with_error, one_line_errors
-from kubemap.cli.timelinepage import render_html, render_png, summary_lines
 from kubemap.cli.where import KUBERNETES, backend_option, locate, namespace_option, store_option
+from kubemap.pages.timeline import render_html, render_png, summary_lines
 from kubemap.stores import Store, open_store
 from kubemap.task.timings import ENV_TIMINGS, read_timings, summarize
 

@@ -37,9 +37,10 @@ def chart_values(s3_endpoint: str) -> dict[str, Any]:
     The node emulator runs pods as host processes, so the operator's ports are host ports:
     bind them to loopback and pick free ones, or two clusters on one machine would collide.
     """
-    liveness, metrics, dispatcher = free_ports(3)
+    liveness, metrics, dispatcher, dashboard = free_ports(4)
     return {
         "operator": {"listenAddress": "127.0.0.1", "livenessPort": liveness},
+        "dashboard": {"port": dashboard},  # on 127.0.0.1: the host's loopback here
         "metrics": {"port": metrics},
         # Pool workers are host processes too: they reach the dispatcher on loopback.
         "pools": {"port": dispatcher, "advertiseUrl": f"http://127.0.0.1:{dispatcher}"},
