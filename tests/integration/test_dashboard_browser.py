@@ -194,7 +194,8 @@ def plant_million(root: Path, name: str = "million", *, slices: int = 2000) -> s
 async def test_a_million_items_send_a_bounded_page_read_once(tmp_path: Path) -> None:
     name = plant_million(tmp_path)
     app = DashboardApp(
-        LocalSource(open_store(str(tmp_path))), cache=RecordsCache(refresh_seconds=0.0)
+        LocalSource(open_store(str(tmp_path))),
+        cache=RecordsCache(refresh_seconds=0.0, settle_seconds=0.0),
     )
     async with TestClient(TestServer(app.app)) as client:
         page = await client.get(f"/tasks/-/{name}")

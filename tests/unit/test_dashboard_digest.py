@@ -4,11 +4,14 @@ number of workers and records, and the slowest worker always keeps a lane of its
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from kubemap.pages.digest import digest
 from kubemap.pages.html import INDEX_TASKS, index_rows, records_section
+from kubemap.pages.server import Records, refresh
 from kubemap.pages.views import TaskRow
-from kubemap.task.timings import SliceTiming
+from kubemap.stores import open_store
+from kubemap.task.timings import SliceTiming, write_timing
 
 
 def records(workers: int, per_worker: int, slow: str = "w-57") -> list[SliceTiming]:
@@ -63,3 +66,20 @@ def test_the_index_lists_the_newest_tasks_and_counts_the_rest() -> None:
 def test_lanes_are_in_the_workers_natural_order() -> None:
     d = digest(records(workers=12, per_worker=1))
     assert [lane["worker"] for lane in d["lanes"]] == [f"w-{i}" for i in range(12)]
+
+
+def test_a_finished_tasks_records_keep_being_read_until_they_settle(tmp_path: Path) -> None:
+    """A record that lands after the first read that saw the task finished (a slow listing, a
+    worker writing as the status turns) still reaches the page: the records are final only
+    once a read SETTLE seconds after the finish found nothing new."""
+    task = open_store(str(tmp_path)).child("t")
+    late, *early = records(workers=3, per_worker=1)
+    for each in early:
+        write_timing(task, each)
+    first = refresh(task, Records(), finished=True, settle_seconds=3600)
+    write_timing(task, late)
+    second = refresh(task, first, finished=True, settle_seconds=3600)
+    third = refresh(task, second, finished=True, settle_seconds=3600)
+    assert (len(first.timings), len(second.timings), len(third.timings)) == (2, 3, 3)
+    assert not third.final  # nothing new, but the hour has not passed: read again next time
+    assert refresh(task, third, finished=True, settle_seconds=0.0).final

@@ -40,6 +40,9 @@ from kubemap.task.timings import READ_THREADS, SliceTiming, timing_keys
 
 log = logging.getLogger("kubemap.dashboard")
 REFRESH_SECONDS = 3.0  # a running task's records are read again at most this often
+# A finished task's records are read until this long after its finish has been seen: a slow
+# store listing, or a record written just as the status turned, still makes it into the page.
+SETTLE_SECONDS = 20.0
 CACHED_TASKS = 64  # tasks whose records are kept (least recently shown go first)
 FAILURES_SHOWN = 20  # error records read for the page (the count says how many exist)
 SHUTDOWN_SECONDS = 2.0
@@ -54,8 +57,9 @@ class Records:
     section: str = ""
     version: str = ""
     finished: bool = False  # read after the task had finished
-    final: bool = False  # read twice after it finished, nothing new the second time
+    final: bool = False  # settled: read SETTLE_SECONDS after the finish, nothing new
     read_at: float = 0.0
+    finished_at: float = 0.0  # when a read first saw the task finished (monotonic)
 
 
 def read_failures(task: Store, limit: int = FAILURES_SHOWN) -> tuple[list[Failure], int]:
@@ -85,7 +89,9 @@ def read_failures(task: Store, limit: int = FAILURES_SHOWN) -> tuple[list[Failur
     return found, len(indices)
 
 
-def refresh(task: Store, before: Records, finished: bool) -> Records:
+def refresh(
+    task: Store, before: Records, finished: bool, settle_seconds: float = SETTLE_SECONDS
+) -> Records:
     """The records after reading what is new in the store (blocking: run it in a thread)."""
     timings = dict(before.timings)
     fresh = [key for key in timing_keys(task) if key not in timings]
@@ -106,16 +112,24 @@ def refresh(task: Store, before: Records, finished: bool) -> Records:
     failures, failed = read_failures(task)
     section = html.records_section(digest(ordered), failures, failed, "")
     # A worker may write its record just after the status says the task finished: the
-    # records are final once a read after the finish found nothing a read before it did not.
-    final = finished and before.finished and not fresh
+    # records are final once a read well after the finish found nothing new.
+    now = time.monotonic()
+    finished_at = (before.finished_at or now) if finished else 0.0
+    final = finished and not fresh and now - finished_at >= settle_seconds
     version = f"{len(timings)}.{failed}"
-    return Records(timings, section, version, finished, final, time.monotonic())
+    return Records(timings, section, version, finished, final, now, finished_at)
 
 
 class RecordsCache:
-    def __init__(self, size: int = CACHED_TASKS, refresh_seconds: float = REFRESH_SECONDS) -> None:
+    def __init__(
+        self,
+        size: int = CACHED_TASKS,
+        refresh_seconds: float = REFRESH_SECONDS,
+        settle_seconds: float = SETTLE_SECONDS,
+    ) -> None:
         self.size = size
         self.refresh_seconds = refresh_seconds
+        self.settle_seconds = settle_seconds
         self._entries: OrderedDict[tuple[str, str], Records] = OrderedDict()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.reads = 0  # store refreshes done (what tests count)
@@ -132,7 +146,9 @@ class RecordsCache:
             before = self._entries.get(key) or Records()
             self.reads += 1
             try:
-                entry = await asyncio.to_thread(refresh, task, before, finished)
+                entry = await asyncio.to_thread(
+                    refresh, task, before, finished, self.settle_seconds
+                )
             except KubemapError as exc:
                 note = f"the task's records could not be read from {task.url}: {exc}"
                 entry = Records(
