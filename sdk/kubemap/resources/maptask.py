@@ -239,6 +239,29 @@ class Condition(_Wire):
     last_transition_time: str | None = None
 
 
+class TimingSummary(_Wire):
+    """Where a task's time goes, from the timing records its workers reported to the operator
+    (the pods' termination lines, the pool workers' lease reports): a few numbers at any N.
+    Written with the status updates the operator makes anyway, never on its own."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+    items: int = Field(default=0, ge=0, description="Items the summary covers (function runs).")
+    items_per_second: float | None = Field(
+        default=None, description="Items run per second, first slice's start to last one's end."
+    )
+    p50_seconds: float | None = Field(default=None, description="Median time of one item.")
+    p95_seconds: float | None = Field(default=None, description="95th percentile item time.")
+    slowest_worker: str | None = Field(
+        default=None, max_length=253, description="The worker (pod) with the most time per item."
+    )
+    slowest_worker_seconds_per_item: float | None = Field(
+        default=None, description="That worker's compute time per item."
+    )
+
+
 class MapTaskStatus(_Wire):
     """Bounded whatever the task's size: index sets are compressed ranges ("0-3,7")."""
 
@@ -282,3 +305,6 @@ class MapTaskStatus(_Wire):
     # processed); None until the listing pod finished. total = listed - skipped.
     listed: int | None = Field(default=None, ge=0)
     skipped: int | None = Field(default=None, ge=0)
+    # Items/s, p50/p95 item time and the slowest worker, from the workers' timing records
+    # (none until the first slice ends; after an operator restart, from its slices on).
+    timing: TimingSummary | None = None
