@@ -261,6 +261,18 @@ class TimingSummary(_Wire):
         default=None, description="That worker's compute time per item."
     )
 
+    def describe(self) -> str:
+        """'41.2 items/s, item p50 0.0101s p95 0.0123s, slowest worker w-3 (0.0502s/item)'."""
+        parts = [f"{self.items_per_second:g} items/s" if self.items_per_second else ""]
+        if self.p50_seconds is not None and self.p95_seconds is not None:
+            parts.append(f"item p50 {self.p50_seconds:g}s p95 {self.p95_seconds:g}s")
+        if self.slowest_worker:
+            parts.append(
+                f"slowest worker {self.slowest_worker} "
+                f"({self.slowest_worker_seconds_per_item or 0:g}s/item)"
+            )
+        return ", ".join(p for p in parts if p) or f"{self.items} items timed"
+
 
 class MapTaskStatus(_Wire):
     """Bounded whatever the task's size: index sets are compressed ranges ("0-3,7")."""
