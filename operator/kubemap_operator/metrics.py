@@ -128,6 +128,9 @@ THROTTLED = Counter(
 
 # -- helpers ----------------------------------------------------------------------------------
 _phases: dict[tuple[str, str], tuple[str, str, Phase]] = {}
+_initialised: set[tuple[str, str]] = set()
+FAILURE_CLASSES = ("user", "infra", "usage")  # kubemap.core.policy.ExitKind, but OK
+STORE_ERROR_KINDS = ("store", "corrupt", "tampered")
 _RESOURCES = frozenset(
     {"pods", "maptasks", "workerpools", "deployments", "secrets", "events", "localqueues"}
 )
@@ -144,6 +147,22 @@ def observe_phase(namespace: str, name: str, phase: Phase | None, pool: str = ""
         TASKS.labels(namespace=namespace, pool=pool, phase=phase.value).inc()
 
 
+def _initialise(namespace: str, pool: str) -> None:
+    """A namespace's (or pool's) counters at 0 from its first item on, so that rate() and
+    increase() see its first failure, not only the second."""
+    if (namespace, pool) in _initialised:
+        return
+    _initialised.add((namespace, pool))
+    ITEMS_SUCCEEDED.labels(namespace=namespace, pool=pool)
+    for failure_class in FAILURE_CLASSES:
+        ITEMS_FAILED.labels(namespace=namespace, pool=pool, failure_class=failure_class)
+        ITEMS_RETRIED.labels(namespace=namespace, pool=pool, failure_class=failure_class)
+    for kind in STORE_ERROR_KINDS:
+        STORE_ERRORS.labels(namespace=namespace, pool=pool, kind=kind)
+    if pool:
+        LEASES_EXPIRED.labels(namespace=namespace, pool=pool)
+
+
 def count_items(
     namespace: str,
     pool: str,
@@ -153,6 +172,7 @@ def count_items(
     failed: int = 0,
     retried: int = 0,
 ) -> None:
+    _initialise(namespace, pool)
     if ok:
         ITEMS_SUCCEEDED.labels(namespace=namespace, pool=pool).inc(ok)
     if failed:
