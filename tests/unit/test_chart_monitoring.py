@@ -79,3 +79,19 @@ def test_the_check_catches_a_misspelt_metric(tmp_path: Path) -> None:
     assert promqlcheck.missing(scrape, path) == [
         f"{board['panels'][1]['title']}: kubemap_task_by_phase"
     ]
+
+
+def test_the_guides_example_alerts_parse_and_name_metrics_that_exist() -> None:
+    import re
+
+    import yaml
+    from kubemap_operator import metrics
+
+    guide = (promqlcheck.DASHBOARD.parents[3] / "docs" / "guides" / "metrics.md").read_text()
+    rule = yaml.safe_load(re.search(r"```yaml\n(.*?)```", guide, re.S).group(1))  # type: ignore[union-attr]
+    exposed = promqlcheck.exposed_names(generate_latest(metrics.REGISTRY).decode())
+    rules = rule["spec"]["groups"][0]["rules"]
+    assert len(rules) >= 5
+    for each in rules:
+        names = promqlcheck.metric_names(each["expr"])
+        assert names and names <= exposed, (each["alert"], names - exposed)
