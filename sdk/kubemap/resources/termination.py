@@ -33,7 +33,7 @@ class SliceOutcome:
     # neither succeeded nor failed, so the planners count them as not run once it ends.
     unrun: IndexRanges = field(default_factory=IndexRanges)
     # The timing record(s) of this run (one per run_slice), also passed to the operator.
-    timings: tuple[SliceTiming, ...] = ()
+    timings: tuple[SliceTiming, ...] = field(default=(), compare=False)
 
 
 def store_error_code(exc: Exception) -> str:
