@@ -342,3 +342,33 @@ def test_every_series_has_bounded_labels_only() -> None:
         "kubemap_pod_start_latency_seconds_bucket",
     ):  # fmt: skip
         assert wanted in names
+
+
+def test_a_pods_user_failure_is_counted_once_as_failed_for_good() -> None:
+    labels = {"namespace": NS, "pool": "", "failure_class": "user"}
+    failed = value("kubemap_items_failed_total", **labels)
+    retried = value("kubemap_items_retried_total", **labels)
+    ok = value("kubemap_items_succeeded_total", namespace=NS, pool="")
+    task = {
+        "apiVersion": "kubemap.io/v1alpha1",
+        "kind": "MapTask",
+        "metadata": {"name": "bad", "namespace": NS, "uid": "uid-t", "generation": 1,
+                     "resourceVersion": "1"},
+        "spec": {"mode": "Container", "template": {"image": "busybox"}, "count": 2,
+                 "parallelism": 2, "maxFailedIndexes": 1},
+    }  # fmt: skip
+    good = SliceOutcome(succeeded=IndexRanges.span(0, 1))
+    bad = SliceOutcome(failed=IndexRanges.span(1, 2))
+    pods = [
+        pod("bad-0-0", 0, 1, summary_line(good)),
+        pod("bad-1-0", 1, 1, summary_line(bad), exit_code=3),
+    ]
+    api = FakeApi(task)
+    cache = WatchCache({(NS, "bad"): [api.task]}, {(NS, task_label("bad")): pods})
+    reconciler = Reconciler(api, Settings(metrics_port=0), cache=cache)
+    for _ in range(3):
+        asyncio.run(reconciler.reconcile(NS, "bad", logging.getLogger("test")))
+    assert api.task["status"]["failedIndexes"] == "1"
+    assert value("kubemap_items_failed_total", **labels) - failed == 1
+    assert value("kubemap_items_retried_total", **labels) - retried == 0
+    assert value("kubemap_items_succeeded_total", namespace=NS, pool="") - ok == 1
