@@ -130,20 +130,30 @@ def unfinished(attempt: Attempt, span: IndexRanges) -> tuple[IndexRanges, dict[s
 
 
 def record_attempt(
-    key: TaskKey, pool: str, attempt: Attempt, span: IndexRanges, final_failed: IndexRanges
+    key: TaskKey,
+    pool: str,
+    attempt: Attempt,
+    span: IndexRanges,
+    final_failed: IndexRanges,
+    rerun: IndexRanges | None = None,
 ) -> None:
-    """Count one finished attempt, once: its items (succeeded; failed for good or retried,
-    by failure class), its timing record (status summary, duration histograms) and a store
-    error its worker reported."""
+    """Count one finished attempt, once: its items (succeeded; failed for good, or retried
+    if in `rerun` (None: every failed item not failed for good), by failure class), its
+    timing record (status summary, duration histograms) and a store error its worker
+    reported. Items of a task that ended meanwhile are neither: they were not run."""
     if attempt.state is AttemptState.ACTIVE:
         return
     namespace = key[0]
     ok, failed = unfinished(attempt, span)
     metrics.count_items(namespace, pool, ok=len(ok))
     for failure_class, ranges in failed.items():
-        final = len(ranges & final_failed)
+        again = ranges - final_failed if rerun is None else ranges & rerun
         metrics.count_items(
-            namespace, pool, failure_class=failure_class, failed=final, retried=len(ranges) - final
+            namespace,
+            pool,
+            failure_class=failure_class,
+            failed=len(ranges & final_failed),
+            retried=len(again),
         )
     for timing in timings_of(attempt):
         TIMINGS.add(key, timing)
@@ -187,11 +197,12 @@ class PodRecorder:
         by_name = {str((p.get("metadata") or {}).get("name")): p for p in pods}
         seen = self._seen.setdefault(key, set()) & set(by_name)  # bounded by the live pods
         final = IndexRanges.parse(status.failed_indexes)
+        rerun = IndexRanges() if status.phase.finished else None  # an ended task runs nothing
         wanted = set(names) - seen
         for attempt in attempts:
             if attempt.name in wanted and attempt.state is not AttemptState.ACTIVE:
                 seen.add(attempt.name)
-                record_attempt(key, "", attempt, attempt.span, final)
+                record_attempt(key, "", attempt, attempt.span, final, rerun)
                 started = pod_start_seconds(by_name.get(attempt.name) or {})
                 if started is not None:
                     metrics.POD_START_SECONDS.labels(namespace=key[0]).observe(started)

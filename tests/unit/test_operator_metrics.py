@@ -372,3 +372,23 @@ def test_a_pods_user_failure_is_counted_once_as_failed_for_good() -> None:
     assert value("kubemap_items_failed_total", **labels) - failed == 1
     assert value("kubemap_items_retried_total", **labels) - retried == 0
     assert value("kubemap_items_succeeded_total", namespace=NS, pool="") - ok == 1
+
+
+def test_items_of_a_task_that_a_failure_ended_are_not_counted_as_retried() -> None:
+    from kubemap.core.policy import Cause
+
+    labels = {"namespace": NS, "pool": "warm4"}
+    retried = value("kubemap_items_retried_total", **labels, failure_class="infra")
+    tampered = value("kubemap_store_errors_total", **labels, kind="tampered")
+    pool, key = (NS, "warm4"), (NS, "pz")
+    d = Dispatcher(clock=lambda: datetime(2026, 1, 1, tzinfo=UTC))
+    spec = pool_spec(3).model_copy(update={"pool": "warm4"})
+    d.sync(key, "uid", spec, MapTaskStatus(), "s3://b/p/pz", None, 1)
+    got = asyncio.run(d.lease(pool, "w0", "3.11", 0))
+    assert got is not None
+    report = WorkerReport(cause=Cause("tampered", "BadSignature", "fn.pkl was changed"))
+    assert d.report(pool, got.lease_id, "infra", report)
+    status, _, _ = d.sync(key, "uid", spec, MapTaskStatus(), "s3://b/p/pz", None, 1)
+    assert status is not None and status.phase.finished  # the task stopped: nothing reruns
+    assert value("kubemap_items_retried_total", **labels, failure_class="infra") == retried
+    assert value("kubemap_store_errors_total", **labels, kind="tampered") - tampered == 1

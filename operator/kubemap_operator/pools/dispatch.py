@@ -534,7 +534,6 @@ class Dispatcher:
             spans, task.rules, Recorded(task.succeeded, task.failed, task.started_at), now
         )
         task.held = [(a, mine) for a, mine in spans if a.name in outcome.deferred]
-        taskstats.record_attempt(task.key, task.pool[1], attempt, span, outcome.failed)
         if outcome.failed - task.failed and outcome.notes:
             task.events.append(
                 Event("Warning", "IndexFailed", clip("; ".join(outcome.notes), 1000))
@@ -557,6 +556,10 @@ class Dispatcher:
             task.infra_note = note
             task.events.append(Event("Warning", "InfrastructureError", clip(note, 1000)))
         self._decide(task)
+        # counted once the verdict is in: a task it ended runs none of its retries
+        rerun = IndexRanges.from_spans(iv for r in outcome.retries for iv in r.ranges.intervals)
+        rerun = IndexRanges() if task.finished or task.ending is not None else rerun
+        taskstats.record_attempt(task.key, task.pool[1], attempt, span, outcome.failed, rerun)
 
     def _verdict(self, task: PoolTask, now: datetime) -> Verdict | None:
         outcome = Outcome(
