@@ -206,6 +206,10 @@ def forget_pool(namespace: str, pool: str) -> None:
             POOL_WORKERS.remove(*labels)
     with contextlib.suppress(KeyError):
         QUEUE_DEPTH.remove(namespace, pool)
+    for phase in Phase:  # its tasks are gone with it (counters stay: a reset would mislead)
+        if not any(k[:2] == (namespace, pool) and k[2] is phase for k in _phases.values()):
+            with contextlib.suppress(KeyError):
+                TASKS.remove(namespace, pool, phase.value)
 
 
 def resource_of(path: str) -> str:

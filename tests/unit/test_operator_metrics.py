@@ -17,6 +17,7 @@ import pytest
 from kubemap.contract import ANNOTATION_COUNT, LABEL_INDEX, POD_FINALIZER, task_label
 from kubemap.core.attempts import Report
 from kubemap.core.ranges import IndexRanges
+from kubemap.core.status import Phase
 from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, StoreRef, TimingSummary
 from kubemap.resources.termination import SUMMARY_LIMIT, SliceOutcome, summary_line
 from kubemap.task.timings import SliceTiming, bucket_of
@@ -392,3 +393,13 @@ def test_items_of_a_task_that_a_failure_ended_are_not_counted_as_retried() -> No
     assert status is not None and status.phase.finished  # the task stopped: nothing reruns
     assert value("kubemap_items_retried_total", **labels, failure_class="infra") == retried
     assert value("kubemap_store_errors_total", **labels, kind="tampered") - tampered == 1
+
+
+def test_a_deleted_pools_gauges_go_with_it() -> None:
+    metrics.observe_pool_workers(NS, "gone", wanted=2, ready=2, busy=1, idle=1)
+    metrics.QUEUE_DEPTH.labels(NS, "gone").set(5)
+    metrics.observe_phase(NS, "t-gone", Phase.SUCCEEDED, "gone")
+    metrics.observe_phase(NS, "t-gone", None)
+    metrics.forget_pool(NS, "gone")
+    scrape = generate_latest(metrics.REGISTRY).decode()
+    assert 'pool="gone"' not in scrape
