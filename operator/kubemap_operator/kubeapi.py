@@ -17,6 +17,8 @@ from kubemap.resources.kueue import VERSION as KUEUE_VERSION
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from kubemap_operator import metrics
+
 MERGE_PATCH = "application/merge-patch+json"
 # "unknown": the operator may not read LocalQueues (403): the pods go to Kueue unchecked.
 QueueLookup = Literal["found", "missing", "no-kueue", "unknown"]
@@ -68,6 +70,26 @@ class QueueApi(Protocol):
     async def find_local_queue(self, namespace: str, name: str) -> QueueLookup: ...
 
 
+def counted(api_client: client.ApiClient) -> client.ApiClient:
+    """The client, counting each of its requests in the metrics (verb, resource, code)."""
+    plain = api_client.request
+
+    def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            response = plain(method, url, *args, **kwargs)
+        except ApiException as exc:
+            metrics.count_request(method, url, exc.status or 0)
+            raise
+        except Exception:
+            metrics.count_request(method, url, 0)  # no answer: connection refused, timeout
+            raise
+        metrics.count_request(method, url, int(getattr(response, "status", 0) or 0))
+        return response
+
+    setattr(api_client, "request", request)  # noqa: B010 (mypy: no assigning to a method)
+    return api_client
+
+
 class KubeApi:
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self._api_client = api_client
@@ -83,7 +105,7 @@ class KubeApi:
             configuration = client.Configuration.get_default_copy()
             # Pod creates run in parallel worker threads: one connection each, no discards.
             configuration.connection_pool_maxsize = 32
-            self._api_client = client.ApiClient(configuration)
+            self._api_client = counted(client.ApiClient(configuration))
         return self._api_client
 
     @property

@@ -156,6 +156,7 @@ DRY_RUN_OPTION_SETS = {
         "s3.accessKeyId": "a",
         "s3.secretAccessKey": "b",
         "metrics.service.enabled": "true",
+        "metrics.grafanaDashboard.enabled": "true",  # the dashboard's ConfigMap is admitted
     },
 }
 

@@ -40,6 +40,7 @@ class Run:
     code: int
     stderr: str
     summary: dict[str, Any] | None
+    timing: dict[str, Any] | None = None  # the line's "t": the slice's timing record
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -71,7 +72,8 @@ def run_worker(tmp_path: Path, env: Mapping[str, str | None], timeout: float = 6
         cwd=tmp_path,  # not the repository: the worker must not import the tests from disk
     )
     summary = json.loads(log.read_text()) if log.exists() and log.read_text() else None
-    return Run(proc.returncode, proc.stderr, summary)
+    timing = summary.pop("t", None) if summary else None
+    return Run(proc.returncode, proc.stderr, summary, timing)
 
 
 def slice_env(task: Store, start: int, count: int, total: int, attempt: int = 0) -> dict[str, str]:
@@ -117,6 +119,7 @@ def test_worker_runs_its_slice(store_url: str, tmp_path: Path) -> None:
     assert run.code == EXIT_OK, run.stderr
     assert dict(taskdata.iter_results(task)) == {3: 6, 4: 8, 5: 10, 6: 12}
     assert run.summary == {"v": 1, "succeeded": "3-6", "failed": ""}
+    assert run.timing is not None and (run.timing["first"], run.timing["ran"]) == (3, 4)
     assert taskdata.read_errors(task) == {}
 
 

@@ -61,6 +61,9 @@ def test_rules_printer_columns_and_names() -> None:
         "Active",
         "Not-Run",
         "Reason",
+        "Items/s",
+        "P95",
+        "Slowest",
         "Age",
     ]
     rules = schema()["properties"]["spec"]["x-kubernetes-validations"]

@@ -51,6 +51,7 @@ from kubemap.core.slicing import chunk_floor, guided_chunk
 from kubemap.core.status import CONDITION_OF_PHASE, Phase, partition
 from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
 
+from kubemap_operator import metrics, taskstats
 from kubemap_operator.pools.leases import Lease, Pending
 from kubemap_operator.pools.retrystate import counts_in_play, encode, recorded, restored
 from kubemap_operator.statusfields import clip, rfc3339, set_condition
@@ -265,6 +266,7 @@ class Dispatcher:
         if not task.finished:
             task.status = self._project(task, now)
             self.pool(task.pool).last_work = now
+        metrics.QUEUE_DEPTH.labels(*task.pool).set(self.queued(task.pool))
         events, task.events = task.events, []
         if task.flushed is not None and task.status == task.flushed:
             return None, events, None if task.finished else FLUSH_SECONDS
@@ -280,6 +282,15 @@ class Dispatcher:
         if task is not None:
             self._revoke_all(task)  # deleted: its workers stop, their reports get 410
             self.pool(task.pool).wakeup.set()
+            metrics.QUEUE_DEPTH.labels(*task.pool).set(self.queued(task.pool))
+
+    def queued(self, pool: PoolKey) -> int:
+        """Items of the pool's tasks waiting for a lease: never run, or due for a retry."""
+        return sum(
+            len(t.fresh.ranges) + sum(len(p.ranges) for p in t.retries)
+            for t in self.pool_tasks(pool)
+            if not t.finished
+        )
 
     # -- workers (called by the HTTP server) ----------------------------------------
     def close(self) -> None:
@@ -303,7 +314,8 @@ class Dispatcher:
     ) -> Grant | None:
         """A chunk for this worker, waiting up to wait_seconds for one (long poll)."""
         state = self.pool(pool)
-        deadline = asyncio.get_running_loop().time() + wait_seconds
+        asked = asyncio.get_running_loop().time()
+        deadline = asked + wait_seconds
         self._nudge(pool, worker)
         while True:
             self.seen(pool, worker, python)
@@ -316,6 +328,8 @@ class Dispatcher:
             if was_busy != (grant is not None):  # `kubectl get wp` shows BUSY as it changes
                 self.on_pool_work(pool)  # (e.g. idle at once after stopping a cancelled task)
             if grant is not None:
+                waited = asyncio.get_running_loop().time() - asked
+                metrics.LEASE_GRANT_SECONDS.labels(*pool).observe(waited)
                 return grant
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
@@ -492,6 +506,7 @@ class Dispatcher:
             if task is None or task.leases.get(lease.name) is not lease or lease.expires > now:
                 continue  # reported, taken back or renewed since: a stale entry
             attempt = lease.expire(now)
+            metrics.LEASES_EXPIRED.labels(*task.pool).inc()
             self._close(task, lease)
             self._judge(task, attempt, lease.span)
             self.pool(task.pool).wakeup.set()  # its chunk is remaining work again
@@ -541,6 +556,10 @@ class Dispatcher:
             task.infra_note = note
             task.events.append(Event("Warning", "InfrastructureError", clip(note, 1000)))
         self._decide(task)
+        # counted once the verdict is in: a task it ended runs none of its retries
+        rerun = IndexRanges.from_spans(iv for r in outcome.retries for iv in r.ranges.intervals)
+        rerun = IndexRanges() if task.finished or task.ending is not None else rerun
+        taskstats.record_attempt(task.key, task.pool[1], attempt, span, outcome.failed, rerun)
 
     def _verdict(self, task: PoolTask, now: datetime) -> Verdict | None:
         outcome = Outcome(

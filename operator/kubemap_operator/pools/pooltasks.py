@@ -23,7 +23,7 @@ from kubemap.resources.workerpool import ANNOTATION_PYTHON
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from kubemap_operator import metrics
+from kubemap_operator import metrics, taskstats
 from kubemap_operator.pools.dispatch import Dispatcher
 from kubemap_operator.ratelimit import FailureBackoff
 from kubemap_operator.settings import Settings
@@ -109,6 +109,7 @@ class PoolTasks:
         self.queue.forget((namespace, name))
         self._loggers.pop((namespace, name), None)
         metrics.observe_phase(namespace, name, None)
+        taskstats.TIMINGS.forget((namespace, name))
         if self.dispatcher is not None:
             self.dispatcher.forget((namespace, name))
 
@@ -170,7 +171,7 @@ class PoolTasks:
     async def _wait_for_ttl(
         self, namespace: str, name: str, spec: MapTaskSpec, status: MapTaskStatus, logger: Any
     ) -> float | None:
-        metrics.observe_phase(namespace, name, status.phase)
+        metrics.observe_phase(namespace, name, status.phase, spec.pool or "")
         plan = after_finish(spec, status, [], self.clock(), NO_LIMITS)
         if plan.delete_task:
             logger.info(
@@ -212,8 +213,9 @@ class PoolTasks:
             meta.get("generation"),
         )
         if new is not None:
+            new = taskstats.TIMINGS.with_summary((namespace, name), new)  # items/s, p95...
             await self.api.patch_status(namespace, name, status_wire(new))
-            metrics.observe_phase(namespace, name, new.phase)
+            metrics.observe_phase(namespace, name, new.phase, spec.pool)
         for event in events:
             (logger.warning if event.type == "Warning" else logger.info)(
                 f"{event.reason}: {event.message}"

@@ -30,6 +30,7 @@ from kubemap.resources.workerpool import (
 )
 from kubernetes.client.exceptions import ApiException
 
+from kubemap_operator import metrics
 from kubemap_operator.pools.builder import (
     ANNOTATION_TEMPLATE_HASH,
     deployment,
@@ -110,6 +111,7 @@ class PoolReconciler:
         if handle is not None:
             handle.cancel()
         self.dispatcher.pools.pop(key, None)
+        metrics.forget_pool(namespace, name)
 
     async def reconcile(self, namespace: str, name: str) -> float | None:
         body = await self.api.get_pool(namespace, name)
@@ -172,6 +174,9 @@ class PoolReconciler:
             admitted=counts.admitted if counts is not None else None,
             waiting=counts.waiting if counts is not None else None,
             message=clip(problem[0]) if problem is not None else None,
+        )
+        metrics.observe_pool_workers(
+            namespace, name, wanted=replicas, ready=ready, busy=status.busy, idle=status.idle
         )
         if status != old:
             wire = status.model_dump(by_alias=True, mode="json")

@@ -19,6 +19,7 @@ stop never waits out a long poll.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import asdict
@@ -159,6 +160,14 @@ class DispatcherApp:
                 )
             except (RangesSyntaxError, TypeError) as exc:
                 return _refuse(400, f"bad index ranges: {exc}")
+        listed = body.get("timings")
+        timings = tuple(
+            json.dumps(t)
+            for t in (listed if isinstance(listed, list) else [])[:8]
+            if isinstance(t, dict)
+        )
+        if report is not None and timings:  # for the status summary and the metrics
+            report = dataclasses.replace(report, timings=timings)
         raw = body.get("cause")
         if isinstance(raw, dict) and kind == "infra":  # e.g. "tampered": the plan stops the task
             cause = Cause(str(raw.get("kind") or "store"), str(raw.get("code") or ""),

@@ -26,7 +26,7 @@ from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from kubemap_operator import metrics
+from kubemap_operator import metrics, taskstats
 from kubemap_operator.kubeapi import CreateFailed, QueueApi, TaskApi, Throttled
 from kubemap_operator.ratelimit import FailureBackoff, TokenBucket
 from kubemap_operator.settings import Settings
@@ -83,6 +83,7 @@ class Reconciler:
         )
         self._batch = max(1, settings.pod_create_burst)
         self._loggers: dict[tuple[str, str], Any] = {}
+        self.recorder = taskstats.PodRecorder()  # each finished pod counted once
         self.queue: WorkQueue[tuple[str, str]] = WorkQueue(
             self.run_once, longest_delay=settings.reconcile_interval
         )
@@ -127,6 +128,8 @@ class Reconciler:
         self.cache.forget(namespace, name)
         self._loggers.pop((namespace, name), None)
         metrics.observe_phase(namespace, name, None)
+        self.recorder.forget((namespace, name))
+        taskstats.TIMINGS.forget((namespace, name))
 
     async def reconcile(self, namespace: str, name: str, logger: Any) -> float | None:
         started = time.monotonic()
@@ -178,6 +181,8 @@ class Reconciler:
             retry_token=(meta.get("annotations") or {}).get(ANNOTATION_RETRY),
             stop_first=True,  # a verdict first stops the running pods, then counts them
         )
+        recorded = (*result.release, *result.delete)  # metrics and the status's summary:
+        self.recorder.recorded((namespace, name), observed, pods, recorded, result.status)
         await self._apply(TaskRef(name, namespace, uid), body, spec, status, result, pods, logger)
         metrics.observe_phase(namespace, name, result.status.phase)
         if len(result.create) > self._batch:
@@ -195,7 +200,8 @@ class Reconciler:
         logger: Any,
     ) -> None:
         if result.status != old:
-            await self.api.patch_status(task.namespace, task.name, status_wire(result.status))
+            written = taskstats.TIMINGS.with_summary((task.namespace, task.name), result.status)
+            await self.api.patch_status(task.namespace, task.name, status_wire(written))
             newly_failed = IndexRanges.parse(result.status.failed_indexes) - IndexRanges.parse(
                 old.failed_indexes
             )
@@ -216,7 +222,7 @@ class Reconciler:
         for pod_name_ in result.delete:
             await self.api.delete_pod(task.namespace, pod_name_)
             self.cache.deleted_pod(task.namespace, task.name, pod_name_)
-            metrics.PODS_DELETED.inc()
+            metrics.PODS_DELETED.labels(namespace=task.namespace).inc()
         for pod_name_ in result.stop:  # keeps its finalizer: its outcome is still to record
             await self.api.delete_pod(task.namespace, pod_name_)
         if result.create:
@@ -247,7 +253,6 @@ class Reconciler:
                 try:
                     outcome = await self.api.create_pod(task.namespace, manifest)
                 except Throttled as exc:
-                    metrics.THROTTLED.inc()
                     self.limiter.pause(exc.retry_after)
                     stop.append(
                         f"API server asked to slow down (429), retrying in {exc.retry_after:.0f}s"
@@ -259,7 +264,7 @@ class Reconciler:
                     )
                     return
                 if outcome == "created":
-                    metrics.PODS_CREATED.inc()
+                    metrics.PODS_CREATED.labels(namespace=task.namespace).inc()
                     started.append((request.start, request.start + request.count))
                     if request.requeue:  # preempted by Kueue: run again, not a retry
                         requeued.append(request.start)

@@ -85,6 +85,8 @@ def get_cmd(name: str, namespace: str | None, backend: str | None, store: str | 
         click.echo(f"retries:     {status.retries} spent")
     if status.preempted:
         click.echo(f"preempted:   {status.preempted} pods rerun (no retry spent)")
+    if status.timing is not None:  # from the workers' timing records (`kubemap timeline`)
+        click.echo(f"timing:      {status.timing.describe()}")
     reason = status.conditions[-1].reason if status.conditions else None
     if reason and status.phase.finished:
         click.echo(f"reason:      {reason}")

@@ -33,6 +33,9 @@ class Report:
     failed: IndexRanges = field(default_factory=IndexRanges)
     error: str | None = None
     cause: Cause | None = None
+    # The worker's timing record of the slice (task.timings, JSON), passed on opaque: the
+    # operator summarises it in the status and its metrics without reading the store.
+    timings: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, text: str | None) -> Report | None:
@@ -55,11 +58,13 @@ class Report:
                 else None
             )
             error = data.get("error")
+            timing = data.get("t")
             return cls(
                 IndexRanges.parse(data.get("succeeded")),
                 IndexRanges.parse(data.get("failed")),
                 error=str(error)[:300] if error else None,
                 cause=cause,
+                timings=(json.dumps(timing),) if isinstance(timing, dict) else (),
             )
         except (ValueError, IndexError, RangesSyntaxError, TypeError, AttributeError):
             return None

@@ -241,6 +241,9 @@ def build_crd() -> dict[str, Any]:
         ("Active", "integer", ".status.active"),
         ("Not-Run", "integer", ".status.notRun"),
         ("Reason", "string", ".status.conditions[-1:].reason", 1),
+        ("Items/s", "number", ".status.timing.itemsPerSecond", 1),
+        ("P95", "number", ".status.timing.p95Seconds", 1),
+        ("Slowest", "string", ".status.timing.slowestWorker", 1),
         ("Age", "date", ".metadata.creationTimestamp"),
     ]
     return crd_document(

@@ -239,6 +239,41 @@ class Condition(_Wire):
     last_transition_time: str | None = None
 
 
+class TimingSummary(_Wire):
+    """Where a task's time goes, from the timing records its workers reported to the operator
+    (the pods' termination lines, the pool workers' lease reports): a few numbers at any N.
+    Written with the status updates the operator makes anyway, never on its own."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+    items: int = Field(default=0, ge=0, description="Items the summary covers (function runs).")
+    items_per_second: float | None = Field(
+        default=None, description="Items run per second, first slice's start to last one's end."
+    )
+    p50_seconds: float | None = Field(default=None, description="Median time of one item.")
+    p95_seconds: float | None = Field(default=None, description="95th percentile item time.")
+    slowest_worker: str | None = Field(
+        default=None, max_length=253, description="The worker (pod) with the most time per item."
+    )
+    slowest_worker_seconds_per_item: float | None = Field(
+        default=None, description="That worker's compute time per item."
+    )
+
+    def describe(self) -> str:
+        """'41.2 items/s, item p50 0.0101s p95 0.0123s, slowest worker w-3 (0.0502s/item)'."""
+        parts = [f"{self.items_per_second:g} items/s" if self.items_per_second else ""]
+        if self.p50_seconds is not None and self.p95_seconds is not None:
+            parts.append(f"item p50 {self.p50_seconds:g}s p95 {self.p95_seconds:g}s")
+        if self.slowest_worker:
+            parts.append(
+                f"slowest worker {self.slowest_worker} "
+                f"({self.slowest_worker_seconds_per_item or 0:g}s/item)"
+            )
+        return ", ".join(p for p in parts if p) or f"{self.items} items timed"
+
+
 class MapTaskStatus(_Wire):
     """Bounded whatever the task's size: index sets are compressed ranges ("0-3,7")."""
 
@@ -282,3 +317,6 @@ class MapTaskStatus(_Wire):
     # processed); None until the listing pod finished. total = listed - skipped.
     listed: int | None = Field(default=None, ge=0)
     skipped: int | None = Field(default=None, ge=0)
+    # Items/s, p50/p95 item time and the slowest worker, from the workers' timing records
+    # (none until the first slice ends; after an operator restart, from its slices on).
+    timing: TimingSummary | None = None

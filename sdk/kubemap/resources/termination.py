@@ -15,6 +15,7 @@ from typing import Any
 from kubemap.core.ranges import IndexRanges
 from kubemap.errors import CorruptTaskError, RemoteError, StoreError
 from kubemap.task.signing import TamperedError
+from kubemap.task.timings import SliceTiming
 
 SUMMARY_LIMIT = 4096
 CAUSE_MESSAGE_LIMIT = 300
@@ -31,6 +32,8 @@ class SliceOutcome:
     # Left unrun after a failure that decides the task (stop_at_failure) or a Stopped:
     # neither succeeded nor failed, so the planners count them as not run once it ends.
     unrun: IndexRanges = field(default_factory=IndexRanges)
+    # The timing record(s) of this run (one per run_slice), also passed to the operator.
+    timings: tuple[SliceTiming, ...] = field(default=(), compare=False)
 
 
 def store_error_code(exc: Exception) -> str:
@@ -43,14 +46,23 @@ def store_error_code(exc: Exception) -> str:
     return code
 
 
+def timing_body(timing: SliceTiming) -> dict[str, Any]:
+    """The slice's timing record as the operator gets it (in "t" here, in a pool report)."""
+    return dict(json.loads(timing.encode()))
+
+
 def summary_line(outcome: SliceOutcome) -> str:
-    """`{"v":1,"succeeded":"0-2,4","failed":"3"}`, at most SUMMARY_LIMIT bytes."""
+    """`{"v":1,"succeeded":"0-2,4","failed":"3","t":{...}}`, at most SUMMARY_LIMIT bytes.
+    "t" is the slice's timing record (task.timings): the operator's status summary and
+    metrics read it here, never the store; it is the first thing dropped if too long."""
     done = outcome.succeeded | outcome.skipped
     full: dict[str, Any] = {"v": 1, "succeeded": str(done), "failed": str(outcome.failed)}
     first = next(iter(sorted(outcome.errors.items())), None)
     if first is not None:  # the operator names it in the task's message: "ValueError: bad 3"
         full["error"] = f"{first[1].type}: {first[1].message}"[:200]
-    for candidate in (full, {"v": 1, "failed": str(outcome.failed)}, {"v": 1, "truncated": True}):
+    timed = full | {"t": timing_body(outcome.timings[-1])} if outcome.timings else full
+    short = {"v": 1, "failed": str(outcome.failed)}
+    for candidate in (timed, full, short, {"v": 1, "truncated": True}):
         line = json.dumps(candidate, separators=(",", ":"))
         if len(line.encode()) <= SUMMARY_LIMIT:
             return line

@@ -37,7 +37,7 @@ import urllib3
 from kubemap.contract import RESULTS_PREFIX, parse_result_key
 from kubemap.core.ranges import IndexRanges
 from kubemap.errors import StoreError
-from kubemap.resources.termination import SliceOutcome, infra_cause
+from kubemap.resources.termination import SliceOutcome, infra_cause, timing_body
 from kubemap.resources.workerpool import ENV_DISPATCHER, ENV_POOL, ENV_POOL_TOKEN, python_minor
 from kubemap.runtime.packages import (
     ActiveEnvironment,
@@ -60,6 +60,7 @@ STOP_GRACE_SECONDS = 5.0  # how long a revoked function may take to stop before 
 STOP_SIGNAL = signal.SIGUSR1
 FUNCTIONS_KEPT = 4
 REFUSALS_BEFORE_EXIT = 3
+REPORTED_TIMINGS = 8  # timing records sent with a report (a retried chunk runs in parts)
 
 
 def _log(message: str) -> None:
@@ -377,6 +378,7 @@ def _merge(outcomes: list[SliceOutcome], skipped: IndexRanges, todo: IndexRanges
         skipped=skipped,
         errors=errors,
         unrun=todo - succeeded - failed,
+        timings=tuple(t for outcome in outcomes for t in outcome.timings),
     )
 
 
@@ -458,6 +460,8 @@ def run_lease(
         "kind": "user" if outcome.failed else "ok",
         "succeeded": str(outcome.succeeded | outcome.skipped),
         "failed": str(outcome.failed),
+        # for the task's status summary and the operator's metrics (bounded: a few parts)
+        "timings": [timing_body(t) for t in outcome.timings[-REPORTED_TIMINGS:]],
     }
 
 

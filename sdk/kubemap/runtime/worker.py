@@ -21,6 +21,7 @@ infrastructure failure the line says why instead, for the operator to surface:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import signal
@@ -146,7 +147,9 @@ def run_slice(
         )
     except Stopped as exc:
         if clock is not None:
-            clock.record(exc.outcome)
+            record = clock.record(exc.outcome)
+            if exc.outcome is not None and record is not None:
+                exc.outcome = dataclasses.replace(exc.outcome, timings=(record,))
         raise
     except Exception as exc:
         # A plain StoreError means the store did not answer: another write would only wait
@@ -155,7 +158,9 @@ def run_slice(
             clock.record(None, error=f"{type(exc).__name__}: {exc}")
         raise
     if clock is not None:
-        clock.record(outcome)
+        record = clock.record(outcome)
+        if record is not None:  # the termination line / pool report carries it too
+            outcome = dataclasses.replace(outcome, timings=(record,))
     return outcome
 
 
@@ -241,7 +246,9 @@ class SliceClock:
         now = time.perf_counter()
         self.compute, self.mark = now - self.mark, now
 
-    def record(self, outcome: SliceOutcome | None, error: str | None = None) -> None:
+    def record(
+        self, outcome: SliceOutcome | None, error: str | None = None
+    ) -> timings.SliceTiming | None:
         now = time.perf_counter()
         if not self.compute and not self.fetch:  # nothing ran: the whole time was fetching
             self.fetch, self.mark = now - self.began, now
@@ -272,6 +279,7 @@ class SliceClock:
                 f"could not write the timing record of items {self.start}.."
                 f"{self.start + self.count - 1}: {type(exc).__name__}: {exc}"
             )
+        return record
 
 
 def worker_identity(environ: Mapping[str, str] | None = None) -> str:
