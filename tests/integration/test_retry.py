@@ -62,9 +62,11 @@ def test_retry_after_a_fix_runs_exactly_the_missing(setup: tuple[Path, Path, str
     run.wait()
     assert run.status().phase is Phase.FAILED
     first = executions(log)
-    # without a result: failed, never run, or killed mid-slice when the run failed fast
+    # without a result: failed, never run, or killed mid-slice when the run failed fast (on a
+    # busy machine index 0's failure can stop every slice before any result is written, so
+    # how many succeeded is not fixed: what the retry runs is checked against `missing`)
     missing = sorted(set(range(100)) - set(taskdata.succeeded_indexes(open_store(run.store_url))))
-    assert 0 in missing and len(missing) < 100 and {x for x in first if x % 10 == 0} <= set(missing)
+    assert 0 in missing and {x for x in first if x % 10 == 0} <= set(missing)
     flag.unlink()  # the fix
     run.retry()
     status = run.wait()
