@@ -248,7 +248,7 @@ class Reconciler:
                     outcome = await self.api.create_pod(task.namespace, manifest)
                 except Throttled as exc:
                     metrics.THROTTLED.inc()
-                    self.limiter.pause(exc.retry_after)
+                    self.limiter.throttled(exc.retry_after)
                     stop.append(
                         f"API server asked to slow down (429), retrying in {exc.retry_after:.0f}s"
                     )
@@ -258,6 +258,7 @@ class Reconciler:
                         f"pod {manifest['metadata']['name']} refused ({exc.status}): {exc.reason}"
                     )
                     return
+                self.limiter.succeeded()
                 if outcome == "created":
                     metrics.PODS_CREATED.inc()
                     started.append((request.start, request.start + request.count))
@@ -269,11 +270,14 @@ class Reconciler:
         # One reconcile creates at most a burst of pods, so it stays short and the status
         # fresh; the pods' own events (and a quick requeue) bring the next round.
         await asyncio.gather(*(one(r) for r in result.create[: self._batch]))
-        counted: dict[str, int] = {}
+        counted: dict[str, int | float | None] = {}
         if retried:  # the status reports the retries spent: one write per round, not per pod
             counted["retries"] = result.status.retries + len(retried)
         if requeued:
             counted["preempted"] = result.status.preempted + len(requeued)
+        rate = round(self.limiter.rate, 1) if self.limiter.limited else None
+        if rate != result.status.pod_create_rate and (counted or stop or rate is None):
+            counted["podCreateRate"] = rate  # shown while throttled, removed once recovered
         if counted:
             await self.api.patch_status(task.namespace, task.name, counted)
         if started:

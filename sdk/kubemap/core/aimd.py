@@ -104,6 +104,14 @@ class AimdLimiter:
                 self._sent.popleft()
             return start - now
 
+    def note_sent(self) -> None:
+        """A request left by another pacing (a token bucket): counted in the real rate."""
+        with self._lock:
+            now = self._clock()
+            self._sent.append(now)
+            while self._sent and self._sent[0] < now - 1.0:
+                self._sent.popleft()
+
     def throttled(self, retry_after: float | None = None, sent: float | None = None) -> None:
         """The target said slow down to a request sent at `sent` (clock time; None: now)."""
         with self._lock:

@@ -282,3 +282,9 @@ class MapTaskStatus(_Wire):
     # processed); None until the listing pod finished. total = listed - skipped.
     listed: int | None = Field(default=None, ge=0)
     skipped: int | None = Field(default=None, ge=0)
+    pod_create_rate: float | None = Field(
+        default=None,
+        ge=0,
+        description="Pods per second the operator creates while the API server throttles it "
+        "(HTTP 429): halved by each throttle, recovering step by step; absent when not throttled.",
+    )
