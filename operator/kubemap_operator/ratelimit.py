@@ -3,8 +3,8 @@ per-object backoff after errors.
 
 Besides QPS and burst, the API server can say "slow down" (HTTP 429 with Retry-After):
 `throttled(seconds)` holds every caller until then, as client-go's flowcontrol does, and
-halves the rate (kubemap.core.aimd); each pod created adds some back, up to the configured
-QPS. A 429 is not a failure: nothing counts it against a retry budget.
+halves the rate (kubemap.core.aimd); successful creates add it back over seconds, up to the
+configured QPS. A 429 is not a failure: nothing counts it against a retry budget.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ class TokenBucket:
         self.burst = burst
         self._clock = clock
         # The rate adapts between a tenth of the QPS (at most 1/s) and the QPS: halved by a
-        # 429, a twentieth of the QPS back per success.
+        # 429, a tenth of the QPS back each second of successful creates.
         self.adaptive = AimdLimiter(
             AimdConfig(
-                min_rate=min(1.0, rate / 10), max_rate=rate, increase=rate / 20, decrease=0.5
+                min_rate=min(1.0, rate / 10), max_rate=rate, increase=rate / 10, decrease=0.5
             ),
             clock=clock,
         )

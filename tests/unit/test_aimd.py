@@ -64,7 +64,8 @@ def test_a_throttle_lowers_the_rate_and_successes_bring_it_back(sent: int) -> No
     assert aimd.rate < before or aimd.rate == 0.5
     assert aimd.rate <= max(0.5, sent * 0.5)  # from the rate really sent, not the idle limit
     assert aimd.limited
-    for _ in range(2000):
+    for _ in range(2000):  # one success a second: +1 request/s each
+        clock.now += 1
         aimd.succeeded()
     assert aimd.rate == 1000 and not aimd.limited
 
@@ -75,9 +76,12 @@ def test_increase_is_additive_and_decrease_multiplicative() -> None:
         clock.now += aimd.reserve()  # 100 a second: the limit is really used
     aimd.throttled()
     assert aimd.rate == 50
+    clock.now += 1
     aimd.succeeded()
+    clock.now += 0.5
     aimd.succeeded()
-    assert aimd.rate == 54
+    aimd.succeeded()  # at once: the increase is per second, not per request
+    assert aimd.rate == 53
 
 
 def test_reserve_spaces_requests_at_the_rate() -> None:
@@ -104,14 +108,23 @@ def test_one_decrease_per_round_trip() -> None:
     for each in sent:
         aimd.throttled(sent=each)
     assert aimd.rate == 32  # one halving, not eight
-    clock.now += 0.1
+    clock.now += 0.5
+    aimd.throttled(sent=aimd.now())
+    assert aimd.rate == 32  # within the cooldown: still the same round trip
+    clock.now += 0.6
     aimd.throttled(sent=aimd.now())
     assert aimd.rate == 16
-    assert aimd.throttles == 9
+    assert aimd.throttles == 10
 
 
 def test_bad_configs_are_refused() -> None:
-    for kw in ({"min_rate": 0}, {"min_rate": 5, "max_rate": 1}, {"decrease": 1}, {"increase": -1}):
+    for kw in (
+        {"min_rate": 0},
+        {"min_rate": 5, "max_rate": 1},
+        {"decrease": 1},
+        {"increase": -1},
+        {"cooldown": -1},
+    ):
         with pytest.raises(ValueError):
             AimdConfig(**kw)
 

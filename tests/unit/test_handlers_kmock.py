@@ -398,7 +398,8 @@ async def test_http_429_halves_the_creation_rate_shown_in_status_until_it_recove
     assert reconciler.backoff.failures((NS, "t")) == 0
     now[0] += 7.0
     api.throttle_after = None
-    while bucket.limited:  # each pod created adds a twentieth of the QPS back
+    while bucket.limited:  # successful creates add a tenth of the QPS back each second
+        now[0] += 0.5
         bucket.succeeded()
     assert bucket.rate == 20
     await reconciler.reconcile(NS, "t", logging.getLogger("test"))

@@ -3,10 +3,12 @@ target (the API server, the dispatcher's grants, each store's endpoint and bucke
 
 A throttle ("slow down": HTTP 429 from the API server, 503 SlowDown or ThrottlingException
 from S3) halves the rate, from the rate actually sent when that is lower than the limit, so
-a limit far above the real traffic still bites; each success adds `increase` requests per
-second back, up to `max_rate`. `Retry-After` is a floor: no request leaves before it. One
-decrease per round trip: throttles of requests sent before the last decrease are answers to
-the old rate and do not halve it again (as TCP counts one loss per window).
+a limit far above the real traffic still bites; successes add the rate back at `increase`
+requests per second each second (in time, not per request: a fast client recovers no faster
+than a slow one), up to `max_rate`. `Retry-After` is a floor: no request leaves before it.
+One decrease per round trip: throttles of requests sent before the last decrease, or within
+`cooldown` of it, answered the old rate and do not halve it again (as TCP counts one loss
+per window); without that, a steady share of throttles would drive any rate to the floor.
 
 Pure: no sleeping, no I/O. `reserve()` says how long the caller waits before sending; the
 caller sleeps (time.sleep or asyncio.sleep) and reports the answer with `throttled(sent)` or
@@ -49,21 +51,24 @@ def is_throttle(status: int | None, code: str | None = None) -> bool:
 @dataclass(frozen=True)
 class AimdConfig:
     """Requests per second: start at `max_rate` (no limit felt until a throttle), never below
-    `min_rate`; `decrease` multiplies on a throttle, `increase` is added per success."""
+    `min_rate`; `decrease` multiplies on a throttle (at most once per `cooldown` seconds),
+    `increase` is added per second of successes."""
 
     min_rate: float = 1.0
     max_rate: float = 1000.0
     increase: float = 1.0
     decrease: float = 0.5
+    cooldown: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 < self.min_rate <= self.max_rate:
             raise ValueError(
                 f"min_rate ({self.min_rate}) must be > 0 and <= max_rate ({self.max_rate})"
             )
-        if self.increase < 0 or not 0 < self.decrease < 1:
+        if self.increase < 0 or not 0 < self.decrease < 1 or self.cooldown < 0:
             raise ValueError(
-                f"increase ({self.increase}) must be >= 0 and decrease ({self.decrease}) in (0, 1)"
+                f"increase ({self.increase}) and cooldown ({self.cooldown}) must be >= 0 and "
+                f"decrease ({self.decrease}) in (0, 1)"
             )
 
 
@@ -79,6 +84,7 @@ class AimdLimiter:
         self._next = clock()  # when the next request may leave
         self._floor = 0.0  # Retry-After: nothing leaves before this
         self._last_decrease = float("-inf")
+        self._last_increase = self._next
         self._sent: deque[float] = deque()  # send times in the last second (the real rate)
         self._lock = threading.Lock()
         self.throttles = 0
@@ -119,7 +125,9 @@ class AimdLimiter:
             self.throttles += 1
             if retry_after is not None and retry_after > 0:
                 self._floor = max(self._floor, now + retry_after)
-            if sent is not None and sent < self._last_decrease:
+            if (sent is not None and sent < self._last_decrease) or (
+                now - self._last_decrease < self.config.cooldown
+            ):
                 return  # an answer to the rate before the last decrease
             sending = len(self._sent)  # requests in the last second
             base = min(self._rate, float(sending)) if sending else self._rate
@@ -129,7 +137,10 @@ class AimdLimiter:
 
     def succeeded(self) -> None:
         with self._lock:
-            self._rate = min(self.config.max_rate, self._rate + self.config.increase)
+            now = self._clock()
+            elapsed = min(1.0, max(0.0, now - self._last_increase))
+            self._last_increase = now
+            self._rate = min(self.config.max_rate, self._rate + self.config.increase * elapsed)
 
     def now(self) -> float:
         """The limiter's clock (for `throttled(sent=...)`)."""

@@ -38,7 +38,9 @@ _ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 _CLIENTS: dict[tuple[Any, ...], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 # One limiter per (endpoint, bucket) in this process: every store of that bucket shares it.
-STORE_LIMITS = AimdConfig(min_rate=1.0, max_rate=1000.0, increase=1.0, decrease=0.5)
+# Per process: from the rate really sent, x0.7 on a throttle (botocore's adaptive mode uses
+# the same factor), at most once a second; 10 requests/s more each second of successes.
+STORE_LIMITS = AimdConfig(min_rate=2.0, max_rate=1000.0, increase=10.0, decrease=0.7)
 LIMITERS = Limiters(STORE_LIMITS)
 # A throttle is waited out, not failed; past this much throttling in a row the request fails
 # (an S3 that never lets anything through is down, not busy).
