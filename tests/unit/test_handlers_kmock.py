@@ -407,6 +407,32 @@ async def test_http_429_halves_the_creation_rate_shown_in_status_until_it_recove
 
 
 @pytest.mark.asyncio
+async def test_http_429_on_a_status_write_slows_down_without_a_failure() -> None:
+    from kubemap_operator.ratelimit import TokenBucket
+    from kubemap_operator.tasks.reconcile import Reconciler
+    from kubernetes.client.exceptions import ApiException
+
+    class ThrottledWrites(FakeApi):
+        async def patch_status(
+            self, namespace: str, name: str, status: dict[str, Any]
+        ) -> dict[str, Any]:
+            exc = ApiException(status=429, reason="Too Many Requests")
+            exc.headers = {"Retry-After": "3"}
+            raise exc
+
+    task = maptask("t", count=2, parallelism=2)
+    task["metadata"]["uid"] = "uid-t"
+    api = ThrottledWrites(task, [])
+    now = [100.0]
+    bucket = TokenBucket(rate=20, burst=3, clock=lambda: now[0])
+    reconciler = Reconciler(api, Settings(metrics_port=0), cache=cache_of(api), limiter=bucket)
+    delay = await reconciler.run_once((NS, "t"))
+    assert delay == 3.0  # as told by Retry-After
+    assert reconciler.backoff.failures((NS, "t")) == 0  # not a failure
+    assert bucket.limited and bucket.delay() == pytest.approx(3.0)
+
+
+@pytest.mark.asyncio
 async def test_token_bucket_rate_and_burst() -> None:
     from kubemap_operator.ratelimit import TokenBucket
 

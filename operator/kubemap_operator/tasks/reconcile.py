@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kubemap_operator import metrics
-from kubemap_operator.kubeapi import CreateFailed, QueueApi, TaskApi, Throttled
+from kubemap_operator.kubeapi import CreateFailed, QueueApi, TaskApi, Throttled, retry_after
 from kubemap_operator.ratelimit import FailureBackoff, TokenBucket
 from kubemap_operator.settings import Settings
 from kubemap_operator.statusfields import (
@@ -103,6 +103,14 @@ class Reconciler:
         try:
             delay = await self.reconcile(namespace, name, logger)
         except (ApiException, OSError, HTTPError) as exc:
+            if isinstance(exc, ApiException) and exc.status == 429:
+                # A status patch or delete throttled: the API server's limiter slows down and
+                # the key waits as told; a throttle is no failure (no backoff step spent).
+                wait = retry_after(exc)
+                metrics.THROTTLED.inc()
+                self.limiter.throttled(wait)
+                logger.info(f"API server asked to slow down (429), retrying in {wait:g}s")
+                return max(wait, 1.0 / self.limiter.rate)
             if (
                 isinstance(exc, ApiException)
                 and exc.status
