@@ -110,6 +110,11 @@ class AimdLimiter:
                 self._sent.popleft()
             return start - now
 
+    def delay(self) -> float:
+        """Seconds until the next slot, without taking it (0: one is free now)."""
+        with self._lock:
+            return max(0.0, max(self._next, self._floor) - self._clock())
+
     def note_sent(self) -> None:
         """A request left by another pacing (a token bucket): counted in the real rate."""
         with self._lock:
