@@ -1,11 +1,13 @@
-"""S3 answering `503 SlowDown` to 30 % of requests for a minute, in pod mode: the task succeeds
+"""S3 answering `503 SlowDown` to 30 % of requests for a minute, in pod mode and on a warm
+pool: the task succeeds
 with every result once and no retry spent, and the request rate the pods send falls during
 the throttle and recovers after it (the AIMD limiter in kubemap.stores.s3).
 
 The pods reach SeaweedFS through a loopback front (tests/tools/s3_throttle_proxy.py), named
-as the task's store endpoint; the SDK and the operator keep the direct endpoint. Each item
-reads and writes small objects in the task's store until the test drops a stop object, so the
-pods keep sending for the whole scenario; the front counts requests per second.
+as the task's store endpoint (pod mode) or in the pool's environment (warm pool); the SDK and
+the operator keep the direct endpoint. Each item reads and writes small objects in a scratch
+prefix of the store until the test drops a stop object, so the workers keep sending for the
+whole scenario; the front counts requests per second.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from chaoskit import PodLedger, check_outcome, opts, report, wait_finished
+from chaoskit import NAMESPACE, PodLedger, check_outcome, opts, report, wait_finished
+from faults import wait_until
+from kubemap.api.workerpool import WorkerPool
 from kubemap.stores import open_store
 from kubernetes import client
 
@@ -54,22 +58,46 @@ def _wait(what: str, ready: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.5)
 
 
+@pytest.fixture(params=["pods", "pool"])
+def placement(
+    request: pytest.FixtureRequest, s3_front: S3ThrottleProxy, unique: Callable[[str], str]
+) -> Iterator[dict[str, str]]:
+    """The submit options that send the workers' S3 traffic through the front."""
+    if request.param == "pods":
+        yield {"store_endpoint": s3_front.url}
+        return
+    pool = WorkerPool(
+        unique("s3pool"),
+        namespace=NAMESPACE,
+        replicas=PODS,
+        idle_ttl_seconds=0,
+        env={"AWS_ENDPOINT_URL_S3": s3_front.url},
+    )
+    pool.create()
+    try:
+        wait_until(f"{PODS} pool workers ready", lambda: pool.status().ready == PODS, 120)
+        yield {"pool": pool.name}
+    finally:
+        pool.delete()
+
+
 @pytest.mark.timeout(600)
 def test_s3_slowdown_is_waited_out_and_the_rate_adapts(
     s3_front: S3ThrottleProxy,
+    placement: dict[str, str],
     core: client.CoreV1Api,
     custom: client.CustomObjectsApi,
     unique: Callable[[str], str],
 ) -> None:
     proxy = s3_front
+    name = unique("s3-slowdown")
+    scratch = f"{os.environ['KUBEMAP_STORE'].rstrip('/')}/{name}-probe"
 
     def busy(i: int) -> int:
-        """Small reads and writes in the task's store until the stop object appears."""
-        import os
-
+        """Small reads and writes in the scratch prefix until the stop object appears."""
         from kubemap.stores import open_store
 
-        store = open_store(os.environ["KUBEMAP_TASK_URL"]).child("probe")
+        store = open_store(scratch)
         sent = 0
         while not store.exists("stop"):
             store.put(f"item-{i}", b"x" * 64)
@@ -77,20 +105,17 @@ def test_s3_slowdown_is_waited_out_and_the_rate_adapts(
             sent += 3
         return sent
 
-    name = unique("s3-slowdown")
     with PodLedger(core, name) as ledger:
-        run = kubemap.submit(
-            busy, range(PODS), **opts(name=name, parallelism=PODS, store_endpoint=proxy.url)
-        )
+        run = kubemap.submit(busy, range(PODS), **opts(name=name, parallelism=PODS, **placement))
         # Every pod sends: a second in which the front sees steady traffic from all of them.
         _wait("the pods' traffic", lambda: sum(proxy.per_second().values()) > 200, 240)
         time.sleep(BEFORE + 1)
         proxy.throttle(WINDOW, SHARE)
         time.sleep(WINDOW + AFTER + 1)
-        store = open_store(os.environ["KUBEMAP_STORE"]).child(name).child("probe")
-        store.put("stop", b"")
+        open_store(scratch).put("stop", b"")
         wait_finished(custom, name, 240)
         verdict = check_outcome(core, custom, name, PODS, ledger)
+        open_store(scratch).delete_prefix()
     sent = run.results()
     assert len(sent) == PODS and all(n > 0 for n in sent), sent
     assert verdict.retries == 0, "a throttle spent a retry"
