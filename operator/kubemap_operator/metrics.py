@@ -10,10 +10,14 @@ the `_total` suffix (prometheus_client adds it), durations are in seconds.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable
 
 from kubemap.core.status import Phase
+from kubemap.stores import s3 as s3store
 from kubemap.task.timings import bucket_seconds
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry()
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
@@ -231,3 +235,39 @@ def count_request(verb: str, path: str, code: int) -> None:
 def serve(port: int, address: str) -> None:
     if port > 0:
         start_http_server(port, addr=address, registry=REGISTRY)
+
+
+# -- Adaptive rate limits (kubemap.core.aimd), read when scraped ------------------------------
+# target: "apiserver" (pod creation), "dispatch" (a pool's lease grants; scope
+# "namespace/pool"), "store" (this process's S3 requests; scope "endpoint/bucket"). Bounded
+# labels: never a task's name.
+LimitSource = Callable[[], Iterable[tuple[str, str, float]]]
+_limit_sources: list[LimitSource] = []
+
+
+def add_limit_source(source: LimitSource) -> None:
+    """`source()` lists (target, scope, requests per second) when the metrics are scraped."""
+    _limit_sources.append(source)
+
+
+def _store_limits() -> Iterable[tuple[str, str, float]]:
+    for key, limiter in s3store.LIMITERS.items():
+        endpoint, bucket = key if isinstance(key, tuple) else ("", str(key))
+        yield "store", f"{endpoint}/{bucket}", limiter.rate
+
+
+class _LimitCollector(Collector):
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "kubemap_rate_limit",
+            "Current adaptive request-rate limit (requests per second) per target: halved by "
+            "a throttle (429, 503 SlowDown), recovering additively",
+            labels=["target", "scope"],
+        )
+        for source in (*_limit_sources, _store_limits):
+            for target, scope, rate in source():
+                family.add_metric([target, scope], rate)
+        yield family
+
+
+REGISTRY.register(_LimitCollector())

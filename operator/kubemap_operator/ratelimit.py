@@ -2,7 +2,9 @@
 per-object backoff after errors.
 
 Besides QPS and burst, the API server can say "slow down" (HTTP 429 with Retry-After):
-`pause(seconds)` holds every caller until then, as client-go's flowcontrol does.
+`throttled(seconds)` holds every caller until then, as client-go's flowcontrol does, and
+halves the rate (kubemap.core.aimd); successful creates add it back over seconds, up to the
+configured QPS. A 429 is not a failure: nothing counts it against a retry budget.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import asyncio
 import time
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
+
+from kubemap.core.aimd import AimdConfig, AimdLimiter
 
 K = TypeVar("K", bound=Hashable)
 
@@ -21,13 +25,31 @@ class TokenBucket:
     ) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError(f"rate ({rate}) must be > 0 and burst ({burst}) >= 1")
-        self.rate = rate
+        self.max_rate = rate
         self.burst = burst
         self._clock = clock
+        # The rate adapts between a tenth of the QPS (at most 1/s) and the QPS: halved by a
+        # 429, a tenth of the QPS back each second of successful creates.
+        self.adaptive = AimdLimiter(
+            AimdConfig(
+                min_rate=min(1.0, rate / 10), max_rate=rate, increase=rate / 10, decrease=0.5
+            ),
+            clock=clock,
+        )
         self._tokens = float(burst)
         self._stamp = clock()
         self._paused_until = 0.0
         self._lock = asyncio.Lock()
+
+    @property
+    def rate(self) -> float:
+        """Creations per second allowed now."""
+        return self.adaptive.rate
+
+    @property
+    def limited(self) -> bool:
+        """A 429 lowered the rate and it has not recovered yet."""
+        return self.adaptive.limited
 
     def _refill(self, now: float) -> None:
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
@@ -48,12 +70,26 @@ class TokenBucket:
                 wait = self.delay()
                 if wait <= 0:
                     self._tokens -= 1
+                    self.adaptive.note_sent()
                     return
                 await asyncio.sleep(wait)
 
     def pause(self, seconds: float) -> None:
-        """The server said 429 Retry-After: hold every creation for that long."""
+        """Hold every creation for that long."""
         self._paused_until = max(self._paused_until, self._clock() + max(0.0, seconds))
+
+    def throttled(self, retry_after: float) -> None:
+        """The server said 429 Retry-After: hold every creation for that long, then go on at
+        half the rate, with no burst saved up."""
+        now = self._clock()
+        self._refill(now)
+        # Creates in flight together get their 429s together: one halving per pause.
+        self.adaptive.throttled(retry_after, sent=None if now >= self._paused_until else -1e18)
+        self._tokens = min(self._tokens, 0.0)
+        self.pause(retry_after)
+
+    def succeeded(self) -> None:
+        self.adaptive.succeeded()
 
 
 class FailureBackoff(Generic[K]):

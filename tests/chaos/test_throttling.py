@@ -13,7 +13,7 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from chaoskit import PodLedger, check_outcome, opts, report, wait_finished
+from chaoskit import PodLedger, check_outcome, get_task, opts, report, wait_finished
 from faults import (
     LiveCluster,
     LocalOperator,
@@ -21,6 +21,7 @@ from faults import (
     scale_operator,
     serviceaccount_kubeconfig,
 )
+from kubemap_operator.settings import Settings
 from kubemap_operator.tasks.reconcile import CREATE_CONCURRENCY
 from kubernetes import client
 from throttle_proxy import ThrottlingProxy
@@ -68,12 +69,20 @@ def test_429_retry_after_on_pod_create_is_honoured(
         proxy.throttle(WINDOW)
         started = time.monotonic()
         run = kubemap.submit(quick, range(20), **opts(name=name, parallelism=10))
+        rates: list[float] = []  # status.podCreateRate while throttled (AIMD: below the QPS)
+        while time.monotonic() < started + WINDOW + 2 * RETRY_AFTER:
+            rate = (get_task(custom, name).get("status") or {}).get("podCreateRate")
+            if rate is not None:
+                rates.append(rate)
+            time.sleep(0.2)
         wait_finished(custom, name, 240)
         verdict = check_outcome(core, custom, name, 20, ledger)
     assert run.results() == list(range(1, 21))
     refused = [c for c in proxy.creates if c.status == 429]
     accepted = [c for c in proxy.creates if c.status == 201]
     assert refused, "no pod create reached the proxy while it was throttling"
+    qps = Settings.from_env().pod_create_qps
+    assert rates and max(rates) < qps, (rates, qps)  # the status showed the lowered rate
     # A hot loop would send hundreds of creates in the window; honouring Retry-After allows one
     # round of concurrent creates per Retry-After period.
     rounds = int((time.monotonic() - started) // RETRY_AFTER) + 1
@@ -89,5 +98,6 @@ def test_429_retry_after_on_pod_create_is_honoured(
     assert not early, f"{len(early)} creates sent before Retry-After had passed"
     report(
         f"{verdict.line()}; {len(refused)} creates refused with 429 in {WINDOW:g} s "
-        f"(Retry-After {RETRY_AFTER} s), {len(accepted)} accepted, none early"
+        f"(Retry-After {RETRY_AFTER} s), {len(accepted)} accepted, none early; "
+        f"status.podCreateRate fell to {min(rates):g}/s (QPS {qps:g})"
     )

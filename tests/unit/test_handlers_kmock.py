@@ -377,6 +377,62 @@ async def test_http_429_pauses_creation_for_retry_after() -> None:
 
 
 @pytest.mark.asyncio
+async def test_http_429_halves_the_creation_rate_shown_in_status_until_it_recovers() -> None:
+    import logging
+
+    from kubemap_operator.ratelimit import TokenBucket
+    from kubemap_operator.tasks.reconcile import Reconciler
+
+    task = maptask("t", count=40, parallelism=40)
+    task["metadata"]["uid"] = "uid-t"
+    api = FakeApi(task, [], throttle_after=2)
+    now = [100.0]
+    bucket = TokenBucket(rate=20, burst=3, clock=lambda: now[0])
+    settings = Settings(metrics_port=0, pod_create_burst=3)  # 3 creates a round
+    reconciler = Reconciler(api, settings, cache=cache_of(api), limiter=bucket)
+    await reconciler.reconcile(NS, "t", logging.getLogger("test"))
+    # One 429: half the rate really sent (3 creates in the last second), not of the QPS;
+    # no failure counted, no retry spent.
+    assert bucket.rate == 1.5
+    assert api.patches[-1]["podCreateRate"] == 1.5
+    assert reconciler.backoff.failures((NS, "t")) == 0
+    now[0] += 7.0
+    api.throttle_after = None
+    while bucket.limited:  # successful creates add a tenth of the QPS back each second
+        now[0] += 0.5
+        bucket.succeeded()
+    assert bucket.rate == 20
+    await reconciler.reconcile(NS, "t", logging.getLogger("test"))
+    assert api.patches[-1]["podCreateRate"] is None  # recovered: the field is removed
+
+
+@pytest.mark.asyncio
+async def test_http_429_on_a_status_write_slows_down_without_a_failure() -> None:
+    from kubemap_operator.ratelimit import TokenBucket
+    from kubemap_operator.tasks.reconcile import Reconciler
+    from kubernetes.client.exceptions import ApiException
+
+    class ThrottledWrites(FakeApi):
+        async def patch_status(
+            self, namespace: str, name: str, status: dict[str, Any]
+        ) -> dict[str, Any]:
+            exc = ApiException(status=429, reason="Too Many Requests")
+            exc.headers = {"Retry-After": "3"}
+            raise exc
+
+    task = maptask("t", count=2, parallelism=2)
+    task["metadata"]["uid"] = "uid-t"
+    api = ThrottledWrites(task, [])
+    now = [100.0]
+    bucket = TokenBucket(rate=20, burst=3, clock=lambda: now[0])
+    reconciler = Reconciler(api, Settings(metrics_port=0), cache=cache_of(api), limiter=bucket)
+    delay = await reconciler.run_once((NS, "t"))
+    assert delay == 3.0  # as told by Retry-After
+    assert reconciler.backoff.failures((NS, "t")) == 0  # not a failure
+    assert bucket.limited and bucket.delay() == pytest.approx(3.0)
+
+
+@pytest.mark.asyncio
 async def test_token_bucket_rate_and_burst() -> None:
     from kubemap_operator.ratelimit import TokenBucket
 

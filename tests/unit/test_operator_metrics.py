@@ -37,6 +37,9 @@ NS = "metrics-ns"
 BOUNDED_LABELS = {
     "namespace", "pool", "phase", "failure_class", "kind", "state", "verb", "resource", "code",
     "le",  # a histogram's bucket bound
+    # kubemap_rate_limit: target is apiserver|dispatch|store, scope one pool (ns/pool) or one
+    # store (endpoint/bucket): as many as pools and stores, never tasks
+    "target", "scope",
 }  # fmt: skip
 
 

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from kubemap.core.aimd import AimdConfig, Limiters
 from kubemap.core.attempts import Attempt, AttemptState, Report
 from kubemap.core.plan import (
     Outcome,
@@ -70,6 +71,7 @@ KEPT_CAUSES = 64  # infrastructure causes kept for the systematic-failure rule
 KEPT_NOTES = 8
 TaskKey = tuple[str, str]  # namespace, MapTask name
 PoolKey = tuple[str, str]  # namespace, WorkerPool name
+GRANT_LIMITS = AimdConfig(min_rate=1.0, max_rate=1000.0, increase=10.0, decrease=0.5)
 
 
 @dataclass
@@ -195,6 +197,9 @@ class Dispatcher:
         # The operator is stopping: long polls answer at once and no lease is granted (it
         # would die with this process); the workers ask the next operator.
         self.closing = False
+        # Grants per second, per pool: lowered when the pool's workers report store throttles
+        # (their own limiters slow each worker; this slows the pool as a whole).
+        self.grant_limits = Limiters(GRANT_LIMITS)
 
     # -- pools ----------------------------------------------------------------------
     def pool(self, key: PoolKey) -> PoolState:
@@ -322,7 +327,11 @@ class Dispatcher:
             if self.closing:
                 return None
             self._expire_due()
-            grant = self._offer(pool, worker, python)
+            paced = self.grant_limits.get(pool)
+            pace = paced.delay() if paced.limited else 0.0  # only once a throttle lowered it
+            grant = None if pace > 0 else self._offer(pool, worker, python)
+            if grant is not None:
+                paced.reserve()
             was_busy = state.workers[worker].busy
             state.workers[worker].busy = grant is not None
             if was_busy != (grant is not None):  # `kubectl get wp` shows BUSY as it changes
@@ -337,7 +346,15 @@ class Dispatcher:
             state.wakeup.clear()
             # Wake on new work, or after a second for retries whose backoff ran out.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.wakeup.wait(), timeout=min(1.0, left))
+                await asyncio.wait_for(state.wakeup.wait(), timeout=min(1.0, left, pace or 1.0))
+
+    def store_throttles(self, pool: PoolKey, throttles: int) -> None:
+        """A worker's report on its last lease: store throttles it waited out (0: none)."""
+        limiter = self.grant_limits.get(pool)
+        if throttles > 0:
+            limiter.throttled()
+        else:
+            limiter.succeeded()
 
     def heartbeat(self, pool: PoolKey, worker: str, lease_ids: list[str]) -> list[str]:
         """Renew the worker's leases; return the ids it no longer holds (task gone, expired,

@@ -17,6 +17,7 @@ from kubemap.contract import GROUP, PLURAL, VERSION
 from kubemap.core.status import Phase
 from kubemap.resources.workerpool import POOL_PLURAL
 
+from kubemap_operator import metrics
 from kubemap_operator.kubeapi import KubeApi
 from kubemap_operator.pools.dispatch import Dispatcher
 from kubemap_operator.pools.kubecalls import PoolApi
@@ -66,6 +67,10 @@ def register(
             limits=Limits(backoff_base_seconds=settings.backoff_base_seconds),
             on_change=lambda key: spawn(lambda: pool_tasks.trigger(*key, log)),
             on_pool_work=lambda key: spawn(lambda: pools.trigger(*key)),
+        )
+        grants = dispatcher.grant_limits
+        metrics.add_limit_source(
+            lambda: [("dispatch", f"{k[0]}/{k[1]}", lim.rate) for k, lim in grants.items()]  # type: ignore[index]
         )
     pool_tasks = PoolTasks(api_factory(), settings, dispatcher, post_event=post_event)
 

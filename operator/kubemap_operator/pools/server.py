@@ -114,6 +114,9 @@ class DispatcherApp:
             answer = self._record(pool, previous)
             if answer.status == 400:
                 return answer
+        throttles = body.get("throttles")
+        if isinstance(throttles, int) and isinstance(previous, dict):
+            self.dispatcher.store_throttles(pool, throttles)
         python = str(body.get("python", ""))[:16]
         wait = min(LONG_POLL_SECONDS, max(0.0, float(body.get("wait", LONG_POLL_SECONDS))))
         grant = await self.dispatcher.lease(pool, worker, python, wait)

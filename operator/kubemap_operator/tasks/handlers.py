@@ -20,6 +20,7 @@ import kopf
 from kubemap.contract import GROUP, LABEL_TASK, PLURAL, POD_FINALIZER, VERSION
 from kubemap.core.status import Phase
 
+from kubemap_operator import metrics
 from kubemap_operator.kubeapi import KubeApi
 from kubemap_operator.settings import Settings
 from kubemap_operator.tasks.planner import Event
@@ -110,6 +111,8 @@ def build_registry(
             post_event=post_kopf_event,
             queues=api,
         )
+        limiter = holder["reconciler"].limiter
+        metrics.add_limit_source(lambda: [("apiserver", "", limiter.rate)])
 
     settings_ = settings
 

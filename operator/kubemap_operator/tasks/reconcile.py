@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kubemap_operator import metrics, taskstats
-from kubemap_operator.kubeapi import CreateFailed, QueueApi, TaskApi, Throttled
+from kubemap_operator.kubeapi import CreateFailed, QueueApi, TaskApi, Throttled, retry_after
 from kubemap_operator.ratelimit import FailureBackoff, TokenBucket
 from kubemap_operator.settings import Settings
 from kubemap_operator.statusfields import (
@@ -104,6 +104,13 @@ class Reconciler:
         try:
             delay = await self.reconcile(namespace, name, logger)
         except (ApiException, OSError, HTTPError) as exc:
+            if isinstance(exc, ApiException) and exc.status == 429:
+                # A status patch or delete throttled: the API server's limiter slows down and
+                # the key waits as told; a throttle is no failure (no backoff step spent).
+                wait = retry_after(exc)
+                self.limiter.throttled(wait)
+                logger.info(f"API server asked to slow down (429), retrying in {wait:g}s")
+                return max(wait, 1.0 / self.limiter.rate)
             if (
                 isinstance(exc, ApiException)
                 and exc.status
@@ -253,7 +260,7 @@ class Reconciler:
                 try:
                     outcome = await self.api.create_pod(task.namespace, manifest)
                 except Throttled as exc:
-                    self.limiter.pause(exc.retry_after)
+                    self.limiter.throttled(exc.retry_after)
                     stop.append(
                         f"API server asked to slow down (429), retrying in {exc.retry_after:.0f}s"
                     )
@@ -263,6 +270,7 @@ class Reconciler:
                         f"pod {manifest['metadata']['name']} refused ({exc.status}): {exc.reason}"
                     )
                     return
+                self.limiter.succeeded()
                 if outcome == "created":
                     metrics.PODS_CREATED.labels(namespace=task.namespace).inc()
                     started.append((request.start, request.start + request.count))
@@ -274,11 +282,14 @@ class Reconciler:
         # One reconcile creates at most a burst of pods, so it stays short and the status
         # fresh; the pods' own events (and a quick requeue) bring the next round.
         await asyncio.gather(*(one(r) for r in result.create[: self._batch]))
-        counted: dict[str, int] = {}
+        counted: dict[str, int | float | None] = {}
         if retried:  # the status reports the retries spent: one write per round, not per pod
             counted["retries"] = result.status.retries + len(retried)
         if requeued:
             counted["preempted"] = result.status.preempted + len(requeued)
+        rate = round(self.limiter.rate, 1) if self.limiter.limited else None
+        if rate != result.status.pod_create_rate and (counted or stop or rate is None):
+            counted["podCreateRate"] = rate  # shown while throttled, removed once recovered
         if counted:
             await self.api.patch_status(task.namespace, task.name, counted)
         if started:

@@ -320,3 +320,9 @@ class MapTaskStatus(_Wire):
     # Items/s, p50/p95 item time and the slowest worker, from the workers' timing records
     # (none until the first slice ends; after an operator restart, from its slices on).
     timing: TimingSummary | None = None
+    pod_create_rate: float | None = Field(
+        default=None,
+        ge=0,
+        description="Pods per second the operator creates while the API server throttles it "
+        "(HTTP 429): halved by each throttle, recovering step by step; absent when not throttled.",
+    )

@@ -49,6 +49,7 @@ from kubemap.runtime.packages import (
 )
 from kubemap.runtime.worker import Stopped, Terminated, run_slice
 from kubemap.stores import open_store
+from kubemap.stores import s3 as s3store
 from kubemap.stores.base import Store
 from kubemap.task import data as taskdata
 from kubemap.task.signing import FN_MAC, POOL_KEY_ENV, Signer, key_from_env
@@ -61,6 +62,12 @@ STOP_SIGNAL = signal.SIGUSR1
 FUNCTIONS_KEPT = 4
 REFUSALS_BEFORE_EXIT = 3
 REPORTED_TIMINGS = 8  # timing records sent with a report (a retried chunk runs in parts)
+
+
+def _store_throttles(before: int) -> tuple[int, int]:
+    """(store throttles since `before`, the running count) in this process, all buckets."""
+    total = sum(limiter.throttles for _, limiter in s3store.LIMITERS.items())
+    return max(0, total - before), total
 
 
 def _log(message: str) -> None:
@@ -497,12 +504,15 @@ def serve(env: PoolEnv, *, stop: Callable[[], bool] = lambda: False, wait: float
         runtime = Runtime(os.environ)
         refusals, backoff = 0, 0.5
         pending: dict[str, Any] | None = None  # the last lease's report, sent with the next ask
+        throttles_seen = _store_throttles(0)[1]
         _log(f"serving pool {env.pool} as {env.worker} (Python {python_minor()}) from {env.url}")
         while not stop():
             try:
                 ask: dict[str, Any] = {"python": python_minor(), "wait": wait}
                 if pending is not None:
                     ask["report"] = pending
+                    # store throttles waited out on that lease: the dispatcher paces the pool
+                    ask["throttles"], throttles_seen = _store_throttles(throttles_seen)
                 status, grant = client.post("/v1/lease", ask, wait + 20)
             except Terminated:
                 if pending is not None:

@@ -2,8 +2,16 @@
 
 Endpoint, credentials and region come from the standard AWS settings, which boto3 reads
 itself: AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-AWS_REGION, AWS_MAX_ATTEMPTS, profiles. Retries are botocore's "standard" mode. The client
-is created lazily, once per process (a forked child makes its own).
+AWS_REGION, AWS_MAX_ATTEMPTS, profiles. The client is created lazily, once per process (a
+forked child makes its own).
+
+Retries: botocore's "standard" mode retries real failures (connection errors, 500s) within
+AWS_MAX_ATTEMPTS and its retry quota. Throttles ("503 SlowDown", ThrottlingException) are
+taken out of its hands: it would count each one as an attempt and charge its quota, so a
+long throttle would leave nothing for real failures (its "adaptive" mode does the same, and
+its client-side rate is per client, not per bucket). Instead every request goes through the
+process's AIMD limiter for its endpoint and bucket (kubemap.core.aimd): a throttle halves the
+rate and the request is retried when the limiter allows, spending no attempt.
 """
 
 from __future__ import annotations
@@ -12,9 +20,11 @@ import contextlib
 import io
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
+from kubemap.core.aimd import AimdConfig, AimdLimiter, Limiters, is_throttle
 from kubemap.errors import StoreError
 from kubemap.stores.base import KeyNotFound, ObjectInfo, Store, check_key, check_prefix
 
@@ -27,6 +37,14 @@ PART_SIZE = 8 * 1024 * 1024  # S3 needs >= 5 MiB for every part but the last
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 _CLIENTS: dict[tuple[Any, ...], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
+# One limiter per (endpoint, bucket) in this process: every store of that bucket shares it.
+# Per process: from the rate really sent, x0.7 on a throttle (botocore's adaptive mode uses
+# the same factor), at most once a second; 10 requests/s more each second of successes.
+STORE_LIMITS = AimdConfig(min_rate=2.0, max_rate=1000.0, increase=10.0, decrease=0.7)
+LIMITERS = Limiters(STORE_LIMITS)
+# A throttle is waited out, not failed; past this much throttling in a row the request fails
+# (an S3 that never lets anything through is down, not busy).
+THROTTLE_PATIENCE = 900.0
 
 
 def _reset_after_fork() -> None:
@@ -35,6 +53,7 @@ def _reset_after_fork() -> None:
     global _CLIENTS_LOCK
     _CLIENTS_LOCK = threading.Lock()
     _CLIENTS.clear()
+    LIMITERS.clear()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -87,10 +106,48 @@ def s3_client(endpoint: str | None = None, region: str | None = None) -> S3Clien
                     f"cannot create an S3 client: {exc}; check AWS_ENDPOINT_URL_S3 "
                     f"({endpoint or os.environ.get('AWS_ENDPOINT_URL_S3')!r}) and AWS_REGION"
                 ) from exc
+            _leave_throttles_to_the_limiter(client)
             if len(_CLIENTS) >= 4:  # settings changed: drop the others (a store with its
                 _CLIENTS.clear()  # own endpoint and one on the environment's may alternate)
             _CLIENTS[settings] = client
     return cast(S3Client, client)
+
+
+def _leave_throttles_to_the_limiter(client: Any) -> None:
+    """Keep botocore's standard retries for real failures, but let a throttle come back to
+    the caller at once (no attempt counted, no retry quota charged): S3Store retries it
+    through the AIMD limiter. botocore has no setting for this, so its needs-retry handler is
+    wrapped (same unique id, same handler otherwise)."""
+    from botocore.retries import standard
+
+    events = client.meta.events
+    event = f"needs-retry.{client.meta.service_model.service_id.hyphenize()}"
+    unique_id = f"retry-config-{client.meta.service_model.service_id.hyphenize()}"
+    max_attempts = client.meta.config.retries.get("total_max_attempts")
+    events.unregister(event, unique_id=unique_id)
+    handler = standard.register_retry_handler(client, max_attempts)
+    events.unregister(event, unique_id=unique_id)
+
+    def needs_retry(**kwargs: Any) -> Any:
+        response = kwargs.get("response")
+        if response is not None:
+            http, parsed = response
+            code = (parsed or {}).get("Error", {}).get("Code")
+            if is_throttle(getattr(http, "status_code", None), code):
+                return None  # to S3Store._request, which waits it out
+        return handler.needs_retry(**kwargs)
+
+    events.register(event, needs_retry, unique_id=unique_id)
+
+
+def _retry_after(exc: Exception) -> float | None:
+    headers = (
+        (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    )
+    try:
+        return float(headers["retry-after"]) if "retry-after" in headers else None
+    except ValueError:
+        return None
 
 
 class S3Store(Store):
@@ -114,6 +171,38 @@ class S3Store(Store):
     @property
     def client(self) -> S3Client:
         return s3_client(self.endpoint_url, self.region)
+
+    @property
+    def limiter(self) -> AimdLimiter:
+        """This process's limiter for the store's endpoint and bucket."""
+        return LIMITERS.get((self.endpoint(), self.bucket))
+
+    def _request(self, operation: str, **kwargs: Any) -> Any:
+        """One S3 call under the bucket's limiter; a throttle is retried, never counted."""
+        from botocore.exceptions import ClientError
+
+        limiter = self.limiter
+        call: Callable[..., Any] = getattr(self.client, operation)
+        first_throttle: float | None = None
+        while True:
+            wait = limiter.reserve()
+            if wait > 0:
+                time.sleep(wait)
+            sent = limiter.now()
+            try:
+                response = call(**kwargs)
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if not is_throttle(status, code):
+                    raise
+                limiter.throttled(_retry_after(exc), sent)
+                first_throttle = sent if first_throttle is None else first_throttle
+                if sent - first_throttle > THROTTLE_PATIENCE:
+                    raise
+                continue
+            limiter.succeeded()
+            return response
 
     def child(self, name: str) -> S3Store:
         name = check_key(name.strip("/"))
@@ -222,7 +311,7 @@ class S3Store(Store):
     # -- Store -----------------------------------------------------------------------
     def put(self, key: str, data: bytes) -> None:
         with self._mapped("write", key):
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+            self._request("put_object", Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
@@ -230,8 +319,12 @@ class S3Store(Store):
         try:
             with self._mapped("write", key):
                 try:
-                    self.client.put_object(
-                        Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
+                    self._request(
+                        "put_object",
+                        Bucket=self.bucket,
+                        Key=self._key(key),
+                        Body=data,
+                        IfNoneMatch="*",
                     )
                 except ClientError as exc:
                     if self._code(exc) in (
@@ -258,7 +351,7 @@ class S3Store(Store):
 
     def get(self, key: str) -> bytes:
         with self._mapped("read", key):
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            response = self._request("get_object", Bucket=self.bucket, Key=self._key(key))
             return cast(bytes, response["Body"].read())
 
     def get_range(self, key: str, start: int, stop: int) -> bytes:
@@ -270,8 +363,11 @@ class S3Store(Store):
             return b""
         with self._mapped("read", key):
             try:
-                response = self.client.get_object(
-                    Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{stop - 1}"
+                response = self._request(
+                    "get_object",
+                    Bucket=self.bucket,
+                    Key=self._key(key),
+                    Range=f"bytes={start}-{stop - 1}",
                 )
             except ClientError as exc:
                 if self._code(exc) in ("InvalidRange", "416"):
@@ -288,32 +384,39 @@ class S3Store(Store):
 
     def size(self, key: str) -> int:
         with self._mapped("stat", key):
-            response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            response = self._request("head_object", Bucket=self.bucket, Key=self._key(key))
             return int(response["ContentLength"])
+
+    def _pages(self, prefix: str, start_after: str = "") -> Iterator[dict[str, Any]]:
+        """list_objects_v2 page by page (one request per page, made when the previous page is
+        used up), each page under the limiter: a paginator could not retry one throttled page."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base + prefix}
+        if start_after:
+            request["StartAfter"] = base + start_after
+        while True:
+            with self._mapped("list", prefix or None):
+                page = self._request("list_objects_v2", **request)
+            yield page
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            request["ContinuationToken"] = token
 
     def list(self, prefix: str = "") -> Iterator[str]:
         check_prefix(prefix)
         base = f"{self.prefix}/" if self.prefix else ""
-        with self._mapped("list", prefix or None):
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=base + prefix
-            )
-            keys = [obj["Key"][len(base) :] for page in pages for obj in page.get("Contents", ())]
+        keys = [
+            obj["Key"][len(base) :]
+            for page in self._pages(prefix)
+            for obj in page.get("Contents", ())
+        ]
         return iter(keys)
 
     def iter_objects(self, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
         check_prefix(prefix)
         base = f"{self.prefix}/" if self.prefix else ""
-        extra = {"StartAfter": base + start_after} if start_after else {}
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=base + prefix, **extra
-        )
-        page_iter = iter(pages)
-        while True:  # one LIST request per page, made when the previous page is used up
-            with self._mapped("list", prefix or None):
-                page = next(page_iter, None)
-            if page is None:
-                return
+        for page in self._pages(prefix, start_after):
             for obj in page.get("Contents", ()):
                 yield ObjectInfo(
                     obj["Key"][len(base) :], int(obj["Size"]), str(obj.get("ETag", "")).strip('"')
@@ -325,7 +428,8 @@ class S3Store(Store):
         with self._mapped("delete", prefix or None):
             for first in range(0, len(keys), 1000):
                 batch = keys[first : first + 1000]
-                response = self.client.delete_objects(
+                response = self._request(
+                    "delete_objects",
                     Bucket=self.bucket,
                     Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
                 )
@@ -365,15 +469,16 @@ class _MultipartWriter(io.RawIOBase):
         return len(view)
 
     def _upload_part(self, body: bytes) -> None:
-        store, client = self._store, self._store.client
+        store = self._store
         with store._mapped("write", self._key):
             if self._upload_id is None:
-                created = client.create_multipart_upload(
-                    Bucket=store.bucket, Key=store._key(self._key)
+                created = store._request(
+                    "create_multipart_upload", Bucket=store.bucket, Key=store._key(self._key)
                 )
                 self._upload_id = str(created["UploadId"])
             number = len(self._parts) + 1
-            part = client.upload_part(
+            part = store._request(
+                "upload_part",
                 Bucket=store.bucket,
                 Key=store._key(self._key),
                 UploadId=self._upload_id,
@@ -390,7 +495,8 @@ class _MultipartWriter(io.RawIOBase):
             if self._buffer or not self._parts:
                 self._upload_part(bytes(self._buffer))
             with store._mapped("write", self._key):
-                store.client.complete_multipart_upload(
+                store._request(
+                    "complete_multipart_upload",
                     Bucket=store.bucket,
                     Key=store._key(self._key),
                     UploadId=self._upload_id,
@@ -403,7 +509,8 @@ class _MultipartWriter(io.RawIOBase):
         self._buffer = bytearray()
         if self._upload_id is not None:
             with contextlib.suppress(Exception):  # best effort; lifecycle rules clean the rest
-                self._store.client.abort_multipart_upload(
+                self._store._request(
+                    "abort_multipart_upload",
                     Bucket=self._store.bucket,
                     Key=self._store._key(self._key),
                     UploadId=self._upload_id,
