@@ -1,0 +1,229 @@
+"""Catch what a worker prints, per item, and keep it (bounded) in the task's store
+(kubemap.task.output holds the format).
+
+Function mode (`ItemCapture`, used by run_slice): around each item, file descriptors 1 and 2
+point at one temporary file (dup2), so the output of C extensions and subprocesses is caught
+as well as print()'s; after the item the file is copied to the real stdout (so `kubectl logs`
+and a local run's terminal still show it, when the item ends) and its head and tail are kept.
+Only the main thread captures: descriptors belong to the process, so a worker run in a
+thread beside others (the tests' warm pools) would catch its neighbours' output.
+
+Container mode (`main`): the operator runs a container's command through
+
+    python -m kubemap.runtime.capture -- COMMAND [ARGS...]
+
+when the container's image holds kubemap (see the operator's builder): the command's stdout
+and stderr go through a pipe to the real stdout and into the kept copy, SIGTERM and SIGINT
+are passed on, and the wrapper exits with the command's exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from types import FrameType
+from typing import TextIO
+
+from kubemap.contract import ENV_ATTEMPT, ENV_COUNT, ENV_INDEX, ENV_TASK_URL
+from kubemap.stores import Store, open_store
+from kubemap.task import output as keptoutput
+
+_COPY_CHUNK = 1 << 20
+EXIT_CANNOT_RUN = 127
+
+
+class ItemCapture:
+    """Points fds 1 and 2 at a temporary file around each item of one slice; `close`
+    puts them back (idempotent, safe to call from a finally after any interruption)."""
+
+    def __init__(self, output: keptoutput.SliceOutput) -> None:
+        self.output = output
+        _flush()
+        self.saved_out = os.dup(1)
+        self.saved_err = os.dup(2)
+        self.file = tempfile.TemporaryFile(prefix="kubemap-item-")  # noqa: SIM115 (closed in close())
+        self.fd = self.file.fileno()
+        self.redirected = False
+        # print() must reach fd 1 even where sys.stdout was swapped for something else (a
+        # test runner's capture): for the slice, the streams write to the descriptors.
+        self.streams = (sys.stdout, sys.stderr)
+        sys.stdout, sys.stderr = _on_fd(sys.stdout, 1), _on_fd(sys.stderr, 2)
+
+    @classmethod
+    def start(cls, output: keptoutput.SliceOutput) -> ItemCapture | None:
+        """A capture, or None where none can be made (not the main thread, keeping off)."""
+        if not keptoutput.keeping_enabled():
+            return None
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        try:
+            return cls(output)
+        except OSError:
+            return None
+
+    def begin(self) -> None:
+        _flush()
+        os.dup2(self.fd, 1)
+        os.dup2(self.fd, 2)
+        self.redirected = True
+
+    def end(self, index: int, seconds: float) -> None:
+        self._restore()
+        size = os.lseek(self.fd, 0, os.SEEK_END)
+        if not size:
+            return
+        with contextlib.suppress(OSError):  # a closed terminal must not lose the kept copy
+            _copy(self.fd, self.saved_out, size)
+        limit = self.output.room()
+        if size <= limit:
+            kept, cut = os.pread(self.fd, size, 0), 0
+        else:
+            head_limit = min(keptoutput.HEAD_BYTES, limit // 4)
+            tail_limit = limit - head_limit
+            head = os.pread(self.fd, head_limit, 0)
+            tail = os.pread(self.fd, tail_limit, size - tail_limit) if tail_limit else b""
+            kept, cut = keptoutput.bounded(head, tail, size)
+        self.output.add(index, kept, cut, seconds)
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+
+    def _restore(self) -> None:
+        if self.redirected:
+            _flush()
+            os.dup2(self.saved_out, 1)
+            os.dup2(self.saved_err, 2)
+            self.redirected = False
+
+    def close(self) -> None:
+        self._restore()
+        for fd in (self.saved_out, self.saved_err):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.saved_out = self.saved_err = -1
+        self.file.close()
+        sys.stdout, sys.stderr = self.streams
+
+
+def _on_fd(stream: TextIO | None, fd: int) -> TextIO | None:
+    """`stream` if it writes to `fd`, else a line-buffered text stream that does."""
+    try:
+        if stream is not None and stream.fileno() == fd:
+            return stream
+    except (OSError, ValueError, io.UnsupportedOperation, AttributeError):
+        pass
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    return open(fd, "w", encoding=encoding, errors="backslashreplace", closefd=False, buffering=1)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _copy(source: int, target: int, size: int) -> None:
+    offset = 0
+    while offset < size:
+        try:
+            sent = os.sendfile(target, source, offset, size - offset)
+        except OSError:  # not every target takes sendfile: read and write instead
+            data = os.pread(source, min(_COPY_CHUNK, size - offset), offset)
+            sent = os.write(target, data) if data else 0
+        if not sent:
+            return
+        offset += sent
+
+
+# -- container mode: the wrapper around the user's command ---------------------------------
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    try:
+        return int(environ.get(name, "").strip() or default)
+    except ValueError:
+        return default
+
+
+def run_command(command: list[str], kept: keptoutput.HeadTail) -> int:
+    """Run `command` with its stdout and stderr through one pipe, echoed to fd 1 and fed to
+    `kept`; its exit code (128 + N for a signal, 127 if it cannot run)."""
+    _flush()
+    try:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    except OSError as exc:
+        message = f"kubemap: cannot run {command[0]!r}: {exc.strerror or exc}\n".encode()
+        os.write(2, message)
+        kept.feed(message)
+        return EXIT_CANNOT_RUN
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert child.stdout is not None
+        pipe = child.stdout.fileno()
+        while True:
+            data = os.read(pipe, 65536)
+            if not data:
+                break
+            with contextlib.suppress(OSError):
+                _write_all(1, data)
+            kept.feed(data)
+        code = child.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return 128 - code if code < 0 else code
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if not args:
+        print("usage: python -m kubemap.runtime.capture -- COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    env = os.environ if environ is None else environ
+    url = env.get(ENV_TASK_URL, "").strip()
+    if not url or not keptoutput.keeping_enabled(env):
+        _flush()
+        try:
+            os.execvp(args[0], args)  # nothing to keep: become the command
+        except OSError as exc:
+            print(f"kubemap: cannot run {args[0]!r}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_CANNOT_RUN
+    first, count = _int(env, ENV_INDEX, 0), max(1, _int(env, ENV_COUNT, 1))
+    kept = keptoutput.HeadTail()
+    began = time.perf_counter()
+    code = run_command(args, kept)
+    text, cut = kept.kept()
+    output = keptoutput.SliceOutput(
+        first, count, _int(env, ENV_ATTEMPT, 0), env.get("HOSTNAME", "") or os.uname().nodename
+    )
+    output.share(text, cut, time.perf_counter() - began)
+    try:
+        task: Store = open_store(url)
+        keptoutput.write_output(task, output)
+    except Exception as exc:  # keeping the output must never change the command's outcome
+        print(f"kubemap: could not keep the command's output: {exc}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
