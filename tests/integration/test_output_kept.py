@@ -188,3 +188,32 @@ def test_the_container_wrapper_keeps_a_commands_output_and_exit_code(
         capture_output=True, env=env, timeout=60, cwd=tmp_path,
     )  # fmt: skip
     assert missing.returncode == 127 and b"cannot run 'no-such-command-here'" in missing.stderr
+
+
+SCRIPT = """
+import sys, kubemap
+def shout(x):
+    print(f"line {x} of the run")
+    return x
+if __name__ == "__main__":
+    run = kubemap.submit(shout, range(3000), store=sys.argv[1], name="echo", parallelism=4,
+                         items_per_pod=50)
+    assert run.results() == list(range(3000))
+"""
+
+
+def test_the_echo_keeps_every_line_when_workers_share_a_stdout_file(tmp_path: Path) -> None:
+    """The local backend's worker processes share the terminal's stdout; redirected to a
+    file, each item's echo is one write of whole lines, so workers never split each other's
+    lines (block-buffered print() without capture does: a 3,000-line run split 6 here)."""
+    (tmp_path / "run.py").write_text(SCRIPT)
+    with (tmp_path / "out.txt").open("wb") as out:
+        done = subprocess.run(
+            [sys.executable, "run.py", (tmp_path / "store").as_uri()],
+            stdout=out, stderr=subprocess.PIPE, cwd=tmp_path, timeout=170,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "out.txt").read_text().splitlines()
+    assert sorted(lines) == sorted(f"line {x} of the run" for x in range(3000))
+    task = open_store((tmp_path / "store").as_uri()).child("echo")
+    assert len(list(task.list(OUTPUT_PREFIX))) == 60

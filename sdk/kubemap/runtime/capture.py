@@ -133,16 +133,16 @@ def _flush() -> None:
 
 
 def _copy(source: int, target: int, size: int) -> None:
+    """Copy with pread and write: write() moves a shared file offset under its lock, so
+    the local backend's worker processes, sharing one stdout redirected to a file, append
+    after each other; sendfile gives no such promise."""
     offset = 0
     while offset < size:
-        try:
-            sent = os.sendfile(target, source, offset, size - offset)
-        except OSError:  # not every target takes sendfile: read and write instead
-            data = os.pread(source, min(_COPY_CHUNK, size - offset), offset)
-            sent = os.write(target, data) if data else 0
-        if not sent:
+        data = os.pread(source, min(_COPY_CHUNK, size - offset), offset)
+        if not data:
             return
-        offset += sent
+        _write_all(target, data)
+        offset += len(data)
 
 
 # -- container mode: the wrapper around the user's command ---------------------------------
