@@ -11,6 +11,7 @@ import ctypes
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import kubemap
@@ -217,3 +218,26 @@ def test_the_echo_keeps_every_line_when_workers_share_a_stdout_file(tmp_path: Pa
     assert sorted(lines) == sorted(f"line {x} of the run" for x in range(3000))
     task = open_store((tmp_path / "store").as_uri()).child("echo")
     assert len(list(task.list(OUTPUT_PREFIX))) == 60
+
+
+def slow_at_7(x: int) -> int:
+    time.sleep(0.3 if x == 7 else 0.002)
+    return x
+
+
+def test_get_and_results_verbose_name_the_slowest_indices(tmp_path: Path) -> None:
+    store = (tmp_path / "store").as_uri()
+    run = kubemap.submit(
+        slow_at_7, range(40), store=store, name="slowish", parallelism=2, items_per_pod=5
+    )
+    assert run.results() == list(range(40))
+    got = cli("get", "slowish", "--store", store, cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    lines = {line.split(":", 1)[0]: line for line in got.stdout.splitlines()}
+    assert lines["item time"].startswith("item time:   p50 ") and ", p95 " in lines["item time"]
+    slowest = lines["slowest"].removeprefix("slowest:").split(", ")
+    assert slowest[0].strip().startswith("index 7 ") and len(slowest) == 5  # 8 slices, top 5
+    shown = cli("results", "slowish", "--store", store, "--verbose", cwd=tmp_path)
+    assert shown.returncode == 0 and lines["slowest"] in shown.stderr.splitlines()
+    plain = cli("results", "slowish", "--store", store, cwd=tmp_path)
+    assert "slowest:" not in plain.stderr
