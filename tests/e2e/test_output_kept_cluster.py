@@ -14,7 +14,7 @@ from pathlib import Path
 
 import kubemap
 import pytest
-from e2ekit import NAMESPACE, Operator, apply, task_pods, wait_phase
+from e2ekit import NAMESPACE, Operator, apply, task_pods, wait_for, wait_phase
 from kubemap.api.workerpool import WorkerPool
 from kubemap.stores import open_store
 from kubemap.task.output import OUTPUT_PREFIX, read_output
@@ -70,8 +70,8 @@ def test_a_function_tasks_pods_keep_their_output_after_they_are_gone(
     task = run.task_store
     objects = list(task.list(OUTPUT_PREFIX))
     assert len(objects) == 4, objects  # one per pod (a slice of 2), not one per item
-    pods = {p.metadata.name for p in task_pods(core, run.name)}
-    assert f"{run.name}-4-0" not in pods  # the succeeded pod of index 5 is gone
+    gone = lambda: f"{run.name}-4-0" not in {p.metadata.name for p in task_pods(core, run.name)}  # noqa: E731
+    wait_for("the succeeded pod of index 5 to be removed", gone, timeout=60)
     shown = cli("logs", run.name, "--index", "5", "-n", NAMESPACE, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith(f"==> index 5 (attempt 0, {run.name}-4-0, ran ")
@@ -112,7 +112,8 @@ def test_a_container_tasks_command_output_is_kept_per_index(
     )
     body = wait_phase(custom, name, {"Succeeded", "Failed"}, timeout=240)
     assert body["status"]["phase"] == "Succeeded", body["status"]
-    assert not task_pods(core, name)  # every pod succeeded and was removed
+    # every pod succeeded and is removed (the phase may be written just before the deletes)
+    wait_for("the succeeded pods to be removed", lambda: not task_pods(core, name), timeout=60)
     task = open_store(store).child(name)
     assert len(list(task.list(OUTPUT_PREFIX))) == 3
     shown = cli("logs", name, "--index", "2", "-n", NAMESPACE, cwd=tmp_path)
