@@ -241,3 +241,13 @@ def test_get_and_results_verbose_name_the_slowest_indices(tmp_path: Path) -> Non
     assert shown.returncode == 0 and lines["slowest"] in shown.stderr.splitlines()
     plain = cli("results", "slowish", "--store", store, cwd=tmp_path)
     assert "slowest:" not in plain.stderr
+
+
+def test_gc_removes_a_task_with_kept_output(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    with pytest.raises(kubemap.MapTaskError):
+        kubemap.map(noisy, [1, 7, 3], name="said", store=str(store), parallelism=1)
+    assert list((store / "said" / OUTPUT_PREFIX.rstrip("/")).iterdir())
+    done = cli("gc", "--store", str(store), "--older-than", "0", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "removed said" in done.stdout and not (store / "said").exists()
