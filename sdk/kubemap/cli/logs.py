@@ -29,10 +29,14 @@ if TYPE_CHECKING:
     from kubemap.backends.kubernetes.client import Cluster
 
 
-@click.command("logs", short_help="Print the logs of a MapTask's pods.")
+@click.command("logs", short_help="Print what a task's workers printed, per index.")
 @click.argument("name")
 @click.option(
-    "--index", "index", type=int, default=None, help="Only the latest pod that ran this index."
+    "--index",
+    "index",
+    type=int,
+    default=None,
+    help="Only this index: its kept output, or the latest pod that ran it while it lives.",
 )
 @namespace_option
 @backend_option("the task is")
@@ -51,7 +55,7 @@ def logs_cmd(
         _local_logs(found, index)
         return
     cluster = found.cluster
-    assert cluster is not None  # exit_with_error exited otherwise
+    _check_range(name, index, _cluster_total(found.body))
     pods = cluster.call(
         "list pods",
         cluster.core.list_namespaced_pod,
@@ -69,7 +73,6 @@ def logs_cmd(
             chosen.append((start, attempt, meta.name))
     if index is not None:
         chosen = sorted(chosen, key=lambda c: c[1])[-1:]
-    _check_range(name, index, _cluster_total(found.body))
     task = _cluster_task(cluster, name, found.body, store) if not chosen else None
     if not chosen and task is not None and _print_kept_output(task, index):
         return
