@@ -120,6 +120,10 @@ def test_a_container_tasks_command_output_is_kept_per_index(
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith(f"==> index 2 (attempt 0, {name}-2-0, ran ")
     assert shown.stdout.endswith("index 2\noops\n")
+    got = cli("get", name, "-n", NAMESPACE, cwd=tmp_path)  # the keeper's timing records
+    assert got.returncode == 0 and "item time:   p50 " in got.stdout, got.stderr
+    slowest = next(line for line in got.stdout.splitlines() if line.startswith("slowest:"))
+    assert slowest.count("index ") == 3  # one slice per index: each is its slice's slowest
     results = cli("results", name, "-n", NAMESPACE, cwd=tmp_path)
     assert results.returncode == 1 and f"kubemap logs {name} --index I" in results.stderr
 

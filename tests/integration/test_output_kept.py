@@ -21,6 +21,7 @@ from kubemap.stores import Store, open_store
 from kubemap.task import data as taskdata
 from kubemap.task import output as keptoutput
 from kubemap.task.output import OUTPUT_PREFIX, read_output
+from kubemap.task.timings import read_timings
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -184,6 +185,10 @@ def test_the_container_wrapper_keeps_a_commands_output_and_exit_code(
         (kept,) = read_output(task, index)
         assert (kept.text, kept.attempt, kept.worker) == (b"out 4\nerr\n", 1, "box-4-1")
     assert read_output(task, 6) == []
+    (timing,) = read_timings(task)  # `kubemap get` and `timeline` see container tasks too
+    assert (timing.first, timing.count, timing.attempt, timing.worker) == (4, 2, 1, "box-4-1")
+    assert (timing.ran, timing.succeeded, timing.failed) == (2, 0, 2)
+    assert sum(timing.buckets.values()) == 2 and timing.slowest is not None
     missing = subprocess.run(
         [sys.executable, "-m", "kubemap.runtime.capture", "--", "no-such-command-here"],
         capture_output=True, env=env, timeout=60, cwd=tmp_path,

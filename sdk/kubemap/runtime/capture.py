@@ -14,7 +14,8 @@ Container mode (`main`): the operator runs a container's command through
 
 when the container's image holds kubemap (see the operator's builder): the command's stdout
 and stderr go through a pipe to the real stdout and into the kept copy, SIGTERM and SIGINT
-are passed on, and the wrapper exits with the command's exit code.
+are passed on, and the wrapper exits with the command's exit code. It also leaves the slice's timing
+record (kubemap.task.timings), so `kubemap get` and `kubemap timeline` cover container tasks.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import TextIO
 from kubemap.contract import ENV_ATTEMPT, ENV_COUNT, ENV_INDEX, ENV_TASK_URL
 from kubemap.stores import Store, open_store
 from kubemap.task import output as keptoutput
+from kubemap.task import timings
 
 _COPY_CHUNK = 1 << 20
 EXIT_CANNOT_RUN = 127
@@ -209,20 +211,47 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
             print(f"kubemap: cannot run {args[0]!r}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_CANNOT_RUN
     first, count = _int(env, ENV_INDEX, 0), max(1, _int(env, ENV_COUNT, 1))
+    attempt, worker = _int(env, ENV_ATTEMPT, 0), env.get("HOSTNAME", "") or os.uname().nodename
     kept = keptoutput.HeadTail()
-    began = time.perf_counter()
+    wall, began = time.time(), time.perf_counter()
     code = run_command(args, kept)
+    seconds = time.perf_counter() - began
     text, cut = kept.kept()
-    output = keptoutput.SliceOutput(
-        first, count, _int(env, ENV_ATTEMPT, 0), env.get("HOSTNAME", "") or os.uname().nodename
-    )
-    output.share(text, cut, time.perf_counter() - began)
+    output = keptoutput.SliceOutput(first, count, attempt, worker)
+    output.share(text, cut, seconds)
     try:
         task: Store = open_store(url)
         keptoutput.write_output(task, output)
+        if timings.recording_enabled(dict(env)):
+            timings.write_timing(task, _command_timing(first, count, attempt, worker, wall,
+                                                       seconds, code))  # fmt: skip
     except Exception as exc:  # keeping the output must never change the command's outcome
         print(f"kubemap: could not keep the command's output: {exc}", file=sys.stderr)
     return code
+
+
+def _command_timing(
+    first: int, count: int, attempt: int, worker: str, wall: float, seconds: float, code: int
+) -> timings.SliceTiming:
+    """The slice's timing record (task.timings), so `kubemap get` and `kubemap timeline`
+    see container tasks too: the command ran the slice at once, so each index counts at the
+    slice's time / count, and the slice's first index stands for its slowest."""
+    items = timings.ItemTimes()
+    for index in range(first, first + count):
+        items.add(index, seconds / count)
+    return timings.SliceTiming(
+        first=first,
+        count=count,
+        attempt=attempt,
+        worker=worker,
+        start=wall,
+        compute=seconds,
+        ran=count,
+        succeeded=count if code == 0 else 0,
+        failed=0 if code == 0 else count,
+        slowest=items.slowest,
+        buckets=dict(items.buckets),
+    )
 
 
 if __name__ == "__main__":
