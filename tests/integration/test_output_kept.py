@@ -111,6 +111,22 @@ def test_output_is_bounded_per_index_and_per_slice(s3_store_url: str) -> None:
     assert size < keptoutput.SLICE_LIMIT + keptoutput.INDEX_LIMIT + 80 * 100
 
 
+def test_past_twice_the_slice_limit_only_the_size_is_noted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keptoutput, "SLICE_LIMIT", 150_000)
+    monkeypatch.setattr(keptoutput, "SPILL_BYTES", 10_000)
+    task = _task((tmp_path / "store").as_uri(), loud, list(range(80)))
+    worker.run_slice(task, 0, 80)
+    (key,) = list(task.list(OUTPUT_PREFIX))
+    assert len(task.get(key)) < 2 * 150_000 + keptoutput.INDEX_LIMIT + 80 * 20
+    (last,) = read_output(task, 79)
+    assert (last.text, last.cut) == (b"", 220_010)  # the size is still told
+    shown = cli("logs", "t", "--index", "79", "--store", (tmp_path / "store").as_uri(),
+                cwd=tmp_path)  # fmt: skip
+    assert shown.returncode == 0 and "(220010 bytes printed, not kept" in shown.stdout
+
+
 def test_a_local_run_keeps_one_object_per_slice_that_printed_and_logs_reads_it(
     s3_store_url: str, tmp_path: Path
 ) -> None:

@@ -53,6 +53,12 @@ def test_the_slice_limit_shrinks_what_later_indices_keep() -> None:
     assert out.room() == kept.INDEX_LIMIT
     out.add(0, b"x" * kept.SLICE_LIMIT, 0, None)
     assert out.room() == kept.SPILL_BYTES
+    out.add(1, b"x" * kept.SLICE_LIMIT, 0, None)
+    assert out.room() == 0
+    out.add(2, b"", 12345, None)  # nothing kept, but how much it printed is noted
+    assert out.items[-1] == KeptItem(2, 2 * kept.SLICE_LIMIT, 0, 12345, None)
+    out.add(3, b"", 0, None)  # printed nothing: no item
+    assert len(out.items) == 3
 
 
 class DictStore:

@@ -184,7 +184,9 @@ def _print_kept_output(task: Store, index: int | None) -> bool:
         took = f", ran {seconds_text(run.seconds)}" if run.seconds is not None else ""
         cut = f", {run.cut} bytes cut" if run.cut else ""
         click.echo(f"==> index {run.index} (attempt {run.attempt}, {run.worker}{took}{cut}) <==")
-        text = run.text.decode(errors="replace")
+        text = run.text.decode(errors="replace") or (
+            f"({run.cut} bytes printed, not kept: its slice had kept all it may)\n"
+        )
         click.echo(text, nl=not text.endswith("\n"))
     return bool(runs)
 

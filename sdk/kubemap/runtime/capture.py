@@ -79,13 +79,26 @@ class ItemCapture:
 
     def end(self, index: int, seconds: float) -> None:
         self._restore()
+        try:
+            self._keep(index, seconds)
+        except OSError as exc:  # the temporary file failed (a full disk): lose this copy only
+            with contextlib.suppress(OSError):
+                os.write(self.saved_err, f"kubemap: output of index {index} lost: {exc}\n".encode())
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
+                os.lseek(self.fd, 0, os.SEEK_SET)
+
+    def _keep(self, index: int, seconds: float) -> None:
         size = os.lseek(self.fd, 0, os.SEEK_END)
         if not size:
             return
         with contextlib.suppress(OSError):  # a closed terminal must not lose the kept copy
             _copy(self.fd, self.saved_out, size)
         limit = self.output.room()
-        if size <= limit:
+        if not limit:  # the slice kept all it may: note only how much this index printed
+            kept, cut = b"", size
+        elif size <= limit:
             kept, cut = os.pread(self.fd, size, 0), 0
         else:
             head_limit = min(keptoutput.HEAD_BYTES, limit // 4)
@@ -94,8 +107,6 @@ class ItemCapture:
             tail = os.pread(self.fd, tail_limit, size - tail_limit) if tail_limit else b""
             kept, cut = keptoutput.bounded(head, tail, size)
         self.output.add(index, kept, cut, seconds)
-        os.ftruncate(self.fd, 0)
-        os.lseek(self.fd, 0, os.SEEK_SET)
 
     def _restore(self) -> None:
         if self.redirected:

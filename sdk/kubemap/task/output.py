@@ -22,7 +22,7 @@ wrote 37 objects, 30.6 MB: 18.9 MB of their text, 11.7 MB of headers).
 
 Bounded: at most INDEX_LIMIT bytes per index (the first HEAD_BYTES and the last, which hold a
 traceback), and SLICE_LIMIT per slice; past that, the indices after keep their last
-SPILL_BYTES only. KUBEMAP_KEEP_OUTPUT=0 (in the worker's environment) keeps nothing.
+SPILL_BYTES only, and past twice SLICE_LIMIT nothing but how many bytes they printed. KUBEMAP_KEEP_OUTPUT=0 (in the worker's environment) keeps nothing.
 """
 
 from __future__ import annotations
@@ -121,12 +121,14 @@ class SliceOutput:
     body: bytearray = field(default_factory=bytearray)
 
     def room(self) -> int:
-        """The bytes the next index may keep: INDEX_LIMIT, or SPILL_BYTES once the slice
-        has used its SLICE_LIMIT."""
-        return INDEX_LIMIT if len(self.body) < SLICE_LIMIT else SPILL_BYTES
+        """The bytes the next index may keep: INDEX_LIMIT, SPILL_BYTES once the slice has
+        used its SLICE_LIMIT, and none past twice that (only how much it printed is noted)."""
+        if len(self.body) < SLICE_LIMIT:
+            return INDEX_LIMIT
+        return SPILL_BYTES if len(self.body) < 2 * SLICE_LIMIT else 0
 
     def add(self, index: int, kept: bytes, cut: int, seconds: float | None) -> None:
-        if not kept:
+        if not kept and not cut:
             return
         self.items.append(KeptItem(index, len(self.body), len(kept), cut, seconds))
         self.body += kept
