@@ -51,8 +51,7 @@ class ItemCapture:
         _flush()
         self.saved_out = os.dup(1)
         self.saved_err = os.dup(2)
-        self.file = tempfile.TemporaryFile(prefix="kubemap-item-")  # noqa: SIM115 (closed in close())
-        self.fd = self.file.fileno()
+        self.fd = _scratch_fd()
         self.redirected = False
         # print() must reach fd 1 even where sys.stdout was swapped for something else (a
         # test runner's capture): for the slice, the streams write to the descriptors.
@@ -121,8 +120,23 @@ class ItemCapture:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.saved_out = self.saved_err = -1
-        self.file.close()
         sys.stdout, sys.stderr = self.streams
+
+
+_scratch: tuple[int, int] | None = None  # (pid, fd): one unnamed temporary file per process
+
+
+def _scratch_fd() -> int:
+    """The process's scratch file for items' output, made once (a forked child makes its
+    own): a slice, or a pool's lease, costs no file creation."""
+    global _scratch
+    if _scratch is None or _scratch[0] != os.getpid():
+        handle = tempfile.TemporaryFile(prefix="kubemap-item-")  # noqa: SIM115 (kept for good)
+        _scratch = (os.getpid(), os.dup(handle.fileno()))
+        handle.close()  # the dup keeps the unnamed file open
+    os.ftruncate(_scratch[1], 0)
+    os.lseek(_scratch[1], 0, os.SEEK_SET)
+    return _scratch[1]
 
 
 def _on_fd(stream: TextIO | None, fd: int) -> TextIO | None:
