@@ -287,3 +287,28 @@ def test_sdk_reads_run_status_from_the_maptask(
     got = run_status(status, total=9)
     assert got.phase.value == phase and got.reason == reason and got.total == 9
     assert got.succeeded == status.get("succeeded", 0) and got.active == status.get("active", 0)
+
+
+@pytest.mark.parametrize(
+    ("image", "annotation", "store", "wrapped"),
+    [
+        ("kubemap:test", None, "s3://b/p", True),  # the worker image holds kubemap
+        ("busybox", None, "s3://b/p", False),  # any other image may have no Python
+        ("busybox", "true", "s3://b/p", True),  # an image built FROM the kubemap image
+        ("kubemap:test", "false", "s3://b/p", False),  # turned off
+        ("kubemap:test", None, None, False),  # no store to keep it in
+    ],
+)
+def test_a_container_command_runs_through_the_output_keeper_where_kubemap_is(
+    image: str, annotation: str | None, store: str | None, wrapped: bool
+) -> None:
+    template: dict[str, Any] = {"image": image, "command": ["sh", "-c", "echo hi"]}
+    if annotation is not None:
+        template["annotations"] = {"kubemap.io/keep-output": annotation}
+    body: dict[str, Any] = {"count": 2, "template": template}
+    if store is not None:
+        body["store"] = {"url": store}
+    pod = build_pod(TASK, MapTaskSpec.model_validate(body), PodRequest(0, 1), SETTINGS)
+    command = pod["spec"]["containers"][0]["command"]
+    keeper = ["python", "-m", "kubemap.runtime.capture", "--"]
+    assert command == ([*keeper, "sh", "-c", "echo hi"] if wrapped else ["sh", "-c", "echo hi"])

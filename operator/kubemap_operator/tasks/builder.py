@@ -34,6 +34,7 @@ from kubemap.contract import (
 from kubemap.resources import filemode as filetask
 from kubemap.resources.kueue import QUEUE_LABEL
 from kubemap.resources.maptask import MapTaskSpec, Mode
+from kubemap.task.output import ANNOTATION_KEEP_OUTPUT
 from kubemap.task.signing import key_env, secret_name
 
 from kubemap_operator.podparts import apply_container_defaults, apply_pod_placement
@@ -56,6 +57,7 @@ STORE_ENV = frozenset(
 ROLE_LABEL = "kubemap.io/role"
 LISTER_ROLE = "list-files"
 FILEPOD_COMMAND = ["python", "-m", "kubemap.runtime.filetransfer"]
+CAPTURE_COMMAND = ["python", "-m", "kubemap.runtime.capture", "--"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,8 @@ def build_pod(
     }
     if template.command is not None:
         container["command"] = list(template.command)
+        if keeps_output(spec, settings, env):
+            container["command"][:0] = CAPTURE_COMMAND
     elif spec.mode is Mode.FUNCTION:
         container["command"] = list(WORKER_COMMAND)
     if template.args is not None:
@@ -194,6 +198,21 @@ def build_pod(
     if spec.files is not None:  # fetch -> the user's program -> upload
         return with_files(pod, task, spec, settings)
     return pod
+
+
+def keeps_output(spec: MapTaskSpec, settings: Settings, env: list[dict[str, Any]]) -> bool:
+    """Whether a container's command runs through kubemap's output keeper (runtime.capture),
+    which needs kubemap in the image: the worker image, or an image whose pods are annotated
+    kubemap.io/keep-output: "true" (built FROM it); "false" turns it off. Only with a store
+    to keep the output in; files tasks' programs get no store credentials."""
+    if spec.mode is not Mode.CONTAINER or spec.files is not None:
+        return False
+    if not any(e.get("name") == ENV_TASK_URL for e in env):
+        return False
+    wanted = (spec.template.annotations or {}).get(ANNOTATION_KEEP_OUTPUT, "").strip().lower()
+    if wanted in ("true", "false"):
+        return wanted == "true"
+    return spec.template.image in (None, settings.worker_image)
 
 
 def task_queue(spec: MapTaskSpec, settings: Settings) -> str | None:

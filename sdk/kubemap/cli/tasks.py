@@ -18,6 +18,7 @@ import click
 from kubemap.cli.exits import exit_with_error, one_line_errors
 from kubemap.cli.logs import logs_cmd
 from kubemap.cli.outcome import outcome, print_outcome, why
+from kubemap.cli.timelinepage import seconds_text
 from kubemap.cli.where import (
     KUBERNETES,
     LOCAL,
@@ -36,8 +37,11 @@ from kubemap.contract import (
     LABEL_TASK,
     task_label,
 )
+from kubemap.errors import ConfigError, StoreError
 from kubemap.resources.crds import render_crd
 from kubemap.resources.maptask import MapTaskStatus
+from kubemap.stores import Store, open_store
+from kubemap.task.timings import read_timings, summarize, timing_keys
 
 if TYPE_CHECKING:
     from kubemap.backends.kubernetes.client import Cluster
@@ -102,6 +106,8 @@ def get_cmd(name: str, namespace: str | None, backend: str | None, store: str | 
         click.echo(f"message:     {status.message}")
     if (spec.get("store") or {}).get("url"):
         click.echo(f"store:       {spec['store']['url'].rstrip('/')}/{name}")
+        # The status already says p50/p95 (its `timing:` line): the store adds the slowest.
+        _echo_times(spec["store"]["url"], name, summary=status.timing is None)
 
 
 def _get_local(where: Where) -> None:
@@ -125,6 +131,51 @@ def _get_local(where: Where) -> None:
     if why(status):
         click.echo(f"message:     {why(status)}")
     click.echo(f"store:       {run.store_url}")
+    _echo_times(run.task_store, where.name)
+
+
+SLOWEST_SHOWN = 5
+TIMINGS_READ_AT_MOST = 5000  # records `get` reads; past that, `kubemap timeline --summary`
+
+
+def time_lines(task: Store, name: str) -> list[str]:
+    """The per-item times from the task's timing records (task.timings): p50/p95 and the
+    slowest indices with their times (each slice records its slowest item, so these are the
+    slowest of the slices' slowest). Nothing when there are no records or the store cannot
+    be read."""
+    try:
+        keys = timing_keys(task)
+        if len(keys) > TIMINGS_READ_AT_MOST:
+            return [f"item time:   `kubemap timeline {name} --summary` ({len(keys)} slice runs)"]
+        records = read_timings(task) if keys else []
+    except StoreError:  # the counts above stand without the times
+        return []
+    if not records:
+        return []
+    summary = summarize(records)
+    lines = [
+        f"item time:   p50 {seconds_text(summary.p50)}, p95 {seconds_text(summary.p95)}"
+        + (f", {summary.items_per_second:,.1f} items/s" if summary.items_per_second else "")
+    ]
+    slowest: dict[int, float] = {}
+    for record in records:
+        if record.slowest is not None:
+            index, seconds = record.slowest
+            slowest[index] = max(seconds, slowest.get(index, 0.0))
+    top = sorted(slowest.items(), key=lambda found: -found[1])[:SLOWEST_SHOWN]
+    if top:
+        lines.append("slowest:     " + ", ".join(f"index {i} {seconds_text(t)}" for i, t in top))
+    return lines
+
+
+def _echo_times(task: Store | str, name: str, summary: bool = True) -> None:
+    try:
+        store = open_store(task).child(name) if isinstance(task, str) else task
+    except (StoreError, ConfigError):  # a store this machine cannot reach: no times
+        return
+    for line in time_lines(store, name):
+        if summary or not line.startswith("item time:"):
+            click.echo(line)
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -327,6 +378,9 @@ def results_cmd(
     print_outcome(
         name, result, verbose=verbose, flags=where.flags(), printed="results", severity=severity
     )
+    if verbose:  # where the time went, per index: after the outcome, on stderr
+        for line in time_lines(run.task_store, name):
+            click.echo(line, err=True)
     if not accepted:
         sys.exit(1)
 
@@ -337,8 +391,9 @@ def _container_has_no_results(name: str, status: MapTaskStatus) -> None:
     exit_with_error(
         f"MapTask {name} runs a container (mode Container): kubemap keeps no results for it, "
         f"only its status, {status.phase.value}: {status.succeeded} of {status.total} indices "
-        f"succeeded, {status.failed} failed{failed}. Its output is in the pods' logs: "
-        f"`kubemap logs {name} --index I` (failed indices' logs are kept after the task ends)"
+        f"succeeded, {status.failed} failed{failed}. What its pods printed: "
+        f"`kubemap logs {name} --index I` (kept per index in its store after the pods are "
+        "gone when its image holds kubemap; failed indices' log tails in any case)"
     )
 
 

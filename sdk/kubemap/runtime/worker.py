@@ -64,8 +64,10 @@ from kubemap.resources.termination import (
     summary_line,
 )
 from kubemap.resources.workerpool import ENV_POOL
+from kubemap.runtime.capture import ItemCapture
 from kubemap.stores import Store, open_store
 from kubemap.task import data as taskdata
+from kubemap.task import output as keptoutput
 from kubemap.task import signing, timings
 from kubemap.task.meta import read_meta, version_mismatch
 from kubemap.task.signing import Signer
@@ -130,7 +132,9 @@ def run_slice(
     the first user failure ends the slice: the items after it are not run (fail-fast: one bad
     input leaves the rest unrun) and are reported as `unrun`; what finished before is kept.
     Each run leaves a timing record in the task's store (task.timings), unless
-    KUBEMAP_TIMINGS=0; a record that cannot be written never fails the slice.
+    KUBEMAP_TIMINGS=0; a record that cannot be written never fails the slice. What each item
+    printed is caught (runtime.capture, main thread only) and kept in one object per slice
+    (task.output), unless KUBEMAP_KEEP_OUTPUT=0; it is still echoed to the real stdout.
     """
     clock = SliceClock(task, start, count, attempt) if timings.recording_enabled() else None
     try:
@@ -190,23 +194,35 @@ def _run_slice(
     values: dict[int, Any] = {}
     records: dict[int, dict[str, Any]] = {}
     stopped: Stopped | None = None
-    for index in todo:
-        began = time.perf_counter()
-        try:
-            values[index] = fn(items[index - start])
-        except Exception as exc:
-            records[index] = error_record(index, exc, attempt)
-            if stop_at_failure:
+    printed = keptoutput.SliceOutput(start, count, attempt, worker_identity())
+    capture = ItemCapture.start(printed)
+    try:
+        for index in todo:
+            began = time.perf_counter()
+            if capture is not None:
+                capture.begin()
+            try:
+                values[index] = fn(items[index - start])
+            except Exception as exc:
+                records[index] = error_record(index, exc, attempt)
+                if stop_at_failure:
+                    break
+            except Stopped as exc:  # what finished before the stop is kept, not thrown away
+                stopped = exc
                 break
-        except Stopped as exc:  # what finished before the stop is kept, not thrown away
-            stopped = exc
-            break
-        finally:
-            if times is not None:
-                times.add(index, time.perf_counter() - began)
+            finally:
+                seconds = time.perf_counter() - began
+                if capture is not None:
+                    capture.end(index, seconds)
+                if times is not None:
+                    times.add(index, seconds)
+    finally:
+        if capture is not None:
+            capture.close()
     if clock is not None:
         clock.computed()
     blob = _encode(values, records, attempt, sealed=signer is not None)
+    _keep_output(task, printed)
     for index, record in records.items():
         taskdata.write_error(task, index, record)
     if values:
@@ -309,6 +325,18 @@ def _boot_seconds() -> float | None:
         return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError, AttributeError):
         return None
+
+
+def _keep_output(task: Store, printed: keptoutput.SliceOutput) -> None:
+    """What the slice's items printed (task.output); the results matter more, so an output
+    that cannot be kept is logged, never fatal."""
+    try:
+        keptoutput.write_output(task, printed)
+    except Exception as exc:
+        _log(
+            f"could not keep the output of items {printed.first}.."
+            f"{printed.first + printed.count - 1}: {type(exc).__name__}: {exc}"
+        )
 
 
 def _fill_cache(task: Store, start: int, count: int, values: dict[int, Any]) -> None:

@@ -45,6 +45,7 @@ from kubemap.stores import open_store
 from kubemap.stores.base import user_cache_dir
 from kubemap.stores.file import TMP_PREFIX
 from kubemap.task.cacheentries import CACHE_DIR, CONFIG_KEY, KEYS_KEY, MAP_KEY
+from kubemap.task.output import OUTPUT_NAME, OUTPUT_PREFIX
 from kubemap.task.timings import TIMING_NAME, TIMINGS_PREFIX
 
 ENV_RETENTION_DAYS = "KUBEMAP_RETENTION_DAYS"
@@ -63,6 +64,7 @@ TASK_DIRS = {
     RESULTS_PREFIX.rstrip("/"): re.compile(r"\d{12}-\d+"),
     ERRORS_PREFIX.rstrip("/"): re.compile(r"\d{12}\.json"),
     TIMINGS_PREFIX.rstrip("/"): TIMING_NAME,
+    OUTPUT_PREFIX.rstrip("/"): OUTPUT_NAME,
 }
 TASK_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")  # DNS-1123, as options checks
 META_FIELDS = ("total", "function", "created", "version")  # in every task.json kubemap wrote
