@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kubemap.cli.exits import exit_with_error
-from kubemap.cli.timelinepage import seconds_text
 from kubemap.cli.where import Where, backend_option, locate, namespace_option, store_option
 from kubemap.contract import (
     ANNOTATION_ATTEMPT,
@@ -21,6 +20,7 @@ from kubemap.contract import (
     task_label,
 )
 from kubemap.errors import ClusterError, StoreError
+from kubemap.pages.timeline import seconds_text
 from kubemap.stores import Store, open_store
 from kubemap.task import output as keptoutput
 from kubemap.task.meta import read_total

@@ -18,7 +18,6 @@ import click
 from kubemap.cli.exits import exit_with_error, one_line_errors
 from kubemap.cli.logs import logs_cmd
 from kubemap.cli.outcome import outcome, print_outcome, why
-from kubemap.cli.timelinepage import seconds_text
 from kubemap.cli.where import (
     KUBERNETES,
     LOCAL,
@@ -38,6 +37,7 @@ from kubemap.contract import (
     task_label,
 )
 from kubemap.errors import ConfigError, StoreError
+from kubemap.pages.timeline import seconds_text
 from kubemap.resources.crds import render_crd
 from kubemap.resources.maptask import MapTaskStatus
 from kubemap.stores import Store, open_store
