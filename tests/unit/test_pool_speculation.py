@@ -178,3 +178,13 @@ def test_the_rule_and_the_pace() -> None:
     for seconds in (1.0, 1.1, 0.9, 30.0):  # one slow slice does not move the median far
         pace.add(seconds, 10)
     assert pace.seconds_per_item is not None and pace.seconds_per_item < 0.11
+
+
+def test_no_chunk_is_larger_than_the_backup_budget() -> None:
+    """Guided chunks start at 1/workers of the task (250 of 2,000 on 8 workers), more than a
+    10 % budget: such a straggler could never get a backup. With speculation they are cut to
+    half the budget (two stragglers can be copied)."""
+    *_, first_on = started(2000, 8)
+    *_, first_off = started(2000, 8, speculation=Speculation(enabled=False))
+    assert max(g.count for g in first_on) == 100
+    assert max(g.count for g in first_off) == 250

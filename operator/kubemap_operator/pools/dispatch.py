@@ -73,6 +73,7 @@ STOP_WAIT_SECONDS = 3.0
 WORKER_GONE_SECONDS = 60.0  # a worker not heard from this long is no longer counted
 KEPT_CAUSES = 64  # infrastructure causes kept for the systematic-failure rule
 KEPT_NOTES = 8
+SPECULATION_MIN_CAP = 32  # chunks are cut to the backup budget, but never below this
 TaskKey = tuple[str, str]  # namespace, MapTask name
 PoolKey = tuple[str, str]  # namespace, WorkerPool name
 
@@ -542,7 +543,16 @@ class Dispatcher:
         remaining = max(0, task.spec.total - task.done - task.leased)
         live = max(len(self.live_workers(task.pool)), self.pool(task.pool).runnable)
         workers = max(1, min(task.spec.parallelism, live))
-        return guided_chunk(remaining, workers, floor=chunk_floor(task.seconds_per_item))
+        # With speculation, no chunk is larger than half the backup budget: two stragglers
+        # can get a backup, and one is found sooner (guided self-scheduling's first chunks
+        # are 1/workers of the task: a straggler there is noticed only after k x that long).
+        # Not below SPECULATION_MIN_CAP: a small task would pay a lease per item for it.
+        rule = task.spec.speculation_rule
+        half = max(SPECULATION_MIN_CAP, rule.budget_items(task.spec.total) // 2)
+        cap = half if rule.enabled else 100_000
+        return guided_chunk(
+            remaining, workers, floor=chunk_floor(task.seconds_per_item), cap=min(cap, 100_000)
+        )
 
     def _push_expiry(self, task: PoolTask, lease: Lease) -> None:
         heapq.heappush(self._expiry, (lease.expires, next(self._pushes), task.key, lease))
