@@ -1,8 +1,9 @@
 """Stragglers (issue 23, 3a): one warm worker slowed 10x while 2,000 items of 20 ms run on a
 pool of 8 workers; the same task with speculation (the default), without it, and with no
-slow worker. Asserted are counts only: the task succeeds, the result objects cover every
-index exactly once, executions beyond one per index stay within the speculation budget
-(10 % of the items), backups were started with speculation and none without. The three
+slow worker. The same in pod mode, smaller (each pod is a process start): 64 items of
+1 s, 4 per pod, 8 pods at once, one pod slowed 10x. Asserted are counts only: the task
+succeeds, the result objects cover every index exactly once, executions beyond one per
+index stay within the speculation budget (10 % of the items), backups were started with speculation and none without. The three
 durations and their ratios are printed (bench/tail.py measures them as its job).
 
 The slow worker is chosen by the function itself, on the test cluster where the workers are
@@ -22,7 +23,16 @@ from typing import Any
 
 import kubemap
 import pytest
-from chaoskit import NAMESPACE, get_task, opts, report, result_objects, task_pods, wait_finished
+from chaoskit import (
+    NAMESPACE,
+    PodLedger,
+    get_task,
+    opts,
+    report,
+    result_objects,
+    wait_finished,
+    wait_settled,
+)
 from faults import LiveCluster, wait_until
 from kubemap.api.workerpool import WorkerPool
 from kubernetes import client
@@ -47,8 +57,10 @@ def pool8(unique: Callable[[str], str]) -> Iterator[WorkerPool]:
         wp.delete()
 
 
-def straggling(claim: Path | None, log: Path) -> Callable[[int], int]:
-    """x -> x * x in ITEM_SECONDS, SLOWDOWN times as long in the process that claims `claim`
+def straggling(
+    claim: Path | None, log: Path, item_seconds: float = ITEM_SECONDS
+) -> Callable[[int], int]:
+    """x -> x * x in item_seconds, SLOWDOWN times as long in the process that claims `claim`
     first (None: no slow process); each finished call appends its index to `log`."""
 
     def work(x: int) -> int:
@@ -61,7 +73,7 @@ def straggling(claim: Path | None, log: Path) -> Callable[[int], int]:
             except FileExistsError:
                 pass
             slow = claim.read_text() == str(os.getpid())
-        time.sleep(ITEM_SECONDS * (SLOWDOWN if slow else 1))
+        time.sleep(item_seconds * (SLOWDOWN if slow else 1))
         with open(log, "a") as out:
             out.write(f"{x}\n")
         return x * x
@@ -72,27 +84,55 @@ def straggling(claim: Path | None, log: Path) -> Callable[[int], int]:
 def run_once(
     custom: client.CustomObjectsApi,
     core: client.CoreV1Api,
-    pool: str,
     name: str,
     fn: Callable[[int], int],
     log: Path,
-    speculation: bool,
+    items: int,
+    **options: Any,
 ) -> tuple[float, dict[str, Any], int]:
     """Run the task; (seconds from submit to the end, its status, executions)."""
-    began = time.monotonic()
-    run = kubemap.submit(fn, range(ITEMS), **opts(name=name, pool=pool, speculation=speculation))
-    status = wait_finished(custom, name, 300)
-    seconds = time.monotonic() - began
+    with PodLedger(core, name) as ledger:
+        began = time.monotonic()
+        run = kubemap.submit(fn, range(items), **opts(name=name, **options))
+        status = wait_finished(custom, name, 300)
+        seconds = time.monotonic() - began
     assert status["phase"] == "Succeeded", status
+    assert status["succeeded"] == items and status.get("failed", 0) == 0, status
     body = get_task(custom, name)
     spans = result_objects(body["spec"]["store"]["url"], name)
     covered = sorted(i for start, count in spans for i in range(start, start + count))
-    assert covered == list(range(ITEMS)), "result objects do not cover each index once"
-    assert run.results()[:5] == [0, 1, 4, 9, 16]
-    assert not task_pods(core, name)
+    assert covered == list(range(items)), "result objects do not cover each index once"
+    assert run.results()[:4] == [0, 1, 4, 9]
+    if "pool" in options:
+        assert not ledger.attempts, "a pool task made pods"
+    else:  # a loser pod is deleted, not left running
+        wait_settled(core, name)
+        assert len(ledger.attempts) == items // options["items_per_pod"] + status.get(
+            "speculated", 0
+        ), (len(ledger.attempts), status)
     ran = [int(x) for x in log.read_text().split()]
-    assert set(ran) == set(range(ITEMS)), "an index never ran"
+    assert set(ran) == set(range(items)), "an index never ran"
     return seconds, status, len(ran)
+
+
+def check_runs(runs: dict[str, tuple[float, dict[str, Any], int]], items: int, what: str) -> None:
+    base, spec, nospec = runs["baseline"], runs["speculation"], runs["no-speculation"]
+    report(
+        f"{what}: baseline {base[0]:.1f}s; with speculation {spec[0]:.1f}s "
+        f"({spec[0] / base[0]:.2f}x; {spec[1].get('speculated', 0)} backups, "
+        f"{spec[1].get('speculationWon', 0)} won, {spec[1].get('speculationWasted', 0)} wasted, "
+        f"{spec[2] - items} items ran twice); without {nospec[0]:.1f}s "
+        f"({nospec[0] / base[0]:.2f}x)"
+    )
+    # with speculation: backups ran, and the work repeated stays within the budget
+    assert spec[1].get("speculated", 0) > 0, spec[1]
+    assert spec[1].get("speculationWasted", 0) <= spec[1]["speculated"]
+    assert spec[2] - items <= BUDGET * items, f"{spec[2] - items} items ran twice"
+    # without: not one backup, every item ran once
+    assert nospec[1].get("speculated", 0) == 0 and nospec[2] == items
+
+
+CASES = (("baseline", False, True), ("speculation", True, True), ("no-speculation", True, False))
 
 
 @pytest.mark.timeout(900)
@@ -105,28 +145,51 @@ def test_a_slow_worker_is_outrun_by_backup_copies(
     tmp_path: Path,
 ) -> None:
     runs: dict[str, tuple[float, dict[str, Any], int]] = {}
-    for label, slow, speculation in (
-        ("baseline", False, True),
-        ("speculation", True, True),
-        ("no-speculation", True, False),
-    ):
+    for label, slow, speculation in CASES:
         log = tmp_path / f"{label}.log"
         fn = straggling(tmp_path / f"{label}.claim" if slow else None, log)
+        name = unique(f"tail-{label}")
         runs[label] = run_once(
-            custom, core, pool8.name, unique(f"tail-{label}"), fn, log, speculation
+            custom, core, name, fn, log, ITEMS, pool=pool8.name, speculation=speculation
         )
-    base, spec, nospec = runs["baseline"], runs["speculation"], runs["no-speculation"]
-    # with speculation: backups ran, and the work repeated stays within the budget
-    assert spec[1].get("speculated", 0) > 0, spec[1]
-    assert spec[1].get("speculationWasted", 0) <= spec[1]["speculated"]
-    assert spec[2] - ITEMS <= BUDGET * ITEMS, f"{spec[2] - ITEMS} items ran twice"
-    # without: not one backup, every item ran once
-    assert nospec[1].get("speculated", 0) == 0 and nospec[2] == ITEMS
-    report(
+    check_runs(
+        runs,
+        ITEMS,
         f"pool straggler, {ITEMS} items of {ITEM_SECONDS * 1000:.0f} ms on {WORKERS} workers, "
-        f"one {SLOWDOWN}x slower: baseline {base[0]:.1f}s; with speculation {spec[0]:.1f}s "
-        f"({spec[0] / base[0]:.2f}x; {spec[1].get('speculated', 0)} backups, "
-        f"{spec[1].get('speculationWon', 0)} won, {spec[1].get('speculationWasted', 0)} wasted, "
-        f"{spec[2] - ITEMS} items ran twice); without {nospec[0]:.1f}s "
-        f"({nospec[0] / base[0]:.2f}x)"
+        f"one {SLOWDOWN}x slower",
+    )
+
+
+POD_ITEMS, POD_ITEM_SECONDS, PER_POD = 64, 1.0, 4
+
+
+@pytest.mark.timeout(900)
+def test_a_slow_pod_is_outrun_by_a_backup_pod(
+    cluster: LiveCluster,
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    runs: dict[str, tuple[float, dict[str, Any], int]] = {}
+    for label, slow, speculation in CASES:
+        log = tmp_path / f"{label}.log"
+        fn = straggling(tmp_path / f"{label}.claim" if slow else None, log, POD_ITEM_SECONDS)
+        name = unique(f"podtail-{label}")
+        runs[label] = run_once(
+            custom,
+            core,
+            name,
+            fn,
+            log,
+            POD_ITEMS,
+            parallelism=WORKERS,
+            items_per_pod=PER_POD,
+            speculation=speculation,
+        )
+    check_runs(
+        runs,
+        POD_ITEMS,
+        f"pod straggler, {POD_ITEMS} items of {POD_ITEM_SECONDS * 1000:.0f} ms, {PER_POD} per "
+        f"pod, {WORKERS} pods at once, one {SLOWDOWN}x slower",
     )
