@@ -543,13 +543,14 @@ class Dispatcher:
         remaining = max(0, task.spec.total - task.done - task.leased)
         live = max(len(self.live_workers(task.pool)), self.pool(task.pool).runnable)
         workers = max(1, min(task.spec.parallelism, live))
-        # With speculation, no chunk is larger than half the backup budget: two stragglers
-        # can get a backup, and one is found sooner (guided self-scheduling's first chunks
-        # are 1/workers of the task: a straggler there is noticed only after k x that long).
+        # With speculation, no chunk is larger than a quarter of the backup budget: four
+        # stragglers can get a backup, and each is found and outrun sooner (guided
+        # self-scheduling's first chunks are 1/workers of the task: a straggler there is
+        # noticed only after k x that long, and its backup takes that long again).
         # Not below SPECULATION_MIN_CAP: a small task would pay a lease per item for it.
         rule = task.spec.speculation_rule
-        half = max(SPECULATION_MIN_CAP, rule.budget_items(task.spec.total) // 2)
-        cap = half if rule.enabled else 100_000
+        share = max(SPECULATION_MIN_CAP, rule.budget_items(task.spec.total) // 4)
+        cap = share if rule.enabled else 100_000
         return guided_chunk(
             remaining, workers, floor=chunk_floor(task.seconds_per_item), cap=min(cap, 100_000)
         )
