@@ -40,6 +40,7 @@ class _Wire(BaseModel):
     )
 
     def to_wire(self) -> dict[str, Any]:
+        """This object as the Kubernetes API takes it: camelCase keys, unset fields left out."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
@@ -136,7 +137,14 @@ class Speculation(_Wire):
     """Backup copies of straggling slices (on by default): a slice that runs `factor` times
     longer than the task's measured time for its items, once no slice waits, gets a second
     copy; the first to finish commits. A function's side effects may happen twice for the
-    items of a copied slice: `enabled: false` (SDK: speculation=False) turns it off."""
+    items of a copied slice: `enabled: false` (SDK: speculation=False) turns it off.
+
+    Args:
+        enabled: Whether backups are made at all.
+        factor: A slice is a straggler after this many times its expected time.
+        min_seconds: Never copy a slice that has run less than this.
+        budget: Backups cover at most this share of the task's items.
+    """
 
     enabled: bool = True
     factor: float = Field(
@@ -159,6 +167,7 @@ class Speculation(_Wire):
     )
 
     def rule(self) -> SpeculationRule:
+        """The core's rule (kubemap.core.speculation) of these settings."""
         return SpeculationRule(self.enabled, self.factor, self.min_seconds, self.budget)
 
 
