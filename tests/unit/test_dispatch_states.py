@@ -215,7 +215,9 @@ def run_events(
             kind_ = "user" if outcome == "partial" else outcome
             was_live = lease.state.live
             task = d.tasks[KEY]
-            racing = lease.twin is not None and lease.twin in task.leases
+            twin = task.leases.get(lease.twin) if lease.twin is not None else None
+            # its twin still runs after this event's expiries (the report expires them first)
+            racing = twin is not None and twin.expires > clock.now
             accepted = d.report(POOL, got.lease_id, kind_, report)
             # accepted: it was live and is now reported; refused: it is final (it may have
             # expired, or been taken back, on this very event, before the report was read)
