@@ -21,6 +21,7 @@ from kubemap.errors import (
     StoreError,
     TimeoutError,
 )
+from kubemap.resources.maptask import Speculation
 from kubemap.resources.options import RunOptions
 from kubemap.task.inputfiles import File, files
 
@@ -55,6 +56,7 @@ __all__ = [
     "RemoteFailure",
     "RunOptions",
     "SerializationError",
+    "Speculation",
     "StoreError",
     "TimeoutError",
     "WorkerPool",

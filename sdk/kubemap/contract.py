@@ -26,6 +26,8 @@ ANNOTATION_COUNT: Final = "kubemap.io/count"
 ANNOTATION_ATTEMPT: Final = "kubemap.io/attempt"
 ANNOTATION_FAILURES: Final = "kubemap.io/failures"  # user failures of the slice before this pod
 ANNOTATION_INFRA: Final = "kubemap.io/infra-failures"  # infrastructure failures before it
+# A speculative copy of a straggling pod's slice (kubemap.core.speculation): "true".
+ANNOTATION_BACKUP: Final = "kubemap.io/backup"
 # On a MapTask: rerun the indices without a result when its value changes (any new token),
 # e.g. `kubectl annotate mt NAME kubemap.io/retry=2 --overwrite`. The operator records the
 # token it honoured in status.retryToken, so a token is honoured once.

@@ -368,6 +368,19 @@ def test_duplicate_runs_with_different_failures_lose_nothing(store_url: str) -> 
     assert len(list(task.list(RESULTS_PREFIX))) == 2
 
 
+def test_the_losing_copy_of_a_speculated_slice_changes_nothing(store_url: str) -> None:
+    """A backup copy runs the same slice and attempt (skip_done off, as a pool grant of
+    attempt 0 runs it): the copy that writes second finds its key taken and every index
+    recorded, and ends as "already done", not as an error; the winner's values stay."""
+    task = submit(store_url, double, list(range(8)))
+    winner = run_slice(task, 0, 8, fn=lambda x: ("winner", x), skip_done=False)
+    loser = run_slice(task, 0, 8, fn=lambda x: ("loser", x), skip_done=False)
+    assert winner.succeeded == loser.succeeded == IndexRanges.span(0, 8)
+    assert not loser.failed and not loser.unrun
+    assert list(task.list(RESULTS_PREFIX)) == [RESULTS_PREFIX + "000000000000-8"]
+    assert dict(taskdata.iter_results(task)) == {i: ("winner", i) for i in range(8)}
+
+
 def test_summary_stays_under_the_limit() -> None:
     every_other = IndexRanges.of(range(0, 20000, 2))
     outcome = SliceOutcome(succeeded=every_other, failed=IndexRanges.of(range(1, 600, 2)))

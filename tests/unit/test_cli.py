@@ -159,6 +159,8 @@ def test_run_takes_env_and_resources_which_are_kubernetes_options() -> None:
             ["--resources", '{"limits": {"memory": "1Gi"}}'],
             {"resources": {"limits": {"memory": "1Gi"}}},
         ),
+        (["--no-speculation"], {"speculation": False}),
+        (["--speculation"], {"speculation": True}),
     ],
 )
 def test_env_and_resources_reach_the_sdk_as_its_options(
@@ -224,3 +226,28 @@ def test_pool_commands_without_a_cluster_offer_no_local_backend(
     assert "no Kubernetes configuration found" in result.stderr
     assert "KUBECONFIG" in result.stderr
     assert "--backend" not in result.stderr and "backend=" not in result.stderr
+
+
+def test_get_shows_the_backup_copies_of_a_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from kubemap.cli import tasks
+    from kubemap.cli.where import Where
+
+    body = {
+        "spec": {"mode": "Function"},
+        "status": {
+            "phase": "Succeeded",
+            "total": 10,
+            "succeeded": 10,
+            "speculated": 2,
+            "speculationWon": 1,
+            "speculationWasted": 2,
+        },
+    }
+    cluster = SimpleNamespace(namespace="ns")
+    found = Where("kubernetes", "t", cluster=cluster, body=body)  # type: ignore[arg-type]
+    monkeypatch.setattr(tasks, "locate", lambda *a, **kw: found)
+    result = CliRunner().invoke(main, ["get", "t"])
+    assert result.exit_code == 0, result.output
+    assert "speculated:  2 backup copies, 1 won, 2 wasted" in result.output

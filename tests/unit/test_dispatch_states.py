@@ -4,11 +4,15 @@ out, status flushes, a cancel), driven by hypothesis.
 
 Invariants, after every event:
 * every index of a running task is in exactly one place: succeeded, failed for good, fresh,
-  one retry, or one live lease; a finished task's indices are succeeded, failed or not run;
+  one retry, or held by one live lease; a finished task's indices are succeeded, failed or
+  not run; a held index may also be in one backup copy (speculation), which races the lease
+  that holds it: same slice, live, each the other's twin;
 * a live lease is offered or leased; every other lease ever granted is final (reported,
   expired or lost), and a lease id is never granted twice;
-* a report is counted once: a second report of a lease is refused (410), and the recorded
-  successes are exactly what accepted reports said succeeded.
+* a report is counted once: a second report of a lease is refused (410), a loser's late
+  report too, and the recorded successes are exactly what judged reports said succeeded
+  (a copy's failure while its twin runs is set aside, not judged);
+* backups stay within the budget, and wasted copies never outnumber the backups started.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kubemap.core.ranges import IndexRanges
-from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, StoreRef
+from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, Speculation, StoreRef
 from kubemap_operator.pools import dispatch
 from kubemap_operator.pools.dispatch import Dispatcher, Grant
 from kubemap_operator.pools.leases import LeaseState
@@ -109,15 +113,14 @@ def test_an_expired_lease_is_expired_once_and_its_late_report_is_refused(backoff
     assert d.tasks[KEY].leases["0-1"].infra_failures == 1
 
 
-EVENTS = st.lists(
-    st.tuples(
-        st.sampled_from(["lease", "lease", "heartbeat", "report", "report", "tick", "sync"]),
-        st.integers(0, 2),  # which worker / which lease
-        st.sampled_from(["ok", "user", "infra", "partial"]),
-        st.integers(0, 7),  # seconds for a tick
-    ),
-    max_size=60,
+EVENT = st.tuples(
+    st.sampled_from(["lease", "lease", "heartbeat", "report", "report", "tick", "sync"]),
+    st.integers(0, 2),  # which worker / which lease
+    st.sampled_from(["ok", "user", "infra", "partial"]),
+    st.integers(0, 7),  # seconds for a tick
 )
+EVENTS = st.lists(EVENT, max_size=60)
+RACING = Speculation(factor=1.0, min_seconds=0.0, budget=1.0)  # backups as soon as allowed
 
 
 @settings(max_examples=150, deadline=None)
@@ -128,6 +131,14 @@ EVENTS = st.lists(
     ratio=st.sampled_from([1.0, 0.5, 0.0]),
     backoff=st.sampled_from([0.0, 2.0]),
     cancel_at=st.one_of(st.none(), st.integers(0, 60)),
+    speculation=st.sampled_from(
+        [
+            None,
+            Speculation(enabled=False),
+            Speculation(factor=1.0, min_seconds=0.0, budget=0.5),
+            Speculation(factor=1.0, min_seconds=0.0, budget=1.0),
+        ]
+    ),
 )
 def test_invariants_hold_over_random_event_sequences(
     events: list[tuple[str, int, str, int]],
@@ -136,12 +147,44 @@ def test_invariants_hold_over_random_event_sequences(
     ratio: float,
     backoff: float,
     cancel_at: int | None,
+    speculation: Speculation | None,
+) -> None:
+    run_events(events, total, retries, ratio, backoff, cancel_at, speculation)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    events=st.lists(EVENT, min_size=30, max_size=80),
+    total=st.integers(4, 40),
+    retries=st.integers(0, 1),
+    ratio=st.sampled_from([1.0, 0.0]),
+)
+def test_invariants_hold_while_backups_race(
+    events: list[tuple[str, int, str, int]], total: int, retries: int, ratio: float
+) -> None:
+    """Long sequences with speculation as eager as it gets: many backups, races won by
+    either copy, copies failing or expiring while their twin runs."""
+    run_events(events, total, retries, ratio, 0.0, None, RACING, recent=True)
+
+
+def run_events(
+    events: list[tuple[str, int, str, int]],
+    total: int,
+    retries: int,
+    ratio: float,
+    backoff: float,
+    cancel_at: int | None,
+    speculation: Speculation | None,
+    *,
+    recent: bool = False,  # heartbeats and reports pick among the 3 latest grants (backups)
 ) -> None:
     clock = Clock()
     d = Dispatcher(lease_seconds=5, clock=clock, limits=Limits(backoff_base_seconds=backoff))
     for w in WORKERS:
         d.seen(POOL, w, "3.11")
-    task_spec = spec(total, backoff_limit_per_index=retries, min_success_ratio=ratio)
+    task_spec = spec(
+        total, backoff_limit_per_index=retries, min_success_ratio=ratio, speculation=speculation
+    )
     status, _, _ = d.sync(KEY, "u", task_spec, MapTaskStatus(), URL, "3.11", 1)
     held: list[tuple[Grant, Any]] = []  # every grant, with its lease object
     granted: set[str] = set()
@@ -157,10 +200,10 @@ def test_invariants_hold_over_random_event_sequences(
                 granted.add(got.lease_id)
                 held.append((got, d.tasks[KEY].leases[got.lease_id.partition("/")[2]]))
         elif kind == "heartbeat" and held:
-            got, _ = held[which % len(held)]
+            got, _ = held[pick(which, len(held), recent)]
             d.heartbeat(POOL, WORKERS[which], [got.lease_id])
         elif kind == "report" and held:
-            got, lease = held[which % len(held)]
+            got, lease = held[pick(which, len(held), recent)]
             span = span_of(got)
             if outcome == "ok":
                 report = WorkerReport(span, IndexRanges())
@@ -171,12 +214,16 @@ def test_invariants_hold_over_random_event_sequences(
                 report = WorkerReport(IndexRanges(), span if outcome == "user" else IndexRanges())
             kind_ = "user" if outcome == "partial" else outcome
             was_live = lease.state.live
+            task = d.tasks[KEY]
+            twin = task.leases.get(lease.twin) if lease.twin is not None else None
+            # its twin still runs after this event's expiries (the report expires them first)
+            racing = twin is not None and twin.expires > clock.now
             accepted = d.report(POOL, got.lease_id, kind_, report)
             # accepted: it was live and is now reported; refused: it is final (it may have
             # expired, or been taken back, on this very event, before the report was read)
             assert accepted == (was_live and lease.state is LeaseState.REPORTED), lease.state
             assert not lease.state.live
-            if accepted:
+            if accepted and (kind_ == "ok" or not racing):  # judged, not set aside
                 reported_ok = reported_ok | (span & report.succeeded)
             assert not d.report(POOL, got.lease_id, kind_, report), "a report counted twice"
         elif kind == "tick":
@@ -191,6 +238,10 @@ def test_invariants_hold_over_random_event_sequences(
     check(d, total, held, reported_ok)
 
 
+def pick(which: int, held: int, recent: bool) -> int:
+    return held - 1 - which % held if recent else which % held
+
+
 def check(
     d: Dispatcher, total: int, held: list[tuple[Grant, Any]], reported_ok: IndexRanges
 ) -> None:
@@ -200,7 +251,7 @@ def check(
     places = [task.succeeded, task.failed - task.succeeded]
     if not task.status.phase.finished:
         places += [task.fresh.ranges, *(p.ranges for p in task.retries)]
-        places += [lease.span for lease in task.leases.values()]
+        places += [lease.span for lease in task.leases.values() if lease.holds]
     union = IndexRanges()
     for place in places:
         assert not (union & place), "an index in two places"
@@ -212,7 +263,21 @@ def check(
         assert str(task.succeeded) == status.succeeded_indexes
     else:
         assert union == every, "an index in no place"
-    assert task.leased == sum(lease.count for lease in task.leases.values())
+    assert task.leased == sum(lease.count for lease in task.leases.values() if lease.holds)
+    for lease in task.leases.values():
+        if lease.twin is not None:  # a race: two live copies of one slice, one of them a backup
+            twin = task.leases[lease.twin]
+            assert twin.twin == lease.name and twin.backup != lease.backup
+            assert (twin.start, twin.count, twin.attempt) == (
+                lease.start,
+                lease.count,
+                lease.attempt,
+            )
+        else:
+            assert lease.holds
+    tally, rule = task.speculation, task.spec.speculation_rule
+    assert tally.items <= rule.budget_items(total) and tally.wasted <= tally.speculated
+    assert tally.won <= tally.speculated
     assert task.done == len(task.succeeded | task.failed)
     for got, lease in held:
         live = task.leases.get(lease.name) is lease

@@ -1,8 +1,8 @@
 """The dispatcher: leases the chunks of pool tasks to warm workers, as a small state machine.
 
 Every index of a task is in exactly one place: recorded (succeeded, or failed for good),
-pending (never leased, or a retry waiting for its turn), in one live lease, or, once the
-task has ended, not run. Each event works on one task and one lease:
+pending (never leased, or a retry waiting for its turn), held by one live lease (which may
+have one backup copy racing it: speculation), or, once the task has ended, not run. Each event works on one task and one lease:
 
     lease request  take a chunk from a pending entry; the lease is OFFERED
     heartbeat      renew the worker's leases (LEASED), or say which it lost
@@ -10,6 +10,10 @@ task has ended, not run. Each event works on one task and one lease:
                    (kubemap.core.plan.judge) and says whether the task is over (verdict_of)
     expiry         leases past their time are EXPIRED and judged as lost attempts; this
                    happens in one place, `_expire_due`, at the start of every entry point
+    speculation    a lease request that finds no chunk waiting may get a backup copy of a
+                   straggling lease instead (pools/speculation.py); the first ok report of
+                   the two wins, the other is revoked, and a copy that fails or is lost
+                   while its twin runs is set aside: its twin carries on alone
 
 Policy (retries, backoff, failure budget, fail-fast, systematic causes, the phase and its
 reason) is the core's; the dispatcher only keeps the state it needs to ask. The MapTask
@@ -49,12 +53,14 @@ from kubemap.core.plan import (
 from kubemap.core.policy import Cause, ExitKind, FailureBudget, decisive_failure
 from kubemap.core.ranges import IndexRanges
 from kubemap.core.slicing import chunk_floor, guided_chunk
+from kubemap.core.speculation import Pace, SpeculationTally
 from kubemap.core.status import CONDITION_OF_PHASE, Phase, partition
 from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
 
 from kubemap_operator import metrics, taskstats
 from kubemap_operator.pools.leases import Lease, Pending
 from kubemap_operator.pools.retrystate import counts_in_play, encode, recorded, restored
+from kubemap_operator.pools.speculation import pick_straggler
 from kubemap_operator.statusfields import clip, rfc3339, set_condition
 from kubemap_operator.tasks.observe import parse_time
 from kubemap_operator.tasks.planner import rules_of
@@ -69,6 +75,7 @@ STOP_WAIT_SECONDS = 3.0
 WORKER_GONE_SECONDS = 60.0  # a worker not heard from this long is no longer counted
 KEPT_CAUSES = 64  # infrastructure causes kept for the systematic-failure rule
 KEPT_NOTES = 8
+SPECULATION_MIN_CAP = 32  # chunks are cut to the backup budget, but never below this
 TaskKey = tuple[str, str]  # namespace, MapTask name
 PoolKey = tuple[str, str]  # namespace, WorkerPool name
 GRANT_LIMITS = AimdConfig(min_rate=1.0, max_rate=1000.0, increase=10.0, decrease=0.5)
@@ -95,7 +102,7 @@ class PoolTask:
     leases: dict[str, Lease] = field(default_factory=dict)  # live leases (offered, leased)
     # successes the status cannot hold yet (too many ranges): judged again with the next
     held: list[tuple[Attempt, IndexRanges]] = field(default_factory=list)
-    leased: int = 0  # indices in live leases
+    leased: int = 0  # indices held by live leases (a backup holds none while its twin runs)
     done: int = 0  # indices recorded
     # -- what the core's verdict reads, kept from the attempts judged -----------------
     causes: list[Cause] = field(default_factory=list)
@@ -111,6 +118,8 @@ class PoolTask:
     flushed_at: datetime | None = None
     events: list[Event] = field(default_factory=list)
     seconds_per_item: float | None = None  # measured from finished leases (moving average)
+    pace: Pace = field(default_factory=Pace)  # the median per-item time, for speculation
+    speculation: SpeculationTally = field(default_factory=SpeculationTally)
 
     @property
     def finished(self) -> bool:
@@ -123,6 +132,10 @@ class PoolTask:
         """(user failures so far, indices) of every retry waiting and lease running."""
         out = [(p.failures, p.ranges) for p in self.retries if p.failures]
         return out + [(x.failures, x.span) for x in self.leases.values() if x.failures]
+
+    def waiting(self) -> bool:
+        """Whether a chunk waits for a worker (fresh work, or a retry due or in backoff)."""
+        return bool(self.fresh.ranges) or any(p.ranges for p in self.retries)
 
 
 @dataclass
@@ -406,14 +419,22 @@ class Dispatcher:
         task, lease = found
         now = self.clock()
         attempt = lease.reported(ExitKind(kind), report, now, why)
-        self._close(task, lease)
         if kind == "ok":
-            took = (now - lease.leased_at).total_seconds() / lease.count
+            seconds = (now - lease.leased_at).total_seconds()
+            took = seconds / lease.count
             old = task.seconds_per_item
             task.seconds_per_item = took if old is None else 0.7 * old + 0.3 * took
+            task.pace.add(seconds, lease.count)
         worker = self.pool(pool).workers.get(lease.worker)
         if worker is not None:
             worker.busy = False
+        if lease.twin is not None and kind != "ok":
+            self._set_aside(task, lease)  # its twin still runs the slice: no verdict yet
+            self.pool(pool).wakeup.set()
+            return True
+        if lease.twin is not None:
+            self._decide_race(task, lease)
+        self._close(task, lease)
         self._judge(task, attempt, lease.span)
         self.pool(pool).wakeup.set()
         return True
@@ -447,6 +468,9 @@ class Dispatcher:
         task.held, task.causes, task.notes = [], [], []
         task.usage_error, task.first_error, task.too_scattered = None, None, False
         task.infra_note, task.ending, task.stopping_until = None, None, None
+        task.speculation = SpeculationTally(  # a new round's budget; the counts go on
+            status.speculated, status.speculation_won, status.speculation_wasted
+        )
 
     def _offer(self, pool: PoolKey, worker: str, python: str) -> Grant | None:
         tasks = [t for t in self.pool_tasks(pool) if not t.finished]
@@ -462,6 +486,11 @@ class Dispatcher:
             grant = self._grant(task, pool, worker)
             if grant is not None:
                 return grant
+        for task in tasks:  # no chunk waits for this worker: a backup of a straggler?
+            if task.ending is None and (not task.python or task.python == python):
+                grant = self._speculate(task, pool, worker)
+                if grant is not None:
+                    return grant
         return None
 
     def _grant(self, task: PoolTask, pool: PoolKey, worker: str) -> Grant | None:
@@ -486,11 +515,47 @@ class Dispatcher:
             expires=now + timedelta(seconds=self.lease_seconds),
             leased_at=now,
         )
+        task.leased += count
+        return self._hand_out(task, pool, lease)
+
+    def _speculate(self, task: PoolTask, pool: PoolKey, worker: str) -> Grant | None:
+        """(none) -> OFFERED: a backup copy of a straggling lease, when nothing waits."""
+        if task.waiting() or len(task.leases) >= task.spec.parallelism:
+            return None
+        now = self.clock()
+        primary = pick_straggler(
+            task.leases.values(),
+            rule=task.spec.speculation_rule,
+            seconds_per_item=task.pace.seconds_per_item,
+            tally=task.speculation,
+            total=task.spec.total,
+            worker=worker,
+            now=now,
+        )
+        if primary is None:
+            return None
+        backup = Lease(
+            start=primary.start,
+            count=primary.count,
+            attempt=primary.attempt,
+            failures=primary.failures,
+            infra_failures=primary.infra_failures,
+            worker=worker,
+            expires=now + timedelta(seconds=self.lease_seconds),
+            leased_at=now,
+            backup=True,
+            twin=primary.name,
+        )
+        primary.twin, primary.backed_up = backup.name, True
+        task.speculation.speculated += 1
+        task.speculation.items += backup.count
+        return self._hand_out(task, pool, backup)
+
+    def _hand_out(self, task: PoolTask, pool: PoolKey, lease: Lease) -> Grant:
         assert lease.name not in task.leases, lease.name
         task.leases[lease.name] = lease
-        task.leased += count
         self._push_expiry(task, lease)
-        self.pool(pool).last_work = now
+        self.pool(pool).last_work = lease.leased_at
         return Grant(
             lease_id=f"{task.key[1]}/{lease.name}",
             task=task.key[1],
@@ -509,7 +574,17 @@ class Dispatcher:
         remaining = max(0, task.spec.total - task.done - task.leased)
         live = max(len(self.live_workers(task.pool)), self.pool(task.pool).runnable)
         workers = max(1, min(task.spec.parallelism, live))
-        return guided_chunk(remaining, workers, floor=chunk_floor(task.seconds_per_item))
+        # With speculation, no chunk is larger than a quarter of the backup budget: four
+        # stragglers can get a backup, and each is found and outrun sooner (guided
+        # self-scheduling's first chunks are 1/workers of the task: a straggler there is
+        # noticed only after k x that long, and its backup takes that long again).
+        # Not below SPECULATION_MIN_CAP: a small task would pay a lease per item for it.
+        rule = task.spec.speculation_rule
+        share = max(SPECULATION_MIN_CAP, rule.budget_items(task.spec.total) // 4)
+        cap = share if rule.enabled else 100_000
+        return guided_chunk(
+            remaining, workers, floor=chunk_floor(task.seconds_per_item), cap=min(cap, 100_000)
+        )
 
     def _push_expiry(self, task: PoolTask, lease: Lease) -> None:
         heapq.heappush(self._expiry, (lease.expires, next(self._pushes), task.key, lease))
@@ -524,13 +599,39 @@ class Dispatcher:
                 continue  # reported, taken back or renewed since: a stale entry
             attempt = lease.expire(now)
             metrics.LEASES_EXPIRED.labels(*task.pool).inc()
+            if lease.twin is not None:
+                self._set_aside(task, lease)  # its twin still runs the slice
+                continue
             self._close(task, lease)
             self._judge(task, attempt, lease.span)
             self.pool(task.pool).wakeup.set()  # its chunk is remaining work again
 
     def _close(self, task: PoolTask, lease: Lease) -> None:
+        """A final lease leaves; with a live twin, the twin holds the indices from now on."""
         del task.leases[lease.name]
-        task.leased -= lease.count
+        twin = task.leases.get(lease.twin) if lease.twin is not None else None
+        if twin is not None:
+            twin.twin = None
+        else:
+            task.leased -= lease.count
+
+    def _set_aside(self, task: PoolTask, lease: Lease) -> None:
+        """A copy that failed, expired or gave up while its twin runs: not judged (the twin's
+        outcome is the slice's), its run counted as wasted."""
+        self._close(task, lease)
+        task.speculation.wasted += 1
+
+    def _decide_race(self, task: PoolTask, winner: Lease) -> None:
+        """The first ok report of a speculated slice: its twin is revoked (its worker stops
+        the function; a late report of it gets 410 and changes nothing)."""
+        assert winner.twin is not None
+        loser = task.leases[winner.twin]
+        loser.revoke()
+        self._close(task, loser)
+        self._nudge(task.pool, loser.worker)
+        task.speculation.wasted += 1
+        if winner.backup:
+            task.speculation.won += 1
 
     def _revoke_all(self, task: PoolTask) -> None:
         """OFFERED | LEASED -> LOST, for every lease of a task that is over or gone: their
@@ -610,6 +711,7 @@ class Dispatcher:
                 x.span,
             )
             for x in task.leases.values()
+            if x.holds
         ]  # fmt: skip
         return stopped_failures(task.failed, retries, running, task.succeeded)
 
@@ -679,6 +781,9 @@ class Dispatcher:
             "message": None,
             "conditions": conditions,
             "pool_failures": encode(counts_in_play(task.in_play(), task.recorded_all())),
+            "speculated": task.speculation.speculated,
+            "speculation_won": task.speculation.won,
+            "speculation_wasted": task.speculation.wasted,
         }
         if verdict is not None:
             update |= {

@@ -7,12 +7,19 @@ and the only transitions between them:
     OFFERED | LEASED --report--> REPORTED   the worker's outcome, judged once
     OFFERED | LEASED --expire--> EXPIRED    no heartbeat before `expires`: lost with its
                                             worker (an infrastructure failure, no user retry)
-    OFFERED | LEASED --revoke--> LOST       taken back: the task ended, was deleted, ...
+    OFFERED | LEASED --revoke--> LOST       taken back: the task ended, was deleted, its
+                                            twin won the race (speculation), ...
 
 REPORTED, EXPIRED and LOST are final: a final lease is never renewed, reported or granted
 again (a late report gets 410 Gone). Work not leased yet is a `Pending` entry: indices with
 the attempt metadata of their next lease (a retry carries its failure counts and the moment
 it is due). Taking a chunk from an entry costs interval arithmetic on that entry only.
+
+Speculation (kubemap.core.speculation): a straggling lease may get one backup, a second live
+lease of the same slice and attempt on another worker; the two are each other's `twin`. The
+primary holds the indices; the backup only races it. The first ok report wins and the twin
+is revoked; a copy that fails, expires or gives up while its twin runs is set aside (not
+judged) and the twin carries on alone, as the primary.
 """
 
 from __future__ import annotations
@@ -53,10 +60,19 @@ class Lease:
     expires: datetime
     leased_at: datetime
     state: LeaseState = LeaseState.OFFERED
+    backup: bool = False  # a speculative copy racing its twin, the primary
+    twin: str | None = None  # the other copy's name while both are live
+    backed_up: bool = False  # had a backup: one per lease, so a lease id is never reused
 
     @property
     def name(self) -> str:
-        return f"{self.start}-{self.attempt}"
+        # A backup keeps its primary's attempt (the same attempt, run twice), not its name.
+        return f"{self.start}-{self.attempt}" + ("s" if self.backup else "")
+
+    @property
+    def holds(self) -> bool:
+        """Whether this lease holds its indices: a primary, or a backup whose twin is gone."""
+        return not self.backup or self.twin is None
 
     @property
     def span(self) -> IndexRanges:

@@ -11,6 +11,7 @@ from typing import Any
 
 from kubemap.contract import (
     ANNOTATION_ATTEMPT,
+    ANNOTATION_BACKUP,
     ANNOTATION_COUNT,
     ANNOTATION_FAILURES,
     ANNOTATION_INFRA,
@@ -67,9 +68,10 @@ class TaskRef:
     uid: str
 
 
-def pod_name(task_name: str, start: int, attempt: int) -> str:
-    """`<task>-<index>-<attempt>`; a long task name is cut and a hash of it keeps names unique."""
-    suffix = f"-{start}-{attempt}"
+def pod_name(task_name: str, start: int, attempt: int, backup: bool = False) -> str:
+    """`<task>-<index>-<attempt>` (`...s` for a backup copy, kubemap.core.speculation); a long
+    task name is cut and a hash of it keeps names unique."""
+    suffix = f"-{start}-{attempt}" + ("s" if backup else "")
     name = f"{task_name}{suffix}"
     if len(name) <= MAX_NAME:
         return name
@@ -173,11 +175,13 @@ def build_pod(
         ANNOTATION_FAILURES: str(request.failures),
         ANNOTATION_INFRA: str(request.infra_failures),
     }
+    if request.backup:
+        annotations[ANNOTATION_BACKUP] = "true"
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(task.name, request.start, request.attempt),
+            "name": pod_name(task.name, request.start, request.attempt, request.backup),
             "namespace": task.namespace,
             "labels": labels,
             "annotations": annotations,

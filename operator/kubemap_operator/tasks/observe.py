@@ -16,6 +16,7 @@ from typing import Any
 
 from kubemap.contract import (
     ANNOTATION_ATTEMPT,
+    ANNOTATION_BACKUP,
     ANNOTATION_COUNT,
     ANNOTATION_FAILURES,
     ANNOTATION_INFRA,
@@ -85,6 +86,7 @@ class ObservedPod(Attempt):
     # The Kueue LocalQueue the pod waits in, gated, for quota (None: not held by Kueue).
     # Waiting for quota is neither stuck nor failing: no retry, no "unschedulable" verdict.
     queued: str | None = None
+    backup: bool = False  # a speculative copy racing the pod of the same slice and attempt
 
     def describe(self) -> str:
         """'pod t-17-1 (index 17, attempt 2)': a pod is named, to find its logs."""
@@ -262,4 +264,5 @@ def observe_pod(pod: Mapping[str, Any], now: datetime) -> ObservedPod | None:
         is_pod=True,
         launched=phase != "Pending",
         queued=queued,
+        backup=annotations.get(ANNOTATION_BACKUP) == "true",
     )

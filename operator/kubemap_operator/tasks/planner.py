@@ -27,7 +27,7 @@ from kubemap.resources.kueue import waiting_message
 from kubemap.resources.maptask import Condition, MapTaskSpec, MapTaskStatus
 
 from kubemap_operator.statusfields import clip, rfc3339, set_condition
-from kubemap_operator.tasks import rerun
+from kubemap_operator.tasks import rerun, speculation
 from kubemap_operator.tasks.finishing import after_finish, cleanup
 from kubemap_operator.tasks.observe import ObservedPod, PodState, parse_time
 from kubemap_operator.tasks.plantypes import DEFAULT_LIMITS, Event, Limits, Plan, PodRequest
@@ -96,25 +96,50 @@ def plan(
     limits: Limits = DEFAULT_LIMITS,
     retry_token: str | None = None,
     stop_first: bool = False,
+    seconds_per_item: float | None = None,
 ) -> Plan:
     """The plan for this reconcile; `retry_token` is the kubemap.io/retry annotation (see
     kubemap_operator.tasks.rerun: a new token on a finished task reruns what has no result).
-    stop_first: a verdict that stops the task while pods run stops them first (STOPPING)."""
+    stop_first: a verdict that stops the task while pods run stops them first (STOPPING).
+    seconds_per_item: the task's measured pace, for backup pods of stragglers (None: none
+    yet); races between a pod and its backup are settled before the core plans."""
     status, retry_event = rerun.honour(spec, status, pods, retry_token, now)
     earlier = [p.name for p in pods if p.attempt < status.attempt_base and p.has_finalizer]
+    this_round = rerun.this_round(status, pods)
+    settled = speculation.settle(this_round)
     result = _plan(
         spec,
         status,
-        rerun.this_round(status, pods),
+        settled.pods,
         now,
         generation=generation,
         limits=limits,
         stop_first=stop_first,
     )
+    out = result.status
+    if settled.won or settled.wasted:
+        out = _upd(
+            out,
+            speculation_won=out.speculation_won + settled.won,
+            speculation_wasted=out.speculation_wasted + settled.wasted,
+        )
+    create = rerun.numbered(result.status, result.create)
+    requeue = result.requeue_after
+    if out.phase is Phase.RUNNING and not create and not result.stop:
+        raced = speculation.raced_slices(this_round)
+        create = speculation.backups(spec, out, settled.pods, seconds_per_item, now, raced)
+        check = speculation.recheck_after(spec, settled.pods, seconds_per_item, now, raced)
+        if check is not None:
+            requeue = check if requeue is None else min(requeue, check)
     return replace(
         result,
-        create=rerun.numbered(result.status, result.create),
-        release=tuple(dict.fromkeys((*result.release, *earlier))),
+        status=out,
+        create=create,
+        requeue_after=requeue,
+        release=tuple(
+            n for n in dict.fromkeys((*result.release, *earlier)) if n not in settled.delete
+        ),
+        delete=tuple(dict.fromkeys((*result.delete, *settled.delete))),
         events=(retry_event, *result.events) if retry_event else result.events,
     )
 

@@ -20,6 +20,7 @@ from typing import Any
 import pydantic
 from kubemap.contract import ANNOTATION_RETRY
 from kubemap.core.ranges import IndexRanges
+from kubemap.core.speculation import Pace
 from kubemap.core.status import Phase, Reason
 from kubemap.resources.kueue import kueue_absent_message, missing_queue_message
 from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus
@@ -38,7 +39,7 @@ from kubemap_operator.statusfields import (
     set_condition,
     status_wire,
 )
-from kubemap_operator.tasks import logkeeper
+from kubemap_operator.tasks import logkeeper, speculation
 from kubemap_operator.tasks.builder import TaskRef, build_pod, pod_name, task_queue
 from kubemap_operator.tasks.filelisting import reconcile_listing
 from kubemap_operator.tasks.observe import observe_pod
@@ -48,6 +49,7 @@ from kubemap_operator.workqueue import WorkQueue
 
 EventSink = Callable[[dict[str, Any], Event], None]
 CREATE_CONCURRENCY = 8
+PACE_NAMES_KEPT = 10_000
 
 
 def owned_by(pod: dict[str, Any], uid: str) -> bool:
@@ -84,6 +86,9 @@ class Reconciler:
         self._batch = max(1, settings.pod_create_burst)
         self._loggers: dict[tuple[str, str], Any] = {}
         self.recorder = taskstats.PodRecorder()  # each finished pod counted once
+        # Each task's measured pace (from its succeeded pods), for backups of stragglers;
+        # memory only: a restarted operator measures again before it speculates.
+        self._pace: dict[tuple[str, str], tuple[Pace, set[str]]] = {}
         self.queue: WorkQueue[tuple[str, str]] = WorkQueue(
             self.run_once, longest_delay=settings.reconcile_interval
         )
@@ -134,6 +139,7 @@ class Reconciler:
         self.backoff.succeeded((namespace, name))
         self.cache.forget(namespace, name)
         self._loggers.pop((namespace, name), None)
+        self._pace.pop((namespace, name), None)
         metrics.observe_phase(namespace, name, None)
         self.recorder.forget((namespace, name))
         taskstats.TIMINGS.forget((namespace, name))
@@ -178,6 +184,10 @@ class Reconciler:
             spec, status = listed
         now = self.clock()
         observed = [o for o in (observe_pod(p, now) for p in pods) if o is not None]
+        pace, seen = self._pace.setdefault((namespace, name), (Pace(), set()))
+        if len(seen) > PACE_NAMES_KEPT:
+            seen.clear()  # a pod counted twice only nudges a median
+        speculation.observe_pace(pace, seen, observed)
         result = plan(
             spec,
             status,
@@ -187,6 +197,7 @@ class Reconciler:
             limits=self.limits,
             retry_token=(meta.get("annotations") or {}).get(ANNOTATION_RETRY),
             stop_first=True,  # a verdict first stops the running pods, then counts them
+            seconds_per_item=pace.seconds_per_item,
         )
         recorded = (*result.release, *result.delete)  # metrics and the status's summary:
         self.recorder.recorded((namespace, name), observed, pods, recorded, result.status)
@@ -247,6 +258,7 @@ class Reconciler:
         started: list[tuple[int, int]] = []
         retried: list[int] = []
         requeued: list[int] = []
+        backups: list[int] = []
         stop: list[str] = []
 
         async def one(request: Any) -> None:
@@ -274,7 +286,9 @@ class Reconciler:
                 if outcome == "created":
                     metrics.PODS_CREATED.labels(namespace=task.namespace).inc()
                     started.append((request.start, request.start + request.count))
-                    if request.requeue:  # preempted by Kueue: run again, not a retry
+                    if request.backup:  # a copy of a straggler: not a retry
+                        backups.append(request.start)
+                    elif request.requeue:  # preempted by Kueue: run again, not a retry
                         requeued.append(request.start)
                     elif request.attempt > 0:
                         retried.append(request.start)
@@ -287,6 +301,8 @@ class Reconciler:
             counted["retries"] = result.status.retries + len(retried)
         if requeued:
             counted["preempted"] = result.status.preempted + len(requeued)
+        if backups:
+            counted["speculated"] = result.status.speculated + len(backups)
         rate = round(self.limiter.rate, 1) if self.limiter.limited else None
         if rate != result.status.pod_create_rate and (counted or stop or rate is None):
             counted["podCreateRate"] = rate  # shown while throttled, removed once recovered

@@ -63,6 +63,9 @@ def submit(fn: Callable[..., Any], inputs: Iterable[Any], /, **options: Any) -> 
               reach it), `pool` (a warm WorkerPool's name) and `packages` (pip requirements
               the pool's workers install for this task), `queue` (the Kueue LocalQueue that
               admits the pods) and `priority` (their PriorityClass).
+            - `speculation`: backup copies of straggling slices on the cluster (default
+              True); False when an item's side effects must not happen twice, or a
+              `kubemap.Speculation` with its own factor, min_seconds and budget.
 
     Returns:
         The MapRun of the task (a CachedRun with `cache=True`).

@@ -102,6 +102,12 @@ def main() -> None:
 @click.option("--namespace", help="Kubernetes: namespace of the MapTask.")
 @click.option("--pool", help="Kubernetes: run on this WorkerPool's warm workers (made if missing).")
 @click.option(
+    "--speculation/--no-speculation",
+    default=None,
+    help="Kubernetes: backup copies of straggling slices [default: on]; a speculated item's "
+    "side effects may happen twice.",
+)
+@click.option(
     "--queue",
     help="Kubernetes: the Kueue LocalQueue that admits the pods (`kubectl get localqueues`).",
 )

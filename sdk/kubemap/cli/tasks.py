@@ -91,6 +91,11 @@ def get_cmd(name: str, namespace: str | None, backend: str | None, store: str | 
         click.echo(f"preempted:   {status.preempted} pods rerun (no retry spent)")
     if status.timing is not None:  # from the workers' timing records (`kubemap timeline`)
         click.echo(f"timing:      {status.timing.describe()}")
+    if status.speculated:  # backup copies of stragglers (spec.speculation)
+        click.echo(
+            f"speculated:  {status.speculated} backup copies, {status.speculation_won} won, "
+            f"{status.speculation_wasted} wasted"
+        )
     reason = status.conditions[-1].reason if status.conditions else None
     if reason and status.phase.finished:
         click.echo(f"reason:      {reason}")

@@ -158,3 +158,5 @@ class SliceRequest:
     # The slice runs again because its last attempt was preempted (policy.requeued), not
     # because it failed: not a retry.
     requeue: bool = False
+    # A speculative copy of a straggling attempt (same slice, same attempt number), racing it.
+    backup: bool = False

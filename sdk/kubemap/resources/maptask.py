@@ -14,6 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from kubemap.core.parallelism import DEFAULT_PARALLELISM, MAX_PARALLELISM
+from kubemap.core.speculation import (
+    DEFAULT_BUDGET,
+    DEFAULT_FACTOR,
+    DEFAULT_MIN_SECONDS,
+    SpeculationRule,
+)
 from kubemap.core.status import Phase
 from kubemap.resources.requirements import check_task_packages
 
@@ -34,6 +40,7 @@ class _Wire(BaseModel):
     )
 
     def to_wire(self) -> dict[str, Any]:
+        """This object as the Kubernetes API takes it: camelCase keys, unset fields left out."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
@@ -126,6 +133,44 @@ class PodTemplate(_Wire):
     )
 
 
+class Speculation(_Wire):
+    """Backup copies of straggling slices (on by default): a slice that runs `factor` times
+    longer than the task's measured time for its items, once no slice waits, gets a second
+    copy; the first to finish commits. A function's side effects may happen twice for the
+    items of a copied slice: `enabled: false` (SDK: speculation=False) turns it off.
+
+    Args:
+        enabled: Whether backups are made at all.
+        factor: A slice is a straggler after this many times its expected time.
+        min_seconds: Never copy a slice that has run less than this.
+        budget: Backups cover at most this share of the task's items.
+    """
+
+    enabled: bool = True
+    factor: float = Field(
+        default=DEFAULT_FACTOR,
+        ge=1.0,
+        le=100.0,
+        description="A slice is a straggler after this many times its expected time.",
+    )
+    min_seconds: float = Field(
+        default=DEFAULT_MIN_SECONDS,
+        ge=0.0,
+        le=86400.0,
+        description="Never copy a slice that has run less than this (noise in short slices).",
+    )
+    budget: float = Field(
+        default=DEFAULT_BUDGET,
+        ge=0.0,
+        le=1.0,
+        description="Backup copies cover at most this share of the task's items.",
+    )
+
+    def rule(self) -> SpeculationRule:
+        """The core's rule (kubemap.core.speculation) of these settings."""
+        return SpeculationRule(self.enabled, self.factor, self.min_seconds, self.budget)
+
+
 class MapTaskSpec(_Wire):
     """What to run, how many, and how failures are handled."""
 
@@ -169,6 +214,10 @@ class MapTaskSpec(_Wire):
         "has room. Unset: the chart's kueue.defaultQueue, else Kueue's own default (a LocalQueue "
         "named default in the namespace). parallelism stays the upper bound.",
     )
+    speculation: Speculation | None = Field(
+        default=None,
+        description="Backup copies of straggling slices; unset: on, with the defaults.",
+    )
 
     @model_validator(mode="after")
     def _check_shape(self) -> MapTaskSpec:
@@ -210,6 +259,10 @@ class MapTaskSpec(_Wire):
     @property
     def total(self) -> int:
         return len(self.items) if self.items is not None else int(self.count or 0)
+
+    @property
+    def speculation_rule(self) -> SpeculationRule:
+        return (self.speculation or Speculation()).rule()
 
 
 def _check_files(spec: MapTaskSpec) -> None:
@@ -313,6 +366,17 @@ class MapTaskStatus(_Wire):
     # "failures:ranges;..." ("1:3-5,9;2:7"), so a restarted dispatcher grants no extra retry
     # (in pod mode the pods' annotations carry these counts).
     pool_failures: str | None = Field(default=None, max_length=16384)
+    # Speculation (kubemap.core.speculation): backup copies started, backups that finished
+    # first, and losing copies that finished or stopped after the race was decided.
+    speculated: int = Field(default=0, ge=0, description="Backup copies of slow slices started.")
+    speculation_won: int = Field(
+        default=0, ge=0, description="Backup copies that finished before their original."
+    )
+    speculation_wasted: int = Field(
+        default=0,
+        ge=0,
+        description="Losing copies that ran on: their work (and side effects) was repeated.",
+    )
     # spec.files: how many objects matched and how many of those were skipped (already
     # processed); None until the listing pod finished. total = listed - skipped.
     listed: int | None = Field(default=None, ge=0)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from kubemap.contract import MAX_TASK_NAME
 from kubemap.core.parallelism import MAX_PARALLELISM
 from kubemap.errors import ConfigError
+from kubemap.resources.maptask import Speculation
 from kubemap.resources.requirements import check_task_packages
 
 
@@ -60,6 +61,12 @@ class RunOptions(BaseModel):
     priority: str | None = Field(
         default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
     )
+
+    # Backup copies of straggling slices on the cluster (pool and pods): True (the default),
+    # False (off: no item runs twice, e.g. for a function with side effects), or a
+    # Speculation with its own factor, min_seconds and budget. Local runs have no stragglers
+    # to speak of and ignore it.
+    speculation: bool | Speculation = True
 
     @model_validator(mode="after")
     def _check_packages(self) -> RunOptions:

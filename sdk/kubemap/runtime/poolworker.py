@@ -175,7 +175,9 @@ class Stopper:
                     signal.pthread_kill(self._thread, STOP_SIGNAL)
                 else:
                     _async_raise(self._thread, Revoked)
-        _log(f"lease {lease} was taken back (task cancelled, deleted or finished): stopping it")
+        _log(
+            f"lease {lease} was taken back (task cancelled, deleted or finished, or its twin copy won): stopping it"
+        )
         timer = threading.Timer(STOP_GRACE_SECONDS, self._stuck, args=(lease, turn))
         timer.daemon = True
         timer.start()

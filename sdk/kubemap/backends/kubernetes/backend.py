@@ -36,7 +36,7 @@ from kubemap.core.ranges import IndexRanges
 from kubemap.core.slicing import auto_items_per_pod
 from kubemap.core.status import Phase, RunStatus, run_status
 from kubemap.errors import ClusterError, ConfigError
-from kubemap.resources.maptask import MapTaskSpec, Mode, PodTemplate, StoreRef
+from kubemap.resources.maptask import MapTaskSpec, Mode, PodTemplate, Speculation, StoreRef
 from kubemap.resources.options import RunOptions
 from kubemap.resources.workerpool import ANNOTATION_PYTHON, python_minor
 from kubemap.stores import open_store
@@ -86,6 +86,7 @@ def build_maptask(name: str, store_url: str, total: int, options: RunOptions) ->
         store=StoreRef(url=base, endpoint=options.store_endpoint),
         template=template,
         queue_name=options.queue,
+        speculation=speculation_spec(options.speculation),
     )
     return {
         "apiVersion": API_VERSION,
@@ -93,6 +94,13 @@ def build_maptask(name: str, store_url: str, total: int, options: RunOptions) ->
         "metadata": {"name": name, "annotations": {ANNOTATION_PYTHON: python_minor()}},
         "spec": spec.to_wire(),
     }
+
+
+def speculation_spec(option: bool | Speculation) -> Speculation | None:
+    """spec.speculation of the option: unset when on with the defaults (a small spec)."""
+    if option is True:
+        return None
+    return option if isinstance(option, Speculation) else Speculation(enabled=False)
 
 
 def require_s3_secret(cluster: Cluster, defaults: ClusterDefaults | None) -> None:
