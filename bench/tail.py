@@ -16,26 +16,25 @@ The slow worker is chosen by the function: the first worker process to run an it
 an object in the store (write-once, so exactly one wins) and sleeps 10x as long per item
 from then on. Needs nothing of the cluster but the store's S3 credentials in the workers.
 
-Throttle part: bench/throttle.py (its own engineer's), called at the end when present.
+Throttle part: bench/throttle.py's `measure` (S3 through a front answering 503 SlowDown).
 Read the ratios, not the seconds (2 shared cores).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import kubemap
 from kubemap.api.workerpool import WorkerPool
 from kubernetes import client, config
+from throttle import measure as measure_throttle  # bench/throttle.py, beside this script
 
 NAMESPACE = os.environ.get("BENCH_NAMESPACE", "default")
 SLOWDOWN = 10
@@ -138,25 +137,14 @@ def straggler(
     return lines
 
 
-def throttle_lines(argv: list[str]) -> list[str]:
-    """The throttled part: bench/throttle.py's `main(argv) -> list[str]`, when it exists."""
-    path = Path(__file__).with_name("throttle.py")
-    if not path.exists():
-        return ["throttle: bench/throttle.py not present (issue 23 item 2 adds it)"]
-    spec = importlib.util.spec_from_file_location("bench_throttle", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return list(module.main(argv))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--item-ms", type=float, default=20.0)
     parser.add_argument("--pods", action="store_true", help="also the pod-mode straggler")
-    parser.add_argument("--no-throttle", action="store_true", help="skip bench/throttle.py")
+    parser.add_argument("--no-throttle", action="store_true", help="skip the throttled part")
+    parser.add_argument("--quick", action="store_true", help="throttled part: 40 items, not 200")
     args = parser.parse_args()
     config.load_kube_config()
     custom = client.CustomObjectsApi()
@@ -178,7 +166,7 @@ def main() -> int:
         what = "pods, 64 items of 1 s, 4 per pod, 8 at once"
         lines += straggler(custom, what, 64, 1.0, parallelism=8, items_per_pod=4)
     if not args.no_throttle:
-        lines += throttle_lines([])
+        lines.append(measure_throttle(items=40 if args.quick else 200).line())
     print("\n".join(lines))
     return 0
 
