@@ -147,12 +147,5 @@ def test_a_scrape_counts_a_map_and_a_pool_task_and_resolves_the_dashboard(
         total(before, "kubemap_items_failed_total", **ns, pool="", failure_class="user")
     )
     labels = {label for (_, ls) in after for label, _ in ls}
-    assert labels <= promqlcheck_labels()
+    assert labels <= promqlcheck.BOUNDED_LABELS
     assert promqlcheck.missing(text) == []
-
-
-def promqlcheck_labels() -> set[str]:
-    return {
-        "namespace", "pool", "phase", "failure_class", "kind", "state", "verb", "resource",
-        "code", "le",
-    }  # fmt: skip

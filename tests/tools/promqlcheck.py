@@ -21,6 +21,15 @@ from prometheus_client.parser import text_string_to_metric_families
 DASHBOARD = (
     Path(__file__).resolve().parents[2] / "charts" / "kubemap" / "dashboards" / "kubemap.json"
 )
+# The only labels kubemap's series carry: each has a bounded set of values (never a task's
+# name or an index). Checked against the registry (unit) and a real scrape (e2e).
+BOUNDED_LABELS = frozenset({
+    "namespace", "pool", "phase", "failure_class", "kind", "state", "verb", "resource", "code",
+    "le",  # a histogram's bucket bound
+    # kubemap_rate_limit: target is apiserver|dispatch|store, scope one pool (ns/pool) or one
+    # store (endpoint/bucket): as many as pools and stores, never tasks
+    "target", "scope",
+})  # fmt: skip
 GRAFANA_VARIABLES = {
     "$__rate_interval": "5m",
     "$__interval": "1m",

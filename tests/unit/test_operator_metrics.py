@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -33,14 +35,10 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import promqlcheck
+
 NS = "metrics-ns"
-BOUNDED_LABELS = {
-    "namespace", "pool", "phase", "failure_class", "kind", "state", "verb", "resource", "code",
-    "le",  # a histogram's bucket bound
-    # kubemap_rate_limit: target is apiserver|dispatch|store, scope one pool (ns/pool) or one
-    # store (endpoint/bucket): as many as pools and stores, never tasks
-    "target", "scope",
-}  # fmt: skip
 
 
 def value(name: str, **labels: str) -> float:
@@ -338,7 +336,7 @@ def test_every_series_has_bounded_labels_only() -> None:
     for family in text_string_to_metric_families(scrape):
         for sample in family.samples:
             names.add(sample.name)
-            assert set(sample.labels) <= BOUNDED_LABELS, sample
+            assert set(sample.labels) <= promqlcheck.BOUNDED_LABELS, sample
             assert "labels" not in sample.labels.values()  # never a task's name
     for wanted in (
         "kubemap_items_succeeded_total", "kubemap_item_duration_seconds_bucket",
