@@ -5,29 +5,16 @@
     .venv/bin/python bench/timing_overhead.py --pool --workers 4  # warm pools too
 
 Every slice run writes one timing record (kubemap.task.timings) unless its worker's
-environment says KUBEMAP_TIMINGS=0: only this bench sets that. Locally the switch is set in
-this process (the local backend's worker processes start afresh when the environment
-changes); on a cluster two warm pools are made, one whose workers have KUBEMAP_TIMINGS=0 in
-their env, and the task alternates between them. Runs alternate on/off so that drift on the
-shared machine falls on both; the figure is the ratio of the median wall times (on / off),
-with each round's ratio printed beside it. Target: within 2 %.
+environment says KUBEMAP_TIMINGS=0: only this bench sets that. How the runs alternate and what
+the ratio means: bench/switchbench.py. Target: within 2 %.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import statistics
-import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Callable
-from typing import Any
 
-import kubemap
-from kubemap.stores import open_store
 from kubemap.task.timings import ENV_TIMINGS, TIMINGS_PREFIX
+from switchbench import Switch, main
 
 ITEM_SECONDS = 0.01
 
@@ -37,106 +24,5 @@ def sleepy(x: int) -> int:
     return x
 
 
-def timed(run: Callable[[], Any]) -> float:
-    began = time.perf_counter()
-    run()
-    return time.perf_counter() - began
-
-
-def report(label: str, on: list[float], off: list[float]) -> float:
-    ratio = statistics.median(on) / statistics.median(off)
-    rounds = ", ".join(f"{a / b:.3f}" for a, b in zip(on, off, strict=True))
-    print(
-        f"{label}: recording on {statistics.median(on):.2f} s, off {statistics.median(off):.2f} s "
-        f"(medians of {len(on)}): ratio {ratio:.3f} (rounds: {rounds})",
-        flush=True,
-    )
-    return ratio
-
-
-def local(items: int, parallelism: int, rounds: int) -> float:
-    store = tempfile.mkdtemp(prefix="kubemap-timing-bench-")
-    on: list[float] = []
-    off: list[float] = []
-    records = 0
-    for n in range(rounds):
-        for recording in (True, False) if n % 2 == 0 else (False, True):
-            if recording:
-                os.environ.pop(ENV_TIMINGS, None)
-            else:
-                os.environ[ENV_TIMINGS] = "0"
-            name = f"bench-{'on' if recording else 'off'}-{uuid.uuid4().hex[:6]}"
-            seconds = timed(
-                lambda name=name: kubemap.submit(
-                    sleepy, range(items), name=name, store=store, parallelism=parallelism
-                ).results()
-            )
-            keys = list(open_store(store).child(name).list(TIMINGS_PREFIX))
-            assert bool(keys) == recording, f"{name}: {len(keys)} timing records"
-            records = max(records, len(keys))
-            (on if recording else off).append(seconds)
-    os.environ.pop(ENV_TIMINGS, None)
-    print(f"local: {items} items, parallelism {parallelism}, {records} records per run")
-    return report("local", on, off)
-
-
-def pool(items: int, workers: int, rounds: int) -> float:
-    from kubemap.api.workerpool import WorkerPool
-
-    namespace = os.environ.get("BENCH_NAMESPACE", "default")
-    store = os.environ.get("KUBEMAP_STORE")
-    suffix = uuid.uuid4().hex[:5]
-    pools = {
-        True: WorkerPool(f"bench-rec-{suffix}", namespace=namespace, replicas=workers),
-        False: WorkerPool(
-            f"bench-norec-{suffix}", namespace=namespace, replicas=workers, env={ENV_TIMINGS: "0"}
-        ),
-    }
-    try:
-        for wp in pools.values():
-            wp.create()
-        deadline = time.monotonic() + 300
-        for wp in pools.values():
-            while wp.status().ready < workers:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"pool {wp.name} did not get {workers} ready workers")
-                time.sleep(1)
-        opts: dict[str, Any] = {"backend": "kubernetes", "namespace": namespace, "store": store}
-        for wp in pools.values():  # warm up: each worker loads the function once
-            kubemap.map(sleepy, range(workers * 4), pool=wp.name, **opts)
-        on: list[float] = []
-        off: list[float] = []
-        for n in range(rounds):
-            for recording in (True, False) if n % 2 == 0 else (False, True):
-                name = pools[recording].name
-                seconds = timed(
-                    lambda name=name: kubemap.map(sleepy, range(items), pool=name, **opts)
-                )
-                (on if recording else off).append(seconds)
-        print(f"warm pool: {items} items, {workers} workers per pool")
-        return report("warm pool", on, off)
-    finally:
-        for wp in pools.values():
-            try:
-                wp.delete(missing_ok=True)
-            except Exception as exc:  # a bench leaves no pool behind if it can help it
-                print(f"could not delete pool {wp.name}: {exc}", file=sys.stderr)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--parallelism", type=int, default=8, help="local worker processes")
-    parser.add_argument("--rounds", type=int, default=3, help="runs with and without, each")
-    parser.add_argument("--pool", action="store_true", help="also on warm pools (a cluster)")
-    parser.add_argument("--workers", type=int, default=4, help="workers per warm pool")
-    parser.add_argument("--no-local", action="store_true")
-    args = parser.parse_args()
-    if not args.no_local:
-        local(args.items, args.parallelism, args.rounds)
-    if args.pool:
-        pool(args.items, args.workers, args.rounds)
-
-
 if __name__ == "__main__":
-    main()
+    main(Switch("recording", ENV_TIMINGS, TIMINGS_PREFIX, sleepy), __doc__.split("\n")[0])
