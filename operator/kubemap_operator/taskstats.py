@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from kubemap.core.attempts import Attempt, AttemptState
+from kubemap.core.plan import attempt_outcome
 from kubemap.core.policy import ExitKind
 from kubemap.core.ranges import IndexRanges
 from kubemap.resources.maptask import MapTaskStatus, TimingSummary
@@ -111,16 +112,9 @@ def timings_of(attempt: Attempt) -> list[SliceTiming]:
 
 def unfinished(attempt: Attempt, span: IndexRanges) -> tuple[IndexRanges, dict[str, IndexRanges]]:
     """(succeeded, failed by failure class) of the attempt's span, read as core.plan.judge
-    reads it: the worker's report first, else the attempt's exit."""
-    kind, report = attempt.kind(), attempt.report
-    if report is not None:
-        ok, user = span & report.succeeded, span & report.failed
-    elif kind is ExitKind.OK:
-        ok, user = span, IndexRanges()
-    elif kind is ExitKind.USER:
-        ok, user = IndexRanges(), span
-    else:
-        ok, user = IndexRanges(), IndexRanges()
+    reads it (core.plan.attempt_outcome); what got no answer is the usage or infra class."""
+    kind = attempt.kind()
+    ok, user = attempt_outcome(attempt, span)
     failed = {ExitKind.USER.value: user} if user else {}
     rest = span - ok - user
     if rest:

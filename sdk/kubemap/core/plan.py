@@ -134,6 +134,19 @@ def latest_spans(attempts: list[Attempt], done: IndexRanges) -> list[tuple[Attem
     return out
 
 
+def attempt_outcome(attempt: Attempt, span: IndexRanges) -> tuple[IndexRanges, IndexRanges]:
+    """(succeeded, failed by the user's code) of a finished attempt's span: the worker's own
+    report first, else its exit. The rest of the span never got an answer."""
+    kind, report = attempt.kind(), attempt.report
+    if report is not None:
+        return span & report.succeeded, span & report.failed
+    if kind is ExitKind.OK:
+        return span, IndexRanges()
+    if kind is ExitKind.USER:
+        return IndexRanges(), span
+    return IndexRanges(), IndexRanges()
+
+
 def judge(
     spans: list[tuple[Attempt, IndexRanges]], rules: Rules, recorded: Recorded, now: datetime
 ) -> Outcome:
@@ -146,16 +159,8 @@ def judge(
     for one, mine in spans:
         if not mine or one.state is AttemptState.ACTIVE:
             continue
-        kind = one.kind()
-        report = one.report
-        if report is not None:
-            ok, user = mine & report.succeeded, mine & report.failed
-        elif kind is ExitKind.OK:
-            ok, user = mine, IndexRanges()
-        elif kind is ExitKind.USER:
-            ok, user = IndexRanges(), mine
-        else:
-            ok, user = IndexRanges(), IndexRanges()
+        kind, report = one.kind(), one.report
+        ok, user = attempt_outcome(one, mine)
         rest = mine - ok - user  # indices the attempt never reported: not the user's fault
         if kind is ExitKind.USAGE and out.usage_error is None:
             detail = None
