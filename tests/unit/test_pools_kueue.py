@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from kubemap.core.slicing import guided_chunk
-from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, StoreRef
+from kubemap.resources.maptask import MapTaskSpec, MapTaskStatus, Mode, Speculation, StoreRef
 from kubemap.resources.workerpool import WorkerPoolSpec, WorkerPoolStatus
 from kubemap_operator.pools.builder import deployment
 from kubemap_operator.pools.census import WorkerPod, count_workers, worker_pod_state
@@ -211,8 +211,14 @@ def test_a_queue_without_kueue_runs_no_worker_and_says_why() -> None:
 
 
 def task_spec(n: int) -> MapTaskSpec:
+    # Without speculation: with it, chunks are capped by the backup budget, not the workers
     return MapTaskSpec(
-        mode=Mode.FUNCTION, count=n, store=StoreRef(url="s3://b/p"), pool=POOL[1], parallelism=100
+        mode=Mode.FUNCTION,
+        count=n,
+        store=StoreRef(url="s3://b/p"),
+        pool=POOL[1],
+        parallelism=100,
+        speculation=Speculation(enabled=False),
     )
 
 
